@@ -1,0 +1,3 @@
+from vimpac.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Dataset annotation readers, the synthetic benchmark and clip sampling."""
