@@ -1,0 +1,1 @@
+"""Frame tokenizers: DALL-E's dVAE (weight-compatible) and our own trainable VQ-VAE."""
