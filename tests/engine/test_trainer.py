@@ -1,0 +1,172 @@
+"""The shared training loop: exact resume after kill -9, SIGTERM checkpoints, non-finite steps,
+DDP equivalence, optimizer groups and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from vimpac.engine.checkpoint import latest_checkpoint
+from vimpac.engine.metrics import read_metrics
+from vimpac.engine.optim import build_optimizer, warmup_linear_decay
+from vimpac.engine.trainer import Trainer, TrainConfig, TrainingDiverged
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy_training import ToyModel, ToyTask, make_trainer  # noqa: E402
+
+TOY_SCRIPT = Path(__file__).parent / "toy_training.py"
+
+
+def train_losses(run_dir) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r["split"] == "train" and "loss" in r]
+
+
+def test_training_reduces_the_loss_and_writes_metrics(tmp_path):
+    result = make_trainer(tmp_path, steps=40).fit()
+    losses = [loss for _, loss in train_losses(tmp_path)]
+    assert result.status == "finished" and result.step == 40
+    assert losses[-1] < 0.5 * losses[0]
+    assert "val/mse" in result.last_metrics
+    assert (tmp_path / "tensorboard").is_dir()
+    assert latest_checkpoint(tmp_path).name == "step-00000040"
+
+
+def test_in_process_resume_matches_uninterrupted(tmp_path):
+    make_trainer(tmp_path / "full", steps=20).fit()
+    make_trainer(tmp_path / "part", steps=20, max_minutes=0.0).fit()  # stops after one step
+    assert latest_checkpoint(tmp_path / "part").name == "step-00000001"
+    resumed = make_trainer(tmp_path / "part", steps=20)
+    assert resumed.resume() and resumed.step == 1
+    resumed.fit()
+    assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")
+
+
+def test_kill_9_then_resume_gives_the_same_loss_sequence(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run([sys.executable, str(TOY_SCRIPT), str(full), "--steps", "30"], check=True, env=env)
+
+    proc = subprocess.Popen([sys.executable, str(TOY_SCRIPT), str(killed), "--steps", "30", "--sleep", "0.05"],
+                            env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # kill after the step-10 checkpoint, mid-way to the next one
+        ckpt = latest_checkpoint(killed)
+        if ckpt is not None and ckpt.name >= "step-00000010":
+            break
+        time.sleep(0.02)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(killed) is not None and latest_checkpoint(killed).name < "step-00000030"
+
+    subprocess.run([sys.executable, str(TOY_SCRIPT), str(killed), "--steps", "30", "--resume"], check=True, env=env)
+    assert train_losses(killed) == train_losses(full)
+    assert len(train_losses(killed)) == 30
+
+
+def test_sigterm_writes_a_checkpoint_and_stops(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(TOY_SCRIPT), str(tmp_path), "--steps", "1000", "--sleep", "0.02"],
+                            env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    status, step = out.split()[-2:]
+    assert status == "interrupted" and 0 < int(step) < 1000
+    assert latest_checkpoint(tmp_path).name == f"step-{int(step):08d}"
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path):
+    trainer = make_trainer(tmp_path, steps=10, nan_steps=(3, 4))
+    result = trainer.fit()
+    assert result.status == "finished" and result.skipped_steps == 2
+    logged = {r["step"]: r for r in read_metrics(tmp_path) if r["split"] == "train"}
+    assert "loss" not in logged[4] and "loss" not in logged[5]  # steps 3 and 4 (0-based) made no update
+    assert logged[10]["skipped_steps"] == 2
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_repeated_non_finite_steps_stop_the_run_without_a_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, steps=20, nan_steps=tuple(range(7, 20)), max_nonfinite_steps=3)
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
+        trainer.fit()
+    assert latest_checkpoint(tmp_path).name == "step-00000005"
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    groups = build_optimizer(ToyModel(), lr=1e-3, weight_decay=0.05).param_groups
+    decayed = {p.ndim for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == 0.05 and decayed == {2}
+    assert groups[1]["weight_decay"] == 0.0 and {p.ndim for p in groups[1]["params"]} == {1}
+    assert len(groups[1]["params"]) == 4  # two biases + LayerNorm weight and bias
+
+
+def test_warmup_then_linear_decay():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_linear_decay(opt, warmup_steps=4, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(1 / 6)
+    assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))
+
+
+def test_fp16_on_cpu_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        Trainer(ToyModel(), ToyTask(4), TrainConfig(precision="fp16"), tmp_path)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    result = make_trainer(tmp_path, steps=10, precision="bf16", deterministic=False).fit()
+    assert result.status == "finished" and result.skipped_steps == 0
+
+
+def _ddp_worker(rank, world_size, port, run_dir, queue):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.manual_seed(0)
+    cfg = TrainConfig(total_steps=3, batch_size=8, lr=1e-2, log_every=1, checkpoint_every=100, progress=False)
+    trainer = Trainer(ToyModel(dropout=0.0), ToyTask(8), cfg, run_dir)
+    trainer.fit()
+    if rank == 0:
+        # numpy arrays travel by value; a torch tensor would be shared memory that dies with this process
+        queue.put({k: v.detach().numpy().copy() for k, v in trainer.model.state_dict().items()})
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, str(tmp_path / "ddp"), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    ddp_state = queue.get(timeout=120)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(total_steps=3, batch_size=8, lr=1e-2, log_every=1, checkpoint_every=100, progress=False)
+    single = Trainer(ToyModel(dropout=0.0), ToyTask(8, simulate_ranks=2), cfg, tmp_path / "single")
+    single.fit()
+    for key, value in single.model.state_dict().items():
+        torch.testing.assert_close(torch.from_numpy(ddp_state[key]), value, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,63 @@
+"""The dataclass config machinery: presets, YAML files and key=value overrides."""
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pytest
+
+from vimpac.config import ConfigError, apply_overrides, build_config, from_dict, to_dict
+
+
+@dataclass(frozen=True)
+class Optim:
+    lr: float = 1e-3
+    betas: tuple[float, ...] = (0.9, 0.98)
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str = "run"
+    layers: int = 6
+    layout: Literal["T,H|W", "T,H,W"] = "T,H|W"
+    pre_ln: bool = False
+    max_minutes: Optional[float] = None
+    optim: Optim = field(default_factory=Optim)
+
+
+PRESETS = {"tiny": Run(name="tiny", layers=2), "small": Run(name="small", layers=6)}
+
+
+def test_overrides_convert_to_the_declared_types():
+    cfg = apply_overrides(Run(), ["layers=12", "pre_ln=true", "optim.lr=3e-4", "optim.betas=0.9,0.999",
+                                  "max_minutes=2.5", "layout=T,H,W"])
+    assert cfg.layers == 12 and cfg.pre_ln is True and cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.optim.betas == (0.9, 0.999) and cfg.max_minutes == 2.5 and cfg.layout == "T,H,W"
+    assert apply_overrides(cfg, ["max_minutes=none"]).max_minutes is None
+
+
+def test_preset_then_yaml_then_overrides(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("layers: 3\noptim:\n  lr: 0.01\n")
+    cfg = build_config(Run, PRESETS, "tiny", path, ["optim.lr=0.5"])
+    assert (cfg.name, cfg.layers, cfg.optim.lr) == ("tiny", 3, 0.5)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("nope=1", "unknown config field 'nope'"), ("layers=1.5", "layers: expected int"),
+     ("pre_ln=maybe", "pre_ln: expected true/false"), ("layout=T", "not one of"), ("layers", "expected key=value")],
+)
+def test_bad_overrides_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(Run(), [override])
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(ConfigError, match=r"unknown preset 'huge'.*small.*tiny"):
+        build_config(Run, PRESETS, "huge")
+
+
+def test_dict_roundtrip():
+    cfg = apply_overrides(Run(), ["optim.betas=0.5,0.6"])
+    assert from_dict(Run, to_dict(cfg)) == cfg
+    assert to_dict(cfg)["optim"]["betas"] == [0.5, 0.6]

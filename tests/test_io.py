@@ -1,0 +1,33 @@
+"""Atomic writes: the old file or the new one, never a partial file, no stray temporaries."""
+
+import json
+
+import pytest
+
+from vimpac.io import atomic_path, atomic_write_json, atomic_write_text
+
+
+def test_atomic_write_replaces_and_leaves_no_temporaries(tmp_path):
+    target = tmp_path / "sub" / "state.json"
+    atomic_write_json(target, {"step": 1})
+    atomic_write_json(target, {"step": 2})
+    assert json.loads(target.read_text()) == {"step": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["state.json"]
+
+
+def test_failure_keeps_the_old_file(tmp_path):
+    target = tmp_path / "model.bin"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half-written")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
+
+
+def test_suffix_is_kept_for_libraries_that_need_it(tmp_path):
+    with atomic_path(tmp_path / "w.safetensors", suffix=".safetensors") as tmp:
+        assert tmp.name.endswith(".safetensors")
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "w.safetensors").read_bytes() == b"x"

@@ -1,0 +1,196 @@
+"""Training checkpoints as safetensors + JSON, written atomically, loaded without pickle.
+
+Layout of a run folder:
+
+    RUN/checkpoints/step-00000100/model.safetensors      weights (tied weights stored once)
+                                 /optimizer.safetensors  optimizer tensors, flattened
+                                 /rng.safetensors        torch CPU / CUDA generator states
+                                 /state.json             step, data position, scheduler,
+                                                         optimizer structure, python / numpy RNG,
+                                                         counters, the run's config
+    RUN/checkpoints/latest                                name of the newest complete checkpoint
+
+A checkpoint folder is assembled under a temporary name and renamed into place, and `latest`
+is replaced atomically afterwards, so a kill at any moment leaves the previous checkpoint
+usable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from vimpac.io import atomic_write_text
+
+CHECKPOINT_PREFIX = "step-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or does not fit the model / optimizer."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
+    """Write checkpoint `step` (rank 0 only) and prune all but the newest `keep_last`."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    name = f"{CHECKPOINT_PREFIX}{step:08d}"
+    final = ckpt_root / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ckpt_root))
+    try:
+        save_model(unwrap(model), str(tmp / "model.safetensors"))
+        opt_tensors, opt_structure = _flatten_optimizer(optimizer.state_dict())
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_file(_torch_rng_tensors(), str(tmp / "rng.safetensors"))
+        full_state = {
+            **state,
+            "step": step,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "optimizer": opt_structure,
+            "python_rng": _python_rng_state(),
+            "numpy_rng": _numpy_rng_state(),
+        }
+        (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
+        for path in tmp.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(ckpt_root / "latest", name + "\n")
+    _prune(ckpt_root, keep=max(1, keep_last))
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    ckpt_root = Path(run_dir) / "checkpoints"
+    pointer = ckpt_root / "latest"
+    if pointer.exists():
+        candidate = ckpt_root / pointer.read_text().strip()
+        if (candidate / "state.json").exists():
+            return candidate
+    complete = sorted(p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.json").exists())
+    return complete[-1] if complete else None
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Restore model / optimizer / scheduler / RNG from `path`; returns the JSON state."""
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read state.json: {exc}") from exc
+    try:
+        missing, unexpected = load_model(unwrap(model), str(path / "model.safetensors"), strict=False)
+    except Exception as exc:  # safetensors raises several types for bad files
+        raise CheckpointError(f"{path / 'model.safetensors'}: cannot load into the model: {exc}") from exc
+    if missing or unexpected:
+        raise CheckpointError(f"{path / 'model.safetensors'}: does not fit the model "
+                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    if optimizer is not None:
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if restore_rng:
+        _restore_torch_rng(load_file(str(path / "rng.safetensors")))
+        random.setstate(_tuple_state(state["python_rng"]))
+        np.random.set_state(tuple(state["numpy_rng"][:1]) + (np.array(state["numpy_rng"][1], dtype=np.uint32),)
+                            + tuple(state["numpy_rng"][2:]))
+    return state
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    structure: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
+    for param_id, param_state in sd["state"].items():
+        entry = {}
+        for key, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"{param_id}.{key}"] = value.detach().contiguous().clone()
+                entry[key] = {"tensor": f"{param_id}.{key}"}
+            else:
+                entry[key] = {"value": value}
+        structure["state"][str(param_id)] = entry
+    return tensors, structure
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], structure: dict) -> dict:
+    state = {}
+    for param_id, entry in structure["state"].items():
+        state[int(param_id)] = {
+            key: tensors[spec["tensor"]] if "tensor" in spec else spec["value"] for key, spec in entry.items()
+        }
+    return {"state": state, "param_groups": structure["param_groups"]}
+
+
+def _torch_rng_tensors() -> dict[str, torch.Tensor]:
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"cuda{i}"] = s
+    return states
+
+
+def _restore_torch_rng(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["cpu"])
+    cuda = [states[k] for k in sorted(k for k in states if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _tuple_state(saved: list) -> tuple:
+    return (saved[0], tuple(saved[1]), saved[2])
+
+
+def _numpy_rng_state() -> list:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _prune(ckpt_root: Path, keep: int) -> None:
+    complete = sorted(p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
+    for old in complete[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,321 @@
+"""The training loop, shared by pre-training and fine-tuning. Reads top to bottom:
+
+    for step in range(start, total_steps):
+        for micro_step in range(grad_accum_steps):        # gradient accumulation
+            batch = task.batch(step, micro_step, dist)     # deterministic in (step, micro, rank)
+            loss, metrics = task.loss(model, batch)        # under autocast
+            (loss / grad_accum_steps).backward()
+        skip the update if any loss or the gradient norm is not finite
+        clip, AdamW step, scheduler step
+        log / validate / checkpoint / stop on SIGINT-SIGTERM or the time budget
+
+Exact resume: a task draws everything random for a batch from a generator seeded by
+(seed, step, micro_step, rank), and dropout is re-seeded the same way before each micro-step,
+so the data and the noise of step s do not depend on how the run got to step s. With model,
+optimizer and scheduler restored from the checkpoint, a resumed run repeats the uninterrupted
+run's losses exactly (in fp32 with `deterministic=True`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Protocol
+
+import torch
+from torch import nn
+
+from vimpac.engine import distributed
+from vimpac.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
+from vimpac.engine.distributed import DistInfo
+from vimpac.engine.metrics import MetricsLogger
+from vimpac.engine.optim import build_optimizer, warmup_linear_decay
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    total_steps: int = 1000  # optimizer updates
+    batch_size: int = 8  # samples per micro-batch per process
+    grad_accum_steps: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, ...] = (0.9, 0.98)
+    eps: float = 1e-8
+    warmup_ratio: float = 0.1
+    clip_grad_norm: float = 1.0  # 0 disables clipping (the norm is still measured)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    deterministic: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    val_every: int = 0  # 0: validate only at the end (when the task can)
+    max_nonfinite_steps: int = 5  # consecutive skipped updates before the run stops
+    max_minutes: Optional[float] = None  # stop (with a checkpoint) after this much wall time
+    progress: bool = True
+
+
+class TrainTask(Protocol):
+    """What the trainer needs from pre-training or fine-tuning."""
+
+    def batch(self, step: int, micro_step: int, dist: DistInfo) -> Any:
+        """The micro-batch for (step, micro_step) on this rank, moved to the device."""
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Scalar loss and metrics; keys starting with 'count/' are summed and reported as rates."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainResult:
+    status: Literal["finished", "interrupted", "time_limit"]
+    step: int
+    skipped_steps: int
+    last_metrics: dict[str, float]
+    checkpoint: Path | None
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers; stable across processes and Python versions."""
+    digest = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: str | Path,
+                 run_config: dict[str, Any] | None = None):
+        if cfg.precision == "fp16" and not str(cfg.device).startswith("cuda"):
+            raise ValueError("precision fp16 needs a CUDA device (fp16 on CPU is very slow); use bf16 or fp32")
+        self.cfg = cfg
+        self.task = task
+        self.run_dir = Path(run_dir)
+        self.run_config = run_config or {}
+        self.dist = distributed.init_distributed(cfg.device)
+        self.device = torch.device(cfg.device if not str(cfg.device).startswith("cuda") or not self.dist.enabled
+                                   else f"cuda:{self.dist.local_rank}")
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps)
+        warmup = int(round(cfg.warmup_ratio * cfg.total_steps))
+        self.scheduler = warmup_linear_decay(self.optimizer, warmup, cfg.total_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main)
+        self.step = 0
+        self.skipped_steps = 0
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ public
+    def resume(self, checkpoint: str | Path | None = None) -> bool:
+        """Load `checkpoint` (or the run's latest); False when there is none."""
+        path = Path(checkpoint) if checkpoint else latest_checkpoint(self.run_dir)
+        if path is None:
+            return False
+        state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        self.step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.logger.truncate_after(self.step)
+        return True
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        train_model = self._wrap(self.model)
+        started = time.perf_counter()
+        window = _Window()
+        last: dict[str, float] = {}
+        consecutive_bad = 0
+        status: Literal["finished", "interrupted", "time_limit"] = "finished"
+        checkpoint: Path | None = None
+        bar = self._progress_bar()
+        with self._signal_handlers():
+            while self.step < cfg.total_steps:
+                train_model.train()
+                losses_finite, metrics = self._accumulate_gradients(train_model, window)
+                grad_norm = self._clip_and_measure()
+                bad = distributed.any_rank(not (losses_finite and math.isfinite(grad_norm)), self.device)
+                if bad:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.skipped_steps += 1
+                    consecutive_bad += 1
+                    if self.scaler.is_enabled():
+                        self.scaler.update()  # fp16 overflow: GradScaler lowers its scale and we go on
+                    if consecutive_bad >= cfg.max_nonfinite_steps and not self.scaler.is_enabled():
+                        raise TrainingDiverged(
+                            f"{consecutive_bad} consecutive steps (up to step {self.step}) had a non-finite "
+                            f"loss or gradient norm; stopping without writing a checkpoint. Lower the learning "
+                            f"rate, use fp32, or check the data. Last good checkpoint: {latest_checkpoint(self.run_dir)}")
+                else:
+                    consecutive_bad = 0
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    window.add_step(grad_norm, metrics)
+                self.scheduler.step()
+                self.step += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:4]})
+
+                if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
+                    last = self._log_window(window)
+                if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.total_steps:
+                    self._validate()
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
+                    checkpoint = self._checkpoint()
+                if self.step < cfg.total_steps:
+                    if distributed.any_rank(self._stop_signal is not None, self.device):
+                        status = "interrupted"
+                    elif cfg.max_minutes is not None and distributed.any_rank(
+                            time.perf_counter() - started > 60 * cfg.max_minutes, self.device):
+                        status = "time_limit"
+                    if status != "finished":
+                        checkpoint = self._checkpoint()
+                        break
+        if bar is not None:
+            bar.close()
+        if status == "finished":
+            val = self._validate()
+            last.update({f"val/{k}": v for k, v in val.items()})
+        self.logger.close()
+        return TrainResult(status, self.step, self.skipped_steps, last, checkpoint)
+
+    # ----------------------------------------------------------------- pieces
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.cfg.compile:
+            model = torch.compile(model)
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        return model
+
+    def _accumulate_gradients(self, model: nn.Module, window: "_Window") -> tuple[bool, dict[str, float]]:
+        cfg = self.cfg
+        finite = True
+        summed: dict[str, float] = {}
+        for micro in range(cfg.grad_accum_steps):
+            batch = self.task.batch(self.step, micro, self.dist)
+            torch.manual_seed(derive_seed(cfg.seed, self.step, micro, self.dist.rank, 1))  # dropout noise
+            sync = micro == cfg.grad_accum_steps - 1 or not self.dist.enabled
+            no_sync = model.no_sync() if not sync else contextlib.nullcontext()
+            with no_sync, self._autocast():
+                loss, metrics = self.task.loss(model, batch)
+            self.scaler.scale(loss / cfg.grad_accum_steps).backward()
+            loss_value = float(loss.detach())
+            finite &= math.isfinite(loss_value)
+            for key, value in metrics.items():
+                value = float(value.detach()) if torch.is_tensor(value) else float(value)
+                if key.startswith("count/"):
+                    window.add_count(key[len("count/"):], value)
+                else:
+                    summed[key] = summed.get(key, 0.0) + value / cfg.grad_accum_steps
+            summed["loss"] = summed.get("loss", 0.0) + loss_value / cfg.grad_accum_steps
+        return finite, summed
+
+    def _clip_and_measure(self) -> float:
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.clip_grad_norm if self.cfg.clip_grad_norm > 0 else float("inf")
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def _autocast(self):
+        if self.cfg.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _log_window(self, window: "_Window") -> dict[str, float]:
+        values = window.flush()
+        values["lr"] = self.scheduler.get_last_lr()[0]
+        values["skipped_steps"] = self.skipped_steps
+        values = distributed.all_reduce_mean(values, self.device)
+        self.logger.log(self.step, "train", values)
+        return values
+
+    def _validate(self) -> dict[str, float]:
+        validate = getattr(self.task, "validate", None)
+        if validate is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            values = validate(unwrap(self.model), self.dist)
+        self.model.train()
+        if values:
+            self.logger.log(self.step, "val", values)
+        return values
+
+    def _checkpoint(self) -> Path | None:
+        path = None
+        if self.dist.is_main:
+            state = {"skipped_steps": self.skipped_steps, "data_position": {"step": self.step},
+                     "world_size": self.dist.world_size, "config": self.run_config}
+            path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state,
+                                   keep_last=self.cfg.keep_checkpoints)
+        distributed.barrier()
+        return path
+
+    def _progress_bar(self):
+        if not (self.cfg.progress and self.dist.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.cfg.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+    @contextlib.contextmanager
+    def _signal_handlers(self):
+        """SIGINT / SIGTERM finish the current step, write a checkpoint and return."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, _frame):
+            self._stop_signal = signum
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class _Window:
+    """Sums metrics between two log events; turns counts into per-second rates."""
+
+    def __init__(self):
+        self._reset()
+
+    def _reset(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def add_step(self, grad_norm: float, metrics: dict[str, float]) -> None:
+        self.steps += 1
+        self.sums["grad_norm"] = self.sums.get("grad_norm", 0.0) + grad_norm
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def add_count(self, key: str, value: float) -> None:
+        self.counts[key] = self.counts.get(key, 0.0) + value
+
+    def flush(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        values = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        values.update({f"{k}_per_s": v / elapsed for k, v in self.counts.items()})
+        values["steps_per_s"] = self.steps / elapsed
+        self._reset()
+        return values
