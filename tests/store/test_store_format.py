@@ -1,0 +1,230 @@
+"""The store format without video: write with RankWriter, read with TokenStore, verify."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vimpac.store import StoreError, TokenStore
+from vimpac.store import writer as writer_module
+from vimpac.store.format import MANIFEST_FILE, PART_DIR, SHARD_DIR, StoreMeta, load_manifest
+from vimpac.store.verify import store_info, verify_store
+from vimpac.store.writer import EncodedVideo, FailedVideo, RankWriter, compact_store
+
+VIEWS = ("center", "center_flip")
+GRID = (2, 3)
+
+
+def make_meta(**changes) -> StoreMeta:
+    fields = dict(tokenizer_id="tok-a", tokenizer_kind="test", codebook_size=100, downsample=8, fps=2.0,
+                  size=16, grid=(2, 3), views=VIEWS, source="unit test", class_names=("a", "b", "c"))
+    fields.update(changes)
+    return StoreMeta(**fields)
+
+
+def random_video(rng: np.random.Generator, record: int, frames: int) -> EncodedVideo:
+    views = {name: rng.integers(0, 100, size=(frames, *GRID)) for name in VIEWS}
+    return EncodedVideo(record=record, key=f"video{record:03d}", label=record % 3, views=views)
+
+
+def new_store(root: Path, meta: StoreMeta | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "store.json").write_text(json.dumps((meta or make_meta()).to_json()))
+    return root
+
+
+def write_videos(root: Path, videos, rank: int = 0, per_commit: int = 2, **kwargs) -> None:
+    committed, _ = load_manifest(root)
+    with RankWriter(root, make_meta(), rank, committed, **kwargs) as writer:
+        for start in range(0, len(videos), per_commit):
+            writer.commit(videos[start:start + per_commit])
+
+
+@pytest.fixture
+def store_with_videos(tmp_path):
+    rng = np.random.default_rng(0)
+    videos = [random_video(rng, i, frames=1 + i % 5) for i in range(7)]
+    root = new_store(tmp_path / "store")
+    write_videos(root, videos)
+    return root, videos
+
+
+def test_roundtrip_tokens_and_metadata(store_with_videos):
+    root, videos = store_with_videos
+    compact_store(root)
+    store = TokenStore.open(root)
+    assert len(store) == 7 * len(VIEWS)
+    assert store.num_videos == 7
+    assert store.keys() == [v.key for v in videos]
+    assert store.views == VIEWS and store.class_names == ("a", "b", "c")
+    for video in videos:
+        for view in VIEWS:
+            entry = store.find(video.key, view)
+            assert (entry.key, entry.view, entry.label) == (video.key, view, video.label)
+            assert entry.num_frames == video.views[view].shape[0]
+            assert (entry.fps, entry.size, entry.tokenizer_id) == (2.0, 16, "tok-a")
+            tokens = store.tokens(entry.index)
+            assert tokens.dtype == np.uint16 and tokens.shape == video.views[view].shape
+            np.testing.assert_array_equal(tokens, video.views[view])
+        assert set(store.entries_of(video.key)) == set(VIEWS)
+    labels = store.labels
+    assert labels.shape == (len(store),)
+    assert [labels[g[0]] for g in store.groups()] == [v.label for v in videos]
+    assert all(len(g) == len(VIEWS) for g in store.groups())
+
+
+def test_tokens_are_zero_copy_read_only_views(store_with_videos):
+    root, videos = store_with_videos
+    store = TokenStore.open(root)  # parts not merged yet: merged lazily at open
+    shard_map = store._maps[0]
+    for i in np.random.default_rng(1).permutation(len(store)):  # any order: direct access
+        tokens = store.tokens(int(i))
+        assert np.shares_memory(tokens, shard_map)
+        assert not tokens.flags.writeable
+    with pytest.raises(IndexError):
+        store.tokens(len(store))
+    with pytest.raises(KeyError, match="no video"):
+        store.find("nope", "center")
+    with pytest.raises(KeyError, match="no view"):
+        store.find("video000", "sideways")
+
+
+def test_clip_pads_past_the_end(store_with_videos):
+    root, videos = store_with_videos
+    store = TokenStore.open(root)
+    i = store.index_of("video003", "center")  # 4 frames
+    full = videos[3].views["center"]
+    inside = store.clip(i, 1, 3)
+    np.testing.assert_array_equal(inside, full[1:4])
+    assert np.shares_memory(inside, store._maps[0])
+    padded = store.clip(i, 2, 5)
+    assert padded.shape == (5, *GRID)
+    np.testing.assert_array_equal(padded[:2], full[2:4])
+    assert (padded[2:] == store.pad_id).all() and store.pad_id == 101  # codebook 100 -> [PAD] 101
+    assert (store.clip(i, 10, 2, pad_id=7) == 7).all()
+    with pytest.raises(ValueError):
+        store.clip(i, -1, 2)
+
+
+def test_expectations_on_open_name_the_field(store_with_videos):
+    root, _ = store_with_videos
+    TokenStore.open(root, expect_tokenizer_id="tok-a", expect_fps=2, expect_size=16)
+    with pytest.raises(StoreError, match="tokenizer_id"):
+        TokenStore.open(root, expect_tokenizer_id="tok-b")
+    with pytest.raises(StoreError, match="fps"):
+        TokenStore.open(root, expect_fps=4)
+    with pytest.raises(StoreError, match="size"):
+        TokenStore.open(root, expect_size=128)
+    with pytest.raises(StoreError, match="not a token store"):
+        TokenStore.open(root / "missing")
+
+
+def test_flipped_byte_is_found_by_verify(store_with_videos):
+    root, _ = store_with_videos
+    assert verify_store(root).ok
+    shard = next((root / SHARD_DIR).glob("*.tok"))
+    data = bytearray(shard.read_bytes())
+    data[37] ^= 0x01
+    shard.write_bytes(bytes(data))
+    report = verify_store(root)
+    assert not report.ok
+    assert len(report.problems) == 1 and "checksum mismatch" in report.problems[0]
+
+
+def test_truncated_shard_is_a_problem(store_with_videos):
+    root, _ = store_with_videos
+    shard = next((root / SHARD_DIR).glob("*.tok"))
+    shard.write_bytes(shard.read_bytes()[:-10])
+    assert any("do not fit shard" in p for p in verify_store(root).problems)
+    with pytest.raises(StoreError, match="past the end of the shard"):
+        TokenStore.open(root)
+
+
+def test_crash_before_commit_is_rolled_back(tmp_path, monkeypatch):
+    """Bytes written but never committed (crash between fsync and the part) are truncated."""
+    rng = np.random.default_rng(2)
+    videos = [random_video(rng, i, frames=3) for i in range(4)]
+    root = new_store(tmp_path / "store")
+    write_videos(root, videos[:2])
+    committed_size = (root / SHARD_DIR / "r000-0000.tok").stat().st_size
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated kill after the shard fsync")
+
+    monkeypatch.setattr(writer_module, "atomic_write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_videos(root, videos[2:3])
+    monkeypatch.undo()
+    assert (root / SHARD_DIR / "r000-0000.tok").stat().st_size > committed_size
+    assert any("uncommitted" in note for note in verify_store(root).notes)
+    write_videos(root, videos[2:])  # the restart truncates, then appends
+    store = TokenStore.open(root)
+    assert store.keys() == [v.key for v in videos]
+    for video in videos:
+        np.testing.assert_array_equal(store.tokens(store.index_of(video.key, "center_flip")),
+                                      video.views["center_flip"])
+    report = verify_store(root)
+    assert report.ok and not report.notes[1:]
+
+
+def test_second_writer_for_the_same_rank_is_refused(tmp_path):
+    root = new_store(tmp_path / "store")
+    committed, _ = load_manifest(root)
+    with RankWriter(root, make_meta(), 0, committed):
+        with pytest.raises(StoreError, match="another process"):
+            RankWriter(root, make_meta(), 0, committed)
+        RankWriter(root, make_meta(), 1, committed).close()  # other ranks are independent
+
+
+def test_ranks_merge_into_one_ordered_store_with_failures(tmp_path):
+    rng = np.random.default_rng(3)
+    videos = [random_video(rng, i, frames=2) for i in range(6)]
+    root = new_store(tmp_path / "store")
+    write_videos(root, videos[1::2], rank=1, per_commit=1)
+    write_videos(root, videos[0::2], rank=0, per_commit=3)
+    committed, _ = load_manifest(root)
+    with RankWriter(root, make_meta(), 0, committed) as writer:
+        writer.commit([], [FailedVideo(9, "broken", "broken.mp4", "not a video", "decode")])
+    assert len(list((root / PART_DIR).glob("*.json"))) == 5
+    manifest = compact_store(root)
+    assert not list((root / PART_DIR).glob("*.json")) and (root / MANIFEST_FILE).exists()
+    assert [f["key"] for f in manifest.failures] == ["broken"]
+    assert json.loads((root / "failures.jsonl").read_text())["reason"] == "not a video"
+    store = TokenStore.open(root)
+    assert store.keys() == [v.key for v in videos]  # annotation order, whatever the rank
+    assert sorted(store.manifest.shards) == ["r000-0000.tok", "r001-0000.tok"]
+    info = store_info(root)
+    assert (info["videos"], info["entries"], info["frames"], info["failures"]) == (6, 12, 24, 1)
+    assert info["tokens"] == 24 * 6
+    assert verify_store(root).ok
+
+
+def test_shards_roll_over_at_the_size_limit(tmp_path):
+    rng = np.random.default_rng(4)
+    videos = [random_video(rng, i, frames=4) for i in range(5)]
+    root = new_store(tmp_path / "store")
+    write_videos(root, videos, per_commit=1, shard_bytes=90)  # one video is 2*4*6*2 = 96 bytes
+    store = TokenStore.open(root)
+    assert len(store.manifest.shards) == 5
+    for video in videos:
+        np.testing.assert_array_equal(store.tokens(store.index_of(video.key, "center")), video.views["center"])
+    assert verify_store(root).ok
+
+
+def test_out_of_range_tokens_are_refused(tmp_path):
+    root = new_store(tmp_path / "store")
+    bad = EncodedVideo(0, "bad", 0, {name: np.full((1, *GRID), 100) for name in VIEWS})
+    with pytest.raises(StoreError, match="outside"):
+        write_videos(root, [bad])
+
+
+def test_malformed_store_json_names_the_field(tmp_path):
+    root = new_store(tmp_path / "store")
+    data = json.loads((root / "store.json").read_text())
+    data["version"] = 99
+    (root / "store.json").write_text(json.dumps(data))
+    with pytest.raises(StoreError, match="'version'"):
+        TokenStore.open(root)

@@ -1,0 +1,128 @@
+"""The `vimpac tokenize` CLI in subprocesses: kill -9 and resume, and a 2-rank torchrun (gloo) run.
+
+All runs use one tokenizer folder (DALL-E's dVAE architecture, tiny preset, random weights) and one torch thread (torchrun sets
+OMP_NUM_THREADS=1 anyway), and every encoder batch is exactly one video, so tokens of
+different runs are bitwise comparable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from store_helpers import make_dataset
+from vimpac.cli import main as cli_main
+from vimpac.store import TokenStore
+from vimpac.store.format import PART_DIR, SHARD_DIR
+from vimpac.store.verify import verify_store
+
+pytestmark = pytest.mark.slow
+
+NUM_VIDEOS = 12
+FRAMES = 16  # per video at the tokenize FPS (2 s at 8 fps)
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def tokenize_args(root: Path, out: Path, workers: int) -> list[str]:
+    return ["tokenize", "--videos", str(root / "videos"), "--list", str(root / "list.txt"),
+            "--tokenizer", str(root / "tokenizer"), "--fps", "8", "--size", "32", "--views", "center",
+            "--out", str(out), "--workers", str(workers), "--batch-size", str(FRAMES), "--no-progress"]
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "vimpac.cli", *args], env=env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Dataset, tokenizer folder and an uninterrupted single-process store."""
+    import torch
+
+    from vimpac.tokenizer.dalle import DALLE_PRESETS, DalleTokenizer
+
+    root = tmp_path_factory.mktemp("resume")
+    make_dataset(root, NUM_VIDEOS, corrupt=(5,), frames=FRAMES)
+    torch.manual_seed(0)
+    DalleTokenizer(DALLE_PRESETS["tiny"]).save_pretrained(root / "tokenizer")
+    run_cli(tokenize_args(root, root / "reference", workers=0))
+    return root, TokenStore.open(root / "reference")
+
+
+def committed_parts(store: Path) -> list[Path]:
+    return list((store / PART_DIR).glob("r000-*.json")) if (store / PART_DIR).is_dir() else []
+
+
+def assert_same_store(store: TokenStore, reference: TokenStore) -> None:
+    assert store.keys() == reference.keys()
+    assert len(store) == len(reference) == NUM_VIDEOS - 1
+    assert len(set(zip(store.keys(), store.views * store.num_videos))) == len(store)  # each once
+    for key in reference.keys():
+        np.testing.assert_array_equal(store.tokens(store.index_of(key, "s1.00_center")),
+                                      reference.tokens(reference.index_of(key, "s1.00_center")))
+    assert [f["key"] for f in store.failures] == [f["key"] for f in reference.failures] == ["v05"]
+    assert verify_store(store.root).ok
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_store(reference, capsys):
+    root, ref = reference
+    out = root / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "vimpac.cli", *tokenize_args(root, out, workers=1)],
+                               env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not committed_parts(out):
+            assert process.poll() is None, "tokenize ended before its first commit"
+            assert time.monotonic() < deadline, "no commit within 120 s"
+            time.sleep(0.002)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        # The decoding worker belongs to the killed run's session; end it too.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    committed = len(committed_parts(out))
+    assert 1 <= committed < NUM_VIDEOS, "the kill should land mid-run"
+    assert not (out / "manifest.json").exists()
+    result = run_cli(tokenize_args(root, out, workers=0))
+    assert "tokenized" in result.stdout and "already done" in result.stdout
+    assert_same_store(TokenStore.open(out), ref)
+    # A finished store: the same command (in-process here, to save a start-up) does nothing.
+    assert cli_main(tokenize_args(root, out, workers=0)) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_two_rank_torchrun_gloo_run_makes_one_store(reference):
+    root, ref = reference
+    out = root / "two-ranks"
+    torchrun = [str(VENV_BIN / "torchrun")] if (VENV_BIN / "torchrun").exists() else [sys.executable, "-m", "torch.distributed.run"]
+    result = subprocess.run([*torchrun, "--standalone", "--nproc_per_node", "2", "-m", "vimpac.cli",
+                             *tokenize_args(root, out, workers=0)],
+                            env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rank 0/2" in result.stdout and "rank 1/2" in result.stdout
+    shards = sorted(p.name for p in (out / SHARD_DIR).glob("*.tok"))
+    assert shards == ["r000-0000.tok", "r001-0000.tok"]
+    assert not list((out / PART_DIR).glob("*.json")) and (out / "manifest.json").exists()
+    store = TokenStore.open(out)
+    assert sorted(set(store.manifest.shards)) == shards
+    assert_same_store(store, ref)

@@ -1,0 +1,311 @@
+"""On-disk layout of a token store, and reading / merging its manifest.
+
+A store is a folder:
+
+    store.json                 what the tokens are: tokenizer, fps, frame size, grid, views,
+                               source annotation, class names (`StoreMeta`)
+    shards/r000-0000.tok       raw little-endian uint16 tokens, appended by rank 0
+    shards/r001-0000.tok       ... by rank 1 (every rank writes only its own shard files)
+    manifest/r000-000012.json  manifest parts, one per committed batch of videos
+    manifest.json              the merged manifest (parts are folded into it at the end)
+    failures.jsonl             one JSON line per video that could not be tokenized
+
+A shard is a plain concatenation of (T, h, w) arrays, so it is memory-mapped as one flat
+uint16 array and an entry is a slice of it. The manifest is columnar (one list per field,
+videos separate from their view entries) so that millions of entries load in one
+`json.load` and become numpy arrays.
+
+Atomicity: token bytes are appended and fsynced first; only then is the manifest part naming
+them written (atomically, via `vimpac.io`). A part is the commit record: bytes that no part
+names are garbage from an interrupted run and are truncated by the next writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from vimpac.store.errors import StoreError
+
+FORMAT_NAME = "vimpac-token-store"
+FORMAT_VERSION = 1
+TOKEN_DTYPE = np.dtype("<u2")
+MAX_CODEBOOK = int(np.iinfo(np.uint16).max) + 1
+
+META_FILE = "store.json"
+MANIFEST_FILE = "manifest.json"
+FAILURES_FILE = "failures.jsonl"
+SHARD_DIR = "shards"
+PART_DIR = "manifest"
+
+_SHARD_RE = re.compile(r"^r(\d{3,})-(\d{4,})\.tok$")
+_PART_RE = re.compile(r"^r(\d{3,})-(\d{6,})\.json$")
+
+
+def shard_name(rank: int, index: int) -> str:
+    return f"r{rank:03d}-{index:04d}.tok"
+
+
+def parse_shard_name(name: str) -> tuple[int, int] | None:
+    """(rank, index) of a shard file name, or None if it is not one."""
+    match = _SHARD_RE.match(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def part_name(rank: int, seq: int) -> str:
+    return f"r{rank:03d}-{seq:06d}.json"
+
+
+def parse_part_name(name: str) -> tuple[int, int] | None:
+    match = _PART_RE.match(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+# --------------------------------------------------------------------------------------------
+# store.json
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """Everything that must match for two runs to write into the same store.
+
+    `settings()` lists the fields compared when a run (or a reader with expectations) meets an
+    existing store; `created` and `vimpac_version` are informational only.
+    """
+
+    tokenizer_id: str
+    tokenizer_kind: str
+    codebook_size: int
+    downsample: int
+    fps: float
+    size: int
+    grid: tuple[int, int]
+    views: tuple[str, ...]
+    source: str | None = None  # the annotation set's description, e.g. "ucf101 split 1 train"
+    class_names: tuple[str, ...] | None = None
+    format: str = FORMAT_NAME
+    version: int = FORMAT_VERSION
+    dtype: str = TOKEN_DTYPE.str
+    checksum: str = "crc32"
+    created: str = ""
+    vimpac_version: str = ""
+
+    # Compared on reuse, in this order (the first difference is reported).
+    SETTINGS = ("format", "version", "tokenizer_id", "tokenizer_kind", "codebook_size",
+                "downsample", "fps", "size", "grid", "views", "class_names", "source")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["grid"] = list(self.grid)
+        data["views"] = list(self.views)
+        data["class_names"] = None if self.class_names is None else list(self.class_names)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "StoreMeta":
+        if not isinstance(data, dict):
+            raise StoreError(f"{where}: expected a JSON object")
+        if data.get("format") != FORMAT_NAME:
+            raise StoreError(f"{where}: field 'format' is {data.get('format')!r}, expected {FORMAT_NAME!r}")
+        if data.get("version") != FORMAT_VERSION:
+            raise StoreError(f"{where}: field 'version' is {data.get('version')!r}; this vimpac reads "
+                             f"version {FORMAT_VERSION}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise StoreError(f"{where}: unknown field(s) {unknown}")
+        try:
+            kwargs = dict(data)
+            kwargs["grid"] = tuple(int(v) for v in data["grid"])
+            kwargs["views"] = tuple(str(v) for v in data["views"])
+            kwargs["fps"] = float(data["fps"])
+            kwargs["size"] = int(data["size"])
+            kwargs["codebook_size"] = int(data["codebook_size"])
+            kwargs["downsample"] = int(data["downsample"])
+            if data.get("class_names") is not None:
+                kwargs["class_names"] = tuple(str(v) for v in data["class_names"])
+            meta = cls(**kwargs)
+        except KeyError as exc:
+            raise StoreError(f"{where}: missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"{where}: malformed field: {exc}") from None
+        if len(meta.grid) != 2:
+            raise StoreError(f"{where}: field 'grid' must be [h, w], got {list(meta.grid)}")
+        if meta.dtype != TOKEN_DTYPE.str:
+            raise StoreError(f"{where}: field 'dtype' is {meta.dtype!r}, expected {TOKEN_DTYPE.str!r}")
+        return meta
+
+    def first_difference(self, other: "StoreMeta") -> tuple[str, Any, Any] | None:
+        """(field, self's value, other's value) of the first differing setting, or None."""
+        for name in self.SETTINGS:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if name == "fps":
+                if abs(float(mine) - float(theirs)) > 1e-9:
+                    return name, mine, theirs
+            elif mine != theirs:
+                return name, mine, theirs
+        return None
+
+
+def read_meta(root: Path) -> StoreMeta:
+    path = root / META_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{root}: not a token store ({META_FILE} not found)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path}: cannot read: {exc}") from None
+    return StoreMeta.from_json(data, str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# The manifest
+
+
+@dataclass
+class Manifest:
+    """Columnar manifest: videos and their (video, view) entries, plus failed videos.
+
+    `record` is the video's position in the annotation list (for a stable order whatever the
+    ranks or interruptions); `label` is -1 for unlabelled videos. Entry columns are aligned;
+    `entry_video` indexes the video columns, `entry_view` the store's view names and
+    `entry_shard` the `shards` names.
+    """
+
+    shards: list[str] = field(default_factory=list)
+    video_key: list[str] = field(default_factory=list)
+    video_label: list[int] = field(default_factory=list)
+    video_record: list[int] = field(default_factory=list)
+    entry_video: list[int] = field(default_factory=list)
+    entry_view: list[int] = field(default_factory=list)
+    entry_frames: list[int] = field(default_factory=list)
+    entry_shard: list[int] = field(default_factory=list)
+    entry_offset: list[int] = field(default_factory=list)
+    entry_crc32: list[int] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    ENTRY_COLUMNS = ("video", "view", "frames", "shard", "offset", "crc32")
+    VIDEO_COLUMNS = ("key", "label", "record")
+
+    @property
+    def num_entries(self) -> int:
+        return len(self.entry_video)
+
+    def add_video(self, key: str, label: int | None, record: int,
+                  views: Sequence[tuple[int, int, str, int, int]]) -> None:
+        """Append a video and its entries: views = [(view index, frames, shard, offset, crc32)]."""
+        video = len(self.video_key)
+        self.video_key.append(key)
+        self.video_label.append(-1 if label is None else int(label))
+        self.video_record.append(int(record))
+        for view, frames, shard, offset, crc in views:
+            if shard not in self.shards:
+                self.shards.append(shard)
+            self.entry_video.append(video)
+            self.entry_view.append(int(view))
+            self.entry_frames.append(int(frames))
+            self.entry_shard.append(self.shards.index(shard))
+            self.entry_offset.append(int(offset))
+            self.entry_crc32.append(int(crc))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shards": self.shards,
+            "videos": {"key": self.video_key, "label": self.video_label, "record": self.video_record},
+            "entries": {name: getattr(self, f"entry_{name}") for name in self.ENTRY_COLUMNS},
+            "failures": self.failures,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "Manifest":
+        try:
+            videos, entries = data["videos"], data["entries"]
+            manifest = cls(
+                shards=[str(s) for s in data["shards"]],
+                video_key=[str(k) for k in videos["key"]],
+                video_label=[int(v) for v in videos["label"]],
+                video_record=[int(v) for v in videos["record"]],
+                failures=list(data.get("failures", [])),
+                **{f"entry_{name}": [int(v) for v in entries[name]] for name in cls.ENTRY_COLUMNS},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
+        lengths = {len(manifest.video_key), len(manifest.video_label), len(manifest.video_record)}
+        entry_lengths = {len(getattr(manifest, f"entry_{n}")) for n in cls.ENTRY_COLUMNS}
+        if len(lengths) != 1 or len(entry_lengths) != 1:
+            raise StoreError(f"{where}: manifest columns have different lengths")
+        n_videos = len(manifest.video_key)
+        if any(not 0 <= v < n_videos for v in manifest.entry_video):
+            raise StoreError(f"{where}: an entry names a video that the manifest does not list")
+        if any(not 0 <= s < len(manifest.shards) for s in manifest.entry_shard):
+            raise StoreError(f"{where}: an entry names a shard that the manifest does not list")
+        return manifest
+
+
+def merge_manifests(parts: Iterable[Manifest]) -> Manifest:
+    """One manifest from many: each video once, ordered by (record, key); views in store order.
+
+    A video's entries are committed together, so the first copy of a video is complete; a later
+    copy (possible only after an interrupted compaction) is identical and dropped. A failure is
+    dropped when the video has entries (it was retried successfully); of repeated failures the
+    last one is kept.
+    """
+    videos: dict[str, tuple[int, int, list[tuple[int, int, str, int, int]]]] = {}
+    failures: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        by_video: dict[int, list[tuple[int, int, str, int, int]]] = {}
+        for i in range(part.num_entries):
+            by_video.setdefault(part.entry_video[i], []).append(
+                (part.entry_view[i], part.entry_frames[i], part.shards[part.entry_shard[i]],
+                 part.entry_offset[i], part.entry_crc32[i]))
+        for v, key in enumerate(part.video_key):
+            if key not in videos:
+                videos[key] = (part.video_record[v], part.video_label[v], sorted(by_video.get(v, [])))
+        for failure in part.failures:
+            failures[str(failure.get("key"))] = failure
+    merged = Manifest()
+    for key in sorted(videos, key=lambda k: (videos[k][0], k)):
+        record, label, views = videos[key]
+        merged.add_video(key, None if label < 0 else label, record, views)
+    merged.failures = [f for k, f in failures.items() if k not in videos]
+    merged.failures.sort(key=lambda f: (int(f.get("record", -1)), str(f.get("key"))))
+    return merged
+
+
+def read_manifest_file(path: Path) -> Manifest:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path}: cannot read manifest: {exc}") from None
+    return Manifest.from_json(data, str(path))
+
+
+def list_parts(root: Path) -> list[Path]:
+    """Committed manifest parts (temporary files of interrupted writes are not parts)."""
+    folder = root / PART_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if parse_part_name(p.name) is not None)
+
+
+def load_manifest(root: Path) -> tuple[Manifest, list[Path]]:
+    """The merged view of manifest.json and all parts, and the part files that went into it."""
+    pieces = []
+    parts = list_parts(root)
+    if (root / MANIFEST_FILE).exists():
+        merged = read_manifest_file(root / MANIFEST_FILE)
+        if not parts:  # a finished store: manifest.json is already merged and ordered
+            return merged, parts
+        pieces.append(merged)
+    pieces.extend(read_manifest_file(p) for p in parts)
+    return merge_manifests(pieces), parts

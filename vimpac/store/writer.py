@@ -1,0 +1,191 @@
+"""Appending tokens to a store: one writer per rank, crash-safe, resumable.
+
+Commit protocol (what makes kill -9 at any point safe):
+
+1. append the token bytes of a batch of videos to the rank's current shard file;
+2. flush and fsync the shard;
+3. write a manifest part naming those bytes (atomically: temp file, fsync, rename).
+
+A video is in the store exactly when a part names it. On start the writer reads the committed
+manifest, truncates each of its shard files to the end of its last committed entry (dropping
+bytes of a batch whose part never appeared) and continues appending there. Only the rank's own
+files are touched, and a lock file keeps two processes from writing as the same rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vimpac.io import atomic_write_json, atomic_write_text
+from vimpac.store.errors import StoreError
+from vimpac.store.format import (
+    FAILURES_FILE, MANIFEST_FILE, PART_DIR, SHARD_DIR, TOKEN_DTYPE, Manifest, StoreMeta, list_parts,
+    load_manifest, parse_part_name, parse_shard_name, part_name, shard_name,
+)
+
+DEFAULT_SHARD_BYTES = 1 << 30  # start a new shard file after 1 GiB
+
+
+@dataclass
+class EncodedVideo:
+    """A video's tokens for every view of the store, ready to commit."""
+
+    record: int
+    key: str
+    label: int | None
+    views: dict[str, np.ndarray]  # view name -> (T, h, w) integer tokens
+
+
+@dataclass
+class FailedVideo:
+    record: int
+    key: str
+    path: str
+    reason: str
+    error: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"record": self.record, "key": self.key, "path": self.path, "reason": self.reason,
+                "error": self.error}
+
+
+class RankWriter:
+    """Appends committed batches of videos to this rank's shards; use as a context manager."""
+
+    def __init__(self, root: Path, meta: StoreMeta, rank: int, committed: Manifest,
+                 shard_bytes: int = DEFAULT_SHARD_BYTES):
+        self.root = root
+        self.meta = meta
+        self.rank = rank
+        self.shard_bytes = shard_bytes
+        (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        (root / PART_DIR).mkdir(parents=True, exist_ok=True)
+        self._lock = self._acquire_lock()
+        self._shard_index, self._file = self._recover(committed)
+        seqs = [parse_part_name(p.name) for p in list_parts(root)]
+        self._next_seq = 1 + max((s for r, s in seqs if r == rank), default=-1)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _acquire_lock(self) -> int:
+        path = self.root / SHARD_DIR / f"r{self.rank:03d}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"{path}: another process is writing rank {self.rank} of this store") from None
+        return fd
+
+    def _recover(self, committed: Manifest):
+        """Truncate own shards to their committed ends; open the last one for appending."""
+        ends: dict[str, int] = {}
+        per_frame = self.meta.tokens_per_frame * TOKEN_DTYPE.itemsize
+        for i in range(committed.num_entries):
+            name = committed.shards[committed.entry_shard[i]]
+            end = committed.entry_offset[i] + committed.entry_frames[i] * per_frame
+            ends[name] = max(ends.get(name, 0), end)
+        own = {}
+        for path in (self.root / SHARD_DIR).iterdir():
+            parsed = parse_shard_name(path.name)
+            if parsed and parsed[0] == self.rank:
+                own[parsed[1]] = path
+        for index, path in own.items():
+            committed_end = ends.get(path.name, 0)
+            if path.stat().st_size < committed_end:
+                raise StoreError(f"{path}: shard is shorter ({path.stat().st_size} bytes) than its "
+                                 f"committed entries ({committed_end} bytes); the store is damaged")
+            if path.stat().st_size != committed_end:
+                with open(path, "r+b") as f:
+                    f.truncate(committed_end)
+                    os.fsync(f.fileno())
+        used = [i for i, p in own.items() if ends.get(p.name, 0) > 0]
+        index = max(used, default=0)
+        path = self.root / SHARD_DIR / shard_name(self.rank, index)
+        handle = open(path, "ab")
+        return index, handle
+
+    # ------------------------------------------------------------------ writing
+
+    def commit(self, videos: Sequence[EncodedVideo], failures: Sequence[FailedVideo] = ()) -> Path | None:
+        """Append `videos`, make the bytes durable, then write the part that commits them."""
+        if not videos and not failures:
+            return None
+        part = Manifest()
+        h, w = self.meta.grid
+        for video in videos:
+            missing = [v for v in self.meta.views if v not in video.views]
+            if missing:
+                raise StoreError(f"video {video.key!r}: no tokens for view(s) {missing}")
+            if self._file.tell() >= self.shard_bytes:
+                self._roll_over()
+            shard = shard_name(self.rank, self._shard_index)
+            rows = []
+            for view_index, view in enumerate(self.meta.views):
+                tokens = np.asarray(video.views[view])
+                if tokens.ndim != 3 or tokens.shape[1:] != (h, w):
+                    raise StoreError(f"video {video.key!r} view {view!r}: tokens must be (T, {h}, {w}), "
+                                     f"got {tokens.shape}")
+                if tokens.size and (tokens.min() < 0 or tokens.max() >= self.meta.codebook_size):
+                    raise StoreError(f"video {video.key!r} view {view!r}: token ids outside "
+                                     f"[0, {self.meta.codebook_size})")
+                data = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE).tobytes()
+                offset = self._file.tell()
+                self._file.write(data)
+                rows.append((view_index, tokens.shape[0], shard, offset, zlib.crc32(data)))
+            part.add_video(video.key, video.label, video.record, rows)
+        part.failures = [f.to_json() for f in failures]
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        path = self.root / PART_DIR / part_name(self.rank, self._next_seq)
+        atomic_write_json(path, part.to_json())
+        self._next_seq += 1
+        return path
+
+    def _roll_over(self) -> None:
+        self._file.close()
+        self._shard_index += 1
+        self._file = open(self.root / SHARD_DIR / shard_name(self.rank, self._shard_index), "ab")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            os.close(self._lock)
+
+    def __enter__(self) -> "RankWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def compact_store(root: Path) -> Manifest:
+    """Fold all manifest parts into manifest.json and rewrite failures.jsonl.
+
+    Safe to interrupt: manifest.json is replaced atomically before the parts it absorbed are
+    deleted, and a part that is read twice merges to the same video. Only call it when no
+    writer is running on the store (single process, or rank 0 after a barrier).
+    """
+    manifest, parts = load_manifest(root)
+    atomic_write_json(root / MANIFEST_FILE, manifest.to_json())
+    for part in parts:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+    write_failures_report(root, manifest)
+    return manifest
+
+
+def write_failures_report(root: Path, manifest: Manifest) -> None:
+    """failures.jsonl: one JSON object per video that is not in the store, with the reason."""
+    lines = [json.dumps(f, sort_keys=True) + "\n" for f in manifest.failures]
+    atomic_write_text(root / FAILURES_FILE, "".join(lines))
