@@ -16,7 +16,13 @@ from vimpac import __version__
 
 # The areas in data-flow order; `vimpac --help` lists their subcommands in this order.
 COMMAND_MODULES = (
+    "vimpac.video.commands",
     "vimpac.data.commands",
+    "vimpac.tokenizer.commands",
+    "vimpac.store.commands",
+    "vimpac.model.commands",
+    "vimpac.pretrain.commands",
+    "vimpac.finetune.commands",
 )
 
 

@@ -1,0 +1,127 @@
+"""`vimpac convert-original`: a released checkpoint folder (classifier.pt + args.pickle) made
+from the fixture weights converts to our format and reproduces the fixture outputs; a crafted
+args pickle is refused without running its code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from model_testlib import FIXTURES, fixture_state_dict, load_fixture
+from vimpac.cli import main
+from vimpac.model import CheckpointError, VimpacForClassification, VimpacForPretraining
+from vimpac.model.convert import convert_original, load_args
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def released_args(fx_name: str) -> argparse.Namespace:
+    """The pretrain.py options that produced the fixture (its config_json lists them)."""
+    import json
+    cli = json.loads(str(load_fixture(fx_name)["config_json"]))["pretrain_cli_equivalent"]
+    return argparse.Namespace(model=cli["model"], pos_emb=cli["pos_emb"], layers=cli["layers"],
+                              hid_dim=cli["hid_dim"], clip_len=cli["clip_len"], vocab_size=cli["vocab_size"],
+                              nce_proj_layers=cli["nce_proj_layers"], nce_proj_hid_dim=cli["nce_proj_hid_dim"],
+                              halve_att=cli["halve_att"], halve_mlp=cli["halve_mlp"], pre_activation=False,
+                              dropout=0.1, frame_size=32, lr=1e-3, epoch=99, output="snap/pretrain")
+
+
+def write_release(folder, fx_name: str, ddp_prefix: bool = False) -> dict:
+    fx = load_fixture(fx_name)
+    folder.mkdir(parents=True)
+    state = fixture_state_dict(fx)
+    if ddp_prefix:
+        state = {f"module.{k}": v for k, v in state.items()}
+    torch.save(state, folder / "classifier.pt")
+    (folder / "args.pickle").write_bytes(pickle.dumps(released_args(fx_name)))
+    torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")
+    return fx
+
+
+@pytest.mark.parametrize("fx_name", FIXTURES)
+def test_convert_cli_reproduces_the_fixture(tmp_path, fx_name):
+    fx = write_release(tmp_path / "release", fx_name, ddp_prefix=fx_name == FIXTURES[1])
+    assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "ours")]) == 0
+    model = VimpacForPretraining.from_pretrained(tmp_path / "ours").eval()
+    assert model.config.layout == ("T,H|W" if fx_name == "tiny_t_hw" else "T,H,W")
+    tokens = torch.from_numpy(fx["input_tokens"])
+    with torch.no_grad():
+        out = model(tokens, tokens == model.config.vocab.mask_id)
+    torch.testing.assert_close(out.cls_hidden, torch.from_numpy(fx["out/cls_hidden"]), **TOL)
+    torch.testing.assert_close(out.hiddens, torch.from_numpy(fx["out/hiddens"]), **TOL)
+    torch.testing.assert_close(out.cls_projection, torch.from_numpy(fx["out/cls_proj"]), **TOL)
+    labels = torch.from_numpy(fx["input_mlm_labels"])
+    assert torch.equal(out.mlm_logits.argmax(-1), torch.from_numpy(fx["out/mlm_argmax"])[labels != -100])
+
+
+def test_fine_tuned_checkpoint_converts_to_a_classifier(tmp_path):
+    fx = load_fixture("tiny_t_hw")
+    folder = tmp_path / "ft"
+    folder.mkdir()
+    state = {k: v for k, v in fixture_state_dict(fx).items() if k.startswith("backbone.")}
+    state["cls_fc.weight"] = torch.randn(7, 128)
+    state["cls_fc.bias"] = torch.randn(7)
+    torch.save(state, folder / "classifier.pt")
+    (folder / "args.pickle").write_bytes(pickle.dumps(released_args("tiny_t_hw")))
+    convert_original(folder, tmp_path / "ours")
+    clf = VimpacForClassification.from_pretrained(tmp_path / "ours").eval()
+    assert clf.num_classes == 7
+    tokens = torch.from_numpy(fx["input_tokens"])
+    with torch.no_grad():
+        logits = clf(tokens)
+    expected = torch.from_numpy(fx["out/cls_hidden"]) @ state["cls_fc.weight"].t() + state["cls_fc.bias"]
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+class _RunsCode:
+    """A pickle payload that would create a folder if it were ever unpickled naively."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_malicious_args_pickle_is_refused_and_never_runs(tmp_path):
+    write_release(tmp_path / "release", "tiny_t_hw")
+    marker = tmp_path / "pwned"
+    evil = argparse.Namespace(model="efflayoutT,H|W", payload=_RunsCode(str(marker)))
+    (tmp_path / "release" / "args.pickle").write_bytes(pickle.dumps(evil))
+    with pytest.raises(CheckpointError, match=r"args.pickle.*refusing global posix.mkdir|args.pickle.*refusing global os.mkdir"):
+        convert_original(tmp_path / "release", tmp_path / "ours")
+    assert not marker.exists()
+    assert not (tmp_path / "ours").exists()
+    # The CLI reports it as an error (exit 1), not a traceback.
+    assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "ours")]) == 1
+    assert not marker.exists()
+    # Sanity check that the payload is live: plain pickle would have run it.
+    pickle.loads(pickle.dumps(_RunsCode(str(marker))))
+    assert marker.exists()
+
+
+def test_args_file_must_be_a_namespace_and_weights_only(tmp_path):
+    (tmp_path / "args.pkl").write_bytes(pickle.dumps({"model": "efflayoutT"}))
+    with pytest.raises(CheckpointError, match="expected a pickled argparse.Namespace, got dict"):
+        load_args(tmp_path / "args.pkl")
+    folder = tmp_path / "release"
+    folder.mkdir()
+    torch.save({"w": np.arange(3)}, folder / "classifier.pt")   # a numpy array needs a non-weights global
+    with pytest.raises(CheckpointError, match="classifier.pt: cannot load as a weights-only state dict"):
+        convert_original(folder, tmp_path / "ours")
+
+
+def test_ignore_args_needs_a_layout(tmp_path):
+    write_release(tmp_path / "release", "tiny_t_hw")
+    (tmp_path / "release" / "args.pickle").unlink()
+    with pytest.raises(CheckpointError, match="no args.pickle"):
+        convert_original(tmp_path / "release", tmp_path / "ours")
+    with pytest.raises(CheckpointError, match="layout is not in the weights"):
+        convert_original(tmp_path / "release", tmp_path / "ours", ignore_args=True)
+    assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "ours"),
+                 "--ignore-args", "--set", "layout=T,H|W"]) == 0

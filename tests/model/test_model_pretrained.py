@@ -1,0 +1,91 @@
+"""Our format (config.json + model.safetensors) and positional-table interpolation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model_testlib import random_tokens, tiny_config
+from vimpac.model import CheckpointError, VimpacForClassification, VimpacForPretraining
+from vimpac.model.interpolate import resize_table
+
+
+def test_round_trip_reproduces_outputs(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(layout="T,H,W", pre_ln=True, halve_att=True)
+    model = VimpacForPretraining(cfg).eval()
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["kind"] == "pretraining" and meta["model"]["layout"] == "T,H,W"
+
+    loaded = VimpacForPretraining.from_pretrained(tmp_path / "m").eval()
+    assert loaded.mlm_head.decoder.weight is loaded.backbone.embedding.weight   # tie survives loading
+    tokens = random_tokens(cfg)
+    with torch.no_grad():
+        a, b = model(tokens, tokens < 5), loaded(tokens, tokens < 5)
+    torch.testing.assert_close(b.mlm_logits, a.mlm_logits, atol=0, rtol=0)
+    torch.testing.assert_close(b.cls_projection, a.cls_projection, atol=0, rtol=0)
+
+
+def test_interpolation_into_longer_and_larger_grids(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(max_frames=3, height=4, width=4)
+    model = VimpacForPretraining(cfg)
+    model.save_pretrained(tmp_path / "pt")
+    clf = VimpacForClassification.from_pretrained(tmp_path / "pt", num_classes=5, max_frames=6, height=8, width=6)
+    pos, old = clf.backbone.positional_embedding, model.backbone.positional_embedding
+    assert pos.temporal_pos_embedding.shape == (6, cfg.dim)
+    assert pos.height_pos_embedding.shape == (8, cfg.dim) and pos.width_pos_embedding.shape == (6, cfg.dim)
+    # Linear interpolation with align_corners=False, computed independently for one table.
+    expected = F.interpolate(old.temporal_pos_embedding.detach().t()[None], size=6, mode="linear",
+                             align_corners=False)[0].t()
+    torch.testing.assert_close(pos.temporal_pos_embedding.detach(), expected)
+    # Doubling a table: output rows 1 and 2 lie at source positions 0.25 and 0.75.
+    table = old.height_pos_embedding.detach()
+    torch.testing.assert_close(pos.height_pos_embedding.detach()[1], 0.75 * table[0] + 0.25 * table[1])
+    torch.testing.assert_close(pos.cls_pos_embedding, old.cls_pos_embedding)
+    torch.testing.assert_close(clf.backbone.embedding.weight, model.backbone.embedding.weight)
+    assert torch.count_nonzero(clf.head.cls_fc.weight) == 0
+    logits = clf(random_tokens(clf.config, frames=6))
+    assert logits.shape == (2, 5) and torch.count_nonzero(logits) == 0   # zero-initialised head
+    assert resize_table(table, 4) is table
+
+
+def test_classifier_round_trip_and_kind_errors(tmp_path):
+    cfg = tiny_config()
+    clf = VimpacForClassification(cfg, num_classes=3)
+    torch.nn.init.normal_(clf.head.cls_fc.weight)
+    clf.save_pretrained(tmp_path / "clf")
+    again = VimpacForClassification.from_pretrained(tmp_path / "clf")
+    assert again.num_classes == 3
+    torch.testing.assert_close(again.head.cls_fc.weight, clf.head.cls_fc.weight)
+    with pytest.raises(CheckpointError, match="holds a 'classification' model"):
+        VimpacForPretraining.from_pretrained(tmp_path / "clf")
+    VimpacForPretraining(cfg).save_pretrained(tmp_path / "pt")
+    with pytest.raises(CheckpointError, match="pass num_classes"):
+        VimpacForClassification.from_pretrained(tmp_path / "pt")
+
+
+def test_bad_folders_give_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json: not found"):
+        VimpacForPretraining.from_pretrained(tmp_path)
+    model = VimpacForPretraining(tiny_config())
+    model.save_pretrained(tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    meta = json.loads(config_path.read_text())
+    meta["model"]["dim"] = "wide"
+    config_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="model.dim"):
+        VimpacForPretraining.from_pretrained(tmp_path / "m")
+    meta["model"]["dim"] = 32   # builds, but the weights do not fit it
+    meta["model"]["heads"] = 2
+    config_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        VimpacForPretraining.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        VimpacForPretraining.from_pretrained(tmp_path / "m")

@@ -1,0 +1,52 @@
+"""`vimpac masking-table`: text and JSON output, block ranges, auto, and argument errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vimpac.cli import main
+
+TABLE_2_T5_S128 = {4: 11.9, 6: 17.0, 8: 21.7, 5: 14.5}  # Table 2 row, 5 blocks from Tables 9 / 15
+
+
+def test_json_reproduces_table_2(capsys):
+    assert main(["masking-table", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert len(records) == 2 * 2 * 5
+    assert all(set(r) == {"T", "S", "blocks", "ratio"} for r in records)
+    row = {r["blocks"]: r["ratio"] for r in records if (r["T"], r["S"]) == (5, 128)}
+    for blocks, paper in TABLE_2_T5_S128.items():
+        assert abs(100 * row[blocks] - paper) <= 0.5
+
+
+def test_text_table_marks_the_closest_count(capsys):
+    assert main(["masking-table", "--frames", "5", "--sizes", "128,256", "--blocks", "4-8"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.strip().startswith("5 ")]
+    assert len(lines) == 2
+    assert "14.45*" in lines[0] and "15.24*" in lines[1]
+
+
+def test_blocks_auto_and_list(capsys):
+    assert main(["masking-table", "--json", "--blocks", "auto", "--frames", "5,10", "--sizes", "128"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [(r["T"], r["blocks"]) for r in records] == [(5, 5), (10, 6)]
+    assert main(["masking-table", "--json", "--blocks", "4,6", "--frames", "5", "--sizes", "256"]) == 0
+    assert [r["blocks"] for r in json.loads(capsys.readouterr().out)] == [4, 6]
+
+
+def test_monte_carlo_column(capsys):
+    args = ["masking-table", "--json", "--frames", "5", "--sizes", "128", "--blocks", "5", "--monte-carlo", "2000"]
+    assert main(args) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert abs(record["monte_carlo"] - record["ratio"]) < 5 * record["monte_carlo_stderr"]
+
+
+def test_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        main(["masking-table", "--blocks", "8-4"])
+    assert "range" in capsys.readouterr().err
+    assert main(["masking-table", "--sizes", "100"]) == 2
+    assert "not divisible" in capsys.readouterr().err

@@ -1,0 +1,119 @@
+"""Our weight format: a folder with `config.json` + `model.safetensors`.
+
+`config.json` holds the format tag, the model kind ("pretraining" or "classification"), the
+`ModelConfig` fields and, for classifiers, the number of classes. The weights are the model's
+state dict without tied aliases (the masked-token decoder is the embedding table; it is stored
+once). Nothing here unpickles anything, so a folder from anywhere is safe to load, and the
+folder loads with `vimpac.model` alone - no training code needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from vimpac.config import ConfigError, from_dict, to_dict
+from vimpac.io import atomic_path, atomic_write_json
+from vimpac.model.config import ModelConfig
+from vimpac.model.errors import CheckpointError, ModelError
+from vimpac.model.interpolate import resize_positional_tables
+
+FORMAT = "vimpac-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """State-dict keys that are the same tensor as an earlier key: alias -> first key."""
+    seen: dict[int, str] = {}
+    aliases = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        if id(value) in seen:
+            aliases[key] = seen[id(value)]
+        else:
+            seen[id(value)] = key
+    return aliases
+
+
+def save_model_folder(model: nn.Module, cfg: ModelConfig, folder: str | Path, kind: str,
+                      extra: Mapping[str, Any] | None = None) -> Path:
+    """Write `config.json` and `model.safetensors` atomically into `folder`."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    aliases = tied_aliases(model)
+    tensors = {key: value.detach().to("cpu").contiguous()
+               for key, value in model.state_dict().items() if key not in aliases}
+    with atomic_path(folder / WEIGHTS_FILE, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "vimpac_kind": kind})
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "model": to_dict(cfg)}
+    meta.update(extra or {})
+    atomic_write_json(folder / CONFIG_FILE, meta)
+    return folder
+
+
+def read_model_config(folder: str | Path) -> tuple[str, ModelConfig, dict[str, Any]]:
+    """(kind, ModelConfig, the whole config.json) of a model folder; errors name the file."""
+    path = Path(folder) / CONFIG_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE} "
+                              "(written by save_pretrained or `vimpac convert-original`)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: expected \"format\": \"{FORMAT}\", got {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not supported "
+                              f"(this vimpac reads {FORMAT_VERSION})")
+    try:
+        cfg = from_dict(ModelConfig, meta.get("model"), where=f"{path}: model")
+        cfg.validate()
+    except (ConfigError, ModelError) as exc:
+        raise CheckpointError(str(exc)) from None
+    return str(meta.get("kind")), cfg, meta
+
+
+def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> list[str]:
+    """Load strictly: every key present, nothing extra, shapes equal - except positional tables,
+    which are interpolated to the model's T / H / W. Tied aliases missing from `state_dict` are
+    filled from their source key. Returns the interpolation notes; mismatches raise
+    `CheckpointError` listing the keys."""
+    state = dict(state_dict)
+    for alias, original in tied_aliases(model).items():
+        if alias not in state and original in state:
+            state[alias] = state[original]
+    target = model.state_dict()
+    notes = resize_positional_tables(state, target)
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    wrong_shape = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+                         for k in set(state) & set(target) if state[k].shape != target[k].shape)
+    if missing or unexpected or wrong_shape:
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+        parts = [f"{name} [{show(items)}]" for name, items in
+                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong_shape)) if items]
+        raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return notes

@@ -1,0 +1,129 @@
+"""Subcommands of the pre-training area (`vimpac masking-table`, ...).
+
+Only argparse-level code at the top: the handlers import numpy / torch lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    table = subparsers.add_parser(
+        "masking-table",
+        help="induced block-masking ratio per input size and block count (paper Table 2)",
+        description=(
+            "Print the exact induced masking ratio of block masking for each clip length T, frame "
+            "size S and number of blocks, and the block count closest to the target ratio (marked *). "
+            "The defaults reproduce the paper's Table 2."
+        ),
+    )
+    table.add_argument("--frames", type=_int_list, default=[5, 10], metavar="T,...",
+                       help="clip lengths in frames (default: 5,10)")
+    table.add_argument("--sizes", type=_int_list, default=[128, 256], metavar="S,...",
+                       help="frame sizes in pixels (default: 128,256)")
+    table.add_argument("--blocks", type=_blocks, default=list(range(4, 9)), metavar="N|A-B|N,...|auto",
+                       help="block counts: a range 4-8, a list 4,6,8, or 'auto' (the closest to the target)")
+    table.add_argument("--downsample", type=int, default=8,
+                       help="pixels per token along each side (DALL-E's dVAE: 8)")
+    table.add_argument("--target", type=float, default=0.15, help="target masking ratio (default: 0.15)")
+    table.add_argument("--monte-carlo", type=int, default=0, metavar="SAMPLES",
+                       help="also estimate each ratio by running the sampler on SAMPLES clips")
+    table.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo estimate")
+    table.add_argument("--json", action="store_true",
+                       help='print a JSON list of {"T", "S", "blocks", "ratio"} records (ratio as a fraction)')
+    table.set_defaults(run=_run_masking_table)
+
+
+def _run_masking_table(args: argparse.Namespace) -> int:
+    from vimpac.pretrain.errors import PretrainError
+    from vimpac.pretrain.masking import masking_table
+
+    if args.downsample < 1:
+        print("vimpac masking-table: --downsample must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        rows = masking_table(args.frames, args.sizes, args.blocks, args.downsample, args.target)
+    except PretrainError as exc:
+        print(f"vimpac masking-table: {exc}", file=sys.stderr)
+        return 2
+
+    estimates: dict[tuple[int, int, int], tuple[float, float]] = {}
+    if args.monte_carlo:
+        import torch
+
+        from vimpac.pretrain.masking import monte_carlo_masking_ratio
+
+        generator = torch.Generator().manual_seed(args.seed)
+        for row in rows:
+            side = row.S // args.downsample
+            estimates[row.T, row.S, row.blocks] = monte_carlo_masking_ratio(
+                row.T, side, side, row.blocks, args.monte_carlo, generator
+            )
+
+    if args.json:
+        records = []
+        for row in rows:
+            record = {"T": row.T, "S": row.S, "blocks": row.blocks, "ratio": row.ratio}
+            if estimates:
+                record["monte_carlo"], record["monte_carlo_stderr"] = estimates[row.T, row.S, row.blocks]
+            records.append(record)
+        print(json.dumps(records, indent=1))
+        return 0
+    print(_format_table(rows, args.downsample, args.target, estimates))
+    return 0
+
+
+def _format_table(rows, downsample: int, target: float, estimates: dict) -> str:
+    counts = sorted({row.blocks for row in rows})
+    sizes = list(dict.fromkeys((row.T, row.S) for row in rows))
+    by_key = {(row.T, row.S, row.blocks): row for row in rows}
+    header = f"{'T':>3} {'S':>5} {'tokens':>7} | " + " ".join(f"{n:>7}" for n in counts)
+    lines = [
+        f"Induced masking ratio (%) of block masking, union of N blocks; * = closest to {100 * target:g}%",
+        "",
+        f"{'':>17} | #blocks",
+        header,
+        "-" * len(header),
+    ]
+    for T, S in sizes:
+        cells = []
+        for n in counts:
+            row = by_key.get((T, S, n))
+            cells.append(f"{'':>7}" if row is None else f"{100 * row.ratio:6.2f}{'*' if row.closest else ' '}")
+        side = S // downsample
+        lines.append(f"{T:>3} {S:>5} {f'{side}x{side}':>7} | " + " ".join(cells))
+    if estimates:
+        lines += ["", "Monte Carlo check (sampler): exact vs estimate +- standard error, in %"]
+        for (T, S, n), (mean, stderr) in estimates.items():
+            exact = by_key[T, S, n].ratio
+            lines.append(f"  T={T:<3} S={S:<4} N={n:<3} exact {100 * exact:6.2f}  sampled {100 * mean:6.2f} +- {100 * stderr:.2f}")
+    return "\n".join(lines)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _blocks(text: str) -> list[int] | str:
+    text = text.strip()
+    if text == "auto":
+        return "auto"
+    if "-" in text and "," not in text:
+        low, _, high = text.partition("-")
+        try:
+            first, last = int(low), int(high)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a range like 4-8, got {text!r}") from None
+        if first < 1 or last < first:
+            raise argparse.ArgumentTypeError(f"expected a range A-B with 1 <= A <= B, got {text!r}")
+        return list(range(first, last + 1))
+    return _int_list(text)
