@@ -71,3 +71,40 @@ def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
     tensor = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item() > 0)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward returns this rank's slice of the gradient summed over ranks.
+
+    Implemented with all_reduce + slicing rather than reduce_scatter so that it runs on gloo
+    (CPU) as well as NCCL.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+        world_size = dist.get_world_size(group)
+        tensor = tensor.contiguous()
+        sizes = [torch.zeros(1, dtype=torch.int64, device=tensor.device) for _ in range(world_size)]
+        dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device), group=group)
+        if len({int(size) for size in sizes}) != 1:
+            raise ValueError(f"gather_with_grad: every rank must hold the same number of rows, got "
+                               f"{[int(s) for s in sizes]}")
+        parts = [torch.empty_like(tensor) for _ in range(world_size)]
+        dist.all_gather(parts, tensor, group=group)
+        ctx.group = group
+        ctx.rows = tensor.shape[0]
+        ctx.rank = dist.get_rank(group)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad_output.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        begin = ctx.rank * ctx.rows
+        return grad[begin: begin + ctx.rows], None
+
+
+def gather_with_grad(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Concatenate every rank's `tensor` (rank order) along dim 0, with gradients flowing back:
+    each rank receives the gradient of its rows summed over all ranks' losses."""
+    return _GatherWithGrad.apply(tensor, group)

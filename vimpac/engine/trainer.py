@@ -61,6 +61,8 @@ class TrainConfig:
     max_nonfinite_steps: int = 5  # consecutive skipped updates before the run stops
     max_minutes: Optional[float] = None  # stop (with a checkpoint) after this much wall time
     progress: bool = True
+    # DDP must be told when some parameters get no gradient (e.g. a pre-training loss switched off).
+    ddp_find_unused_parameters: bool = False
 
 
 class TrainTask(Protocol):
@@ -94,7 +96,9 @@ def derive_seed(*parts: int) -> int:
 
 class Trainer:
     def __init__(self, model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: str | Path,
-                 run_config: dict[str, Any] | None = None):
+                 run_config: dict[str, Any] | None = None, param_groups: list[dict] | None = None):
+        # `param_groups`: optional AdamW groups built by the caller (e.g. layer-wise LR decay,
+        # each group's "lr" already scaled); None gives the default decay / no-decay groups.
         if cfg.precision == "fp16" and not str(cfg.device).startswith("cuda"):
             raise ValueError("precision fp16 needs a CUDA device (fp16 on CPU is very slow); use bf16 or fp32")
         self.cfg = cfg
@@ -107,7 +111,10 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = model.to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps)
+        if param_groups is None:
+            self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps)
+        else:
+            self.optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
         warmup = int(round(cfg.warmup_ratio * cfg.total_steps))
         self.scheduler = warmup_linear_decay(self.optimizer, warmup, cfg.total_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
@@ -196,7 +203,8 @@ class Trainer:
             model = torch.compile(model)
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=device_ids, find_unused_parameters=self.cfg.ddp_find_unused_parameters)
         return model
 
     def _accumulate_gradients(self, model: nn.Module, window: "_Window") -> tuple[bool, dict[str, float]]:

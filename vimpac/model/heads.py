@@ -57,19 +57,17 @@ class ContrastiveHead(nn.Module):
     """SimCLR-style projection of the CLS output: [Linear -> BatchNorm -> ReLU] x (layers - 1),
     then a bias-free Linear to `out_dim` (optionally followed by BatchNorm).
 
-    BatchNorm is `SyncBatchNorm` when a process group is running at construction time (the
-    original always uses SyncBatchNorm; without a process group the two compute the same), so
-    batch statistics span the global batch under DDP. State-dict names are identical either way.
+    BatchNorm is a plain BatchNorm1d; a distributed run swaps it for a synchronised one with
+    `vimpac.engine.sync_batchnorm.synchronize_batchnorm` (the original always uses SyncBatchNorm;
+    without a process group the two compute the same). State-dict names are identical either way.
     """
 
     def __init__(self, in_dim: int, hidden: int = 2048, out_dim: int = 256, layers: int = 2,
-                 bn_after_proj: bool = False, sync_batchnorm: bool | None = None) -> None:
+                 bn_after_proj: bool = False) -> None:
         super().__init__()
         if layers < 1:
             raise ValueError(f"contrastive head needs at least 1 layer, got {layers}")
-        if sync_batchnorm is None:
-            sync_batchnorm = torch.distributed.is_available() and torch.distributed.is_initialized()
-        norm = nn.SyncBatchNorm if sync_batchnorm else nn.BatchNorm1d
+        norm = nn.BatchNorm1d
         modules: list[tuple[str, nn.Module]] = []
         for i in range(layers):
             fan_in = in_dim if i == 0 else hidden

@@ -1,4 +1,4 @@
-"""Subcommands of the pre-training area (`vimpac masking-table`, ...).
+"""Subcommands of the pre-training area (`vimpac pretrain`, `vimpac masking-table`).
 
 Only argparse-level code at the top: the handlers import numpy / torch lazily.
 """
@@ -11,6 +11,7 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_pretrain(subparsers)
     table = subparsers.add_parser(
         "masking-table",
         help="induced block-masking ratio per input size and block count (paper Table 2)",
@@ -127,3 +128,57 @@ def _blocks(text: str) -> list[int] | str:
             raise argparse.ArgumentTypeError(f"expected a range A-B with 1 <= A <= B, got {text!r}")
         return list(range(first, last + 1))
     return _int_list(text)
+
+
+def _register_pretrain(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pretrain",
+        help="pre-train a VIMPAC model on a token store (masked tokens + contrastive)",
+        description=(
+            "Pre-train with block-masked token prediction and symmetric InfoNCE on clip pairs from a "
+            "token store. Settings come from a preset, then --config YAML, then KEY=VALUE overrides "
+            "(e.g. train.lr=5e-4 masking.strategy=iid objective.alpha=0 model.layers=4). Works as one "
+            "process or under torchrun (DDP). Writes RUN/metrics.jsonl, RUN/tensorboard, "
+            "RUN/checkpoints and, when finished, RUN/model for `vimpac finetune`."
+        ),
+    )
+    parser.add_argument("--store", required=True, help="token store made by `vimpac tokenize`")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--preset", default="tiny", help="tiny | analysis | results (default: tiny)")
+    parser.add_argument("--config", help="YAML file of settings applied over the preset")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    parser.add_argument("--init-from", help="start from a pre-trained model folder instead of random weights")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings overrides")
+    parser.set_defaults(run=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from vimpac.config import ConfigError, to_dict
+    from vimpac.model.errors import ModelError
+    from vimpac.pretrain.config import build_pretrain_config
+    from vimpac.pretrain.errors import PretrainError
+    from vimpac.pretrain.run import run_pretraining
+    from vimpac.store.errors import StoreError
+
+    try:
+        cfg = build_pretrain_config(args.preset, args.config, args.overrides)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
+        if args.print_config:
+            print(json.dumps(to_dict(cfg), indent=2))
+            return 0
+        result = run_pretraining(args.store, args.out, cfg, resume=args.resume, init_from=args.init_from)
+    except (ConfigError, PretrainError, StoreError, ModelError) as exc:
+        print(f"vimpac pretrain: {exc}", file=sys.stderr)
+        return 2
+    print(f"{result.status} at step {result.step} ({result.skipped_steps} skipped); run folder {args.out}")
+    for key, value in sorted(result.last_metrics.items()):
+        if isinstance(value, float):
+            print(f"  {key:24s} {value:.4f}")
+    return 0 if result.status != "interrupted" else 130

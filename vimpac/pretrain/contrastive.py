@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from vimpac.config import ConfigError
+from vimpac.engine.distributed import gather_with_grad
 from vimpac.pretrain.errors import PretrainError
 from vimpac.pretrain.masking import IGNORE_INDEX
 
@@ -143,43 +144,6 @@ def _one_side(
         best_negative = torch.maximum(negatives_other.amax(dim=1), logits_same.amax(dim=1))
         correct = positive > best_negative
     return loss, correct
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward returns this rank's slice of the gradient summed over ranks.
-
-    Implemented with all_reduce + slicing rather than reduce_scatter so that it runs on gloo
-    (CPU) as well as NCCL.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
-        world_size = dist.get_world_size(group)
-        tensor = tensor.contiguous()
-        sizes = [torch.zeros(1, dtype=torch.int64, device=tensor.device) for _ in range(world_size)]
-        dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device), group=group)
-        if len({int(size) for size in sizes}) != 1:
-            raise PretrainError(
-                f"gather_with_grad: every rank must hold the same number of clip pairs, got {[int(s) for s in sizes]}"
-            )
-        parts = [torch.empty_like(tensor) for _ in range(world_size)]
-        dist.all_gather(parts, tensor, group=group)
-        ctx.group = group
-        ctx.rows = tensor.shape[0]
-        ctx.rank = dist.get_rank(group)
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        grad = grad_output.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        begin = ctx.rank * ctx.rows
-        return grad[begin : begin + ctx.rows], None
-
-
-def gather_with_grad(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """Concatenate every rank's `tensor` (rank order) along dim 0, with gradients flowing back."""
-    return _GatherWithGrad.apply(tensor, group)
 
 
 def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,186 @@
+"""Pre-training on a token store: batches, settings checks, learning, resume, DDP equivalence."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from vimpac.config import apply_overrides
+from vimpac.engine.distributed import DistInfo
+from vimpac.engine.metrics import read_metrics
+from vimpac.model.vimpac import VimpacForPretraining
+from vimpac.pretrain.config import build_pretrain_config
+from vimpac.pretrain.errors import PretrainError
+from vimpac.pretrain.run import run_pretraining
+from vimpac.pretrain.task import PretrainTask, resolve_config
+from vimpac.store.reader import TokenStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from token_store_factory import static_texture_videos, write_store  # noqa: E402
+
+CODES = 32
+MICRO_MODEL = ["model.dim=64", "model.layers=2", "model.heads=2", "model.cls_head_hidden=64",
+               "model.cls_head_out=32", "model.dropout=0.0", "model.attention_dropout=0.0"]
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    return write_store(root, static_texture_videos(24, frames=10, grid=4, codebook_size=CODES), CODES)
+
+
+def config(*overrides):
+    base = ["data.frames=4", "data.val_fraction=0.2", "train.batch_size=4", "train.progress=false",
+            "train.precision=fp32", "train.log_every=1", "train.checkpoint_every=1000"]
+    return build_pretrain_config("tiny", overrides=MICRO_MODEL + base + list(overrides))
+
+
+def test_batches_are_deterministic_pairs_from_the_same_video(store_path):
+    store = TokenStore.open(store_path)
+    cfg = resolve_config(store, config(), 1)
+    task = PretrainTask(store, cfg)
+    a, b = task.batch(3, 0, DistInfo()), task.batch(3, 0, DistInfo())
+    c = task.batch(4, 0, DistInfo())
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.mask, b.mask)
+    assert not torch.equal(a.tokens, c.tokens)
+    assert a.tokens.shape == (8, 4, 4, 4) and a.inputs.dtype == torch.int64
+    vocab = cfg.model.vocab
+    assert (a.inputs[a.mask] == vocab.mask_id).all() and (a.labels[~a.mask] == -100).all()
+    assert torch.equal(a.labels[a.mask], a.tokens[a.mask])
+    # Rank r of 2 takes the next 4 videos of the same global order as a single process.
+    assert not torch.equal(task.batch(3, 0, DistInfo(0, 2)).tokens, task.batch(3, 0, DistInfo(1, 2)).tokens)
+
+
+def test_validation_videos_are_held_out(store_path):
+    store = TokenStore.open(store_path)
+    task = PretrainTask(store, resolve_config(store, config(), 1))
+    assert len(task.val_entries) > 0
+    assert not set(task.val_entries) & set(task.train_entries)
+    assert len(task.val_entries) + len(task.train_entries) == store.num_videos
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model_from_store=false", "model.codebook_size=64"], "model.codebook_size=64 but the store's tokenizer has 32"),
+    (["model_from_store=false", "model.codebook_size=32", "model.height=8"], "token grid is 4x4"),
+    (["data.frames=11"], "data.frames=11 but the longest video has 10 frames"),
+    (["effective_batch=10"], "effective_batch=10 is not divisible by train.batch_size"),
+])
+def test_inconsistent_settings_fail_before_any_work(store_path, overrides, message):
+    with pytest.raises(PretrainError, match=message):
+        resolve_config(TokenStore.open(store_path), config(*overrides), 1)
+
+
+def test_effective_batch_sets_accumulation(store_path):
+    cfg = resolve_config(TokenStore.open(store_path), config("effective_batch=16"), 2)
+    assert cfg.train.grad_accum_steps == 2
+
+
+def test_tiny_pretraining_learns_both_tasks(store_path, tmp_path):
+    cfg = config("train.total_steps=150", "train.lr=3e-3", "train.log_every=15")
+    result = run_pretraining(store_path, tmp_path, cfg)
+    records = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
+    first, last = records[0], records[-1]  # averages over the first and the last 15 steps
+    val = result.last_metrics
+    assert last["mask_loss"] < 0.7 * first["mask_loss"]
+    assert last["cl_loss"] < first["cl_loss"]
+    assert val["val/mask_acc"] > val["val/majority_acc"] + 0.3
+    assert val["val/cl_acc"] > 0.8
+    reloaded = VimpacForPretraining.from_pretrained(tmp_path / "model")
+    assert reloaded.config.codebook_size == CODES
+
+
+def test_resume_reproduces_the_uninterrupted_losses(store_path, tmp_path):
+    steps = ["train.total_steps=6", "train.deterministic=true", "model.dropout=0.1"]
+    run_pretraining(store_path, tmp_path / "full", config(*steps))
+    run_pretraining(store_path, tmp_path / "part", config(*steps, "train.max_minutes=0"))
+    run_pretraining(store_path, tmp_path / "part", config(*steps), resume=True)
+
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in read_metrics(run) if r["split"] == "train"]
+
+    assert losses(tmp_path / "part") == losses(tmp_path / "full") and len(losses(tmp_path / "full")) == 6
+
+
+def test_resume_with_other_settings_is_refused(store_path, tmp_path):
+    run_pretraining(store_path, tmp_path, config("train.total_steps=1"))
+    with pytest.raises(PretrainError, match="train.lr"):
+        run_pretraining(store_path, tmp_path, config("train.total_steps=2", "train.lr=0.5"), resume=True)
+
+
+# ---------------------------------------------------------------------------------------- DDP
+
+def _contrastive_only(store_path):
+    cfg = config("objective.masked_token=false", "train.batch_size=3")
+    store = TokenStore.open(store_path)
+    return store, resolve_config(store, cfg, 1)
+
+
+def _ddp_grads(rank, port, store_path, queue):
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo")
+    from vimpac.engine.sync_batchnorm import synchronize_batchnorm
+
+    store, cfg = _contrastive_only(store_path)
+    task = PretrainTask(store, cfg)
+    torch.manual_seed(0)
+    model = synchronize_batchnorm(VimpacForPretraining(cfg.model).double(), torch.device("cpu"))
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    loss, _ = task.loss(ddp, task.batch(0, 0, DistInfo(rank, 2)))
+    loss.backward()
+    if rank == 0:
+        queue.put({n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None})
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_give_the_gradients_of_one_process(store_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_grads, args=(r, port, str(store_path), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    ddp_grads = queue.get(timeout=180)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+
+    store, cfg = _contrastive_only(store_path)
+    task = PretrainTask(store, cfg)
+    rank_batches = [task.batch(0, 0, DistInfo(r, 2)) for r in range(2)]
+    half = rank_batches[0].tokens.shape[0] // 2
+    # One process, the global batch: first clips of both ranks' videos, then their second clips.
+    tokens = torch.cat([b.inputs[:half] for b in rank_batches] + [b.inputs[half:] for b in rank_batches])
+    single = dataclasses.replace(rank_batches[0], inputs=tokens, tokens=tokens, mask=torch.zeros_like(tokens, dtype=torch.bool))
+    torch.manual_seed(0)
+    model = VimpacForPretraining(cfg.model).double()  # float64: the comparison is then exact to ~1e-12
+    loss, _ = task.loss(model, single, distributed=False)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(grads) == set(ddp_grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(torch.from_numpy(ddp_grads[name]), grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_pretrain_command_runs_and_reports_bad_settings(store_path, tmp_path, capsys):
+    from vimpac.cli import main
+
+    common = ["pretrain", "--store", str(store_path), "--out", str(tmp_path / "run"), "--device", "cpu", *MICRO_MODEL,
+              "data.frames=4", "train.batch_size=4", "train.total_steps=3", "train.progress=false"]
+    assert main(common) == 0
+    assert "finished at step 3" in capsys.readouterr().out
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+    assert main(common[:5] + ["--device", "cpu", "data.frames=99"]) == 2
+    assert "data.frames=99 but the longest video has 10 frames" in capsys.readouterr().err
+    assert main(common + ["train.nope=1"]) == 2
+    assert "unknown config field 'train.nope'" in capsys.readouterr().err

@@ -1,0 +1,229 @@
+"""The pre-training task the engine's Trainer runs: clip pairs from the token store, masking,
+and the two losses (masked-token prediction + symmetric InfoNCE).
+
+Batch layout: B videos per micro-batch give 2B clips; rows 0..B-1 are the first clip of each
+video and rows B..2B-1 the second, so the contrastive pairs are (i, B + i). Both losses use the
+same masked input, as the paper does (Sec. 3.3), unless `data.contrastive_unmasked`.
+
+Everything random in a batch comes from a generator seeded by (seed, step, micro_step, rank):
+which videos (an epoch-wise permutation of the training videos), where the clips start, and
+the masks. Resuming at step s therefore reproduces the batches of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import nn
+
+from vimpac.data.clips import sample_clip_pair
+from vimpac.engine.distributed import DistInfo
+from vimpac.engine.trainer import derive_seed
+from vimpac.pretrain.config import PretrainConfig
+from vimpac.pretrain.contrastive import masked_token_loss, pretraining_loss, symmetric_info_nce
+from vimpac.pretrain.errors import PretrainError
+from vimpac.pretrain.masking import mask_tokens
+from vimpac.store.reader import TokenStore
+from vimpac.tokens import Vocab
+
+
+@dataclass
+class PretrainBatch:
+    tokens: torch.Tensor  # (2B, T, H, W) int64, before masking (PAD where a video ran out)
+    inputs: torch.Tensor  # masked model input
+    labels: torch.Tensor  # original ids at masked positions, -100 elsewhere
+    mask: torch.Tensor  # bool, the positions with a label
+
+
+def split_train_val(keys: list[str], val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Video numbers for training and validation, chosen by a hash of the key so the split
+    does not change when the store grows or is re-ordered."""
+    if val_fraction <= 0 or len(keys) < 2:
+        return np.arange(len(keys)), np.arange(0)
+    scores = np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=4).digest(), "little") / 2**32
+                       for k in keys])
+    val = scores < val_fraction
+    if not val.any():
+        val[int(np.argmin(scores))] = True
+    if val.all():
+        val[int(np.argmax(scores))] = False
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+class PretrainTask:
+    def __init__(self, store: TokenStore, cfg: PretrainConfig, device: torch.device | str = "cpu"):
+        self.store = store
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.vocab = Vocab(store.meta.codebook_size)
+        self.frames = cfg.data.frames
+        if cfg.data.view not in store.views:
+            raise PretrainError(f"{store.root}: has no view {cfg.data.view!r} (data.view); it has {list(store.views)}")
+        entry_of = {}
+        for video, key in enumerate(store.keys()):
+            views = store.entries_of(key)
+            if cfg.data.view in views:
+                entry_of[video] = views[cfg.data.view]
+        self.entries = np.array([entry_of[v] for v in sorted(entry_of)], dtype=np.int64)
+        keys = [store.keys()[v] for v in sorted(entry_of)]
+        train, val = split_train_val(keys, cfg.data.val_fraction)
+        self.train_entries, self.val_entries = self.entries[train], self.entries[val]
+        if len(self.train_entries) == 0:
+            raise PretrainError(f"{store.root}: no training videos with view {cfg.data.view!r}")
+        self.num_frames = store.num_frames
+        self.max_distance = (None if cfg.data.max_distance_seconds is None
+                             else int(round(cfg.data.max_distance_seconds * store.meta.fps)))
+
+    # ------------------------------------------------------------------ batches
+    def batch(self, step: int, micro_step: int, dist: DistInfo) -> PretrainBatch:
+        train = self.cfg.train
+        per_rank = train.batch_size
+        # Global sample positions of this micro-batch: consecutive over (step, micro, rank).
+        first = ((step * train.grad_accum_steps + micro_step) * dist.world_size + dist.rank) * per_rank
+        entries = self._entries_at(np.arange(first, first + per_rank))
+        rng = np.random.default_rng(derive_seed(train.seed, step, micro_step, dist.rank, 0))
+        generator = torch.Generator().manual_seed(derive_seed(train.seed, step, micro_step, dist.rank, 2))
+        return self._make_batch(entries, rng, generator)
+
+    def _entries_at(self, positions: np.ndarray) -> np.ndarray:
+        n = len(self.train_entries)
+        epochs, offsets = np.divmod(positions, n)
+        return np.array([self.train_entries[_epoch_permutation(n, self.cfg.train.seed, int(e))[o]]
+                         for e, o in zip(epochs, offsets)], dtype=np.int64)
+
+    def _make_batch(self, entries: np.ndarray, rng: np.random.Generator,
+                    generator: torch.Generator) -> PretrainBatch:
+        T = self.frames
+        first_clips, second_clips = [], []
+        for entry in entries:
+            start_a, start_b = sample_clip_pair(rng, int(self.num_frames[entry]), T, self.max_distance)
+            first_clips.append(self.store.clip(int(entry), start_a, T))
+            second_clips.append(self.store.clip(int(entry), start_b, T))
+        tokens = torch.from_numpy(np.stack(first_clips + second_clips).astype(np.int64))
+        masked = mask_tokens(tokens, self.cfg.masking, self.vocab, generator)
+        to = self.device
+        return PretrainBatch(tokens.to(to), masked.inputs.to(to), masked.labels.to(to), masked.mask.to(to))
+
+    # ------------------------------------------------------------------ losses
+    def loss(self, model: nn.Module, batch: PretrainBatch, distributed: bool | None = None):
+        objective = self.cfg.objective
+        out = model(batch.inputs, predict_mask=batch.mask if objective.masked_token else None)
+        clips = batch.tokens.shape[0]
+        not_pad = batch.tokens != self.vocab.pad_id
+        metrics: dict[str, float | torch.Tensor] = {
+            "mask_ratio": batch.mask.sum() / not_pad.sum().clamp(min=1),
+            "count/clips": clips,
+            "count/tokens": int(not_pad.sum()),
+        }
+        mask_loss = cl_loss = None
+        if objective.masked_token:
+            mask_loss, mask_acc = masked_token_loss(out.mlm_logits, batch.labels[batch.mask])
+            metrics.update(mask_loss=mask_loss.detach(), mask_acc=mask_acc)
+        if objective.contrastive:
+            projection = out.cls_projection
+            if self.cfg.data.contrastive_unmasked:
+                projection = model(batch.tokens).cls_projection
+            half = clips // 2
+            result = symmetric_info_nce(projection[:half], projection[half:], objective.temperature,
+                                        objective.normalize, distributed=distributed)
+            cl_loss = result.loss
+            metrics.update(cl_loss=cl_loss.detach(), cl_acc=result.accuracy)
+        return pretraining_loss(mask_loss, cl_loss, objective), metrics
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, model: nn.Module, dist: DistInfo) -> dict[str, float]:
+        """Losses and accuracies on held-out videos with fixed clips and masks (the same at
+        every call, so curves are comparable), plus the accuracy of always predicting the most
+        frequent code: the floor a useful masked-token model must clear."""
+        if len(self.val_entries) == 0:
+            return {}
+        batch_size = self.cfg.train.batch_size
+        sums: dict[str, float] = {}
+        batches = 0
+        majority = self.most_frequent_code()
+        for i in range(self.cfg.data.val_batches):
+            rng = np.random.default_rng(derive_seed(self.cfg.train.seed, -1, i))
+            entries = rng.choice(self.val_entries, size=min(batch_size, len(self.val_entries)), replace=False)
+            if len(entries) < 2 and self.cfg.objective.contrastive:
+                break
+            generator = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, -2, i))
+            batch = self._make_batch(entries, rng, generator)
+            _, metrics = self.loss(model, batch, distributed=False)
+            labels = batch.labels[batch.mask]
+            metrics["majority_acc"] = (labels == majority).float().mean() if labels.numel() else 0.0
+            for key, value in metrics.items():
+                if not key.startswith("count/"):
+                    sums[key] = sums.get(key, 0.0) + float(value)
+            batches += 1
+        return {k: v / max(batches, 1) for k, v in sums.items()}
+
+    @lru_cache(maxsize=1)
+    def most_frequent_code(self) -> int:
+        counts = np.zeros(self.vocab.codebook_size + 1, dtype=np.int64)
+        for entry in self.train_entries[:2000]:
+            ids = self.store.tokens(int(entry)).ravel()
+            counts += np.bincount(ids[ids < self.vocab.codebook_size], minlength=counts.size)
+        return int(np.argmax(counts[:-1]))
+
+
+@lru_cache(maxsize=4)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng(derive_seed(seed, epoch, n, 7)).permutation(n)
+
+
+def check_settings(store: TokenStore, cfg: PretrainConfig, world_size: int) -> None:
+    """Refuse, before any work, settings the store or the batch arithmetic cannot satisfy."""
+    model = cfg.model
+    h, w = store.grid
+    if not cfg.model_from_store:
+        problems = []
+        if model.codebook_size != store.meta.codebook_size:
+            problems.append(f"model.codebook_size={model.codebook_size} but the store's tokenizer has "
+                            f"{store.meta.codebook_size} codes")
+        if (model.height, model.width) != (h, w):
+            problems.append(f"model.height/width={model.height}x{model.width} but the store's token grid is {h}x{w}")
+        if cfg.data.frames > model.max_frames:
+            problems.append(f"data.frames={cfg.data.frames} exceeds model.max_frames={model.max_frames}")
+        if problems:
+            raise PretrainError(f"{store.root}: " + "; ".join(problems) + " (or set model_from_store=true)")
+    longest = int(store.num_frames.max()) if len(store) else 0
+    if longest < cfg.data.frames:
+        raise PretrainError(f"{store.root}: data.frames={cfg.data.frames} but the longest video has {longest} "
+                            f"frames at {store.meta.fps} fps; lower data.frames or re-tokenize at a higher fps")
+    if cfg.effective_batch is not None:
+        per_update = cfg.train.batch_size * world_size
+        if cfg.effective_batch % per_update:
+            raise PretrainError(f"effective_batch={cfg.effective_batch} is not divisible by train.batch_size "
+                                f"({cfg.train.batch_size}) x processes ({world_size}) = {per_update}")
+    if cfg.objective.contrastive and cfg.train.batch_size * world_size < 2:
+        raise PretrainError("the contrastive loss needs at least 2 videos per step over all processes "
+                            "(train.batch_size x processes); or set objective.alpha=0")
+
+
+def resolve_config(store: TokenStore, cfg: PretrainConfig, world_size: int) -> PretrainConfig:
+    """Size the model from the store (when asked) and derive gradient accumulation."""
+    import dataclasses
+
+    check_settings(store, cfg, world_size)
+    if cfg.model_from_store:
+        h, w = store.grid
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, codebook_size=store.meta.codebook_size, max_frames=cfg.data.frames, height=h, width=w))
+    if cfg.effective_batch is not None:
+        accum = cfg.effective_batch // (cfg.train.batch_size * world_size)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_accum_steps=accum))
+    unused = not (cfg.objective.masked_token and cfg.objective.contrastive)
+    if unused and not cfg.train.ddp_find_unused_parameters:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ddp_find_unused_parameters=True))
+    cfg.model.validate()
+    return cfg
+
+
+def steps_per_epoch(task: PretrainTask) -> int:
+    t = task.cfg.train
+    return max(1, math.ceil(len(task.train_entries) / (t.batch_size * t.grad_accum_steps)))
