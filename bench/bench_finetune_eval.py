@@ -1,0 +1,106 @@
+"""Multi-view evaluation throughput: all views of a video in one batch vs. one forward per
+view, fp32 vs bf16 autocast. Tiny-preset model on a random 16 x 16-token store, T = 8,
+3 crops x 4 clips = 12 views per video.
+
+    .venv/bin/python bench/bench_finetune_eval.py [--videos 12] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vimpac.finetune.evaluate import THREE_CROP_VIEWS, average_view_probabilities, predict_videos, video_view_tokens
+from vimpac.model import VimpacForClassification, build_model_config
+from vimpac.store import TokenStore
+from vimpac.store.format import StoreMeta, load_manifest
+from vimpac.store.writer import EncodedVideo, RankWriter, compact_store
+from vimpac.video.views import view_set
+
+FRAMES, CLIPS, GRID, CODEBOOK = 8, 4, (16, 16), 1024
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def make_store(root: Path, videos: int) -> TokenStore:
+    views = tuple(v.name for v in view_set("noflip6"))
+    meta = StoreMeta(tokenizer_id="bench", tokenizer_kind="test", codebook_size=CODEBOOK, downsample=8, fps=4.0,
+                     size=128, grid=GRID, views=views, class_names=tuple(f"c{i}" for i in range(10)))
+    root.mkdir(parents=True)
+    (root / "store.json").write_text(json.dumps(meta.to_json()))
+    rng = np.random.default_rng(0)
+    encoded = [EncodedVideo(i, f"v{i}", i % 10, {v: rng.integers(0, CODEBOOK, (20, *GRID)) for v in views})
+               for i in range(videos)]
+    committed, _ = load_manifest(root)
+    with RankWriter(root, meta, 0, committed) as writer:
+        writer.commit(encoded)
+    compact_store(root)
+    return TokenStore.open(root)
+
+
+def timed(fn, repeats: int = 2) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--videos", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {cpu_model()}, {os.cpu_count()} logical cores, load {os.getloadavg()[0]:.1f}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = make_store(Path(tmp) / "store", args.videos)
+        cfg = build_model_config("tiny", overrides={"max_frames": FRAMES})
+        torch.manual_seed(0)
+        model = VimpacForClassification(cfg, 10).eval()
+        keys = store.keys()
+
+        def per_view(bf16: bool):
+            with torch.inference_mode():
+                for key in keys:
+                    tokens = torch.from_numpy(video_view_tokens(store, key, THREE_CROP_VIEWS, FRAMES, CLIPS))
+                    probs = [average_view_probabilities(model, tokens[i:i + 1], 1, bf16) for i in range(len(tokens))]
+                    torch.stack(probs).mean(0)
+
+        def batched(bf16: bool):
+            predict_videos(model, store, keys, THREE_CROP_VIEWS, FRAMES, CLIPS, bf16=bf16, max_batch=12)
+
+        rows = []
+        for name, fn in (("per-view loop fp32", lambda: per_view(False)), ("batched fp32", lambda: batched(False)),
+                         ("per-view loop bf16", lambda: per_view(True)), ("batched bf16", lambda: batched(True))):
+            seconds = timed(fn)
+            rows.append((name, seconds))
+        base = rows[0][1]
+        print(f"{args.videos} videos x {len(THREE_CROP_VIEWS) * CLIPS} views (T={FRAMES}, {GRID[0]}x{GRID[1]} tokens, "
+              f"tiny preset), best of 2:")
+        print("| variant | seconds | videos/s | speed-up vs per-view fp32 |\n|---|---|---|---|")
+        for name, seconds in rows:
+            print(f"| {name} | {seconds:.2f} | {args.videos / seconds:.2f} | {base / seconds:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

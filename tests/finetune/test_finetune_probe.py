@@ -1,0 +1,71 @@
+"""k-NN and the linear probe: near 100% on separable features, near chance on random ones."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vimpac.cli import main
+from vimpac.finetune.probe import FeatureSet, extract_features, knn_evaluate, knn_scores, linear_probe_evaluate
+from vimpac.model import VimpacForPretraining
+from vimpac.store import TokenStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from finetune_helpers import make_store, tiny_model_config  # noqa: E402
+
+CLASSES, DIM = 5, 16
+
+
+def features(seed: int, per_class: int, separable: bool) -> FeatureSet:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(CLASSES), per_class)
+    x = rng.normal(size=(len(labels), DIM))
+    if separable:
+        centers = np.random.default_rng(100).normal(size=(CLASSES, DIM)) * 4.0  # same centers for both splits
+        x = x + centers[labels]
+    return FeatureSet(x, labels, [str(i) for i in range(len(labels))])
+
+
+@pytest.mark.parametrize("evaluate", [knn_evaluate, linear_probe_evaluate])
+def test_separable_features_are_classified(evaluate):
+    result = evaluate(features(0, 40, True), features(1, 20, True))
+    assert result["top1"] >= 0.98
+
+
+@pytest.mark.parametrize("evaluate", [knn_evaluate, linear_probe_evaluate])
+def test_random_features_give_chance(evaluate):
+    result = evaluate(features(0, 60, False), features(1, 60, False))
+    # chance is 0.2; 300 validation examples give a standard deviation of about 0.023
+    assert 0.1 <= result["top1"] <= 0.32
+
+
+def test_knn_votes_by_hand():
+    train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    labels = np.array([0, 0, 1])
+    scores = knn_scores(train, labels, np.array([[1.0, 0.05]]), num_classes=2, k=2, temperature=0.5)
+    assert scores[0].tolist() == [1.0, 0.0]  # both neighbours are class 0
+    scores = knn_scores(train, labels, np.array([[0.6, 0.8]]), num_classes=2, k=3, temperature=1.0)
+    norm = np.array([[1.0, 0.0], [0.9, 0.1] / np.hypot(0.9, 0.1), [0.0, 1.0]])
+    weights = np.exp(norm @ np.array([0.6, 0.8]))
+    np.testing.assert_allclose(scores[0], [weights[:2].sum() / weights.sum(), weights[2] / weights.sum()], rtol=1e-5)
+
+
+def test_probe_on_a_store_through_the_cli(tmp_path, capsys):
+    torch.manual_seed(0)
+    VimpacForPretraining(tiny_model_config()).save_pretrained(tmp_path / "pt")
+    train = make_store(tmp_path / "train", num_videos=9, seed=1)
+    val = make_store(tmp_path / "val", num_videos=6, seed=2)
+    store = TokenStore.open(train)
+    fs = extract_features(VimpacForPretraining.from_pretrained(tmp_path / "pt"), store, frames=4, temporal_clips=2)
+    assert fs.features.shape == (9, 32) and fs.labels.tolist() == [i % 3 for i in range(9)]
+    for method in ("knn", "linear"):
+        out = tmp_path / f"{method}.json"
+        code = main(["probe", "--checkpoint", str(tmp_path / "pt"), "--train-store", str(train), "--val-store", str(val),
+                     "--method", method, "--k", "3", "--frames", "4", "--temporal-clips", "2", "--out", str(out)])
+        assert code == 0
+        assert 0.0 <= json.loads(out.read_text())["top1"] <= 1.0

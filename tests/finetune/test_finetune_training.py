@@ -1,0 +1,143 @@
+"""Fine-tuning: zero head, loading with interpolation, layer decay, the run and its resume."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vimpac.cli import main
+from vimpac.engine.metrics import read_metrics
+from vimpac.engine.trainer import DistInfo
+from vimpac.finetune.errors import FinetuneError
+from vimpac.finetune.layer_decay import layerwise_param_groups
+from vimpac.finetune.loading import build_classifier
+from vimpac.finetune.runner import FinetuneConfig, run_finetune, training_views
+from vimpac.finetune.task import FinetuneTask
+from vimpac.model import VimpacForPretraining
+from vimpac.model.interpolate import resize_table
+from vimpac.store import TokenStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from finetune_helpers import ALL12, CODEBOOK, GRID, make_store, tiny_model_config  # noqa: E402
+
+
+def test_zero_head_gives_uniform_predictions_at_step_zero(tmp_path):
+    torch.manual_seed(0)
+    VimpacForPretraining(tiny_model_config()).save_pretrained(tmp_path / "pt")
+    model = build_classifier(5, 4, GRID, CODEBOOK, pretrained=tmp_path / "pt").eval()
+    tokens = torch.randint(0, CODEBOOK, (3, 4, *GRID))
+    probs = torch.softmax(model(tokens), -1)
+    assert torch.allclose(probs, torch.full_like(probs, 0.2))
+
+
+def test_t5_checkpoint_loads_into_t8_with_interpolated_tables(tmp_path):
+    torch.manual_seed(0)
+    pretrained = VimpacForPretraining(tiny_model_config(max_frames=5))
+    pretrained.save_pretrained(tmp_path / "pt")
+    model = build_classifier(3, 8, (2, 3), CODEBOOK, pretrained=tmp_path / "pt")
+    pos, old = model.backbone.positional_embedding, pretrained.backbone.positional_embedding
+    assert model.config.max_frames == 8 and pos.temporal_pos_embedding.shape[0] == 8
+    # Linear interpolation (align_corners=False) of the 5-row table, computed independently.
+    old_t = old.temporal_pos_embedding.detach()
+    expected = torch.empty(8, old_t.shape[1])
+    for i in range(8):
+        x = min(max((i + 0.5) * 5 / 8 - 0.5, 0.0), 4.0)
+        lo = int(x)
+        hi = min(lo + 1, 4)
+        expected[i] = (1 - (x - lo)) * old_t[lo] + (x - lo) * old_t[hi]
+    torch.testing.assert_close(pos.temporal_pos_embedding.detach(), expected)
+    torch.testing.assert_close(pos.height_pos_embedding.detach(), resize_table(old.height_pos_embedding.detach(), 2))
+    torch.testing.assert_close(model.backbone.embedding.weight, pretrained.backbone.embedding.weight)
+    assert not model.head.cls_fc.weight.any() and not model.head.cls_fc.bias.any()
+
+
+def test_codebook_mismatch_is_refused(tmp_path):
+    VimpacForPretraining(tiny_model_config()).save_pretrained(tmp_path / "pt")
+    with pytest.raises(FinetuneError, match="codebook"):
+        build_classifier(3, 4, GRID, CODEBOOK + 1, pretrained=tmp_path / "pt")
+
+
+def test_layer_decay_groups():
+    model = build_classifier(3, 4, GRID, CODEBOOK, preset=None, overrides={"layers": 2, "dim": 32, "heads": 2})
+    groups = layerwise_param_groups(model, lr=1.0, weight_decay=0.1, decay=0.5, num_layers=2)
+    by_name = {id(p): g for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert by_name[id(named["head.cls_fc.weight"])]["lr"] == 1.0
+    assert by_name[id(named["backbone.transformer.resblocks.1.mlp.c_fc.weight"])]["lr"] == 0.5
+    assert by_name[id(named["backbone.transformer.resblocks.0.mlp.c_fc.weight"])]["lr"] == 0.25
+    assert by_name[id(named["backbone.embedding.weight"])]["lr"] == 0.125
+    assert by_name[id(named["backbone.transformer.resblocks.0.mlp.c_fc.bias"])]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(named)
+    assert groups[0]["lr"] == 1.0
+
+
+def test_batches_are_deterministic_and_cover_each_epoch(tmp_path):
+    store = TokenStore.open(make_store(tmp_path / "s", num_videos=6, views=ALL12))
+    task = FinetuneTask(store, frames=4, batch_size=3, train_views=training_views(store.views, flip=False))
+    assert all(not v.endswith("_flip") for v in task.views) and len(task.views) == 6
+    a = task.batch(2, 0, DistInfo())
+    b = task.batch(2, 0, DistInfo())
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    epoch = sorted(task.video_at(p) for p in range(6))
+    assert epoch == list(range(6))
+    assert a[0].shape == (3, 4, *GRID)
+
+
+def ft_config(tmp_path, **changes) -> FinetuneConfig:
+    base = dict(train_store=str(tmp_path / "train"), val_store=str(tmp_path / "val"), out=str(tmp_path / "run"),
+                pretrained=str(tmp_path / "pt"), recipe="synthetic", frames=4, steps=6, batch_size=4, lr=1e-3,
+                temporal_clips=2, log_every=1, checkpoint_every=3, deterministic=True, progress=False,
+                label_smoothing=0.1, layer_decay=0.8)
+    base.update(changes)
+    return FinetuneConfig(**base)
+
+
+@pytest.fixture
+def stores(tmp_path):
+    make_store(tmp_path / "train", num_videos=9, seed=1)
+    make_store(tmp_path / "val", num_videos=6, seed=2)
+    torch.manual_seed(0)
+    VimpacForPretraining(tiny_model_config()).save_pretrained(tmp_path / "pt")
+    return tmp_path
+
+
+def train_losses(run_dir):
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r["split"] == "train"]
+
+
+def test_stop_and_resume_repeats_the_losses(stores):
+    tmp_path = stores
+    full = run_finetune(ft_config(tmp_path, out=str(tmp_path / "full")))
+    assert full.status == "finished" and full.steps == 6
+    assert set(full.evaluation) == {"top1", "top5", "mean_class"}
+    assert (tmp_path / "full" / "eval" / "results.json").is_file()
+    part = run_finetune(ft_config(tmp_path, out=str(tmp_path / "part"), max_minutes=0.0))
+    assert part.status == "time_limit" and part.steps == 1
+    with pytest.raises(FinetuneError, match="--resume"):
+        run_finetune(ft_config(tmp_path, out=str(tmp_path / "part")))
+    with pytest.raises(FinetuneError, match="different settings"):
+        run_finetune(ft_config(tmp_path, out=str(tmp_path / "part"), lr=5e-4, resume=True))
+    resumed = run_finetune(ft_config(tmp_path, out=str(tmp_path / "part"), resume=True))
+    assert resumed.status == "finished"
+    assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")
+    assert len(train_losses(tmp_path / "full")) == 6
+
+
+def test_finetune_cli_learns_the_class_token(stores, capsys):
+    tmp_path = stores
+    code = main(["finetune", "--train-store", str(tmp_path / "train"), "--val-store", str(tmp_path / "val"),
+                 "--from-scratch", "--preset", "tiny", "--recipe", "synthetic", "--out", str(tmp_path / "cli"),
+                 "--frames", "4", "--steps", "40", "--batch-size", "8", "--lr", "3e-3", "--temporal-clips", "2",
+                 "--val-every", "20", "--precision", "bf16", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "cli" / "finetune.json").read_text())
+    assert record["resolved"]["steps"] == 40 and record["resolved"]["flip"] is False
+    results = json.loads((tmp_path / "cli" / "eval" / "results.json").read_text())
+    assert results["top1"] >= 0.8  # the class is written into every frame: learnable in 40 steps
+    vals = [r for r in read_metrics(tmp_path / "cli") if r["split"] == "val"]
+    assert vals and "top1" in vals[0]
+    assert (tmp_path / "cli" / "model" / "config.json").is_file()

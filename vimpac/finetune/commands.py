@@ -1,0 +1,220 @@
+"""Subcommands of the fine-tuning area: `vimpac finetune`, `evaluate`, `probe`, `embed`.
+
+Only argparse-level code at the top; handlers import torch and the real work lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+RECIPE_NAMES = ("ssv2", "diving48", "ucf101", "hmdb51", "k400", "synthetic")  # vimpac.finetune.recipes
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_finetune(subparsers)
+    _register_evaluate(subparsers)
+    _register_probe(subparsers)
+    _register_embed(subparsers)
+
+
+def _register_finetune(subparsers) -> None:
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a pre-trained (or from-scratch) model on a labelled token store",
+        description="Fine-tune on a token store with the paper's Table 4 recipe for --recipe (options "
+                    "override it), then evaluate on --val-store with the multi-view protocol. Writes "
+                    "RUN/model (the classifier), RUN/eval (results.json, confusion_matrix.png), metrics "
+                    "and resumable checkpoints.")
+    p.add_argument("--train-store", required=True, metavar="STORE")
+    p.add_argument("--val-store", metavar="STORE", help="evaluated periodically (--val-every) and at the end")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pretrained", metavar="MODEL_DIR", help="pre-trained model folder to start from")
+    source.add_argument("--from-scratch", action="store_true", help="random initialisation (--preset)")
+    p.add_argument("--preset", default="small", help="model preset for --from-scratch; large-half selects lr 5e-5")
+    p.add_argument("--recipe", default="ucf101", choices=RECIPE_NAMES, help="Table 4 defaults (default: ucf101)")
+    p.add_argument("--out", required=True, metavar="RUN")
+    p.add_argument("--frames", type=int, metavar="T", help="clip length (recipe: 10)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=float)
+    budget.add_argument("--steps", type=int, help="optimizer updates (instead of --epochs)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int, default=1, dest="grad_accum_steps")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-ratio", type=float)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise LR decay factor (1.0: off)")
+    p.add_argument("--temporal-clips", type=int, help="clips at the final evaluation (recipe: 10)")
+    p.add_argument("--spatial-crops", type=int, choices=(1, 3))
+    p.add_argument("--val-every", type=int, default=0, help="steps between validations (0: only at the end)")
+    p.add_argument("--val-temporal-clips", type=int, help="clips for periodic validation")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(run=_run_finetune)
+
+
+def _register_evaluate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="multi-view evaluation of a fine-tuned classifier on a labelled token store",
+        description="Average softmax probabilities over spatial crops x uniform temporal clips; write "
+                    "top-1 / top-5 / mean-class / per-class accuracy to OUT/results.json and the confusion "
+                    "matrix to OUT/confusion_matrix.png.")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_MODEL_DIR")
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--temporal-clips", type=int, default=10)
+    p.add_argument("--spatial-crops", type=int, default=3, choices=(1, 3),
+                   help="3: top-left / center / bottom-right (center only if the store lacks them)")
+    p.add_argument("--frames", type=int, metavar="T", help="clip length (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per forward pass")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _register_probe(subparsers) -> None:
+    p = subparsers.add_parser(
+        "probe", help="k-NN or linear probe on frozen CLS features (no fine-tuning)",
+        description="CLS features of the center view, averaged over uniform clips, of a frozen model; "
+                    "k-NN (cosine, temperature-weighted votes) or a logistic-regression probe.")
+    p.add_argument("--checkpoint", required=True, metavar="MODEL_DIR")
+    p.add_argument("--train-store", required=True)
+    p.add_argument("--val-store", required=True)
+    p.add_argument("--method", default="knn", choices=("knn", "linear"))
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--steps", type=int, default=300, help="linear probe: optimizer iterations")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="linear probe: L2 penalty")
+    p.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adamw"))
+    p.add_argument("--frames", type=int, metavar="T")
+    p.add_argument("--temporal-clips", type=int, default=4)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", metavar="FILE.json", help="also write the result here")
+    p.set_defaults(run=_run_probe)
+
+
+def _register_embed(subparsers) -> None:
+    p = subparsers.add_parser(
+        "embed", help="CLS (and token) features of raw video files",
+        description="Decode, tokenize and encode videos; write CLS features (N, D) as .npy (+ .keys.json) "
+                    "or .safetensors, chosen by the --out suffix. Unreadable videos are listed, not fatal.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="model folder (pre-training or classification)")
+    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--fps", type=float, default=2.0)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--frames", type=int, metavar="T", help="clip length (default: the model's)")
+    p.add_argument("--tokens", action="store_true", help="also write token features (T, h, w, D) per video")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(run=_run_embed)
+
+
+def _fail(command: str, exc: Exception) -> int:
+    print(f"vimpac {command}: {exc}", file=sys.stderr)
+    return 2
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    from vimpac.finetune.errors import FinetuneError
+    from vimpac.model import ModelError
+    from vimpac.store import StoreError
+    from vimpac.tokenizer.base import TokenizerError
+
+    return (FinetuneError, ModelError, StoreError, TokenizerError, KeyError)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from vimpac.finetune.runner import config_from_args, run_finetune
+
+    try:
+        summary = run_finetune(config_from_args(**vars(args)))
+    except _input_errors() as exc:
+        return _fail("finetune", exc)
+    print(f"{summary.status} after {summary.steps} steps; run folder {summary.run_dir}")
+    if summary.model_dir:
+        print(f"model: {summary.model_dir}")
+    if summary.evaluation:
+        print("evaluation: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in summary.evaluation.items()))
+    return 0 if summary.status == "finished" else 3
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from vimpac.finetune.evaluate import evaluate_classifier, write_evaluation
+    from vimpac.finetune.loading import load_classifier
+    from vimpac.store import TokenStore
+
+    try:
+        store = TokenStore.open(args.store)
+        model = load_classifier(args.checkpoint, frames=args.frames, grid=store.grid).to(args.device)
+        result = evaluate_classifier(model, store, args.frames, args.temporal_clips, args.spatial_crops,
+                                     args.device, args.bf16, args.batch_size, progress=args.progress)
+        paths = write_evaluation(result, args.out)
+    except _input_errors() as exc:
+        return _fail("evaluate", exc)
+    m = result.metrics
+    print(f"{m.num_examples} videos, views {result.settings['views']} x {args.temporal_clips} clips: "
+          f"top-1 {100 * m.top1:.2f}%  top-5 {100 * m.top5:.2f}%  mean-class {100 * m.mean_class:.2f}%")
+    print(f"wrote {paths['results']} and {paths['confusion_matrix']}")
+    return 0
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from vimpac.finetune.loading import load_backbone
+    from vimpac.finetune.probe import extract_features, knn_evaluate, linear_probe_evaluate
+    from vimpac.io import atomic_write_json
+    from vimpac.store import TokenStore
+
+    try:
+        train = TokenStore.open(args.train_store)
+        val = TokenStore.open(args.val_store, expect_tokenizer_id=train.meta.tokenizer_id)
+        backbone = load_backbone(args.checkpoint, frames=args.frames, grid=train.grid,
+                                 expect_codebook_size=train.meta.codebook_size).to(args.device)
+        kwargs = dict(frames=args.frames, temporal_clips=args.temporal_clips, device=args.device, bf16=args.bf16)
+        train_features = extract_features(backbone, train, **kwargs)
+        val_features = extract_features(backbone, val, **kwargs)
+        if args.method == "knn":
+            result = knn_evaluate(train_features, val_features, k=args.k, temperature=args.temperature)
+        else:
+            result = linear_probe_evaluate(train_features, val_features, args.optimizer, args.steps, args.weight_decay)
+    except _input_errors() as exc:
+        return _fail("probe", exc)
+    result = {"method": args.method, **result, "checkpoint": args.checkpoint}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        atomic_write_json(args.out, result)
+    return 0
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from vimpac.finetune.embed import embed_videos, write_embeddings
+    from vimpac.finetune.loading import load_backbone
+    from vimpac.tokenizer.base import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(args.tokenizer, device=args.device)
+        grid = (args.size // tokenizer.downsample,) * 2
+        backbone = load_backbone(args.checkpoint, frames=args.frames, grid=grid,
+                                 expect_codebook_size=tokenizer.codebook_size).to(args.device)
+        embeddings = embed_videos(backbone, tokenizer, args.videos, fps=args.fps, size=args.size, frames=args.frames,
+                                  with_tokens=args.tokens, device=args.device, bf16=args.bf16, progress=args.progress)
+        written = write_embeddings(embeddings, args.out)
+    except _input_errors() as exc:
+        return _fail("embed", exc)
+    for failure in embeddings.failures:
+        print(f"skipped {failure['path']}: {failure['error']}", file=sys.stderr)
+    print(f"embedded {len(embeddings.cls)} of {len(args.videos)} videos -> {', '.join(map(str, written))}")
+    return 0 if embeddings.cls else 1

@@ -1,0 +1,153 @@
+"""Features of raw video files, straight through the frame tokenizer and the backbone.
+
+    tokenizer = load_tokenizer("tokenizers/vqvae")
+    backbone = load_backbone("runs/pretrain/final", frames=8, grid=(16, 16))
+    emb = embed_videos(backbone, tokenizer, ["a.mp4", "b.mp4"], fps=2, size=128)
+    emb.cls["a"]          # (D,) float32
+    write_embeddings(emb, "features.safetensors")
+
+A video is decoded at `fps`, resized / center-cropped to `size` (the store's "s1.00_center"
+view) and tokenized; its frames are cut into consecutive clips of the model's T frames (the
+last one padded with [PAD]), all clips of the video go through the backbone in one batch, and
+the CLS feature is the mean of the clips' CLS outputs. Token features (optional) are the
+clips' token outputs put back end to end and trimmed to the video: (T_video, h, w, D).
+A video that cannot be read is recorded in `failures` with the reason; the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from vimpac.finetune.errors import FinetuneError
+from vimpac.io import atomic_path, atomic_write_json
+
+
+@dataclass
+class Embeddings:
+    cls: dict[str, np.ndarray]  # key -> (D,) float32
+    tokens: dict[str, np.ndarray] | None = None  # key -> (T_video, h, w, D) float32
+    failures: list[dict] = field(default_factory=list)  # {"key", "path", "error"}
+    paths: dict[str, str] = field(default_factory=dict)  # key -> source path
+
+
+def video_keys(paths: Sequence[str | Path]) -> list[str]:
+    """File stems, or the paths as given where two files share a stem."""
+    stems = [Path(p).stem for p in paths]
+    duplicated = {s for s in stems if stems.count(s) > 1}
+    return [str(p) if s in duplicated else s for p, s in zip(paths, stems)]
+
+
+def video_tokens(path: str | Path, tokenizer, fps: float, size: int) -> np.ndarray:
+    """(T, size / 8, size / 8) int64 tokens of the center view of a video sampled at `fps`."""
+    from vimpac.video.reader import read_video_at_fps
+    from vimpac.video.views import make_view, view_set
+
+    frames = read_video_at_fps(path, fps)
+    view = make_view(frames, size, view_set("center")[0])
+    return np.asarray(tokenizer.encode(view), dtype=np.int64)
+
+
+@torch.inference_mode()
+def embed_tokens(model: nn.Module, tokens: np.ndarray, frames: int | None = None, with_tokens: bool = False,
+                 device: str | torch.device = "cpu", bf16: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """CLS feature (D,) and optionally token features (T, h, w, D) of one video's tokens."""
+    backbone = getattr(model, "backbone", model)
+    frames = frames or backbone.config.max_frames
+    device = torch.device(device)
+    length = tokens.shape[0]
+    if length == 0:
+        raise FinetuneError("video has no frames at this fps")
+    num_clips = math.ceil(length / frames)
+    padded = np.full((num_clips * frames, *tokens.shape[1:]), backbone.pad_id, dtype=np.int64)
+    padded[:length] = tokens
+    clips = torch.from_numpy(padded.reshape(num_clips, frames, *tokens.shape[1:])).to(device)
+    backbone.eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        cls, hiddens = backbone(clips)
+    cls_feature = cls.float().mean(dim=0).cpu().numpy()
+    token_features = None
+    if with_tokens:
+        token_features = hiddens.float().reshape(num_clips * frames, *hiddens.shape[2:])[:length].cpu().numpy()
+    return cls_feature, token_features
+
+
+def embed_videos(model: nn.Module, tokenizer, paths: Sequence[str | Path], fps: float = 2.0, size: int = 128,
+                 frames: int | None = None, with_tokens: bool = False, keys: Sequence[str] | None = None,
+                 device: str | torch.device = "cpu", bf16: bool = False, progress: bool = False) -> Embeddings:
+    """Features of every readable video in `paths`; unreadable ones are listed in `failures`."""
+    from vimpac.video.errors import VideoError
+
+    backbone = getattr(model, "backbone", model)
+    if tokenizer.codebook_size != backbone.config.codebook_size:
+        raise FinetuneError(f"tokenizer has {tokenizer.codebook_size} codes but the model was trained on "
+                            f"{backbone.config.codebook_size}; use the tokenizer the model was pre-trained with")
+    grid = size // tokenizer.downsample
+    if size % tokenizer.downsample or grid > backbone.config.height or grid > backbone.config.width:
+        raise FinetuneError(f"size {size}: must be a multiple of {tokenizer.downsample} giving at most "
+                            f"{backbone.config.height} x {backbone.config.width} tokens (the model's tables)")
+    keys = list(keys) if keys is not None else video_keys(paths)
+    if len(keys) != len(paths) or len(set(keys)) != len(keys):
+        raise FinetuneError("keys: expected one distinct key per video path")
+    result = Embeddings(cls={}, tokens={} if with_tokens else None)
+    items = list(zip(keys, paths))
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc="embed", unit="video", dynamic_ncols=True)
+    for key, path in items:
+        try:
+            tokens = video_tokens(path, tokenizer, fps, size)
+            cls, token_features = embed_tokens(backbone, tokens, frames, with_tokens, device, bf16)
+        except (VideoError, FinetuneError) as exc:
+            result.failures.append({"key": key, "path": str(path), "error": str(exc)})
+            continue
+        result.cls[key] = cls
+        result.paths[key] = str(path)
+        if with_tokens:
+            result.tokens[key] = token_features
+    return result
+
+
+def write_embeddings(embeddings: Embeddings, out: str | Path) -> list[Path]:
+    """Write by suffix: `.safetensors` (tensors "cls/<key>" and "tokens/<key>", the key list in
+    the metadata) or `.npy` (the (N, D) CLS matrix, rows in key order, with `<out>.keys.json`
+    beside it and, with token features, `<out stem>.tokens.npz`: one array per video, loadable
+    with allow_pickle=False). Returns the files written."""
+    out = Path(out)
+    keys = list(embeddings.cls)
+    index = {"keys": keys, "paths": [embeddings.paths.get(k) for k in keys], "failures": embeddings.failures}
+    if out.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        tensors = {f"cls/{k}": np.ascontiguousarray(v) for k, v in embeddings.cls.items()}
+        for k, v in (embeddings.tokens or {}).items():
+            tensors[f"tokens/{k}"] = np.ascontiguousarray(v)
+        with atomic_path(out, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"vimpac": json.dumps(index)})
+        return [out]
+    if out.suffix == ".npy":
+        dim = next(iter(embeddings.cls.values())).shape[0] if keys else 0
+        matrix = np.stack([embeddings.cls[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
+        with atomic_path(out, suffix=".npy") as tmp:
+            np.save(tmp, matrix, allow_pickle=False)
+        keys_path = out.with_name(out.name[:-len(".npy")] + ".keys.json")
+        atomic_write_json(keys_path, index)
+        written = [out, keys_path]
+        if embeddings.tokens is not None:
+            tokens_path = out.with_name(out.name[:-len(".npy")] + ".tokens.npz")
+            with atomic_path(tokens_path, suffix=".npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **{f"v{i:06d}": embeddings.tokens[k] for i, k in enumerate(keys)})
+            written.append(tokens_path)
+        return written
+    raise FinetuneError(f"{out}: output must end in .npy or .safetensors")

@@ -1,0 +1,93 @@
+"""Building the models the fine-tuning area needs from model folders (ours, or converted from
+the authors' release with `vimpac convert-original`).
+
+- `build_classifier`: a pre-trained backbone (positional tables interpolated to the fine-tuning
+  T and token grid) under a fresh zero-initialised classifier, or a from-scratch model;
+- `load_classifier`: a fine-tuned classifier for evaluation, from a model folder or a run;
+- `load_backbone`: only the backbone of any model folder, for probes and `vimpac embed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from vimpac.finetune.errors import FinetuneError
+from vimpac.model import ModelConfig, ModelError, VimpacBackbone, VimpacForClassification, build_model_config
+from vimpac.model.pretrained import CONFIG_FILE, load_weights, read_model_config, read_weights
+
+# Where `vimpac finetune` writes the final classifier inside its run folder.
+RUN_MODEL_DIR = "model"
+
+
+def resolve_model_folder(path: str | Path) -> Path:
+    """A model folder itself, or RUN/model of a fine-tuning run."""
+    path = Path(path)
+    for candidate in (path, path / RUN_MODEL_DIR):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise FinetuneError(f"{path}: not a model folder (no {CONFIG_FILE}) nor a finished fine-tuning run "
+                        f"(no {RUN_MODEL_DIR}/{CONFIG_FILE}); pass a folder written by save_pretrained, "
+                        "`vimpac convert-original` or `vimpac finetune`")
+
+
+def build_classifier(num_classes: int, frames: int, grid: tuple[int, int], codebook_size: int,
+                     pretrained: str | Path | None = None, preset: str | None = "small",
+                     overrides: dict | None = None) -> VimpacForClassification:
+    """The model to fine-tune: `pretrained` folder's backbone + zero head, or `preset` from scratch.
+
+    `overrides` adjust the architecture-independent fields (dropout, classifier_dropout,
+    gradient_checkpointing, ...). The token vocabulary must be the store's: a model trained on
+    another codebook would read every id as a different code.
+    """
+    changes = {"max_frames": frames, "height": grid[0], "width": grid[1], **(overrides or {})}
+    try:
+        if pretrained is not None:
+            folder = resolve_model_folder(pretrained)
+            _, cfg, _ = read_model_config(folder)
+            _check_codebook(cfg, codebook_size, folder)
+            return VimpacForClassification.from_pretrained(folder, num_classes=num_classes, **changes)
+        cfg = build_model_config(preset, overrides={"codebook_size": codebook_size, **changes})
+        return VimpacForClassification(cfg, num_classes)
+    except ModelError as exc:
+        raise FinetuneError(str(exc)) from None
+
+
+def load_classifier(path: str | Path, frames: int | None = None,
+                    grid: tuple[int, int] | None = None) -> VimpacForClassification:
+    """A fine-tuned classifier from a model folder or a run (tables resized if T / grid differ)."""
+    folder = resolve_model_folder(path)
+    kind, cfg, _ = read_model_config(folder)
+    if kind != VimpacForClassification.kind:
+        raise FinetuneError(f"{folder}: holds a {kind!r} model; evaluation needs a fine-tuned classifier "
+                            "(run `vimpac finetune` first, or use `vimpac probe` for frozen features)")
+    return VimpacForClassification.from_pretrained(folder, **_size_changes(cfg, frames, grid))
+
+
+def load_backbone(path: str | Path, frames: int | None = None, grid: tuple[int, int] | None = None,
+                  expect_codebook_size: int | None = None) -> VimpacBackbone:
+    """The backbone of any model folder (pre-training or classification), without its heads."""
+    folder = resolve_model_folder(path)
+    _, cfg, _ = read_model_config(folder)
+    if expect_codebook_size is not None:
+        _check_codebook(cfg, expect_codebook_size, folder)
+    cfg = dataclasses.replace(cfg, **_size_changes(cfg, frames, grid))
+    backbone = VimpacBackbone(cfg)
+    weights = {k[len("backbone."):]: v for k, v in read_weights(folder).items() if k.startswith("backbone.")}
+    load_weights(backbone, weights, f"{folder / 'model.safetensors'} (backbone)")
+    return backbone
+
+
+def _size_changes(cfg: ModelConfig, frames: int | None, grid: tuple[int, int] | None) -> dict:
+    changes = {}
+    if frames is not None and frames != cfg.max_frames:
+        changes["max_frames"] = frames
+    if grid is not None and tuple(grid) != (cfg.height, cfg.width):
+        changes["height"], changes["width"] = int(grid[0]), int(grid[1])
+    return changes
+
+
+def _check_codebook(cfg: ModelConfig, codebook_size: int, folder: Path) -> None:
+    if cfg.codebook_size != codebook_size:
+        raise FinetuneError(f"{folder}: model was trained on a codebook of {cfg.codebook_size} codes, but the "
+                            f"tokens come from a tokenizer with {codebook_size}; use tokens of the same tokenizer")

@@ -1,0 +1,211 @@
+"""`vimpac finetune` as a function: recipe + overrides -> model, task, trainer -> final model
+and multi-view evaluation.
+
+    cfg = FinetuneConfig(train_store="tok/train", val_store="tok/val", out="runs/ft",
+                         pretrained="runs/pt/model", recipe="ucf101")
+    summary = run_finetune(cfg)
+
+Run folder: finetune.json (the resolved settings), metrics.jsonl / tensorboard / checkpoints
+(the engine), model/ (the fine-tuned classifier, `save_pretrained` format) and eval/
+(results.json + confusion_matrix.png of the final multi-view evaluation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from vimpac.config import to_dict
+from vimpac.finetune.errors import FinetuneError
+from vimpac.finetune.recipes import get_recipe
+
+# Fields that may change between a run and its resumption (everything else must match).
+_RESUMABLE_CHANGES = ("resume", "max_minutes", "progress", "device", "val_store")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    train_store: str
+    out: str
+    val_store: Optional[str] = None
+    pretrained: Optional[str] = None  # model folder; None trains from scratch with `preset`
+    preset: str = "small"  # model preset (from scratch) and learning-rate choice (large-half: 5e-5)
+    recipe: str = "ucf101"
+    # None: the recipe's value.
+    frames: Optional[int] = None
+    epochs: Optional[float] = None
+    steps: Optional[int] = None  # overrides epochs
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None
+    grad_accum_steps: int = 1
+    weight_decay: Optional[float] = None
+    warmup_ratio: Optional[float] = None
+    dropout: Optional[float] = None
+    classifier_dropout: Optional[float] = None
+    label_smoothing: float = 0.0
+    layer_decay: float = 1.0  # 1.0: off
+    temporal_clips: Optional[int] = None
+    spatial_crops: Optional[int] = None
+    val_every: int = 0  # steps between periodic validations (0: only the final evaluation)
+    val_temporal_clips: Optional[int] = None  # clips for periodic validation (default: temporal_clips)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "cpu"
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    max_minutes: Optional[float] = None
+    deterministic: bool = False
+    gradient_checkpointing: bool = False
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class FinetuneSummary:
+    status: str
+    steps: int
+    run_dir: Path
+    model_dir: Path | None
+    evaluation: dict[str, Any] | None  # the final multi-view metrics (top1, top5, mean_class)
+
+
+def _open_stores(cfg: FinetuneConfig):
+    from vimpac.store import TokenStore
+
+    train = TokenStore.open(cfg.train_store)
+    val = None
+    if cfg.val_store:
+        val = TokenStore.open(cfg.val_store, expect_tokenizer_id=train.meta.tokenizer_id,
+                              expect_codebook_size=train.meta.codebook_size)
+        if val.grid != train.grid:
+            raise FinetuneError(f"{cfg.val_store}: token grid {val.grid} differs from the training store's {train.grid}")
+    return train, val
+
+
+def training_views(store_views, flip: bool) -> tuple[str, ...]:
+    """The store's views to train on: all of them, or the unflipped ones when left / right matters."""
+    views = tuple(v for v in store_views if flip or not v.endswith("_flip"))
+    if not views:
+        raise FinetuneError(f"store views {list(store_views)}: none is usable without flips")
+    return views
+
+
+def resolve_settings(cfg: FinetuneConfig, num_videos: int, world_size: int = 1) -> dict[str, Any]:
+    """The recipe with the command-line overrides applied, and the number of updates."""
+    recipe = get_recipe(cfg.recipe)
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    batch_size = pick(cfg.batch_size, recipe.batch_size)
+    epochs = pick(cfg.epochs, recipe.epochs_for(pretrained=cfg.pretrained is not None))
+    per_update = batch_size * cfg.grad_accum_steps * world_size
+    steps = cfg.steps if cfg.steps is not None else max(1, math.ceil(epochs * num_videos / per_update))
+    temporal_clips = pick(cfg.temporal_clips, recipe.temporal_clips)
+    return {
+        "recipe": recipe.name, "frames": pick(cfg.frames, recipe.frames), "batch_size": batch_size,
+        "epochs": steps * per_update / num_videos, "steps": steps, "lr": pick(cfg.lr, recipe.lr_for(cfg.preset)),
+        "weight_decay": pick(cfg.weight_decay, recipe.weight_decay),
+        "warmup_ratio": pick(cfg.warmup_ratio, recipe.warmup_ratio), "betas": recipe.betas, "eps": recipe.eps,
+        "clip_grad_norm": recipe.clip_grad_norm, "dropout": pick(cfg.dropout, recipe.dropout),
+        "classifier_dropout": pick(cfg.classifier_dropout, recipe.classifier_dropout),
+        "flip": recipe.flip, "temporal_clips": temporal_clips,
+        "spatial_crops": pick(cfg.spatial_crops, recipe.spatial_crops),
+        "val_temporal_clips": pick(cfg.val_temporal_clips, temporal_clips),
+    }
+
+
+def _check_resume(run_dir: Path, cfg: FinetuneConfig) -> None:
+    from vimpac.engine.checkpoint import latest_checkpoint
+
+    has_checkpoint = latest_checkpoint(run_dir) is not None
+    if has_checkpoint and not cfg.resume:
+        raise FinetuneError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it "
+                            "or choose another --out")
+    saved = run_dir / "finetune.json"
+    if cfg.resume and has_checkpoint and saved.is_file():
+        before = json.loads(saved.read_text())["config"]
+        now = to_dict(cfg)
+        changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and before.get(k) != now[k])
+        if changed:
+            raise FinetuneError(f"{saved}: --resume with different settings {changed}; "
+                                f"the run used {[(k, before.get(k)) for k in changed]}")
+
+
+def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
+    import torch
+
+    from vimpac.engine import distributed
+    from vimpac.engine.trainer import TrainConfig, Trainer
+    from vimpac.finetune.evaluate import class_names_of, evaluate_classifier, write_evaluation
+    from vimpac.finetune.layer_decay import layerwise_param_groups
+    from vimpac.finetune.loading import RUN_MODEL_DIR, build_classifier
+    from vimpac.finetune.task import FinetuneTask, ValidationSettings
+    from vimpac.io import atomic_write_json
+
+    run_dir = Path(cfg.out)
+    _check_resume(run_dir, cfg)
+    train_store, val_store = _open_stores(cfg)
+    dist = distributed.init_distributed(cfg.device)
+    settings = resolve_settings(cfg, train_store.num_videos, dist.world_size)
+    class_names = class_names_of(train_store)
+    num_classes = len(class_names)
+    labels = [lab for lab in train_store.labels if lab >= 0]
+    if labels and max(labels) >= num_classes:
+        raise FinetuneError(f"{cfg.train_store}: label {max(labels)} but only {num_classes} class names")
+    if val_store is not None and val_store.class_names is not None and list(val_store.class_names) != class_names:
+        raise FinetuneError(f"{cfg.val_store}: class names differ from the training store's")
+
+    torch.manual_seed(cfg.seed)  # a from-scratch model's initialisation
+    model = build_classifier(
+        num_classes, settings["frames"], train_store.grid, train_store.meta.codebook_size,
+        pretrained=cfg.pretrained, preset=cfg.preset,
+        overrides={"dropout": settings["dropout"], "attention_dropout": settings["dropout"],
+                   "classifier_dropout": settings["classifier_dropout"],
+                   "gradient_checkpointing": cfg.gradient_checkpointing})
+    train_cfg = TrainConfig(
+        total_steps=settings["steps"], batch_size=settings["batch_size"], grad_accum_steps=cfg.grad_accum_steps,
+        lr=settings["lr"], weight_decay=settings["weight_decay"], betas=settings["betas"], eps=settings["eps"],
+        warmup_ratio=settings["warmup_ratio"], clip_grad_norm=settings["clip_grad_norm"],
+        precision=cfg.precision, deterministic=cfg.deterministic, seed=cfg.seed, device=cfg.device,
+        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, val_every=cfg.val_every,
+        max_minutes=cfg.max_minutes, progress=cfg.progress)
+    param_groups = None
+    if cfg.layer_decay != 1.0:
+        param_groups = layerwise_param_groups(model, settings["lr"], settings["weight_decay"], cfg.layer_decay,
+                                              model.config.layers)
+    task = FinetuneTask(
+        train_store, settings["frames"], settings["batch_size"], cfg.grad_accum_steps,
+        train_views=training_views(train_store.views, settings["flip"]), label_smoothing=cfg.label_smoothing,
+        seed=cfg.seed, device=cfg.device, val_store=val_store if cfg.val_every > 0 else None,
+        validation=ValidationSettings(settings["val_temporal_clips"], settings["spatial_crops"]),
+        val_bf16=cfg.precision == "bf16")
+    record = {"config": to_dict(cfg), "resolved": settings, "model": to_dict(model.config),
+              "num_classes": num_classes, "class_names": class_names, "train_views": list(task.views)}
+    if dist.is_main:
+        atomic_write_json(run_dir / "finetune.json", record)
+    trainer = Trainer(model, task, train_cfg, run_dir, run_config=record, param_groups=param_groups)
+    if cfg.resume:
+        trainer.resume()
+    result = trainer.fit()
+    if result.status != "finished":
+        return FinetuneSummary(result.status, result.step, run_dir, None, None)
+
+    model_dir, evaluation = None, None
+    if dist.is_main:
+        model_dir = model.save_pretrained(run_dir / RUN_MODEL_DIR)
+        if val_store is not None:
+            ev = evaluate_classifier(model, val_store, settings["frames"], settings["temporal_clips"],
+                                     settings["spatial_crops"], trainer.device, cfg.precision == "bf16",
+                                     progress=cfg.progress)
+            write_evaluation(ev, run_dir / "eval")
+            evaluation = ev.metrics.summary()
+    distributed.barrier()
+    return FinetuneSummary(result.status, result.step, run_dir, model_dir, evaluation)
+
+
+def config_from_args(**fields: Any) -> FinetuneConfig:
+    """A FinetuneConfig from keyword arguments, ignoring the ones it does not have."""
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    return FinetuneConfig(**{k: v for k, v in fields.items() if k in names})
