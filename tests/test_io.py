@@ -31,3 +31,14 @@ def test_suffix_is_kept_for_libraries_that_need_it(tmp_path):
         assert tmp.name.endswith(".safetensors")
         tmp.write_bytes(b"x")
     assert (tmp_path / "w.safetensors").read_bytes() == b"x"
+
+
+def test_written_files_get_umask_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
