@@ -55,9 +55,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    # Read without changing it (os.umask would briefly set a process-wide 0 under other threads).
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def _fsync_dir(folder: Path) -> None:
