@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "vimpac.model.commands",
     "vimpac.pretrain.commands",
     "vimpac.finetune.commands",
+    "vimpac.demo.commands",
 )
 
 
