@@ -184,3 +184,37 @@ def test_pretrain_command_runs_and_reports_bad_settings(store_path, tmp_path, ca
     assert "data.frames=99 but the longest video has 10 frames" in capsys.readouterr().err
     assert main(common + ["train.nope=1"]) == 2
     assert "unknown config field 'train.nope'" in capsys.readouterr().err
+
+
+def test_kill_9_of_vimpac_pretrain_then_resume_matches_an_uninterrupted_run(store_path, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from vimpac.engine.checkpoint import latest_checkpoint
+
+    def command(run, *extra):
+        return [sys.executable, "-m", "vimpac.cli", "pretrain", "--store", str(store_path), "--out", str(run),
+                "--device", "cpu", *extra, *MICRO_MODEL, "data.frames=4", "train.batch_size=4",
+                "train.total_steps=40", "train.checkpoint_every=4", "train.log_every=1", "train.progress=false",
+                "train.precision=fp32", "train.deterministic=true", "model.dropout=0.1"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "full"), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        ckpt = latest_checkpoint(tmp_path / "killed")
+        if ckpt is not None and ckpt.name >= "step-00000008":
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = latest_checkpoint(tmp_path / "killed").name
+    assert stopped_at < "step-00000040", "the run finished before it could be killed"
+    subprocess.run(command(tmp_path / "killed", "--resume"), check=True, env=env, capture_output=True)
+
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in read_metrics(run) if r["split"] == "train"]
+
+    assert losses(tmp_path / "killed") == losses(tmp_path / "full") and len(losses(tmp_path / "full")) == 40
