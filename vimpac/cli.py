@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "vimpac.pretrain.commands",
     "vimpac.finetune.commands",
     "vimpac.demo.commands",
+    "vimpac.analysis.commands",
 )
 
 

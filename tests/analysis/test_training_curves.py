@@ -1,0 +1,81 @@
+"""`vimpac plot`: curves from a metrics.jsonl written here, and the errors on bad logs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from vimpac.analysis.curves import load_series, plot_curves
+from vimpac.analysis.errors import AnalysisError
+from vimpac.cli import main
+
+TAB_BLUE = np.array([31, 119, 180])  # matplotlib's first colour (C0)
+TAB_ORANGE = np.array([255, 127, 14])  # C1
+
+
+def write_metrics(run, records):
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def pretrain_like_records():
+    records = []
+    for step in range(10, 210, 10):
+        records.append({"step": step, "split": "train", "loss": 5.0 / (1 + step / 50), "mask_loss": 4.0 / (1 + step / 50),
+                        "cl_loss": 1.0 / (1 + step / 100), "mask_acc": step / 400, "cl_acc": step / 250,
+                        "lr": 1e-3 * min(1.0, step / 50), "grad_norm": 1.0, "clips_per_s": 30.0})
+        if step % 50 == 0:
+            records.append({"step": step, "split": "val", "loss": 5.5 / (1 + step / 50), "mask_acc": step / 450,
+                            "majority_acc": 0.5})
+    records.append({"step": 210, "split": "train", "loss": "nan", "lr": 1e-3})  # a skipped non-finite step
+    return records
+
+
+def pixels_near(image: np.ndarray, color: np.ndarray, tolerance: int = 12) -> int:
+    return int((np.abs(image.astype(int) - color).max(-1) <= tolerance).sum())
+
+
+def test_plot_writes_three_panels_with_train_and_val(tmp_path):
+    run = tmp_path / "run"
+    write_metrics(run, pretrain_like_records())
+    path = plot_curves(run)
+    assert path == run / "plots" / "curves.png"
+    image = (imread(path)[..., :3] * 255).round().astype(np.uint8)
+    assert image.shape == (400, 1650, 3)  # three 5.5 x 4 inch panels at 100 dpi
+    assert image.std() > 10
+    third = image.shape[1] // 3
+    for panel in range(3):  # each panel has drawn lines in it
+        assert pixels_near(image[:, panel * third:(panel + 1) * third], TAB_BLUE) > 200
+    assert pixels_near(image[:, :third], TAB_ORANGE) > 100  # a second loss curve
+    series = load_series(run)
+    assert series[("train", "loss")][0][-1] == 200  # "nan" left out
+    assert series[("val", "mask_acc")][0] == [50, 100, 150, 200]
+
+
+def test_panels_without_data_are_left_out(tmp_path):
+    run = tmp_path / "run"
+    write_metrics(run, [{"step": s, "split": "train", "loss": 1.0 / s} for s in range(1, 20)])
+    image = imread(plot_curves(run, tmp_path / "out"))
+    assert image.shape[:2] == (400, 550)
+    assert (tmp_path / "out" / "curves.png").exists()
+
+
+def test_bad_logs_are_typed_errors_naming_the_file(tmp_path, capsys):
+    with pytest.raises(AnalysisError, match="metrics.jsonl: not found"):
+        load_series(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2, oops\n')
+    with pytest.raises(AnalysisError, match=r"metrics.jsonl:2: not valid JSON"):
+        load_series(run)
+    (run / "metrics.jsonl").write_text('{"split": "train", "loss": 1.0}\n')
+    with pytest.raises(AnalysisError, match=r":1: expected an object with an integer 'step'"):
+        load_series(run)
+    assert main(["plot", str(run)]) == 2
+    assert "vimpac plot:" in capsys.readouterr().err
+    write_metrics(run, [{"step": 1, "split": "train", "clips_per_s": 3.0}])
+    with pytest.raises(AnalysisError, match="no loss, accuracy or lr"):
+        plot_curves(run)

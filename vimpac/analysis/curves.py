@@ -1,0 +1,102 @@
+"""Training curves from a run's RUN/metrics.jsonl (`vimpac plot`).
+
+The engine logs one JSON object per event: {"step", "split": "train" | "val", metric: value}.
+Metrics are grouped into panels by name, so pre-training and fine-tuning runs both plot
+without a list of known keys: names containing "loss", names ending in "acc" / containing
+"accuracy" or "top", and the learning rate "lr". Train curves are solid, val curves dashed
+with markers (val is logged rarely). Non-finite values (logged as the strings "nan" / "inf")
+are left out of the lines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from vimpac.analysis.errors import AnalysisError
+from vimpac.analysis.images import pyplot, save_figure
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    ylabel: str
+    log_scale: bool = False
+
+    def wants(self, key: str) -> bool:
+        if self.title == "loss":
+            return "loss" in key
+        if self.title == "accuracy":
+            return key.endswith("acc") or "accuracy" in key or key.startswith("top")
+        return key == "lr"
+
+
+PANELS = (Panel("loss", "loss"), Panel("accuracy", "accuracy"), Panel("learning rate", "lr", log_scale=True))
+
+Series = dict[tuple[str, str], tuple[list[int], list[float]]]  # (split, key) -> (steps, values)
+
+
+def load_series(run_dir: str | Path) -> Series:
+    """Every numeric metric of RUN/metrics.jsonl as step/value lists per (split, key)."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise AnalysisError(f"{path}: not found; `vimpac plot` needs a run folder written by "
+                            "`vimpac pretrain` or `vimpac finetune`") from None
+    series: Series = defaultdict(lambda: ([], []))
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise AnalysisError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int) or "split" not in record:
+            raise AnalysisError(f"{path}:{number}: expected an object with an integer 'step' and a 'split'")
+        for key, value in record.items():
+            if key in ("step", "split") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if math.isfinite(value):
+                steps, values = series[(str(record["split"]), key)]
+                steps.append(record["step"])
+                values.append(float(value))
+    if not series:
+        raise AnalysisError(f"{path}: holds no numeric metrics to plot")
+    return dict(series)
+
+
+def plot_curves(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write OUT/curves.png (default OUT = RUN/plots): one panel per group that has data."""
+    run_dir = Path(run_dir)
+    series = load_series(run_dir)
+    panels = [(panel, sorted(k for k in series if panel.wants(k[1]))) for panel in PANELS]
+    panels = [(panel, keys) for panel, keys in panels if keys]
+    if not panels:
+        raise AnalysisError(f"{run_dir / METRICS_FILE}: no loss, accuracy or lr metrics among {sorted({k for _, k in series})}")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (panel, keys) in zip(axes[0], panels):
+        names = sorted({key for _, key in keys})
+        for split, key in keys:
+            steps, values = series[(split, key)]
+            color = colors[names.index(key) % len(colors)]
+            style = {"linestyle": "-"} if split == "train" else {"linestyle": "--", "marker": "o", "markersize": 3}
+            ax.plot(steps, values, color=color, label=f"{split} {key}", **style)
+        ax.set_title(panel.title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(panel.ylabel)
+        if panel.log_scale and all(v > 0 for k in keys for v in series[k][1]):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(str(run_dir))
+    fig.tight_layout()
+    out = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    return save_figure(fig, out / "curves.png")

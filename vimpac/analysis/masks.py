@@ -1,0 +1,120 @@
+"""Pictures of sampled masks over (T, H, W), and the induced-ratio histogram (`vimpac analyze masks`).
+
+    samples = sample_masks(frames=5, grid=(16, 16), blocks="auto", ratio=0.15, samples=4,
+                           histogram_samples=2000, seed=0)
+    paths = draw_masks(samples, "out/masks")
+
+Each mask picture has one row per sample and one column per frame; every token is a
+`cell` x `cell` pixel square, masked tokens in `MASKED_RGB`, visible ones in `VISIBLE_RGB`, so
+the picture can be read back exactly (`GridLayout.cell_box`). The histogram shows the per-clip
+masked fraction of many sampled block masks (and i.i.d. masks at the same ratio), with the
+exact expected ratio (`induced_masking_ratio`) marked: block masks vary far more from clip to
+clip, which is one reason to report the expectation rather than a single draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from vimpac.analysis.errors import AnalysisError
+from vimpac.analysis.images import GridLayout, compose_grid, pyplot, save_figure, save_png
+from vimpac.pretrain.masking import auto_num_blocks, block_mask, iid_mask, induced_masking_ratio
+
+MASKED_RGB = (200, 30, 30)
+VISIBLE_RGB = (235, 235, 235)
+BLOCK_COLOR = "tab:red"
+IID_COLOR = "tab:blue"
+
+
+@dataclass(frozen=True)
+class MaskSamples:
+    block: torch.Tensor  # (samples, T, H, W) bool: the masks drawn as pictures
+    iid: torch.Tensor  # (samples, T, H, W) bool
+    num_blocks: int
+    ratio: float  # i.i.d. probability, and the target "auto" picks the block count for
+    expected_block_ratio: float  # exact expectation for `num_blocks` blocks
+    block_ratios: np.ndarray  # (histogram_samples,) per-clip masked fraction of block masks
+    iid_ratios: np.ndarray  # (histogram_samples,)
+
+    def to_json(self) -> dict[str, Any]:
+        T, H, W = self.block.shape[1:]
+        return {
+            "frames": T, "grid": [H, W], "num_blocks": self.num_blocks, "ratio": self.ratio,
+            "expected_block_ratio": self.expected_block_ratio,
+            "block_ratio_mean": float(self.block_ratios.mean()), "block_ratio_std": float(self.block_ratios.std()),
+            "iid_ratio_mean": float(self.iid_ratios.mean()), "iid_ratio_std": float(self.iid_ratios.std()),
+            "histogram_samples": int(self.block_ratios.size),
+            "pictured_block_ratios": self.block.flatten(1).float().mean(1).tolist(),
+            "pictured_iid_ratios": self.iid.flatten(1).float().mean(1).tolist(),
+        }
+
+
+def sample_masks(frames: int, grid: tuple[int, int], blocks: int | Literal["auto"] = "auto", ratio: float = 0.15,
+                 samples: int = 4, histogram_samples: int = 2000, seed: int = 0) -> MaskSamples:
+    """Draw `samples` masks of each kind to picture and `histogram_samples` more for the histogram."""
+    H, W = grid
+    if samples < 1 or histogram_samples < 2:
+        raise AnalysisError(f"samples must be >= 1 and histogram_samples >= 2, got {samples} and {histogram_samples}")
+    if not 0.0 < ratio < 1.0:
+        raise AnalysisError(f"ratio: expected a value in (0, 1), got {ratio!r}")
+    count = auto_num_blocks(frames, H, W, ratio) if blocks == "auto" else int(blocks)
+    if count < 1:
+        raise AnalysisError(f"blocks: expected a positive integer or 'auto', got {blocks!r}")
+    generator = torch.Generator().manual_seed(seed)
+    pictured_block = block_mask(samples, frames, H, W, count, generator)
+    pictured_iid = iid_mask(samples, frames, H, W, ratio, generator)
+    block_ratios = block_mask(histogram_samples, frames, H, W, count, generator).flatten(1).double().mean(1)
+    iid_ratios = iid_mask(histogram_samples, frames, H, W, ratio, generator).flatten(1).double().mean(1)
+    return MaskSamples(pictured_block, pictured_iid, count, ratio, induced_masking_ratio(frames, H, W, count),
+                       block_ratios.numpy(), iid_ratios.numpy())
+
+
+def mask_picture(masks: torch.Tensor, labels: list[str] | None = None, cell: int = 8) -> tuple[np.ndarray, GridLayout]:
+    """Masks (N, T, H, W) -> an RGB image with a row per sample and a column per frame."""
+    if masks.dim() != 4 or masks.dtype != torch.bool:
+        raise AnalysisError(f"mask_picture: expected bool masks (N, T, H, W), got {masks.dtype} {tuple(masks.shape)}")
+    palette = np.asarray([VISIBLE_RGB, MASKED_RGB], dtype=np.uint8)
+    rows = []
+    for mask in masks.numpy():
+        pixels = mask.repeat(cell, axis=1).repeat(cell, axis=2)
+        rows.append(palette[pixels.astype(np.int64)])
+    return compose_grid(rows, labels)
+
+
+def draw_masks(samples: MaskSamples, out_dir: str | Path, cell: int = 8) -> dict[str, Path]:
+    """block_masks.png, iid_masks.png and ratio_histogram.png in `out_dir`."""
+    out_dir = Path(out_dir)
+    paths = {}
+    for name, masks, describe in (
+        ("block_masks", samples.block, f"{samples.num_blocks} blocks"),
+        ("iid_masks", samples.iid, f"iid p={samples.ratio:g}"),
+    ):
+        labels = [f"{describe}: {float(m.float().mean()):.0%} masked" for m in masks]
+        image, _ = mask_picture(masks, labels, cell)
+        paths[name] = save_png(out_dir / f"{name}.png", image)
+    paths["ratio_histogram"] = draw_ratio_histogram(samples, out_dir / "ratio_histogram.png")
+    return paths
+
+
+def draw_ratio_histogram(samples: MaskSamples, path: str | Path) -> Path:
+    plt = pyplot()
+    T, H, W = samples.block.shape[1:]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = np.linspace(0.0, max(samples.block_ratios.max(), samples.iid_ratios.max()) * 1.05, 50)
+    ax.hist(samples.block_ratios, bins=bins, color=BLOCK_COLOR, alpha=0.6,
+            label=f"block masking, {samples.num_blocks} blocks")
+    ax.hist(samples.iid_ratios, bins=bins, color=IID_COLOR, alpha=0.6, label=f"i.i.d. masking, p = {samples.ratio:g}")
+    ax.axvline(samples.expected_block_ratio, color=BLOCK_COLOR, linestyle="--", linewidth=2,
+               label=f"exact expected block ratio {samples.expected_block_ratio:.2%}")
+    ax.axvline(samples.ratio, color=IID_COLOR, linestyle=":", linewidth=2, label=f"i.i.d. ratio {samples.ratio:.0%}")
+    ax.set_xlabel("masked fraction of a clip")
+    ax.set_ylabel(f"clips (of {samples.block_ratios.size})")
+    ax.set_title(f"Induced masking ratio, T x H x W = {T} x {H} x {W}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
