@@ -12,28 +12,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 from vimpac.data.annotations import read_howto100m, read_kinetics400, read_mmaction_list
+from vimpac.machine import machine_line
 
 KINETICS_TRAIN_ROWS = 246_534
 HOWTO100M_ROWS = 1_238_911
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}; {os.cpu_count()} logical cores; Python {platform.python_version()}; {platform.system()}"
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -61,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     k_rows = int(KINETICS_TRAIN_ROWS * args.scale)
     h_rows = int(HOWTO100M_ROWS * args.scale)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_line(with_torch=False)}")
     print(f"rows: kinetics400 {k_rows:,}, mmaction {k_rows:,}, howto100m {h_rows:,} (best of 3)")
 
     with tempfile.TemporaryDirectory() as tmp:

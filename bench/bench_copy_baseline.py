@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
 import statistics
 import time
 
@@ -28,18 +26,7 @@ import torch
 
 from vimpac.analysis.copy_baseline import Clips, CopyBaselineConfig, run_copy_baseline
 from vimpac.analysis.copy_fill import NO_SOURCE, nearest_visible
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__}; {torch.get_num_threads()} threads; "
-            f"load average {load:.1f}")
+from vimpac.machine import machine_line
 
 
 def loop_nearest_visible(mask: torch.Tensor) -> torch.Tensor:
@@ -134,7 +121,7 @@ def main() -> None:
                         "made these small ops several times slower)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print("machine:", machine())
+    print("machine:", machine_line())
     speed(args.repeats)
     accuracy()
 

@@ -23,8 +23,6 @@ views (the paper's 12 spatial views at S = 128 of 2-FPS frames; input frames per
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -32,30 +30,11 @@ from pathlib import Path
 import av
 import numpy as np
 
+from vimpac.machine import machine_line
 from vimpac.video.reader import VideoReader, read_clip, read_video_at_fps
 from vimpac.video.samples import available_sample_clips
 from vimpac.video.views import make_views
 from vimpac.video.writer import write_video
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (
-        f"{cpu}; {os.cpu_count()} logical cores ({usable} usable); load avg {load}; "
-        f"Python {platform.python_version()}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
-        f"PyAV {av.__version__} (FFmpeg {av.library_versions['libavcodec']} libavcodec)"
-    )
 
 
 def synthetic_video(path: Path, size: int, seconds: float = 10.0, fps: int = 30) -> Path:
@@ -96,7 +75,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     args = parser.parse_args()
 
-    print("machine:", machine())
+    print("machine:", f"{machine_line()}; PyAV {av.__version__} (FFmpeg {av.library_versions['libavcodec']} libavcodec)")
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         videos = dict(available_sample_clips())

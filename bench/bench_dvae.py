@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,22 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vimpac.machine import machine_line
 from vimpac.tokenizer.dalle import DALLE_PRESETS, DalleEncoder, DalleTokenizer
-
-
-def machine_line(device: torch.device) -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = "/".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"load average {load}{gpu}")
 
 
 def sample_frames(n: int, size: int) -> tuple[np.ndarray, str]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from vimpac.finetune.evaluate import THREE_CROP_VIEWS, average_view_probabilities, predict_videos, video_view_tokens
+from vimpac.machine import machine_line
 from vimpac.model import VimpacForClassification, build_model_config
 from vimpac.store import TokenStore
 from vimpac.store.format import StoreMeta, load_manifest
@@ -26,16 +25,6 @@ from vimpac.store.writer import EncodedVideo, RankWriter, compact_store
 from vimpac.video.views import view_set
 
 FRAMES, CLIPS, GRID, CODEBOOK = 8, 4, (16, 16), 1024
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_store(root: Path, videos: int) -> TokenStore:
@@ -70,8 +59,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} logical cores, load {os.getloadavg()[0]:.1f}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"machine: {machine_line()}")
     with tempfile.TemporaryDirectory() as tmp:
         store = make_store(Path(tmp) / "store", args.videos)
         cfg = build_model_config("tiny", overrides={"max_frames": FRAMES})

@@ -14,8 +14,6 @@ for a batch of 64 clips at 5 x 16 x 16 with 5 blocks (T=5, S=128), and the InfoN
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import statistics
 import time
@@ -23,6 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from vimpac.machine import machine_line
 from vimpac.pretrain.contrastive import symmetric_info_nce
 from vimpac.pretrain.masking import (
     MaskingConfig,
@@ -71,25 +70,11 @@ def timed(fn, repeats: int, warmup: int = 3) -> float:
     return statistics.median(samples)
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return (
-        f"CPU: {cpu}; cores: {os.cpu_count()}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
-        f"load average {', '.join(f'{x:.2f}' for x in load)}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
-    print(machine())
+    print(f"machine: {machine_line()}")
 
     B, T, H, W, N = 64, 5, 16, 16, 5
     generator = torch.Generator().manual_seed(0)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -34,24 +33,11 @@ import torch
 from vimpac.store import TokenStore
 from vimpac.store.format import META_FILE, SHARD_DIR, StoreMeta, load_manifest
 from vimpac.io import atomic_write_json
+from vimpac.machine import load_average_1m, machine_line
 from vimpac.store.writer import EncodedVideo, RankWriter, compact_store
 
 GRID = (16, 16)
 CLIP = 5
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} torch threads, load average {load:.1f}")
 
 
 # ------------------------------------------------------------------------------ clip reads
@@ -188,7 +174,7 @@ def main() -> None:
     parser.add_argument("--e2e-videos", type=int, default=6, help="videos for the end-to-end run (0: skip)")
     parser.add_argument("--no-dalle", action="store_true", help="skip the full-size dVAE end-to-end run")
     args = parser.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_line()}")
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp_name:
         tmp = Path(tmp_name)
         torch.set_num_threads(1)
@@ -205,7 +191,7 @@ def main() -> None:
             print(f"{'variant':44s} {'videos/s':>9s} {'frames/s':>9s}")
             for name, vps, fps, frames in bench_e2e(args, tmp):
                 print(f"{name:44s} {vps:9.2f} {fps:9.1f}")
-    print(f"\nmachine after: load average {os.getloadavg()[0]:.1f}")
+    print(f"\nmachine after: load average {load_average_1m()}")
 
 
 if __name__ == "__main__":

@@ -14,30 +14,14 @@ Measures, side by side in one run:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from vimpac.machine import machine_line
 from vimpac.tokenizer.vqvae import VQVAE, VQVAE_PRESETS, VQVAETokenizer, frames_to_pixels
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, default threads "
-            f"{torch.get_num_threads()}, load average {load:.1f}")
 
 
 def frames_of(n: int, size: int) -> np.ndarray:
@@ -117,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=10)
     args = parser.parse_args(argv)
     default_threads = torch.get_num_threads()
-    print("machine:", machine())
+    print("machine:", machine_line())
     bench_inference(args.preset, [int(s) for s in args.sizes.split(",")], args.frames, args.repeats)
     bench_training(args.preset, args.train_steps, sorted({1, default_threads}))
     torch.set_num_threads(default_threads)
-    print("\nmachine at the end:", machine())
+    print("\nmachine at the end:", machine_line())
     return 0
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -31,31 +29,8 @@ from vimpac.data.synthetic import (
     video_rng,
 )
 from vimpac.data.synthetic_render import load_textures
+from vimpac.machine import machine_line
 from vimpac.video.writer import write_video
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    try:
-        import torch
-
-        torch_info = f"torch {torch.__version__} ({torch.get_num_threads()} threads, unused here)"
-    except ImportError:
-        torch_info = "torch not installed"
-    import av
-
-    return (
-        f"machine: {cpu}, {os.cpu_count()} cores, load average {load}\n"
-        f"python {platform.python_version()}, numpy {np.__version__}, PyAV {av.__version__}, {torch_info}"
-    )
 
 
 def per_video(size: int, repeats: int) -> dict[str, float]:
@@ -106,7 +81,10 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also time the default `make-synthetic` (2 workers)")
     parser.add_argument("--repeats", type=int, default=14, help="clips per size in part 1")
     args = parser.parse_args()
-    print(machine())
+    import av
+
+    print(f"machine: {machine_line()}")
+    print(f"numpy {np.__version__}, PyAV {av.__version__} (torch unused here)")
     start = time.perf_counter()
     load_textures()
     print(f"background photos loaded once per process in {time.perf_counter() - start:.2f} s\n")

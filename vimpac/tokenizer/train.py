@@ -36,6 +36,7 @@ import torch
 
 from vimpac.config import ConfigError, to_dict
 from vimpac.io import atomic_write_json
+from vimpac.machine import machine_info
 from vimpac.tokenizer.base import TokenizerError
 from vimpac.tokenizer.vqvae import VQVAE, VQVAEConfig, VQVAETokenizer, frames_to_pixels, psnr_db
 
@@ -416,7 +417,7 @@ def train_tokenizer_from_videos(
         "num_parameters": tokenizer.num_parameters(),
         "videos": {"train": train_pool.videos, "held_out": val_pool.videos, "skipped": skipped},
         "config": {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": to_dict(data_cfg)},
-        "machine": _machine_info(device),
+        "machine": machine_info(device),
     }
     atomic_write_json(Path(out_dir) / REPORT_FILE, report)
     log(
@@ -426,23 +427,6 @@ def train_tokenizer_from_videos(
     )
     log(f"saved {tokenizer.tokenizer_id} to {out_dir} (report: {REPORT_FILE})")
     return report
-
-
-def _machine_info(device: torch.device | str) -> dict[str, Any]:
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"device": str(device), "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
-    if hasattr(os, "getloadavg"):
-        info["load_average_1m"] = round(os.getloadavg()[0], 2)
-    return info
 
 
 def _progress(iterable, enabled: bool, **kwargs):
