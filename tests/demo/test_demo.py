@@ -40,3 +40,18 @@ def test_quick_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
 def test_bad_demo_setting_is_a_clear_error(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path), "frames=many"]) == 2
     assert "frames: expected int" in capsys.readouterr().err
+
+
+def test_an_interrupted_training_stage_stops_the_demo_without_marking_it_done(tmp_path, monkeypatch):
+    from vimpac.demo import pipeline
+    from vimpac.demo.config import DEMO_PRESETS
+    from vimpac.engine.trainer import TrainResult
+
+    def interrupted(*args, **kwargs):
+        return TrainResult("interrupted", 3, 0, {}, None)
+
+    monkeypatch.setattr("vimpac.pretrain.run.run_pretraining", interrupted)
+    (tmp_path / "stores" / "pretrain").mkdir(parents=True)
+    with pytest.raises(pipeline.DemoInterrupted, match="stopped at step 3"):
+        pipeline._pretrain(tmp_path, DEMO_PRESETS["quick"], "mp_cl", 0, "mp_cl", progress=False)
+    assert not (tmp_path / "pretrain" / "mp_cl" / "DONE.json").exists()

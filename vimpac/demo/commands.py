@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from vimpac.config import ConfigError, build_config
     from vimpac.demo.config import DEMO_PRESETS, DemoConfig
-    from vimpac.demo.pipeline import run_demo
+    from vimpac.demo.pipeline import DemoInterrupted, run_demo
 
     overrides = list(args.overrides)
     if args.seeds:
@@ -38,7 +38,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"vimpac demo: {exc}", file=sys.stderr)
         return 2
-    results = run_demo(args.out, cfg, progress=not args.no_progress)
+    try:
+        results = run_demo(args.out, cfg, progress=not args.no_progress)
+    except DemoInterrupted as exc:
+        print(f"vimpac demo: {exc}", file=sys.stderr)
+        return 130
     tables = results["tables"]
     print("\nPre-training tasks (paper Table 7 shape):\n" + tables["table7"])
     print("\nMasking strategy (paper Table 8 shape):\n" + tables["table8"])

@@ -39,6 +39,10 @@ VARIANT_TITLES = {
 }
 
 
+class DemoInterrupted(RuntimeError):
+    """A training stage stopped early (SIGINT / SIGTERM); its checkpoint lets a re-run resume."""
+
+
 class Stage:
     """A stage's folder with a DONE.json recording its settings and results."""
 
@@ -230,6 +234,9 @@ def _pretrain(out: Path, cfg: DemoConfig, variant: str, seed: int, name: str, pr
     pcfg = build_pretrain_config("tiny", overrides=overrides)
     resume = (run_dir / "checkpoints").exists()
     result = run_pretraining(out / "stores" / "pretrain", run_dir, pcfg, resume=resume)
+    if result.status != "finished":
+        raise DemoInterrupted(f"pre-training {name} stopped at step {result.step} ({result.status}); "
+                              "run the same command again to resume")
     return {"status": result.status, "steps": result.step, "metrics": result.last_metrics,
             "settings_key": json.dumps(overrides)}
 
@@ -246,6 +253,9 @@ def _finetune(out: Path, cfg: DemoConfig, source: str, frames: int, seed: int, n
         batch_size=cfg.finetune_batch, precision="bf16", seed=seed, progress=progress,
         resume=(run_dir / "checkpoints").exists())
     summary = run_finetune(fcfg)
+    if summary.status != "finished":
+        raise DemoInterrupted(f"fine-tuning {name} stopped at step {summary.steps} ({summary.status}); "
+                              "run the same command again to resume")
     return {"status": summary.status, "steps": summary.steps, "evaluation": summary.evaluation}
 
 
