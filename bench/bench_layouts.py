@@ -82,9 +82,13 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3, help="timed steps per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's); 1 is faster on a machine shared with busy jobs")
     parser.add_argument("--layouts", nargs="+", default=list(PAPER), help="layouts to time (default: Table 13's)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     layouts = args.layouts
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
     chosen = [d for d in args.dtypes.split(",") if d]

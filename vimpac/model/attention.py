@@ -9,9 +9,10 @@ paper's Eq. 15 averages after the residual and LayerNorm - the released weights 
 order). [PAD] keys are masked; the CLS key never is; queries are never masked.
 
 Everything is batched: the grid is permuted so S is the sequence axis, the CLS slot is
-concatenated in one copy, and all rows go through one fused
-`torch.nn.functional.scaled_dot_product_attention` call (flash / memory-efficient kernels on
-GPU, the fused CPU kernel otherwise). There are no Python loops over rows.
+concatenated in one copy, and all rows go through one batched attention
+(`attend`: `torch.nn.functional.scaled_dot_product_attention` on GPU and for long rows, an
+explicit scores-softmax-dropout-matmul for the short rows of factorized layouts on CPU, where
+it is faster). There are no Python loops over rows.
 
 Parameter names follow the original (`attentions.{k}.attention.query`, `output.dense`,
 `output.LayerNorm`, ...) so released checkpoints load without renaming.
@@ -26,6 +27,11 @@ from torch import nn
 from vimpac.model.layout import AttentionSpec, BlockSpec
 
 LAYER_NORM_EPS = 1e-12  # the original's value everywhere in the backbone and the token head
+
+# Rows at most this long (1 + tokens) use the explicit attention below on CPU even without dropout.
+# CPU SDPA's fused kernel is built for long sequences: on this model's rows (7 for T, 17 for H or
+# W) it was slower than three plain ops (bench: docs/benchmarks.md, "Pre-training step").
+SHORT_ROW = 64
 
 
 class QKVProjection(nn.Module):
@@ -97,25 +103,19 @@ class AttentionBlock(nn.Module):
                 key_pad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """cls (B, D), x (B, T, H, W, D), key_pad (B, T, H, W) bool or None -> same shapes."""
         cls_in, x_in = (self.LayerNorm(cls), self.LayerNorm(x)) if self.pre_ln else (cls, x)
-        # One matmul for the Q/K/V of every attention of the block; the weights are
-        # concatenated on the fly (cheap next to the activations) so the parameters keep the
-        # original's separate names.
-        weight = torch.cat([w for a in self.attentions
-                            for w in (a.attention.query.weight, a.attention.key.weight, a.attention.value.weight)])
-        bias = torch.cat([b for a in self.attentions
-                          for b in (a.attention.query.bias, a.attention.key.bias, a.attention.value.bias)])
+        weight, bias = self._fused_qkv(x_in.device.type)
         qkv = F.linear(x_in, weight, bias)          # (B, T, H, W, 3 * width)
         cls_qkv = F.linear(cls_in, weight, bias)    # (B, 3 * width)
         dropout_p = self.attention_dropout if self.training else 0.0
 
+        # `split` rather than slicing: its backward is one concatenation of the parts'
+        # gradients, where every slice's backward would zero-fill a full-width gradient and add.
+        sizes = [3 * attn.out_width for attn in self.attentions]
         cls_parts, x_parts = [], []
-        offset = 0
-        for attn in self.attentions:
-            size = 3 * attn.out_width
-            part = qkv[..., offset:offset + size].unflatten(-1, (3, attn.heads, attn.head_dim))
-            cls_part = cls_qkv[:, offset:offset + size].unflatten(-1, (3, attn.heads, attn.head_dim))
-            offset += size
-            ctx_cls, ctx_x = axis_attention(part, cls_part, attn.spec.axes, key_pad, dropout_p)
+        for attn, part, cls_part in zip(self.attentions, qkv.split(sizes, dim=-1), cls_qkv.split(sizes, dim=-1)):
+            shape = (3, attn.heads, attn.head_dim)
+            ctx_cls, ctx_x = axis_attention(part.unflatten(-1, shape), cls_part.unflatten(-1, shape),
+                                            attn.spec.axes, key_pad, dropout_p)
             cls_parts.append(ctx_cls)
             x_parts.append(ctx_x)
         # Concatenating along the head axis = concatenating features in the written order
@@ -126,6 +126,24 @@ class AttentionBlock(nn.Module):
         if self.pre_ln:
             return cls + self.dropout(self.dense(ctx_cls)), x + self.dropout(self.dense(ctx_x))
         return self.output(ctx_cls, cls), self.output(ctx_x, x)
+
+    def _fused_qkv(self, device_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Q/K/V weights and biases of every attention of the block, concatenated.
+
+        One matmul then computes all projections. The concatenation is rebuilt at every forward
+        (it is small next to the activations) so the parameters keep the original's separate
+        names and the optimizer updates them directly. Under autocast it is cast once here:
+        `F.linear` would cast this non-leaf tensor again for each of its two calls (tokens and
+        CLS), since autocast caches casts of leaf parameters only. Same values either way.
+        """
+        weight = torch.cat([w for a in self.attentions
+                            for w in (a.attention.query.weight, a.attention.key.weight, a.attention.value.weight)])
+        bias = torch.cat([b for a in self.attentions
+                          for b in (a.attention.query.bias, a.attention.key.bias, a.attention.value.bias)])
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            weight, bias = weight.to(dtype), bias.to(dtype)
+        return weight, bias
 
 
 def axis_attention(qkv: torch.Tensor, cls_qkv: torch.Tensor, axes: tuple[int, ...],
@@ -164,16 +182,43 @@ def axis_attention(qkv: torch.Tensor, cls_qkv: torch.Tensor, axes: tuple[int, ..
         pad = key_pad.permute(0, *rows, *axes).reshape(n_rows, n_seq)
         keep = torch.cat([pad.new_ones(n_rows, 1), ~pad], dim=1)   # CLS key is never masked
         attn_mask = keep.view(n_rows, 1, 1, 1 + n_seq)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    out = attend(q, k, v, attn_mask, dropout_p)
 
     out = out.reshape(batch, *row_sizes, heads, 1 + n_seq, head_dim)
-    ctx_cls = out[..., 0, :]                                    # (B, rows..., h, d)
+    # `split` (not out[..., 0, :] and out[..., 1:, :]): the backward concatenates the two
+    # gradients once instead of zero-filling the full output twice and adding.
+    ctx_cls, ctx_x = out.split([1, n_seq], dim=-2)
+    ctx_cls = ctx_cls.squeeze(-2)                               # (B, rows..., h, d)
     if rows:
         ctx_cls = ctx_cls.mean(dim=tuple(range(1, 1 + len(rows))))
     else:
         ctx_cls = ctx_cls.reshape(batch, heads, head_dim)       # joint attention: one row per clip
-    ctx_x = out[..., 1:, :].unflatten(-2, seq_sizes)            # (B, rows..., h, seq..., d)
+    ctx_x = ctx_x.unflatten(-2, seq_sizes)                      # (B, rows..., h, seq..., d)
     # Back to (B, T, H, W, h, d): position of each grid axis in the current order.
     current = (0, *rows, "h", *axes, "d")
     inverse = [current.index(a) for a in (0, 1, 2, 3, "h", "d")]
     return ctx_cls, ctx_x.permute(inverse)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None,
+           dropout_p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d), keys where `keep`) with dropout on the probabilities, @ v.
+
+    q, k, v: (R, heads, L, d); keep: bool, broadcastable to (R, heads, L, L), or None.
+
+    GPUs (and long CPU rows without dropout) use `F.scaled_dot_product_attention`. On CPU with
+    dropout, SDPA cannot use its fused kernel and falls back to a generic path that scales q and
+    k separately and (under bf16 autocast) copies everything to fp32 and back; for short rows
+    these copies, not the FLOPs, are the cost. Here the (L x L) scores are scaled instead of
+    q and k, the softmax runs in fp32 and the probabilities are dropped out exactly as SDPA does
+    (`F.dropout`: Bernoulli(1 - p) keep mask, kept values scaled by 1 / (1 - p)).
+    """
+    if q.device.type != "cpu" or (dropout_p == 0.0 and q.shape[-2] > SHORT_ROW):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p)
+    scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    if keep is not None:
+        scores = scores.masked_fill(~keep, float("-inf"))
+    probs = scores.softmax(dim=-1, dtype=torch.float32)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, dropout_p, training=True)
+    return probs.to(v.dtype) @ v
