@@ -139,7 +139,7 @@ def _register_pretrain(subparsers: argparse._SubParsersAction) -> None:
             "token store. Settings come from a preset, then --config YAML, then KEY=VALUE overrides "
             "(e.g. train.lr=5e-4 masking.strategy=iid objective.alpha=0 model.layers=4). Works as one "
             "process or under torchrun (DDP). Writes RUN/metrics.jsonl, RUN/tensorboard, "
-            "RUN/checkpoints and, when finished, RUN/model for `vimpac finetune`."
+            "RUN/checkpoints, RUN/pretrain.json (the resolved settings) and, when finished, RUN/model for `vimpac finetune`."
         ),
     )
     parser.add_argument("--store", required=True, help="token store made by `vimpac tokenize`")

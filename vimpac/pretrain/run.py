@@ -27,7 +27,7 @@ def run_pretraining(store_path: str | Path, run_dir: str | Path, cfg: PretrainCo
     dist = distributed.init_distributed(cfg.train.device)
     store = TokenStore.open(store_path)
     cfg = resolve_config(store, cfg, dist.world_size)
-    config_path = run_dir / "config.json"
+    config_path = run_dir / "pretrain.json"
     record = {"store": str(store_path), "tokenizer_id": store.meta.tokenizer_id, **to_dict(cfg)}
     if resume and config_path.exists():
         previous = json.loads(config_path.read_text())
