@@ -32,8 +32,15 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.98),
     eps: float = 1e-8,
     fused: bool | None = None,
+    param_groups: list[dict] | None = None,
 ) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused)
+    """AdamW over `param_groups` (default: the BERT-style decay / no-decay groups of `model`)."""
+    if fused is None:
+        # The fused kernel updates every parameter in one pass: 4-20% faster steps measured on CPU
+        # (docs/benchmarks.md, "Pre-training step"); it exists for CPU and CUDA tensors.
+        fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+    groups = parameter_groups(model, weight_decay) if param_groups is None else param_groups
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
 
 
 def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):

@@ -111,10 +111,8 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = model.to(self.device)
-        if param_groups is None:
-            self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps)
-        else:
-            self.optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps,
+                                         param_groups=param_groups)
         warmup = int(round(cfg.warmup_ratio * cfg.total_steps))
         self.scheduler = warmup_linear_decay(self.optimizer, warmup, cfg.total_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
