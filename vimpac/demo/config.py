@@ -15,8 +15,8 @@ class DemoConfig:
     size: int = 64
     frames: int = 8  # T of pre-training and fine-tuning clips
     tokenizer_steps: int = 500
-    pretrain_steps: int = 250
-    pretrain_batch: int = 12  # videos per step (2 clips each)
+    pretrain_steps: int = 300
+    pretrain_batch: int = 8  # videos per step (2 clips each)
     finetune_steps: int = 300
     finetune_batch: int = 16
     model_overrides: tuple[str, ...] = ()  # KEY=VALUE for the tiny model preset
