@@ -12,10 +12,11 @@ the masks. Resuming at step s therefore reproduces the batches of an uninterrupt
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -145,7 +146,7 @@ class PretrainTask:
         batch_size = self.cfg.train.batch_size
         sums: dict[str, float] = {}
         batches = 0
-        majority = self.most_frequent_code()
+        majority = self.most_frequent_code
         for i in range(self.cfg.data.val_batches):
             rng = np.random.default_rng(derive_seed(self.cfg.train.seed, -1, i))
             entries = rng.choice(self.val_entries, size=min(batch_size, len(self.val_entries)), replace=False)
@@ -162,8 +163,9 @@ class PretrainTask:
             batches += 1
         return {k: v / max(batches, 1) for k, v in sums.items()}
 
-    @lru_cache(maxsize=1)
+    @cached_property
     def most_frequent_code(self) -> int:
+        """The most frequent code of (up to 2,000) training videos."""
         counts = np.zeros(self.vocab.codebook_size + 1, dtype=np.int64)
         for entry in self.train_entries[:2000]:
             ids = self.store.tokens(int(entry)).ravel()
@@ -207,8 +209,6 @@ def check_settings(store: TokenStore, cfg: PretrainConfig, world_size: int) -> N
 
 def resolve_config(store: TokenStore, cfg: PretrainConfig, world_size: int) -> PretrainConfig:
     """Size the model from the store (when asked) and derive gradient accumulation."""
-    import dataclasses
-
     check_settings(store, cfg, world_size)
     if cfg.model_from_store:
         h, w = store.grid
