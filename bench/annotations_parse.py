@@ -13,23 +13,13 @@ from __future__ import annotations
 import argparse
 import csv
 import tempfile
-import time
 from pathlib import Path
 
 from vimpac.data.annotations import read_howto100m, read_kinetics400, read_mmaction_list
-from vimpac.machine import machine_line
+from vimpac.machine import best_of, machine_line
 
 KINETICS_TRAIN_ROWS = 246_534
 HOWTO100M_ROWS = 1_238_911
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def bare_csv(path: Path) -> int:

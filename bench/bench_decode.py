@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import av
 import numpy as np
 
-from vimpac.machine import machine_line
+from vimpac.machine import best_of, machine_line
 from vimpac.video.reader import VideoReader, read_clip, read_video_at_fps
 from vimpac.video.samples import available_sample_clips
 from vimpac.video.views import make_views
@@ -53,15 +52,6 @@ def synthetic_video(path: Path, size: int, seconds: float = 10.0, fps: int = 30)
         image += rng.normal(0, 4, image.shape)
         frames[t] = np.clip(image, 0, 255).astype(np.uint8)
     return write_video(path, frames, fps=fps, codec="h264", gop_size=120)
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def pyav_sequential(path: Path) -> int:

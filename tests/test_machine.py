@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from vimpac.machine import cpu_name, machine_info, machine_line
+from vimpac.machine import best_of, cpu_name, machine_info, machine_line
 
 
 def test_machine_info_fields():
@@ -47,3 +47,10 @@ def test_importing_does_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False", "True"]
+
+
+def test_best_of_returns_the_fastest_call():
+    delays = iter([0.03, 0.001, 0.02])
+    import time
+
+    assert best_of(lambda: time.sleep(next(delays)), repeats=3) < 0.015

@@ -37,7 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    for command in subparsers.choices.values():
+        command.add_argument(
+            "--threads", type=int, default=None, metavar="N",
+            help="torch CPU threads (default: torch's choice, one per core; on a machine shared with other "
+                 "jobs 1 is often several times faster, as competing threads wait on each other)")
     return parser
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise SystemExit(f"vimpac: --threads: expected a positive number, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    _set_threads(args.threads)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Any
+import time
+from typing import Any, Callable
 
-__all__ = ["cpu_name", "load_average_1m", "machine_info", "machine_line", "usable_cores"]
+__all__ = ["best_of", "cpu_name", "load_average_1m", "machine_info", "machine_line", "usable_cores"]
 
 
 def cpu_name() -> str:
@@ -92,3 +93,14 @@ def machine_line(device: Any = None, *, with_torch: bool = True) -> str:
     if "gpu" in info:
         parts.append(f"GPU {info['gpu']}")
     return "; ".join(parts)
+
+
+def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
+    """The fastest of `repeats` timed calls, in seconds: on a shared machine the minimum is the
+    least disturbed measurement."""
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)

@@ -55,3 +55,37 @@ def test_an_interrupted_training_stage_stops_the_demo_without_marking_it_done(tm
     with pytest.raises(pipeline.DemoInterrupted, match="stopped at step 3"):
         pipeline._pretrain(tmp_path, DEMO_PRESETS["quick"], "mp_cl", 0, "mp_cl", progress=False)
     assert not (tmp_path / "pretrain" / "mp_cl" / "DONE.json").exists()
+
+
+def _record_pid(folder, progress):
+    import os
+
+    return {"pid": os.getpid(), "folder": str(folder), "progress": progress}
+
+
+def test_training_runs_go_side_by_side_in_worker_processes_and_finished_ones_are_reused(tmp_path):
+    import dataclasses
+    import os
+
+    from vimpac.demo import pipeline
+    from vimpac.demo.config import DEMO_PRESETS
+
+    cfg = dataclasses.replace(DEMO_PRESETS["quick"], parallel_runs=2, threads=2)
+    runs = [pipeline.TrainingRun(f"run {i}", tmp_path / f"run{i}", {"i": i}, _record_pid, (tmp_path / f"run{i}",))
+            for i in range(3)]
+    lines = []
+    first = pipeline.run_training(runs, cfg, lines.append, progress=True)
+    assert list(first) == ["run 0", "run 1", "run 2"]
+    pids = {r["pid"] for r in first.values()}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert not any(r["progress"] for r in first.values())  # no interleaved progress bars
+    assert "3 training stages, 2 at a time (1 thread(s) each)" in lines[0]
+
+    # A re-run reuses all three without starting workers; a changed setting re-runs only that one.
+    again = pipeline.run_training(runs, cfg, lines.append, progress=True)
+    assert again == first
+    changed = [runs[0], dataclasses.replace(runs[1], settings={"i": 10}), runs[2]]
+    third = pipeline.run_training(changed, cfg, lines.append, progress=True)
+    assert third["run 0"] == first["run 0"] and third["run 2"] == first["run 2"]
+    assert third["run 1"]["pid"] == os.getpid()  # one pending run: in this process, progress kept
+    assert third["run 1"]["progress"] is True

@@ -39,6 +39,25 @@ def test_training_reduces_the_loss_and_writes_metrics(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-00000040"
 
 
+def test_validate_at_end_can_be_left_to_the_caller(tmp_path):
+    result = make_trainer(tmp_path, steps=5, validate_at_end=False).fit()
+    assert result.status == "finished"
+    assert not any(k.startswith("val/") for k in result.last_metrics)
+    assert not [r for r in read_metrics(tmp_path) if r["split"] == "val"]
+
+
+def test_logged_lr_is_the_largest_group_rate(tmp_path):
+    torch.manual_seed(0)
+    model = ToyModel()
+    groups = [{"params": list(model.hidden.parameters()) + list(model.norm.parameters()), "lr": 1e-3},
+              {"params": list(model.out.parameters()), "lr": 4e-3}]
+    cfg = TrainConfig(total_steps=4, batch_size=8, lr=4e-3, warmup_ratio=0.0, log_every=1, progress=False)
+    Trainer(model, ToyTask(8), cfg, tmp_path, param_groups=groups).fit()
+    lrs = [r["lr"] for r in read_metrics(tmp_path) if r["split"] == "train"]
+    # Linear decay from the top group's 4e-3 (the first group would log a quarter of it).
+    assert lrs[0] == pytest.approx(4e-3 * 3 / 4)
+
+
 def test_in_process_resume_matches_uninterrupted(tmp_path):
     make_trainer(tmp_path / "full", steps=20).fit()
     make_trainer(tmp_path / "part", steps=20, max_minutes=0.0).fit()  # stops after one step

@@ -33,6 +33,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.seeds:
         overrides.append(f"seeds={args.seeds}")
+    if args.threads is not None:
+        overrides.append(f"threads={args.threads}")  # the demo sets torch's threads per stage from its config
     try:
         cfg = build_config(DemoConfig, DEMO_PRESETS, "quick" if args.quick else "full", overrides=overrides)
     except ConfigError as exc:

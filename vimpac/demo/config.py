@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,9 @@ class DemoConfig:
     # Pre-training variants (Table 7 / 8 rows) and fine-tuning runs; see pipeline.VARIANTS.
     pretrain_variants: tuple[str, ...] = ("mp_cl", "mp_only", "cl_only", "iid_mp")
     seeds: tuple[int, ...] = (0,)
-    workers: int = 2
-    threads: int = 2
+    workers: int = 2  # processes that generate and decode videos
+    threads: int = 2  # torch threads in all (training runs side by side share them)
+    parallel_runs: int = 2  # training runs side by side, each in its own process
 
 
 DEMO_PRESETS: dict[str, DemoConfig] = {
@@ -33,5 +34,5 @@ DEMO_PRESETS: dict[str, DemoConfig] = {
     "quick": DemoConfig(synthetic_preset="tiny", train_per_class=4, val_per_class=2, uncurated_videos=2,
                         tokenizer_steps=40, pretrain_steps=12, pretrain_batch=4, finetune_steps=12,
                         finetune_batch=8, model_overrides=("dim=64", "layers=2", "heads=2", "cls_head_hidden=128"),
-                        pretrain_variants=("mp_cl", "mp_only"), threads=1),
+                        pretrain_variants=("mp_cl", "mp_only"), threads=1, parallel_runs=1),
 }

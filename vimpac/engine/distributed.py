@@ -42,6 +42,13 @@ def init_distributed(device: str = "cpu") -> DistInfo:
     return info
 
 
+def rank_device(device: str | torch.device, info: DistInfo) -> torch.device:
+    """The device this process trains on: a plain "cuda" means this rank's GPU under torchrun."""
+    if str(device).startswith("cuda") and info.enabled:
+        return torch.device(f"cuda:{info.local_rank}")
+    return torch.device(device)
+
+
 def current() -> DistInfo:
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))

@@ -58,6 +58,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     val_every: int = 0  # 0: validate only at the end (when the task can)
+    validate_at_end: bool = True  # False when the caller runs its own final evaluation
     max_nonfinite_steps: int = 5  # consecutive skipped updates before the run stops
     max_minutes: Optional[float] = None  # stop (with a checkpoint) after this much wall time
     progress: bool = True
@@ -106,8 +107,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.run_config = run_config or {}
         self.dist = distributed.init_distributed(cfg.device)
-        self.device = torch.device(cfg.device if not str(cfg.device).startswith("cuda") or not self.dist.enabled
-                                   else f"cuda:{self.dist.local_rank}")
+        self.device = distributed.rank_device(cfg.device, self.dist)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = model.to(self.device)
@@ -189,7 +189,7 @@ class Trainer:
                         break
         if bar is not None:
             bar.close()
-        if status == "finished":
+        if status == "finished" and cfg.validate_at_end:
             val = self._validate()
             last.update({f"val/{k}": v for k, v in val.items()})
         self.logger.close()
@@ -244,7 +244,9 @@ class Trainer:
 
     def _log_window(self, window: "_Window") -> dict[str, float]:
         values = window.flush()
-        values["lr"] = self.scheduler.get_last_lr()[0]
+        # The largest group's rate: with layer-wise decay the groups differ and the top one is the
+        # nominal learning rate (the classifier's).
+        values["lr"] = max(self.scheduler.get_last_lr())
         values["skipped_steps"] = self.skipped_steps
         values = distributed.all_reduce_mean(values, self.device)
         self.logger.log(self.step, "train", values)

@@ -170,7 +170,8 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
         warmup_ratio=settings["warmup_ratio"], clip_grad_norm=settings["clip_grad_norm"],
         precision=cfg.precision, deterministic=cfg.deterministic, seed=cfg.seed, device=cfg.device,
         log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, val_every=cfg.val_every,
-        max_minutes=cfg.max_minutes, progress=cfg.progress)
+        max_minutes=cfg.max_minutes, progress=cfg.progress,
+        validate_at_end=False)  # the full multi-view evaluation below replaces the periodic one
     param_groups = None
     if cfg.layer_decay != 1.0:
         param_groups = layerwise_param_groups(model, settings["lr"], settings["weight_decay"], cfg.layer_decay,

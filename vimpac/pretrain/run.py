@@ -45,7 +45,7 @@ def run_pretraining(store_path: str | Path, run_dir: str | Path, cfg: PretrainCo
             init_from, max_frames=cfg.model.max_frames, height=cfg.model.height, width=cfg.model.width)
     else:
         model = VimpacForPretraining(cfg.model)
-    device = _device(cfg.train.device, dist)
+    device = distributed.rank_device(cfg.train.device, dist)
     model = synchronize_batchnorm(model, device)
     task = PretrainTask(store, cfg, device=device)
     trainer = Trainer(model, task, cfg.train, run_dir, run_config=record)
@@ -58,12 +58,6 @@ def run_pretraining(store_path: str | Path, run_dir: str | Path, cfg: PretrainCo
         atomic_write_json(run_dir / "result.json", dataclasses.asdict(result) | {"checkpoint": str(result.checkpoint)})
     distributed.barrier()
     return result
-
-
-def _device(device: str, dist) -> torch.device:
-    if device.startswith("cuda") and dist.enabled:
-        return torch.device(f"cuda:{dist.local_rank}")
-    return torch.device(device)
 
 
 def _unsync(model: torch.nn.Module) -> VimpacForPretraining:

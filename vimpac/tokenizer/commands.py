@@ -75,9 +75,6 @@ def _register_train_tokenizer(subparsers: argparse._SubParsersAction) -> None:
                         help="stop training after M minutes (then evaluate and save as usual)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--no-bf16", action="store_true", help="train and encode in plain fp32")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch CPU threads (default: torch's choice; use 1 on a machine shared with other jobs, "
-                             "where competing threads slow training down many times)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=_run_train_tokenizer)
 
@@ -88,10 +85,6 @@ def _run_train_tokenizer(args: argparse.Namespace) -> int:
     from vimpac.tokenizer.train import DataConfig, TrainConfig, train_tokenizer_from_videos
     from vimpac.tokenizer.vqvae import VQVAE_PRESETS, VQVAEConfig
 
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, args.threads))
     try:
         overrides = list(args.set) + ([f"codebook_size={args.codebook_size}"] if args.codebook_size is not None else [])
         model_cfg = build_config(VQVAEConfig, presets=VQVAE_PRESETS, preset=args.preset, overrides=overrides)
