@@ -3,15 +3,22 @@
 import pytest
 import torch
 
-from vimpac.cli import build_parser, main
+from vimpac.cli import _leaf_commands, build_parser, main
 
 
-def test_every_command_has_help_and_a_threads_option():
+def test_every_command_has_a_threads_option():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     assert {"pretrain", "finetune", "tokenize", "train-tokenizer", "demo"} <= set(commands)
-    for name, command in commands.items():
-        assert "--threads" in command.format_usage(), name
+    leaves = _leaf_commands(parser._subparsers._group_actions[0])
+    assert len(leaves) > len(commands)  # `store verify`, `analyze reconstruct`, ... count themselves
+    for command in leaves:
+        assert "--threads" in command.format_usage(), command.prog
+
+
+def test_nested_commands_take_threads_after_their_name():
+    args = build_parser().parse_args(["store", "info", "some/store", "--threads", "1"])
+    assert args.threads == 1
 
 
 def test_threads_option_sets_torch_threads(capsys):

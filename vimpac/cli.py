@@ -37,12 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
-    for command in subparsers.choices.values():
+    for command in _leaf_commands(subparsers):
         command.add_argument(
             "--threads", type=int, default=None, metavar="N",
             help="torch CPU threads (default: torch's choice, one per core; on a machine shared with other "
                  "jobs 1 is often several times faster, as competing threads wait on each other)")
     return parser
+
+
+def _leaf_commands(subparsers: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
+    """The parsers that run something: `pretrain`, and `store verify` rather than `store`."""
+    leaves = []
+    for command in subparsers.choices.values():
+        nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        leaves += _leaf_commands(nested[0]) if nested else [command]
+    return leaves
 
 
 def _set_threads(threads: int | None) -> None:
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
-    _set_threads(args.threads)
+    _set_threads(getattr(args, "threads", None))
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

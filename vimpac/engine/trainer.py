@@ -198,7 +198,10 @@ class Trainer:
     # ----------------------------------------------------------------- pieces
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.cfg.compile:
-            model = torch.compile(model)
+            # In place (parameter names unchanged), and the backbone only where there is one: it
+            # compiles to a single graph, while the heads' boolean indexing of masked positions
+            # has a data-dependent shape that would split the graph.
+            getattr(model, "backbone", model).compile()
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(

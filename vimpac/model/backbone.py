@@ -159,8 +159,10 @@ class VimpacBackbone(nn.Module):
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_tokens(tokens)
         key_pad = tokens == self.pad_id
-        if not bool(key_pad.any()):
-            key_pad = None  # no mask lets SDPA pick its fastest kernel; same numbers
+        # No mask lets SDPA pick its fastest kernel (same numbers). Under torch.compile the test
+        # would split the graph at a data-dependent branch, so the mask is always kept there.
+        if not torch.compiler.is_compiling() and not bool(key_pad.any()):
+            key_pad = None
         cls, x = self.embed(tokens)
         cls, x = self.transformer(cls, x, key_pad)
         if self.config.pre_ln:
@@ -178,7 +180,7 @@ class VimpacBackbone(nn.Module):
                 f"backbone input: {frames} x {height} x {width} tokens exceed the positional tables "
                 f"({cfg.max_frames} x {cfg.height} x {cfg.width}); build the model with larger "
                 "max_frames / height / width (loading a checkpoint interpolates the tables)")
-        if not tokens.is_cuda and tokens.numel():
+        if not tokens.is_cuda and tokens.numel() and not torch.compiler.is_compiling():
             # On CPU a bad id would otherwise surface as an opaque IndexError deep in the embedding.
             low, high = int(tokens.min()), int(tokens.max())
             if low < 0 or high >= cfg.num_rows:
