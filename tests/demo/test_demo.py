@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
@@ -89,3 +91,33 @@ def test_training_runs_go_side_by_side_in_worker_processes_and_finished_ones_are
     assert third["run 0"] == first["run 0"] and third["run 2"] == first["run 2"]
     assert third["run 1"]["pid"] == os.getpid()  # one pending run: in this process, progress kept
     assert third["run 1"]["progress"] is True
+
+
+def test_scratch_row_starts_from_the_pretraining_runs_initial_weights(tmp_path):
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    from vimpac.demo import pipeline
+    from vimpac.demo.config import DEMO_PRESETS
+    from vimpac.model.vimpac import VimpacForPretraining
+    from vimpac.pretrain.config import build_pretrain_config
+    from vimpac.pretrain.task import resolve_config
+    from vimpac.store.reader import TokenStore
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "finetune"))
+    from finetune_helpers import make_store
+
+    cfg = dataclasses.replace(DEMO_PRESETS["quick"], seeds=(0, 3))
+    make_store(tmp_path / "stores" / "pretrain", frames=(8, 12))
+    folders = [pipeline._scratch_model(tmp_path, cfg, seed) for seed in (0, 3)]
+    assert [f.name for f in folders] == ["scratch_init", "scratch_init_seed3"]
+    weights = [load_file(f / "model.safetensors") for f in folders]
+    assert not torch.equal(weights[0]["backbone.embedding.weight"], weights[1]["backbone.embedding.weight"])
+    # The pre-training run of seed 3 builds its model the same way.
+    pcfg = build_pretrain_config("tiny", overrides=pipeline._pretrain_overrides(cfg, "mp_cl", 3))
+    pcfg = resolve_config(TokenStore.open(tmp_path / "stores" / "pretrain"), pcfg, 1)
+    torch.manual_seed(pcfg.train.seed)
+    fresh = VimpacForPretraining(pcfg.model).state_dict()
+    assert torch.equal(fresh["backbone.embedding.weight"], weights[1]["backbone.embedding.weight"])

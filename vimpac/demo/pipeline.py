@@ -169,7 +169,8 @@ def run_demo(out: str | Path, cfg: DemoConfig, log: Callable[[str], None] = prin
                         "pretrain": pretrained.get(_run_name(source, seed, cfg), {}).get("settings_key")}
             finetune_runs[name] = TrainingRun(f"5/6 fine-tune {name}", out / "finetune" / name, settings,
                                               _finetune, (out, cfg, source, frames, seed, name))
-    _scratch_model(out, cfg)  # written here once, not by two workers at the same time
+    for seed in cfg.seeds:
+        _scratch_model(out, cfg, seed)  # written here once, not by two workers at the same time
     done = run_training(list(finetune_runs.values()), cfg, log, progress)
     stages["finetune"] = {name: done[run.title] for name, run in finetune_runs.items()}
     results["seconds"] = round(time.perf_counter() - started, 1)
@@ -305,7 +306,7 @@ def _finetune(out: Path, cfg: DemoConfig, source: str, frames: int, seed: int, n
               progress: bool) -> dict[str, Any]:
     from vimpac.finetune.runner import FinetuneConfig, run_finetune
 
-    pretrained = _scratch_model(out, cfg) if source == "scratch" else out / "pretrain" / _run_name(source, seed, cfg) / "model"
+    pretrained = _scratch_model(out, cfg, seed) if source == "scratch" else out / "pretrain" / _run_name(source, seed, cfg) / "model"
     run_dir = out / "finetune" / name
     fcfg = FinetuneConfig(
         train_store=str(out / "stores" / "train"), val_store=str(out / "stores" / "val"), out=str(run_dir),
@@ -319,18 +320,20 @@ def _finetune(out: Path, cfg: DemoConfig, source: str, frames: int, seed: int, n
     return {"status": summary.status, "steps": summary.steps, "evaluation": summary.evaluation}
 
 
-def _scratch_model(out: Path, cfg: DemoConfig) -> Path:
+def _scratch_model(out: Path, cfg: DemoConfig, seed: int) -> Path:
     """A randomly initialised model with the pre-trained models' architecture: fine-tuning it is
-    the "no pre-training" row, with everything else equal."""
+    the "no pre-training" row, with everything else equal. Built like `run_pretraining` builds
+    its model (same config, `torch.manual_seed(seed)`), so it holds the very weights the
+    pre-training runs of this seed start from."""
     from vimpac.model.vimpac import VimpacForPretraining
     from vimpac.pretrain.config import build_pretrain_config
     from vimpac.pretrain.task import resolve_config
     from vimpac.store.reader import TokenStore
 
-    folder = out / "finetune" / "scratch_init"
+    folder = out / "finetune" / ("scratch_init" if seed == 0 else f"scratch_init_seed{seed}")
     if not (folder / "model.safetensors").exists():
         pcfg = build_pretrain_config("tiny", overrides=_pretrain_overrides(cfg, "mp_cl", 0))
         pcfg = resolve_config(TokenStore.open(out / "stores" / "pretrain"), pcfg, 1)
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         VimpacForPretraining(pcfg.model).save_pretrained(folder)
     return folder
