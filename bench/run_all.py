@@ -25,6 +25,8 @@ BENCHMARKS = (
     "bench_layouts.py",
     "bench_pretrain_step.py",
     "bench_finetune_eval.py",
+    "bench_copy_baseline.py",
+    "bench_parallel_runs.py",
 )
 
 
