@@ -115,6 +115,15 @@ def test_resume_with_other_settings_is_refused(store_path, tmp_path):
         run_pretraining(store_path, tmp_path, config("train.total_steps=2", "train.lr=0.5"), resume=True)
 
 
+def test_resume_ignores_settings_that_do_not_change_the_training():
+    from vimpac.pretrain.run import _changed_settings
+
+    before = {"train": {"lr": 1e-3, "total_steps": 10}}  # a run folder written before validate_at_end existed
+    now = {"train": {"lr": 1e-3, "total_steps": 20, "validate_at_end": True}}
+    assert _changed_settings(before, now) == []
+    assert _changed_settings(before, {"train": {**now["train"], "lr": 5e-4}}) == ["train.lr: 0.001 -> 0.0005"]
+
+
 # ---------------------------------------------------------------------------------------- DDP
 
 def _contrastive_only(store_path):

@@ -103,10 +103,10 @@ def run_training(runs: list[TrainingRun], cfg: DemoConfig, log: Callable[[str], 
                  progress: bool) -> dict[str, dict[str, Any]]:
     """Run independent training stages, `cfg.parallel_runs` at a time; results by title.
 
-    Why processes: the tiny model's operations are too small for several threads to help (on 2
-    cores a 2-thread run is far from twice as fast as a 1-thread one), so two 1-thread runs side
-    by side finish sooner than the same runs one after the other. Finished stages are reused
-    without starting a worker.
+    Why processes: the tiny model's operations are small, so a second thread speeds one run up
+    only 1.44x on 2 cores, while two 1-thread runs side by side finish 1.35x sooner than the same
+    runs one after the other (bench/bench_parallel_runs.py). Finished stages are reused without
+    starting a worker.
     """
     results: dict[str, dict[str, Any]] = {}
     pending = []
