@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from shared_fixtures import fixture_path
 from vimpac.model import ModelConfig
 
-FIXTURE_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "original-vimpac"
-FIXTURE_DIR = FIXTURE_DIR.resolve()
 FIXTURES = ("tiny_t_hw", "tiny_t_h_w_halfatt")
 
 
 def load_fixture(name: str) -> dict:
-    with np.load(FIXTURE_DIR / f"{name}.npz") as z:
+    with np.load(fixture_path("original-vimpac", f"{name}.npz")) as z:
         return {k: z[k] for k in z.files}
 
 

@@ -5,13 +5,13 @@ Tolerances follow the fixture README: atol = rtol = 1e-5 for floats in fp32, tok
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from shared_fixtures import fixture_path
 from vimpac.tokenizer.dalle import (
     DALLE_PRESETS,
     DalleTokenizer,
@@ -20,15 +20,12 @@ from vimpac.tokenizer.dalle import (
     unmap_pixels,
 )
 
-FIXTURE = (Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "dalle-dvae" / "tiny_dvae.npz").resolve()
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
 def fixture() -> dict[str, np.ndarray]:
-    if not FIXTURE.is_file():
-        pytest.skip(f"fixture {FIXTURE} not present")
-    with np.load(FIXTURE) as z:
+    with np.load(fixture_path("dalle-dvae", "tiny_dvae.npz")) as z:
         return {k: z[k] for k in z.files}
 
 
