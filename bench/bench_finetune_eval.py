@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vimpac.finetune.evaluate import THREE_CROP_VIEWS, average_view_probabilities, predict_videos, video_view_tokens
-from vimpac.machine import machine_line
+from vimpac.machine import best_of, machine_line
 from vimpac.model import VimpacForClassification, build_model_config
 from vimpac.store import TokenStore
 from vimpac.store.format import StoreMeta, load_manifest
@@ -41,16 +40,6 @@ def make_store(root: Path, videos: int) -> TokenStore:
         writer.commit(encoded)
     compact_store(root)
     return TokenStore.open(root)
-
-
-def timed(fn, repeats: int = 2) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
@@ -80,7 +69,7 @@ def main() -> None:
         rows = []
         for name, fn in (("per-view loop fp32", lambda: per_view(False)), ("batched fp32", lambda: batched(False)),
                          ("per-view loop bf16", lambda: per_view(True)), ("batched bf16", lambda: batched(True))):
-            seconds = timed(fn)
+            seconds = best_of(fn, 2, warmup=1)
             rows.append((name, seconds))
         base = rows[0][1]
         print(f"{args.videos} videos x {len(THREE_CROP_VIEWS) * CLIPS} views (T={FRAMES}, {GRID[0]}x{GRID[1]} tokens, "

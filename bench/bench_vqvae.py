@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from vimpac.machine import machine_line
+from vimpac.machine import best_of, machine_line
 from vimpac.tokenizer.vqvae import VQVAE, VQVAE_PRESETS, VQVAETokenizer, frames_to_pixels
 
 
@@ -30,16 +30,6 @@ def frames_of(n: int, size: int) -> np.ndarray:
     coarse = torch.from_numpy(rng.uniform(0, 255, (n, 3, 8, 8)).astype(np.float32))
     up = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
     return up.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up (oneDNN primitive creation)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def bench_inference(preset: str, sizes: list[int], num_frames: int, repeats: int) -> None:
@@ -52,11 +42,11 @@ def bench_inference(preset: str, sizes: list[int], num_frames: int, repeats: int
     print(f"{'size':>5} {'encode fp32':>12} {'encode bf16':>12} {'ratio':>6} {'decode fp32':>12} {'decode bf16':>12} {'ratio':>6} {'agree':>7}")
     for size in sizes:
         frames = frames_of(num_frames, size)
-        t_enc32 = timed(lambda: fp32.encode(frames), repeats)
-        t_enc16 = timed(lambda: fast.encode(frames), repeats)
+        t_enc32 = best_of(lambda: fp32.encode(frames), repeats, warmup=1)
+        t_enc16 = best_of(lambda: fast.encode(frames), repeats, warmup=1)
         ids = fp32.encode(frames)
-        t_dec32 = timed(lambda: fp32.decode(ids), repeats)
-        t_dec16 = timed(lambda: fast.decode(ids), repeats)
+        t_dec32 = best_of(lambda: fp32.decode(ids), repeats, warmup=1)
+        t_dec16 = best_of(lambda: fast.decode(ids), repeats, warmup=1)
         agree = float((fast.encode(frames) == ids).double().mean())
         print(f"{size:>5} {num_frames / t_enc32:>10.0f}/s {num_frames / t_enc16:>10.0f}/s {t_enc32 / t_enc16:>5.1f}x "
               f"{num_frames / t_dec32:>10.0f}/s {num_frames / t_dec16:>10.0f}/s {t_dec32 / t_dec16:>5.1f}x {100 * agree:>6.1f}%")

@@ -95,9 +95,11 @@ def machine_line(device: Any = None, *, with_torch: bool = True) -> str:
     return "; ".join(parts)
 
 
-def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
-    """The fastest of `repeats` timed calls, in seconds: on a shared machine the minimum is the
-    least disturbed measurement."""
+def best_of(fn: Callable[[], object], repeats: int = 3, warmup: int = 0) -> float:
+    """The fastest of `repeats` timed calls, in seconds, after `warmup` untimed ones: on a shared
+    machine the minimum is the least disturbed measurement."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
