@@ -22,6 +22,7 @@ BENCHMARKS = (
     "bench_dvae.py",
     "bench_store.py",
     "bench_masking.py",
+    "bench_dropout.py",
     "bench_layouts.py",
     "bench_pretrain_step.py",
     "bench_finetune_eval.py",

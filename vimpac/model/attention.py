@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vimpac.model.dropout import Dropout, dropout as dropout_fn
 from vimpac.model.layout import AttentionSpec, BlockSpec
 
 LAYER_NORM_EPS = 1e-12  # the original's value everywhere in the backbone and the token head
@@ -66,7 +67,7 @@ class OutputProjection(nn.Module):
         super().__init__()
         self.dense = nn.Linear(width, dim)
         self.LayerNorm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)  # noqa: N815 - the original's name
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(residual + self.dropout(self.dense(context)))
@@ -95,7 +96,7 @@ class AttentionBlock(nn.Module):
         if pre_ln:
             self.dense = nn.Linear(width, dim)
             self.LayerNorm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)  # noqa: N815
-            self.dropout = nn.Dropout(dropout)
+            self.dropout = Dropout(dropout)
         else:
             self.output = OutputProjection(width, dim, dropout)
 
@@ -210,8 +211,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor
     dropout, SDPA cannot use its fused kernel and falls back to a generic path that scales q and
     k separately and (under bf16 autocast) copies everything to fp32 and back; for short rows
     these copies, not the FLOPs, are the cost. Here the (L x L) scores are scaled instead of
-    q and k, the softmax runs in fp32 and the probabilities are dropped out exactly as SDPA does
-    (`F.dropout`: Bernoulli(1 - p) keep mask, kept values scaled by 1 / (1 - p)).
+    q and k, the softmax runs in fp32 and the probabilities are dropped out as SDPA does (keep
+    with probability 1 - p, kept values scaled by 1 / (1 - p)), with `vimpac.model.dropout`'s
+    cheaper mask.
     """
     if q.device.type != "cpu" or (dropout_p == 0.0 and q.shape[-2] > SHORT_ROW):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p)
@@ -220,5 +222,5 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor
         scores = scores.masked_fill(~keep, float("-inf"))
     probs = scores.softmax(dim=-1, dtype=torch.float32)
     if dropout_p > 0.0:
-        probs = F.dropout(probs, dropout_p, training=True)
+        probs = dropout_fn(probs, dropout_p)
     return probs.to(v.dtype) @ v

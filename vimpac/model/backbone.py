@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vimpac.model.attention import LAYER_NORM_EPS, AttentionBlock
 from vimpac.model.config import ModelConfig
+from vimpac.model.dropout import Dropout
 from vimpac.model.errors import ModelError
 from vimpac.model.layout import parse_layout
 
@@ -57,7 +58,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(dim, hidden)
         self.c_proj = nn.Linear(hidden, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
@@ -115,7 +116,7 @@ class VimpacBackbone(nn.Module):
         # Registration order reproduces the original state-dict order.
         self.cls_param = nn.Parameter(torch.empty(cfg.dim))
         self.embedding = nn.Embedding(cfg.num_rows, cfg.dim)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.positional_embedding = PositionalEmbedding(cfg.max_frames, cfg.height, cfg.width, cfg.dim)
         if not cfg.pre_ln:
             self.ln_pre = nn.LayerNorm(cfg.dim, eps=LAYER_NORM_EPS)

@@ -14,6 +14,7 @@ from torch import nn
 
 from vimpac.model.attention import LAYER_NORM_EPS
 from vimpac.model.backbone import INIT_STD
+from vimpac.model.dropout import Dropout
 
 
 class MaskedTokenHead(nn.Module):
@@ -96,7 +97,7 @@ class ClassificationHead(nn.Module):
 
     def __init__(self, dim: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.cls_fc = nn.Linear(dim, num_classes)
         nn.init.zeros_(self.cls_fc.weight)
         nn.init.zeros_(self.cls_fc.bias)
