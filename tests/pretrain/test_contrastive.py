@@ -128,6 +128,23 @@ def test_masked_token_loss_only_counts_labelled_positions():
         masked_token_loss(logits, labels[..., :2])
 
 
+def test_masked_token_loss_all_labelled_rows_and_bf16():
+    """The trainer's call: (N, V) logits of masked positions only, every row labelled, under bf16."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(300, 50, generator=g)
+    labels = torch.randint(0, 50, (300,), generator=g)
+    labels[:60] = logits[:60].argmax(-1)                       # some right answers
+    loss, accuracy = masked_token_loss(logits, labels)
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
+    assert accuracy.item() == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
+    bf16 = logits.bfloat16().requires_grad_()
+    loss16, _ = masked_token_loss(bf16, labels)
+    assert loss16.dtype == torch.float32                       # softmax in fp32
+    assert loss16.item() == pytest.approx(F.cross_entropy(bf16.float(), labels).item(), rel=1e-6)
+    loss16.backward()
+    assert bf16.grad.dtype == torch.bfloat16
+
+
 def test_total_loss_switches():
     mask_loss, cl = torch.tensor(2.0), torch.tensor(3.0)
     assert pretraining_loss(mask_loss, cl, ObjectiveConfig()).item() == pytest.approx(2.0 + 1.0 * 0.2 * 3.0)
