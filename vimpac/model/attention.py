@@ -8,17 +8,22 @@ context averaged over all rows, taken BEFORE the output projection (the authors'
 paper's Eq. 15 averages after the residual and LayerNorm - the released weights expect the code's
 order). [PAD] keys are masked; the CLS key never is; queries are never masked.
 
-Everything is batched: the grid is permuted so S is the sequence axis, the CLS slot is
-concatenated in one copy, and all rows go through one batched attention
+Everything is batched: `GatherRows` writes every attention's rows (CLS slot + tokens, S as the
+sequence axis) in one copy of the Q/K/V activations, all rows go through one batched attention
 (`attend`: `torch.nn.functional.scaled_dot_product_attention` on GPU and for long rows, an
 explicit scores-softmax-dropout-matmul for the short rows of factorized layouts on CPU, where
-it is faster). There are no Python loops over rows.
+it is faster), and `ScatterRows` writes the contexts back in one more copy. Their backward
+passes are one copy each as well (plain autograd through permute / cat / unbind / split copied the
+gradient three times: 1.08x on the fp32 pre-training step). There are no Python loops over rows.
 
 Parameter names follow the original (`attentions.{k}.attention.query`, `output.dense`,
 `output.LayerNorm`, ...) so released checkpoints load without renaming.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -109,20 +114,15 @@ class AttentionBlock(nn.Module):
         cls_qkv = F.linear(cls_in, weight, bias)    # (B, 3 * width)
         dropout_p = self.attention_dropout if self.training else 0.0
 
-        # `split` rather than slicing: its backward is one concatenation of the parts'
-        # gradients, where every slice's backward would zero-fill a full-width gradient and add.
-        sizes = [3 * attn.out_width for attn in self.attentions]
-        cls_parts, x_parts = [], []
-        for attn, part, cls_part in zip(self.attentions, qkv.split(sizes, dim=-1), cls_qkv.split(sizes, dim=-1)):
-            shape = (3, attn.heads, attn.head_dim)
-            ctx_cls, ctx_x = axis_attention(part.unflatten(-1, shape), cls_part.unflatten(-1, shape),
-                                            attn.spec.axes, key_pad, dropout_p)
-            cls_parts.append(ctx_cls)
-            x_parts.append(ctx_x)
-        # Concatenating along the head axis = concatenating features in the written order
-        # (height part, then width part), each part's heads in head order.
-        ctx_cls = torch.cat(cls_parts, dim=-2).flatten(-2)
-        ctx_x = (torch.cat(x_parts, dim=-2) if len(x_parts) > 1 else x_parts[0].contiguous()).flatten(-2)
+        # Every attention's rows in one copy of the Q/K/V activations, and the contexts back into
+        # one (B, T, H, W, width) tensor in one more; the backward of each is one copy too.
+        rows = [RowGeometry.of(x.shape, attn.spec.axes, attn.heads, attn.head_dim) for attn in self.attentions]
+        qkv_rows = GatherRows.apply(qkv, cls_qkv, rows)
+        contexts = []
+        for i, geometry in enumerate(rows):
+            q, k, v = qkv_rows[3 * i:3 * i + 3]
+            contexts.append(attend(q, k, v, geometry.key_mask(key_pad), dropout_p))
+        ctx_cls, ctx_x = ScatterRows.apply(rows, *contexts)
 
         if self.pre_ln:
             return cls + self.dropout(self.dense(ctx_cls)), x + self.dropout(self.dense(ctx_x))
@@ -147,58 +147,167 @@ class AttentionBlock(nn.Module):
         return weight, bias
 
 
-def axis_attention(qkv: torch.Tensor, cls_qkv: torch.Tensor, axes: tuple[int, ...],
-                   key_pad: torch.Tensor | None, dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention over grid axes `axes` with a CLS slot in front of every row.
+@dataclass(frozen=True)
+class RowGeometry:
+    """How one attention over grid axes `axes` cuts a (B, T, H, W) grid into rows.
 
-    qkv: (B, T, H, W, 3, heads, head_dim) token queries/keys/values; cls_qkv: (B, 3, heads, head_dim).
-    Returns the CLS context (B, heads, head_dim), averaged over rows, and the token contexts
-    (B, T, H, W, heads, head_dim) (a strided view; the caller's concatenation copies it once).
+    Every combination of the other axes is a row; its sequence is the CLS slot followed by the
+    row's `seq_len` tokens in grid order. Rows are numbered batch-major, then by the other axes
+    in grid order: (B, *row_sizes) flattened.
     """
-    batch = qkv.shape[0]
-    grid = qkv.shape[1:4]
-    rows = tuple(a for a in (1, 2, 3) if a not in axes)
-    heads, head_dim = qkv.shape[-2:]
-    row_sizes = [grid[a - 1] for a in rows]
-    seq_sizes = [grid[a - 1] for a in axes]
-    n_rows = batch
-    for size in row_sizes:
-        n_rows *= size
-    n_seq = 1
-    for size in seq_sizes:
-        n_seq *= size
 
-    # (B, T, H, W, 3, h, d) -> (3, B, rows..., h, seq..., d) -> flatten seq (a view when the
-    # seq axes are adjacent in the grid, which holds for every layout but "TxW").
-    perm = (4, 0, *rows, 5, *axes, 6)
-    tokens = qkv.permute(perm).flatten(-1 - len(axes), -2)
-    slot = cls_qkv.permute(1, 0, 2, 3).reshape(3, batch, *([1] * len(rows)), heads, 1, head_dim)
-    slot = slot.expand(3, batch, *row_sizes, heads, 1, head_dim)
-    # One copy builds every (1 + N) sequence: (3, R, h, 1 + N, d).
-    seq = torch.cat([slot, tokens], dim=-2).reshape(3, n_rows, heads, 1 + n_seq, head_dim)
-    q, k, v = seq.unbind(0)
+    batch: int
+    grid: tuple[int, int, int]     # (T, H, W)
+    axes: tuple[int, ...]          # grid axes attended over (1 = T, 2 = H, 3 = W)
+    row_axes: tuple[int, ...]      # the other grid axes
+    row_sizes: tuple[int, ...]
+    seq_sizes: tuple[int, ...]
+    heads: int
+    head_dim: int
 
-    attn_mask = None
-    if key_pad is not None:
-        pad = key_pad.permute(0, *rows, *axes).reshape(n_rows, n_seq)
-        keep = torch.cat([pad.new_ones(n_rows, 1), ~pad], dim=1)   # CLS key is never masked
-        attn_mask = keep.view(n_rows, 1, 1, 1 + n_seq)
-    out = attend(q, k, v, attn_mask, dropout_p)
+    @classmethod
+    def of(cls, grid_shape: torch.Size, axes: tuple[int, ...], heads: int, head_dim: int) -> "RowGeometry":
+        """Geometry for a (B, T, H, W, ...) activation shape."""
+        row_axes = tuple(a for a in (1, 2, 3) if a not in axes)
+        return cls(grid_shape[0], tuple(grid_shape[1:4]), tuple(axes), row_axes, tuple(grid_shape[a] for a in row_axes),
+                   tuple(grid_shape[a] for a in axes), heads, head_dim)
 
-    out = out.reshape(batch, *row_sizes, heads, 1 + n_seq, head_dim)
-    # `split` (not out[..., 0, :] and out[..., 1:, :]): the backward concatenates the two
-    # gradients once instead of zero-filling the full output twice and adding.
-    ctx_cls, ctx_x = out.split([1, n_seq], dim=-2)
-    ctx_cls = ctx_cls.squeeze(-2)                               # (B, rows..., h, d)
-    if rows:
-        ctx_cls = ctx_cls.mean(dim=tuple(range(1, 1 + len(rows))))
-    else:
-        ctx_cls = ctx_cls.reshape(batch, heads, head_dim)       # joint attention: one row per clip
-    ctx_x = ctx_x.unflatten(-2, seq_sizes)                      # (B, rows..., h, seq..., d)
-    # Back to (B, T, H, W, h, d): position of each grid axis in the current order.
-    current = (0, *rows, "h", *axes, "d")
-    inverse = [current.index(a) for a in (0, 1, 2, 3, "h", "d")]
-    return ctx_cls, ctx_x.permute(inverse)
+    @property
+    def rows_per_clip(self) -> int:
+        return math.prod(self.row_sizes)
+
+    @property
+    def seq_len(self) -> int:
+        return math.prod(self.seq_sizes)
+
+    @property
+    def width(self) -> int:
+        return self.heads * self.head_dim
+
+    def rows_shape(self) -> tuple[int, ...]:
+        """(B, *row_sizes, heads, 1 + seq_len, head_dim): a row tensor before flattening the rows."""
+        return (self.batch, *self.row_sizes, self.heads, 1 + self.seq_len, self.head_dim)
+
+    def flat_rows_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch * self.rows_per_clip, self.heads, 1 + self.seq_len, self.head_dim)
+
+    def grid_to_rows(self, grid: torch.Tensor) -> torch.Tensor:
+        """View (B, T, H, W, heads, head_dim) as (B, *row_sizes, heads, *seq_sizes, head_dim)."""
+        return grid.permute(0, *self.row_axes, 4, *self.axes, 5)
+
+    def token_slots(self, rows: torch.Tensor) -> torch.Tensor:
+        """The token slots of a (B, *row_sizes, heads, 1 + N, head_dim) tensor, seq axes unflattened."""
+        return rows[..., 1:, :].unflatten(-2, self.seq_sizes)
+
+    def sum_over_rows(self, slot: torch.Tensor) -> torch.Tensor:
+        """(B, *row_sizes, heads, head_dim) -> (B, heads, head_dim)."""
+        return slot.sum(dim=tuple(range(1, 1 + len(self.row_axes)))) if self.row_axes else slot
+
+    def broadcast_to_rows(self, per_clip: torch.Tensor) -> torch.Tensor:
+        """(B, heads, head_dim) -> a view broadcastable to (B, *row_sizes, heads, head_dim)."""
+        return per_clip.view(self.batch, *([1] * len(self.row_axes)), self.heads, self.head_dim)
+
+    def key_mask(self, key_pad: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, T, H, W) PAD flags -> (rows, 1, 1, 1 + N) keep mask; the CLS key is never masked."""
+        if key_pad is None:
+            return None
+        n_rows = self.batch * self.rows_per_clip
+        pad = key_pad.permute(0, *self.row_axes, *self.axes).reshape(n_rows, self.seq_len)
+        return torch.cat([pad.new_ones(n_rows, 1), ~pad], dim=1).view(n_rows, 1, 1, 1 + self.seq_len)
+
+
+class GatherRows(torch.autograd.Function):
+    """Q/K/V activations -> every attention's (rows, heads, 1 + N, head_dim) q, k, v.
+
+    qkv (B, T, H, W, sum of 3 * width) holds the attentions' [q | k | v] blocks side by side (the
+    fused projection's order); cls_qkv (B, same) is the CLS slot's. Returns q, k, v of the first
+    attention, then of the second, ... Forward writes each output once (the CLS slot broadcast
+    over the rows); backward writes the gradient straight into one (B, T, H, W, ...) tensor,
+    where autograd through permute / cat / unbind / split would copy it three times.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, cls_qkv: torch.Tensor, rows: list[RowGeometry]) -> tuple[torch.Tensor, ...]:
+        ctx.rows = rows
+        ctx.shapes = (qkv.shape, cls_qkv.shape, qkv.dtype, qkv.device)
+        outputs = []
+        offset = 0
+        for geometry in rows:
+            grid = qkv[..., offset:offset + 3 * geometry.width].unflatten(-1, (3, geometry.heads, geometry.head_dim))
+            cls_part = cls_qkv[:, offset:offset + 3 * geometry.width].view(-1, 3, geometry.heads, geometry.head_dim)
+            for j in range(3):
+                out = qkv.new_empty(geometry.rows_shape())
+                geometry.token_slots(out).copy_(geometry.grid_to_rows(grid[..., j, :, :]))
+                out[..., 0, :].copy_(geometry.broadcast_to_rows(cls_part[:, j]))
+                outputs.append(out.view(geometry.flat_rows_shape()))
+            offset += 3 * geometry.width
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None):
+        qkv_shape, cls_shape, dtype, device = ctx.shapes
+        d_qkv = torch.empty(qkv_shape, dtype=dtype, device=device)
+        d_cls = torch.empty(cls_shape, dtype=dtype, device=device)
+        offset = 0
+        for i, geometry in enumerate(ctx.rows):
+            grid = d_qkv[..., offset:offset + 3 * geometry.width].unflatten(-1, (3, geometry.heads, geometry.head_dim))
+            cls_part = d_cls[:, offset:offset + 3 * geometry.width].view(-1, 3, geometry.heads, geometry.head_dim)
+            for j in range(3):
+                grad = grads[3 * i + j]
+                if grad is None:  # that output did not reach the loss
+                    grid[..., j, :, :].zero_()
+                    cls_part[:, j].zero_()
+                    continue
+                grad = grad.reshape(geometry.rows_shape())
+                geometry.grid_to_rows(grid[..., j, :, :]).copy_(geometry.token_slots(grad))
+                cls_part[:, j].copy_(geometry.sum_over_rows(grad[..., 0, :]))
+            offset += 3 * geometry.width
+        return d_qkv, d_cls, None
+
+
+class ScatterRows(torch.autograd.Function):
+    """Every attention's (rows, heads, 1 + N, head_dim) output -> the block's contexts.
+
+    Returns the CLS context (B, sum of widths), slot 0 averaged over each clip's rows, and the
+    token contexts (B, T, H, W, sum of widths), the attentions' heads side by side in the
+    written order (height part, then width part). One copy each way.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: list[RowGeometry], *outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.rows = rows
+        first = outputs[0]
+        batch, grid_shape = rows[0].batch, rows[0].grid
+        width = sum(g.width for g in rows)
+        ctx_cls = first.new_empty(batch, width)
+        ctx_x = first.new_empty(batch, *grid_shape, width)
+        offset = 0
+        for geometry, out in zip(rows, outputs):
+            out = out.reshape(geometry.rows_shape())
+            grid = ctx_x[..., offset:offset + geometry.width].unflatten(-1, (geometry.heads, geometry.head_dim))
+            geometry.grid_to_rows(grid).copy_(geometry.token_slots(out))
+            mean = geometry.sum_over_rows(out[..., 0, :]) / geometry.rows_per_clip
+            ctx_cls[:, offset:offset + geometry.width].copy_(mean.flatten(1))
+            offset += geometry.width
+        return ctx_cls, ctx_x
+
+    @staticmethod
+    def backward(ctx, d_cls: torch.Tensor | None, d_x: torch.Tensor | None):
+        grads = []
+        offset = 0
+        for geometry in ctx.rows:
+            reference = d_x if d_x is not None else d_cls
+            d_out = reference.new_zeros(geometry.rows_shape()) if d_x is None or d_cls is None \
+                else reference.new_empty(geometry.rows_shape())
+            if d_x is not None:
+                grid = d_x[..., offset:offset + geometry.width].unflatten(-1, (geometry.heads, geometry.head_dim))
+                geometry.token_slots(d_out).copy_(geometry.grid_to_rows(grid))
+            if d_cls is not None:
+                part = d_cls[:, offset:offset + geometry.width].reshape(-1, geometry.heads, geometry.head_dim)
+                d_out[..., 0, :].copy_(geometry.broadcast_to_rows(part / geometry.rows_per_clip))
+            grads.append(d_out.view(geometry.flat_rows_shape()))
+            offset += geometry.width
+        return (None, *grads)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None,
