@@ -131,13 +131,15 @@ def test_finetune_cli_learns_the_class_token(stores, capsys):
     tmp_path = stores
     code = main(["finetune", "--train-store", str(tmp_path / "train"), "--val-store", str(tmp_path / "val"),
                  "--from-scratch", "--preset", "tiny", "--recipe", "synthetic", "--out", str(tmp_path / "cli"),
-                 "--frames", "4", "--steps", "80", "--batch-size", "8", "--lr", "3e-3", "--temporal-clips", "2",
+                 "--frames", "4", "--steps", "80", "--batch-size", "8", "--lr", "3e-4", "--temporal-clips", "2",
                  "--val-every", "20", "--precision", "bf16", "--no-progress"])
     assert code == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "cli" / "finetune.json").read_text())
     assert record["resolved"]["steps"] == 80 and record["resolved"]["flip"] is False
     results = json.loads((tmp_path / "cli" / "eval" / "results.json").read_text())
-    assert results["top1"] >= 0.8  # the class is written into every frame: learnable in 80 steps
+    # The class is written into every frame: learnable in 80 steps. At lr 3e-3 only 3-4 of 10
+    # (seed, thread count) runs learned it; at 3e-4 all 10 did.
+    assert results["top1"] >= 0.8
     vals = [r for r in read_metrics(tmp_path / "cli") if r["split"] == "val"]
     assert vals and "top1" in vals[0]
     assert (tmp_path / "cli" / "model" / "config.json").is_file()

@@ -14,7 +14,7 @@ sequence axis) in one copy of the Q/K/V activations, all rows go through one bat
 explicit scores-softmax-dropout-matmul for the short rows of factorized layouts on CPU, where
 it is faster), and `ScatterRows` writes the contexts back in one more copy. Their backward
 passes are one copy each as well (plain autograd through permute / cat / unbind / split copied the
-gradient three times: 1.08x on the fp32 pre-training step). There are no Python loops over rows.
+gradient three times). There are no Python loops over rows.
 
 Parameter names follow the original (`attentions.{k}.attention.query`, `output.dense`,
 `output.LayerNorm`, ...) so released checkpoints load without renaming.

@@ -5,8 +5,8 @@
 mask for backward. Here the mask comes from 16 random bits per element: one `random_` fill of
 int64 words (four masks per word) and a comparison, then a `where`; backward saves the bool mask
 (a quarter of the float mask's memory). Forward + backward: 1.3-1.5x faster than `F.dropout` at
-1 thread and 2.1-2.3x at 2 (bench/bench_dropout.py); the whole pre-training step gets 11% (fp32)
-and 17% (bf16) faster, more than the calls alone, as a quarter of the mask traffic goes too.
+1 thread and 2.1-2.3x at 2, where the Bernoulli draws ran on one thread (bench/bench_dropout.py;
+the pre-training step's gains are in docs/benchmarks.md).
 
 The drop probability is rounded to a multiple of 2^-16 (p = 0.1 drops with probability
 0.1000061); the kept values are scaled by 1 / (1 - p) with the requested p, as `F.dropout` does.
