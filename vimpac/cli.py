@@ -72,10 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _set_threads(getattr(args, "threads", None))
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if "torch.distributed" in sys.modules:  # only commands that imported torch can have joined a group
+        from vimpac.engine.distributed import shutdown
+
+        shutdown()
+    return code
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from vimpac.engine.checkpoint import latest_checkpoint
+from vimpac.engine.distributed import shutdown
 from vimpac.engine.metrics import read_metrics
 from vimpac.engine.optim import build_optimizer, warmup_linear_decay
 from vimpac.engine.trainer import Trainer, TrainConfig, TrainingDiverged
@@ -164,7 +165,8 @@ def _ddp_worker(rank, world_size, port, run_dir, queue):
     if rank == 0:
         # numpy arrays travel by value; a torch tensor would be shared memory that dies with this process
         queue.put({k: v.detach().numpy().copy() for k, v in trainer.model.state_dict().items()})
-    torch.distributed.destroy_process_group()
+    del trainer  # DDP's reducer holds gloo work; drop it before the group goes
+    shutdown()
 
 
 def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):

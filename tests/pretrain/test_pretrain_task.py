@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 from vimpac.config import apply_overrides
-from vimpac.engine.distributed import DistInfo
+from vimpac.engine.distributed import DistInfo, shutdown
 from vimpac.engine.metrics import read_metrics
 from vimpac.model.vimpac import VimpacForPretraining
 from vimpac.pretrain.config import build_pretrain_config
@@ -147,7 +147,8 @@ def _ddp_grads(rank, port, store_path, queue):
     loss.backward()
     if rank == 0:
         queue.put({n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None})
-    torch.distributed.destroy_process_group()
+    del ddp  # its reducer holds gloo work; drop it before the group goes
+    shutdown()
 
 
 def test_ddp_two_processes_give_the_gradients_of_one_process(store_path):

@@ -60,6 +60,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group cleanly: wait for every rank, then destroy it.
+
+    Without the barrier a fast rank can tear its connections down while a peer still talks to it;
+    without the destroy, gloo's threads outlive the interpreter and can abort the process at exit
+    ("terminate called without an active exception").
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_mean(values: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
     """Average scalar metrics over ranks (one collective for the whole dict)."""
     if not (dist.is_available() and dist.is_initialized()) or not values:
