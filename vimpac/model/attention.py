@@ -203,6 +203,10 @@ class RowGeometry:
         """(B, *row_sizes, heads, head_dim) -> (B, heads, head_dim)."""
         return slot.sum(dim=tuple(range(1, 1 + len(self.row_axes)))) if self.row_axes else slot
 
+    def mean_over_rows(self, slot: torch.Tensor) -> torch.Tensor:
+        """(B, *row_sizes, heads, head_dim) -> (B, heads, head_dim), one rounding under bf16."""
+        return slot.mean(dim=tuple(range(1, 1 + len(self.row_axes)))) if self.row_axes else slot
+
     def broadcast_to_rows(self, per_clip: torch.Tensor) -> torch.Tensor:
         """(B, heads, head_dim) -> a view broadcastable to (B, *row_sizes, heads, head_dim)."""
         return per_clip.view(self.batch, *([1] * len(self.row_axes)), self.heads, self.head_dim)
@@ -286,8 +290,7 @@ class ScatterRows(torch.autograd.Function):
             out = out.reshape(geometry.rows_shape())
             grid = ctx_x[..., offset:offset + geometry.width].unflatten(-1, (geometry.heads, geometry.head_dim))
             geometry.grid_to_rows(grid).copy_(geometry.token_slots(out))
-            mean = geometry.sum_over_rows(out[..., 0, :]) / geometry.rows_per_clip
-            ctx_cls[:, offset:offset + geometry.width].copy_(mean.flatten(1))
+            ctx_cls[:, offset:offset + geometry.width].copy_(geometry.mean_over_rows(out[..., 0, :]).flatten(1))
             offset += geometry.width
         return ctx_cls, ctx_x
 
