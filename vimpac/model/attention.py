@@ -248,7 +248,8 @@ class GatherRows(torch.autograd.Function):
         return tuple(outputs)
 
     @staticmethod
-    def backward(ctx, *grads: torch.Tensor | None):
+    def backward(ctx, *grads: torch.Tensor):
+        # Autograd materialises the gradient of an unused output as zeros, so none is None here.
         qkv_shape, cls_shape, dtype, device = ctx.shapes
         d_qkv = torch.empty(qkv_shape, dtype=dtype, device=device)
         d_cls = torch.empty(cls_shape, dtype=dtype, device=device)
@@ -257,12 +258,7 @@ class GatherRows(torch.autograd.Function):
             grid = d_qkv[..., offset:offset + 3 * geometry.width].unflatten(-1, (3, geometry.heads, geometry.head_dim))
             cls_part = d_cls[:, offset:offset + 3 * geometry.width].view(-1, 3, geometry.heads, geometry.head_dim)
             for j in range(3):
-                grad = grads[3 * i + j]
-                if grad is None:  # that output did not reach the loss
-                    grid[..., j, :, :].zero_()
-                    cls_part[:, j].zero_()
-                    continue
-                grad = grad.reshape(geometry.rows_shape())
+                grad = grads[3 * i + j].reshape(geometry.rows_shape())
                 geometry.grid_to_rows(grid[..., j, :, :]).copy_(geometry.token_slots(grad))
                 cls_part[:, j].copy_(geometry.sum_over_rows(grad[..., 0, :]))
             offset += 3 * geometry.width
@@ -295,19 +291,16 @@ class ScatterRows(torch.autograd.Function):
         return ctx_cls, ctx_x
 
     @staticmethod
-    def backward(ctx, d_cls: torch.Tensor | None, d_x: torch.Tensor | None):
+    def backward(ctx, d_cls: torch.Tensor, d_x: torch.Tensor):
+        # Both gradients are tensors: autograd materialises an unused output's as zeros.
         grads = []
         offset = 0
         for geometry in ctx.rows:
-            reference = d_x if d_x is not None else d_cls
-            d_out = reference.new_zeros(geometry.rows_shape()) if d_x is None or d_cls is None \
-                else reference.new_empty(geometry.rows_shape())
-            if d_x is not None:
-                grid = d_x[..., offset:offset + geometry.width].unflatten(-1, (geometry.heads, geometry.head_dim))
-                geometry.token_slots(d_out).copy_(geometry.grid_to_rows(grid))
-            if d_cls is not None:
-                part = d_cls[:, offset:offset + geometry.width].reshape(-1, geometry.heads, geometry.head_dim)
-                d_out[..., 0, :].copy_(geometry.broadcast_to_rows(part / geometry.rows_per_clip))
+            d_out = d_x.new_empty(geometry.rows_shape())
+            grid = d_x[..., offset:offset + geometry.width].unflatten(-1, (geometry.heads, geometry.head_dim))
+            geometry.token_slots(d_out).copy_(geometry.grid_to_rows(grid))
+            part = d_cls[:, offset:offset + geometry.width].reshape(-1, geometry.heads, geometry.head_dim)
+            d_out[..., 0, :].copy_(geometry.broadcast_to_rows(part / geometry.rows_per_clip))
             grads.append(d_out.view(geometry.flat_rows_shape()))
             offset += geometry.width
         return (None, *grads)
