@@ -36,20 +36,10 @@ def worker(tree: str, precision: str, threads: int) -> None:
     torch.set_num_threads(threads)
     sys.path.insert(1, str(HERE))
     import bench_pretrain_step as step_bench  # imports vimpac from `tree` (first on sys.path)
-    from vimpac.model.config import build_model_config
-    from vimpac.model.vimpac import VimpacForPretraining
-    from vimpac.pretrain.contrastive import ObjectiveConfig
-    from vimpac.pretrain.masking import MaskingConfig
 
     import vimpac
     assert Path(vimpac.__file__).resolve().is_relative_to(Path(tree).resolve()), vimpac.__file__
-    cfg = build_model_config("small", overrides=["max_frames=5", "height=16", "width=16"])
-    tokens = torch.randint(0, cfg.codebook_size, (4, 5, 16, 16), generator=torch.Generator().manual_seed(1))
-    torch.manual_seed(0)
-    model = VimpacForPretraining(cfg).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    step = step_bench.make_step(model, optimizer, tokens, cfg.vocab, ObjectiveConfig(), MaskingConfig(),
-                                torch.device("cpu"), step_bench.DTYPES[precision])
+    step = step_bench.build_step(precision)
     print("ready", flush=True)
     for _ in sys.stdin:
         start = time.perf_counter()

@@ -129,6 +129,32 @@ def measure_rates(rows: int, cfg, device: torch.device, seconds: float) -> dict[
     return rates
 
 
+def step_config(preset: str = "small"):
+    """The benchmark's model: `preset` at T = 5 frames of 16 x 16 tokens (128-pixel frames)."""
+    return build_model_config(preset, overrides=["max_frames=5", "height=16", "width=16"])
+
+
+def step_tokens(cfg, clips: int) -> torch.Tensor:
+    return torch.randint(0, cfg.codebook_size, (clips, 5, 16, 16), generator=torch.Generator().manual_seed(1))
+
+
+def build_step(precision: str, device: torch.device = torch.device("cpu"), preset: str = "small", videos: int = 2,
+               optimizer: str = "fused", compile: bool = False):
+    """The benchmark's step (a callable returning the loss) with fresh weights (seed 0).
+
+    `optimizer`: foreach, fused or single (AdamW's for-loop); `compile`: compile the backbone in
+    place, as the trainer's compile=True does."""
+    cfg = step_config(preset)
+    torch.manual_seed(0)
+    model = VimpacForPretraining(cfg).to(device).train()
+    adamw = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=optimizer == "foreach",
+                              fused=True if optimizer == "fused" else None)
+    if compile:
+        model.backbone.compile()
+    return make_step(model, adamw, step_tokens(cfg, 2 * videos), cfg.vocab, ObjectiveConfig(), MaskingConfig(),
+                     device, DTYPES[precision])
+
+
 def make_step(model, optimizer, tokens, vocab, objective, masking, device, dtype, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
@@ -238,27 +264,18 @@ def main() -> None:
     print(machine(device))
     print(f"start: {load()}")
 
-    cfg = build_model_config(args.preset, overrides=["max_frames=5", "height=16", "width=16"])
+    cfg = step_config(args.preset)
     clips = 2 * args.videos
     rows = clips * 5 * 16 * 16
-    tokens = torch.randint(0, cfg.codebook_size, (clips, 5, 16, 16), generator=torch.Generator().manual_seed(1))
-    objective, masking = ObjectiveConfig(), MaskingConfig()
     if not args.no_loss_check:
-        check_losses(cfg, tokens, objective, masking, device)
+        check_losses(cfg, step_tokens(cfg, clips), ObjectiveConfig(), MaskingConfig(), device)
 
     rates_before = measure_rates(rows, cfg, device, args.matmul_seconds)
     results = []
     for precision in args.precisions.split(","):
-        dtype = DTYPES[precision]
         for variant in args.variants.split(","):
             for opt_name in args.optimizers.split(","):
-                torch.manual_seed(0)
-                model = VimpacForPretraining(cfg).to(device).train()
-                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=opt_name == "foreach",
-                                              fused=True if opt_name == "fused" else None)
-                if variant == "compile":
-                    model.backbone.compile()  # what the trainer's compile=True does
-                step = make_step(model, optimizer, tokens, cfg.vocab, objective, masking, device, dtype)
+                step = build_step(precision, device, args.preset, args.videos, opt_name, compile=variant == "compile")
                 start = time.perf_counter()
                 first_loss = step()  # warm-up (and compilation)
                 warm = time.perf_counter() - start

@@ -25,6 +25,7 @@ BENCHMARKS = (
     "bench_dropout.py",
     "bench_layouts.py",
     "bench_pretrain_step.py",
+    "bench_pretrain_memory.py",
     "bench_finetune_eval.py",
     "bench_copy_baseline.py",
     "bench_parallel_runs.py",

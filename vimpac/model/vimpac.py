@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vimpac.model.backbone import VimpacBackbone
@@ -25,6 +26,13 @@ from vimpac.model.config import ModelConfig
 from vimpac.model.errors import CheckpointError, ModelError
 from vimpac.model.heads import ClassificationHead, ContrastiveHead, MaskedTokenHead
 from vimpac.model.pretrained import load_weights, read_model_config, read_weights, save_model_folder
+
+
+# The masked-token head runs on a multiple of this many rows (zero rows appended, their logits
+# dropped). The number of masked positions changes every step, and CPU matmuls (oneDNN) cache a
+# primitive, with its buffers, for every new shape: without rounding, a pre-training process grew
+# by 11-35 MiB per step (docs/benchmarks.md, "Pre-training memory").
+MLM_ROW_MULTIPLE = 128
 
 
 @dataclass
@@ -62,7 +70,9 @@ class VimpacForPretraining(nn.Module):
             if predict_mask.shape != tokens.shape or predict_mask.dtype != torch.bool:
                 raise ModelError(f"predict_mask: expected bool {tuple(tokens.shape)}, got "
                                  f"{predict_mask.dtype} {tuple(predict_mask.shape)}")
-            logits = self.mlm_head(hiddens[predict_mask])
+            rows = hiddens[predict_mask]
+            count = rows.shape[0]
+            logits = self.mlm_head(F.pad(rows, (0, 0, 0, -count % MLM_ROW_MULTIPLE)))[:count]
         return PretrainingOutput(logits, self.cls_head(cls), cls, hiddens)
 
     def save_pretrained(self, folder: str | Path, **extra: Any) -> Path:
