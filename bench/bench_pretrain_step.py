@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -41,6 +40,7 @@ import warnings
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vimpac.machine import machine_line
 from vimpac.model.config import build_model_config
 from vimpac.model.vimpac import VimpacForPretraining
 from vimpac.pretrain.contrastive import ObjectiveConfig, masked_token_loss, pretraining_loss, symmetric_info_nce
@@ -48,19 +48,6 @@ from vimpac.pretrain.masking import MaskingConfig, mask_tokens
 
 AUTHORS_FP32_SECONDS = 7.5  # issue 5: the authors' code, median fp32 step on this kind of machine
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    text = f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    if device.type == "cuda":
-        text += f", GPU {torch.cuda.get_device_name(device)}"
-    return text
 
 
 def load() -> str:
@@ -261,7 +248,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*TF32.*")
-    print(machine(device))
+    print(machine_line(device))
     print(f"start: {load()}")
 
     cfg = step_config(args.preset)
