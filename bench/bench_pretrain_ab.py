@@ -9,6 +9,9 @@ bench_pretrain_step.py (small preset, T = 5, 16 x 16 tokens, 2 videos x 2 clips,
 
     .venv/bin/python bench/bench_pretrain_ab.py --baseline 91b4151 [--precision bf16] [--threads 1]
         [--steps 6]
+
+`--env KEY=VALUE` (repeatable) sets an environment variable for the working tree's worker only,
+so a runtime setting can be compared with the same code: `--baseline HEAD --env MALLOC_MMAP_MAX_=0`.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per side, after two warm-up steps each")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment variable for the working tree's worker only (repeatable)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -75,16 +80,24 @@ def main() -> None:
     import torch
     from vimpac.machine import machine_line
 
+    extra_env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--env {item!r}: expected KEY=VALUE")
+        extra_env[key] = value
     torch.set_num_threads(args.threads)  # only so that the machine line names the workers' setting
     print(machine_line())
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {f"baseline {args.baseline}": unpack(args.baseline, Path(tmp)), "working tree": REPO}
+        working = "working tree" + "".join(f" {k}={v}" for k, v in extra_env.items())
+        sides = {f"baseline {args.baseline}": (unpack(args.baseline, Path(tmp)), {}), working: (REPO, extra_env)}
         workers = {}
-        for name, tree in trees.items():
+        for name, (tree, env) in sides.items():
             workers[name] = subprocess.Popen(
                 [sys.executable, __file__, "--worker", str(tree), "--precision", args.precision,
                  "--threads", str(args.threads)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=""))
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                env=dict(os.environ, PYTHONPATH="", **env))
             if workers[name].stdout.readline().strip() != "ready":
                 sys.exit(f"{name}: worker failed to start")
         times = {name: [] for name in workers}
@@ -103,7 +116,7 @@ def main() -> None:
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, t in times.items():
         print(f"  {name:24s} median {medians[name]:.3f} s/step  ({', '.join(f'{x:.2f}' for x in t)})")
-    base, ours = medians[f"baseline {args.baseline}"], medians["working tree"]
+    base, ours = medians[f"baseline {args.baseline}"], medians[working]
     print(f"  speed-up of the working tree: {base / ours:.3f}x")
 
 
