@@ -40,7 +40,7 @@ def test_head_rows_are_rounded_up_and_logits_cut_back(masked):
 
 
 def test_padding_rows_get_no_gradient():
-    """The loss and every parameter gradient equal those of the head run on the masked rows alone."""
+    """Every parameter gradient equals that of the head run on the masked rows alone."""
     torch.manual_seed(0)
     cfg = tiny_config(max_frames=4, height=8, width=8)
     model = VimpacForPretraining(cfg).double().train()
