@@ -145,6 +145,14 @@ def test_masked_token_loss_all_labelled_rows_and_bf16():
     assert bf16.grad.dtype == torch.bfloat16
 
 
+def test_masked_token_loss_accuracy_counts_ties_as_right():
+    logits = torch.tensor([[1.0, 3.0, 3.0], [5.0, 0.0, 0.0], [0.0, 0.0, 2.0], [1.0, 1.0, 1.0]])
+    labels = torch.tensor([2, 1, 2, 0])                      # tie at the top, wrong, right, three-way tie
+    _, accuracy = masked_token_loss(logits, labels)
+    assert accuracy.item() == pytest.approx(3 / 4)
+    assert not accuracy.requires_grad
+
+
 def test_total_loss_switches():
     mask_loss, cl = torch.tensor(2.0), torch.tensor(3.0)
     assert pretraining_loss(mask_loss, cl, ObjectiveConfig()).item() == pytest.approx(2.0 + 1.0 * 0.2 * 3.0)
