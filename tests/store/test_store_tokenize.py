@@ -116,3 +116,64 @@ def test_verify_and_info_commands(dataset, capsys):
     shard.write_bytes(bytes(data))
     assert cli_main(["store", "verify", store]) == 1
     assert "checksum mismatch" in capsys.readouterr().out
+
+
+class RecordingTokenizer(PaletteTokenizer):
+    """The palette tokenizer, remembering how many frames each encode call had."""
+
+    def __init__(self):
+        self.calls = []
+
+    def encode(self, frames):
+        self.calls.append(len(frames))
+        return super().encode(frames)
+
+
+def _decoded(index: int, lengths: dict[str, int]):
+    from vimpac.store.tokenize import DecodedVideo, DecodeJob
+
+    rng = np.random.default_rng(index)
+    views = {name: rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8) for name, n in lengths.items()}
+    job = DecodeJob(index, f"v{index}", None, f"v{index}.mp4", f"v{index}.mp4", 1.0, 16, (), 1)
+    return DecodedVideo(job, views, None)
+
+
+def test_full_batch_encoder_calls_are_full_and_videos_come_back_in_order():
+    """Every encode call but the last has exactly batch_size frames (one input shape for the
+    encoder's kernel caches), whatever the videos' lengths; each video comes back complete, in
+    order, as soon as its last frame is encoded, with the tokens of encoding it alone."""
+    from vimpac.store.tokenize import FullBatchEncoder
+
+    tokenizer = RecordingTokenizer()
+    encoder = FullBatchEncoder(tokenizer, ("a", "b"), batch_size=8)
+    lengths = [3, 7, 1, 12, 5, 2]
+    videos = [_decoded(i, {"a": n, "b": n}) for i, n in enumerate(lengths)]
+    ends = np.cumsum([2 * n for n in lengths])            # frame count up to the end of each video
+    returned = []
+    for video, end in zip(videos, ends):
+        returned += encoder.add(video)
+        encoded_so_far = 8 * (end // 8)
+        assert len(returned) == int((ends <= encoded_so_far).sum())
+    returned += encoder.finish()
+    total = 2 * sum(lengths)
+    assert tokenizer.calls == [8] * (total // 8) + ([total % 8] if total % 8 else [])
+    assert [v.key for v in returned] == [f"v{i}" for i in range(len(lengths))]
+    for video, encoded in zip(videos, returned):
+        for name in ("a", "b"):
+            np.testing.assert_array_equal(encoded.views[name], PaletteTokenizer().encode(video.views[name]).numpy())
+    assert encoder.finish() == []
+
+
+def test_store_encoder_calls_span_videos(dataset, tmp_path):
+    """The whole pipeline with a batch that does not divide the videos' frames: same tokens,
+    and the encoder saw one batch size (plus one shorter last call)."""
+    root, annotations = dataset
+    tokenizer = RecordingTokenizer()
+    report = tokenize_videos(annotations, root / "videos", tokenizer, out_dir=tmp_path / "store", fps=4, size=32,
+                             views=VIEWS, workers=0, batch_size=3, progress=False)
+    assert report.encoded_videos == 4 and report.encoded_frames == 32
+    assert tokenizer.calls == [3] * 10 + [2]
+    store = TokenStore.open(tmp_path / "store")
+    for key in store.keys():
+        for view, tokens in expected_tokens(root / "videos" / f"{key}.mp4", 4, 32).items():
+            np.testing.assert_array_equal(store.tokens(store.index_of(key, view)), tokens)

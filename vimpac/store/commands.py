@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tok.add_argument("--views", default="center", help="view set: center, all12, noflip6 (or view names, comma-separated)")
     tok.add_argument("--out", required=True, metavar="STORE", help="store folder (created, or resumed)")
     tok.add_argument("--workers", type=int, default=2, help="decoding processes (0: decode in the main process)")
-    tok.add_argument("--batch-size", type=int, default=64, help="frames per encoder call and per commit")
+    tok.add_argument("--batch-size", type=int, default=64, help="frames per encoder call (all full but the last; one input shape for the encoder)")
     tok.add_argument("--device", default="cpu", help="encoder device: cpu or cuda (cuda:LOCAL_RANK under torchrun)")
     tok.add_argument("--min-frames", type=int, default=1, help="videos with fewer frames at --fps are listed as failed")
     tok.add_argument("--retry-failed", action="store_true", help="retry videos that failed in an earlier run")

@@ -4,9 +4,10 @@ Pipeline (one rank):
 
     worker processes (spawn)            main process
     ------------------------            ------------
-    read_video_at_fps(path, fps)   ->   gather decoded videos until `batch_size` frames
-    make_views(frames, size, views)     tokenizer.encode(all views of those videos, batched)
-                                        RankWriter.commit(batch)  (fsync shard, then manifest part)
+    read_video_at_fps(path, fps)   ->   FullBatchEncoder: queue every view's frames, encode each
+    make_views(frames, size, views)     full `batch_size` of them (one shape for the encoder)
+                                        RankWriter.commit(videos now complete)  (fsync shard, then
+                                        manifest part)
 
 Decoding runs ahead in a bounded window of `2 * workers` videos, so it overlaps encoding
 without holding the whole dataset in memory. Videos that fail to decode (any `VideoError`, or
@@ -165,29 +166,84 @@ def _worker_init() -> None:
 # ------------------------------------------------------------------------------ encoding
 
 
-def _encode_batch(tokenizer: Any, decoded: list[DecodedVideo], view_names: Sequence[str],
-                  batch_size: int) -> list[EncodedVideo]:
-    """Encode all views of `decoded` in tokenizer calls of at most `batch_size` frames."""
-    import torch
+class FullBatchEncoder:
+    """Encodes the views of a stream of decoded videos in tokenizer calls of exactly `batch_size`
+    frames (only the last call of a run is shorter) and hands each video back, in order, once
+    all of its frames are encoded. A video's frames may span several calls.
 
-    pieces = [decoded_video.views[name] for decoded_video in decoded for name in view_names]
-    frames = np.concatenate(pieces, axis=0) if pieces else np.zeros((0, 1, 1, 3), np.uint8)
-    ids = []
-    with torch.inference_mode():
-        for start in range(0, frames.shape[0], batch_size):
-            out = tokenizer.encode(frames[start:start + batch_size])
-            ids.append(out.cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out))
-    all_ids = np.concatenate(ids, axis=0) if ids else np.zeros((0, 0, 0), np.int64)
-    encoded, cursor = [], 0
-    for decoded_video in decoded:
-        views = {}
-        for name in view_names:
-            n = decoded_video.views[name].shape[0]
-            views[name] = all_ids[cursor:cursor + n]
-            cursor += n
-        job = decoded_video.job
-        encoded.append(EncodedVideo(job.record, job.key, job.label, views))
-    return encoded
+    Why full calls: CPU inference (oneDNN) builds and caches kernels for every input shape it
+    sees, and the heap fragments on varied sizes. Encoding each group of videos with its own
+    remainder call fed the encoder a new batch size per group: the DALL-E encoder at 128 px grew
+    by ~45 MiB per new size, up to one per possible size (bench/bench_encoder_calls.py).
+    """
+
+    def __init__(self, tokenizer: Any, view_names: Sequence[str], batch_size: int) -> None:
+        self.tokenizer = tokenizer
+        self.view_names = tuple(view_names)
+        self.batch_size = batch_size
+        self._waiting: collections.deque[DecodedVideo] = collections.deque()  # added, not yet complete
+        self._frames: collections.deque[np.ndarray] = collections.deque()     # not yet encoded, in order
+        self._ids: collections.deque[np.ndarray] = collections.deque()        # encoded, not yet handed out
+        self._queued = 0
+        self._encoded = 0
+
+    def add(self, video: DecodedVideo) -> list[EncodedVideo]:
+        """Queue `video`'s frames; encode every full batch; return the videos now complete."""
+        for name in self.view_names:
+            self._frames.append(video.views[name])
+            self._queued += video.views[name].shape[0]
+        self._waiting.append(video)
+        while self._queued >= self.batch_size:
+            self._encode(self.batch_size)
+        return self._complete()
+
+    def finish(self) -> list[EncodedVideo]:
+        """Encode what is left (one shorter call) and return the remaining videos."""
+        if self._queued:
+            self._encode(self._queued)
+        return self._complete()
+
+    def _encode(self, n: int) -> None:
+        import torch
+
+        frames = _take_rows(self._frames, n)
+        self._queued -= n
+        with torch.inference_mode():
+            out = self.tokenizer.encode(frames)
+        self._ids.append(out.cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out))
+        self._encoded += n
+
+    def _complete(self) -> list[EncodedVideo]:
+        done = []
+        while self._waiting:
+            video = self._waiting[0]
+            lengths = [video.views[name].shape[0] for name in self.view_names]
+            if sum(lengths) > self._encoded:
+                break
+            self._waiting.popleft()
+            self._encoded -= sum(lengths)
+            views = {name: _take_rows(self._ids, n) for name, n in zip(self.view_names, lengths)}
+            job = video.job
+            done.append(EncodedVideo(job.record, job.key, job.label, views))
+        return done
+
+
+def _take_rows(parts: collections.deque, n: int) -> np.ndarray:
+    """The first `n` rows of the concatenation of `parts` (n <= their total), removed from them;
+    only the rows taken are copied."""
+    if n == 0:
+        return parts[0][:0] if parts else np.zeros((0, 0, 0), np.int64)
+    taken = []
+    while n > 0:
+        head = parts[0]
+        if head.shape[0] <= n:
+            taken.append(parts.popleft())
+            n -= head.shape[0]
+        else:
+            taken.append(head[:n])
+            parts[0] = head[n:]
+            n = 0
+    return taken[0] if len(taken) == 1 else np.concatenate(taken, axis=0)
 
 
 # ------------------------------------------------------------------------------ the entry point
@@ -218,8 +274,9 @@ def tokenize_videos(
     `records` is an `AnnotationSet` (its class names and source are recorded in the store) or
     a sequence of `VideoRecord`s (then pass `class_names` / `source` if wanted). `tokenizer` is
     a `FrameTokenizer`; `views` a preset name ("center", "all12", "noflip6") or `ViewSpec`s;
-    `batch_size` is frames per encoder call and per commit. Raises `StoreError` when `out_dir`
-    holds a store made with other settings.
+    `batch_size` is frames per encoder call (every call but the run's last is full; a
+    video's frames may span calls); videos are committed as soon as all their frames are
+    encoded. Raises `StoreError` when `out_dir` holds a store made with other settings.
     """
     from vimpac.video.views import resolve_views
 
@@ -288,35 +345,34 @@ def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_na
 
     bar = tqdm(total=len(jobs), unit="video", desc=f"tokenize r{writer.rank}", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
-    batch: list[DecodedVideo] = []
-    batch_failures: list[FailedVideo] = []
-    batch_frames = 0
+    encoder = FullBatchEncoder(tokenizer, view_names, batch_size)
+    failures: list[FailedVideo] = []
     t0 = time.perf_counter()
 
-    def flush() -> None:
-        nonlocal batch, batch_failures, batch_frames
-        encoded = _encode_batch(tokenizer, batch, view_names, batch_size)
-        writer.commit(encoded, batch_failures)
+    def commit(encoded: list[EncodedVideo]) -> None:
+        nonlocal failures
+        writer.commit(encoded, failures)
         report.encoded_videos += len(encoded)
         report.encoded_entries += len(encoded) * len(view_names)
-        report.encoded_frames += batch_frames
-        report.failures.extend(f.to_json() for f in batch_failures)
-        bar.update(len(batch) + len(batch_failures))
+        report.encoded_frames += sum(ids.shape[0] for video in encoded for ids in video.views.values())
+        report.failures.extend(f.to_json() for f in failures)
+        bar.update(len(encoded) + len(failures))
         elapsed = max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(frames_s=f"{report.encoded_frames / elapsed:.1f}", failed=len(report.failures))
-        batch, batch_failures, batch_frames = [], [], 0
+        failures = []
 
     with bar:
         for decoded in _decode_in_order(jobs, workers):
+            encoded = []
             if decoded.failure is not None:
-                batch_failures.append(decoded.failure)
+                failures.append(decoded.failure)
             else:
-                batch.append(decoded)
-                batch_frames += sum(decoded.views[name].shape[0] for name in view_names)
-            if batch_frames >= batch_size or len(batch_failures) >= batch_size:
-                flush()
-        if batch or batch_failures:
-            flush()
+                encoded = encoder.add(decoded)
+            if encoded or len(failures) >= batch_size:
+                commit(encoded)
+        encoded = encoder.finish()
+        if encoded or failures:
+            commit(encoded)
 
 
 def _meta_for_run(tokenizer: Any, fps: float, size: int, view_names: tuple[str, ...],
