@@ -34,6 +34,7 @@ import argparse
 import dataclasses
 import os
 import statistics
+import sys
 import time
 import warnings
 
@@ -229,7 +230,7 @@ def profile_step(step, label: str, steps: int = 2, rows: int = 18) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--videos", type=int, default=2, help="videos per step (2 clips each)")
@@ -244,6 +245,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per variant")
     parser.add_argument("--no-loss-check", action="store_true")
     args = parser.parse_args()
+    for option, given, known in (("--precisions", args.precisions, DTYPES), ("--variants", args.variants,
+                                  ("eager", "compile")), ("--optimizers", args.optimizers, ("foreach", "fused", "single"))):
+        unknown = set(given.split(",")) - set(known)
+        if unknown:
+            parser.error(f"{option}: unknown {sorted(unknown)}; choose from {', '.join(known)}")
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -258,24 +264,30 @@ def main() -> None:
         check_losses(cfg, step_tokens(cfg, clips), ObjectiveConfig(), MaskingConfig(), device)
 
     rates_before = measure_rates(rows, cfg, device, args.matmul_seconds)
-    results = []
+    results, failed = [], []
     for precision in args.precisions.split(","):
         for variant in args.variants.split(","):
             for opt_name in args.optimizers.split(","):
-                step = build_step(precision, device, args.preset, args.videos, opt_name, compile=variant == "compile")
-                start = time.perf_counter()
-                first_loss = step()  # warm-up (and compilation)
-                warm = time.perf_counter() - start
-                with FlopCounterMode(display=False) as counter:
-                    step()
-                flops = counter.get_total_flops()
-                times = []
-                for _ in range(args.iters):
-                    start = time.perf_counter()
-                    step()
-                    _sync(device)
-                    times.append(time.perf_counter() - start)
                 label = f"{precision} {variant} {opt_name}"
+                try:
+                    step = build_step(precision, device, args.preset, args.videos, opt_name,
+                                      compile=variant == "compile")
+                    start = time.perf_counter()
+                    first_loss = step()  # warm-up (and compilation)
+                    warm = time.perf_counter() - start
+                    with FlopCounterMode(display=False) as counter:
+                        step()
+                    flops = counter.get_total_flops()
+                    times = []
+                    for _ in range(args.iters):
+                        start = time.perf_counter()
+                        step()
+                        _sync(device)
+                        times.append(time.perf_counter() - start)
+                except Exception as exc:  # one failing variant (e.g. compile on a new GPU) must not lose the others
+                    print(f"  {label}: FAILED: {type(exc).__name__}: {str(exc)[:500]}", flush=True)
+                    failed.append(label)
+                    continue
                 print(f"  {label}: first step {warm:.1f} s, steps {', '.join(f'{t:.2f}' for t in times)} s "
                       f"({load()})", flush=True)
                 if args.profile:
@@ -301,10 +313,13 @@ def main() -> None:
               f"{achieved / layer:8.0%} {AUTHORS_FP32_SECONDS / seconds:9.2f}x {warm:9.1f}")
     print("(issue-5 shapes: " + ", ".join(
         f"{p} fc {rates[(p, 'fc')]:.0f} / proj {rates[(p, 'proj')]:.0f}" for p in DTYPES) + " GFLOP/s)")
+    if failed:
+        print(f"FAILED variants: {', '.join(failed)}")
     if device.type == "cuda":
         print("(paper, Table 6: one V100 pre-trains small at 32.0 and large-half at 5.0 'videos/s', which issue 5 "
               "reads as clips/s; the 'vs authors' column compares with their CPU step)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
