@@ -12,7 +12,10 @@ Two matmul ceilings are measured in the same run, for each precision:
     512-wide model can use);
   * "at-shape": the matmuls one layer of this step really runs, forward and backward, at
     M = clips * tokens rows: x @ W^T, dX = dY @ W, dW = dY^T @ x for Q/K/V (512 -> 1536),
-    the block output (512 -> 512), the MLP (512 -> 2048 -> 512); their total FLOPs / total time.
+    the block output (512 -> 512), the MLP (512 -> 2048 -> 512), each with the operand layout
+    F.linear and autograd use (W^T and dY^T are transposed views); total FLOPs / total time.
+    (Before 2026-11-26 dY^T was a contiguous matrix, which overstated the bf16 ceiling: with AMX
+    the weight-gradient product with a transposed A runs at about half the rate.)
     The two shapes named in issue 5, (5120 x 512) @ (512 x 2048) and (5120 x 2048) @ (2048 x 512),
     are printed separately.
 The rates are measured before and after the timed steps (load drifts); the mean is used.
@@ -77,37 +80,48 @@ def _time_calls(fn, device: torch.device, seconds: float) -> float:
     return statistics.median(times)
 
 
-def matmul_rate(shapes: list[tuple[int, int, int]], dtype: torch.dtype, device: torch.device,
+def _operand(rows: int, cols: int, transposed: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A (rows, cols) matrix: contiguous, or the transposed view of a contiguous (cols, rows) one."""
+    if transposed:
+        return torch.randn(cols, rows, device=device, dtype=dtype).t()
+    return torch.randn(rows, cols, device=device, dtype=dtype)
+
+
+def matmul_rate(shapes: list[tuple[int, int, int, str]], dtype: torch.dtype, device: torch.device,
                 seconds: float) -> float:
-    """GFLOP/s of running every (M, K, N) product once: total FLOPs / total median time."""
+    """GFLOP/s of running every (M, K, N, layout) product once: total FLOPs / total median time.
+
+    layout "nn": both operands contiguous; "nt": B is a transposed view (x @ W^T in F.linear);
+    "tn": A is a transposed view (dY^T @ x, autograd's weight gradient)."""
     flops = total = 0.0
-    for m, k, n in shapes:
-        a = torch.randn(m, k, device=device, dtype=dtype)
-        b = torch.randn(k, n, device=device, dtype=dtype)
+    for m, k, n, layout in shapes:
+        a = _operand(m, k, layout[0] == "t", dtype, device)
+        b = _operand(k, n, layout[1] == "t", dtype, device)
         total += _time_calls(lambda: a @ b, device, seconds / len(shapes))
         flops += 2 * m * k * n
     return flops / total / 1e9
 
 
-def layer_shapes(rows: int, dim: int, qkv: int, mlp: int) -> list[tuple[int, int, int]]:
-    """(M, K, N) of one layer's linear layers, forward and both backward products.
+def layer_shapes(rows: int, dim: int, qkv: int, mlp: int) -> list[tuple[int, int, int, str]]:
+    """(M, K, N, layout) of one layer's linear layers, forward and both backward products, with
+    the operand layouts that F.linear and autograd use.
 
     T,H|W has two attention blocks per layer (Q/K/V and output projection each) and one MLP."""
     shapes = []
     for fan_in, fan_out, count in ((dim, qkv, 2), (dim, dim, 2), (dim, mlp, 1), (mlp, dim, 1)):
         for _ in range(count):
-            shapes += [(rows, fan_in, fan_out),    # y = x @ W^T
-                       (rows, fan_out, fan_in),    # dx = dy @ W
-                       (fan_out, rows, fan_in)]    # dW = dy^T @ x
+            shapes += [(rows, fan_in, fan_out, "nt"),    # y = x @ W^T
+                       (rows, fan_out, fan_in, "nn"),    # dx = dy @ W
+                       (fan_out, rows, fan_in, "tn")]    # dW = dy^T @ x
     return shapes
 
 
 def measure_rates(rows: int, cfg, device: torch.device, seconds: float) -> dict[tuple[str, str], float]:
     rates = {}
     named = {
-        "square": [(2048, 2048, 2048)],
-        "fc": [(rows, cfg.dim, cfg.mlp_width)],
-        "proj": [(rows, cfg.mlp_width, cfg.dim)],
+        "square": [(2048, 2048, 2048, "nn")],
+        "fc": [(rows, cfg.dim, cfg.mlp_width, "nn")],
+        "proj": [(rows, cfg.mlp_width, cfg.dim, "nn")],
         "layer": layer_shapes(rows, cfg.dim, 3 * cfg.attention_width, cfg.mlp_width),
     }
     for precision in DTYPES:
