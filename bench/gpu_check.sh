@@ -6,7 +6,6 @@
 #      tokens) at the benchmark's 4 clips and at 32 clips, fp32 and bf16; large-half at 4 and 16
 #      clips in bf16; last, small at 4 clips with torch.compile. The paper's V100 reference is
 #      32 clips/s (small).
-# The whole run keeps within BUDGET_SECONDS (540 s), under the device tool's 10-minute limit.
 # Logs go to $OUT (the device tool's folder that comes back) or ./gpu_out.
 #
 #   bash bench/gpu_check.sh                          # on the GPU machine, from the repository root
