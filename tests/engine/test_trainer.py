@@ -191,3 +191,15 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
     single.fit()
     for key, value in single.model.state_dict().items():
         torch.testing.assert_close(torch.from_numpy(ddp_state[key]), value, rtol=1e-5, atol=1e-6)
+
+
+def test_progress_lines_without_the_bar(tmp_path, capsys):
+    """progress_lines=N prints N one-line reports (the last at the final step), nothing by default,
+    when the bar is off."""
+    make_trainer(tmp_path / "runs" / "toy", steps=10, progress_lines=4, checkpoint_every=5).fit()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[runs/toy]")]
+    assert [line.split(" (")[0] for line in lines] == [f"[runs/toy] step {k}/10" for k in (3, 6, 9, 10)]
+    assert "loss" in lines[0] and "steps/s" in lines[0] and " left" in lines[0]
+    assert " left" not in lines[-1]
+    make_trainer(tmp_path / "quiet", steps=4).fit()
+    assert "quiet]" not in capsys.readouterr().out

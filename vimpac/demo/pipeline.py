@@ -126,7 +126,8 @@ def run_training(runs: list[TrainingRun], cfg: DemoConfig, log: Callable[[str], 
         log(f"running {len(pending)} training stages, {workers} at a time ({threads} thread(s) each)")
         context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            # Side-by-side progress bars would garble each other: workers print stage lines only.
+            # Side-by-side progress bars would garble each other: workers print stage lines and a few
+            # one-line reports (progress_lines).
             futures = {run.title: pool.submit(_execute, run, threads, False) for run in pending}
             for title, future in futures.items():
                 results[title] = future.result()
@@ -293,6 +294,8 @@ def _pretrain(out: Path, cfg: DemoConfig, variant: str, seed: int, name: str, pr
     overrides = _pretrain_overrides(cfg, variant, seed) + [f"train.progress={str(progress).lower()}"]
     run_dir = out / "pretrain" / name
     pcfg = build_pretrain_config("tiny", overrides=overrides)
+    # Side by side (no bars): a few one-line reports; not in `overrides`, which key the stage.
+    pcfg = dataclasses.replace(pcfg, train=dataclasses.replace(pcfg.train, progress_lines=0 if progress else 4))
     resume = (run_dir / "checkpoints").exists()
     result = run_pretraining(out / "stores" / "pretrain", run_dir, pcfg, resume=resume)
     if result.status != "finished":
@@ -312,6 +315,7 @@ def _finetune(out: Path, cfg: DemoConfig, source: str, frames: int, seed: int, n
         train_store=str(out / "stores" / "train"), val_store=str(out / "stores" / "val"), out=str(run_dir),
         pretrained=str(pretrained), preset="tiny", recipe="synthetic", frames=frames, steps=cfg.finetune_steps,
         batch_size=cfg.finetune_batch, precision="bf16", seed=seed, progress=progress,
+        progress_lines=0 if progress else 4,
         resume=(run_dir / "checkpoints").exists())
     summary = run_finetune(fcfg)
     if summary.status != "finished":

@@ -62,6 +62,9 @@ class TrainConfig:
     max_nonfinite_steps: int = 5  # consecutive skipped updates before the run stops
     max_minutes: Optional[float] = None  # stop (with a checkpoint) after this much wall time
     progress: bool = True
+    # Without the progress bar: this many one-line reports over the run (rank 0), e.g. for several
+    # runs side by side whose bars would garble each other. 0: none.
+    progress_lines: int = 0
     # DDP must be told when some parameters get no gradient (e.g. a pre-training loss switched off).
     ddp_find_unused_parameters: bool = False
 
@@ -87,6 +90,11 @@ class TrainResult:
     skipped_steps: int
     last_metrics: dict[str, float]
     checkpoint: Path | None
+
+
+def _loss_first(metrics: dict[str, float]) -> list[tuple[str, float]]:
+    """A step's metrics for display: the total loss first, then the task's in its order."""
+    return sorted(metrics.items(), key=lambda item: item[0] != "loss")
 
 
 def derive_seed(*parts: int) -> int:
@@ -143,6 +151,8 @@ class Trainer:
         status: Literal["finished", "interrupted", "time_limit"] = "finished"
         checkpoint: Path | None = None
         bar = self._progress_bar()
+        first_step = self.step
+        report_every = math.ceil(cfg.total_steps / cfg.progress_lines) if cfg.progress_lines > 0 else 0
         with self._signal_handlers():
             while self.step < cfg.total_steps:
                 train_model.train()
@@ -170,7 +180,11 @@ class Trainer:
                 self.step += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:4]})
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in _loss_first(metrics)[:4]})
+                elif report_every and self.dist.is_main and (
+                        self.step % report_every == 0 or self.step == cfg.total_steps):
+                    print(self._progress_line(metrics, self.step - first_step, time.perf_counter() - started),
+                          flush=True)
 
                 if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
                     last = self._log_window(window)
@@ -276,6 +290,18 @@ class Trainer:
                                    keep_last=self.cfg.keep_checkpoints)
         distributed.barrier()
         return path
+
+    def _progress_line(self, metrics: dict[str, float], steps_done: int, seconds: float) -> str:
+        total = self.cfg.total_steps
+        rate = steps_done / seconds if seconds > 0 else 0.0
+        values = ", ".join(f"{k} {v:.3g}" for k, v in _loss_first(metrics))
+        left = ""
+        if rate > 0 and self.step < total:
+            seconds_left = (total - self.step) / rate
+            left = f", ~{seconds_left:.0f} s left" if seconds_left < 90 else f", ~{seconds_left / 60:.1f} min left"
+        label = "/".join(self.run_dir.parts[-2:])  # e.g. pretrain/mp_cl_seed0: runs side by side tell apart
+        return (f"[{label}] step {self.step}/{total} ({100 * self.step // total}%): {values}; "
+                f"{rate:.2f} steps/s{left}")
 
     def _progress_bar(self):
         if not (self.cfg.progress and self.dist.is_main):

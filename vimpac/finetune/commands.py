@@ -59,6 +59,8 @@ def _register_finetune(subparsers) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--progress-lines", type=int, default=0, metavar="N",
+                   help="with --no-progress: N one-line reports over the run instead of nothing")
     p.set_defaults(run=_run_finetune)
 
 

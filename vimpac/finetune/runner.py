@@ -24,7 +24,7 @@ from vimpac.finetune.errors import FinetuneError
 from vimpac.finetune.recipes import get_recipe
 
 # Fields that may change between a run and its resumption (everything else must match).
-_RESUMABLE_CHANGES = ("resume", "max_minutes", "progress", "device", "val_store")
+_RESUMABLE_CHANGES = ("resume", "max_minutes", "progress", "progress_lines", "device", "val_store")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class FinetuneConfig:
     gradient_checkpointing: bool = False
     resume: bool = False
     progress: bool = True
+    progress_lines: int = 0  # without the bar: this many one-line reports over the run
 
 
 @dataclass
@@ -170,7 +171,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
         warmup_ratio=settings["warmup_ratio"], clip_grad_norm=settings["clip_grad_norm"],
         precision=cfg.precision, deterministic=cfg.deterministic, seed=cfg.seed, device=cfg.device,
         log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, val_every=cfg.val_every,
-        max_minutes=cfg.max_minutes, progress=cfg.progress,
+        max_minutes=cfg.max_minutes, progress=cfg.progress, progress_lines=cfg.progress_lines,
         validate_at_end=False)  # the full multi-view evaluation below replaces the periodic one
     param_groups = None
     if cfg.layer_decay != 1.0:

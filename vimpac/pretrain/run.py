@@ -73,7 +73,7 @@ def _changed_settings(previous: dict, current: dict, prefix: str = "") -> list[s
     """Setting paths that differ, ignoring ones that may change on resume."""
     may_change = {"train.total_steps", "train.log_every", "train.checkpoint_every", "train.progress",
                   "train.max_minutes", "train.val_every", "train.keep_checkpoints", "train.device",
-                  "train.validate_at_end"}
+                  "train.validate_at_end", "train.progress_lines"}
     changed = []
     for key in sorted(set(previous) | set(current)):
         path = f"{prefix}{key}"
