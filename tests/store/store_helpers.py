@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,13 @@ def make_dataset(root: Path, num_videos: int, corrupt: tuple[int, ...] = (), fra
         lines.append(f"v{i:02d}.mp4 {i % 3}")
     (root / "list.txt").write_text("\n".join(lines) + "\n")
     return root / "list.txt"
+
+
+def decode_or_crash(job):
+    """`decode_video`, except that a video whose key ends in "_crash" kills its process at once,
+    as a segfault inside the decoder would (module level: decode workers import it by name)."""
+    from vimpac.store.tokenize import decode_video
+
+    if job.key.endswith("_crash"):
+        os._exit(70)
+    return decode_video(job)

@@ -177,3 +177,25 @@ def test_store_encoder_calls_span_videos(dataset, tmp_path):
     for key in store.keys():
         for view, tokens in expected_tokens(root / "videos" / f"{key}.mp4", 4, 32).items():
             np.testing.assert_array_equal(store.tokens(store.index_of(key, view)), tokens)
+
+
+def test_a_decoder_process_that_dies_fails_only_its_video(dataset):
+    """A worker killed while decoding (here: os._exit, as a crash in FFmpeg would) fails that
+    video with error "crash"; the videos in flight with it and after it are decoded, in order.
+    (multiprocessing.Pool waited forever for the lost task.)"""
+    from store_helpers import decode_or_crash
+    from vimpac.store.tokenize import DecodeJob, _decode_in_order
+
+    root, annotations = dataset
+    views = tuple(resolve_views("s1.00_center"))
+    keys = ["v00", "v01", "v03_crash", "v02", "v04", "v01_crash", "v03"]   # v02 is the corrupt file
+    jobs = [DecodeJob(i, key, 0, f"{key[:3]}.mp4", str(root / "videos" / f"{key[:3]}.mp4"), 4.0, 32, views, 1)
+            for i, key in enumerate(keys)]
+    results = list(_decode_in_order(jobs, workers=2, decode=decode_or_crash))
+    assert [r.job.key for r in results] == keys
+    errors = {r.job.key: r.failure.error for r in results if r.failure is not None}
+    assert errors == {"v03_crash": "crash", "v01_crash": "crash", "v02": "decode"}
+    assert "decoding process died" in next(r for r in results if r.job.key == "v03_crash").failure.reason
+    for r in results:
+        if r.failure is None:
+            assert r.views["s1.00_center"].shape == (4, 32, 32, 3)

@@ -10,9 +10,10 @@ Pipeline (one rank):
                                         manifest part)
 
 Decoding runs ahead in a bounded window of `2 * workers` videos, so it overlaps encoding
-without holding the whole dataset in memory. Videos that fail to decode (any `VideoError`, or
-fewer than `min_frames` frames at the FPS) are committed as failures with their reason and the
-run goes on; a rerun skips them unless `retry_failed`.
+without holding the whole dataset in memory. Videos that fail to decode (any `VideoError`,
+fewer than `min_frames` frames at the FPS, or a decoder crash that kills its worker process) are
+committed as failures with their reason and the run goes on; a rerun skips them unless
+`retry_failed`.
 
 Scale-out: rank r of w takes records[r::w] and writes only its own shards and manifest parts.
 With torch.distributed initialised, rank 0 creates store.json before the others check it, and
@@ -28,9 +29,11 @@ import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -132,27 +135,66 @@ def decode_video(job: DecodeJob) -> DecodedVideo:
     return DecodedVideo(job, views, None)
 
 
-def _decode_in_order(jobs: Sequence[DecodeJob], workers: int) -> Iterator[DecodedVideo]:
-    """Decoded videos in job order; with workers, at most 2 * workers are in flight or waiting."""
+CRASH_REASON = ("the decoding process died while reading this file (a crash inside the decoder, or the "
+                "out-of-memory killer)")
+
+
+def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
+                     decode: Callable[[DecodeJob], DecodedVideo] = decode_video) -> Iterator[DecodedVideo]:
+    """Decoded videos in job order; with workers, at most 2 * workers are in flight or waiting.
+
+    A worker process that dies while decoding (a crash inside FFmpeg on a damaged file, the
+    out-of-memory killer) breaks the pool. The videos that were in flight and not yet decoded
+    are then decoded again one at a time, each in a fresh process; the one whose process dies
+    is reported as failed (error "crash") and the run goes on with a new pool. With
+    `multiprocessing.Pool` such a death left the run waiting forever.
+    """
     if workers <= 0:
         for job in jobs:
-            yield decode_video(job)
+            yield decode(job)
         return
     # spawn: fork would copy the parent's torch threads and locks into the workers.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_worker_init) as pool:
-        pending: collections.deque = collections.deque()
-        job_iter = iter(jobs)
-        for job in job_iter:
-            pending.append(pool.apply_async(decode_video, (job,)))
-            if len(pending) >= 2 * workers:
-                break
+    job_iter = iter(jobs)
+    pending: collections.deque = collections.deque()  # (job, future), in job order
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+    try:
+        def fill() -> None:
+            while len(pending) < 2 * workers:
+                job = next(job_iter, None)
+                if job is None:
+                    return
+                pending.append((job, pool.submit(decode, job)))
+
+        fill()
         while pending:
-            result = pending.popleft().get()
-            next_job = next(job_iter, None)
-            if next_job is not None:
-                pending.append(pool.apply_async(decode_video, (next_job,)))
+            job, future = pending.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=True, cancel_futures=True)
+                in_flight = [(job, future)] + list(pending)
+                pending.clear()
+                for stuck_job, stuck in in_flight:
+                    finished = stuck.done() and not stuck.cancelled() and stuck.exception() is None
+                    yield stuck.result() if finished else _decode_alone(stuck_job, decode, context)
+                pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+                fill()
+                continue
+            fill()
             yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _decode_alone(job: DecodeJob, decode: Callable[[DecodeJob], DecodedVideo],
+                  context: Any) -> DecodedVideo:
+    """Decode `job` in a process of its own; its death becomes a failure of this video."""
+    with ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init) as solo:
+        try:
+            return solo.submit(decode, job).result()
+        except BrokenProcessPool:
+            return DecodedVideo(job, None, FailedVideo(job.record, job.key, job.rel_path, CRASH_REASON, "crash"))
 
 
 def _worker_init() -> None:
