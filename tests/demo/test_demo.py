@@ -121,3 +121,14 @@ def test_scratch_row_starts_from_the_pretraining_runs_initial_weights(tmp_path):
     torch.manual_seed(pcfg.train.seed)
     fresh = VimpacForPretraining(pcfg.model).state_dict()
     assert torch.equal(fresh["backbone.embedding.weight"], weights[1]["backbone.embedding.weight"])
+
+
+def test_a_training_worker_that_dies_is_a_clear_resumable_error(tmp_path):
+    from demo_workers import die, finish
+    from vimpac.demo.config import DemoConfig
+    from vimpac.demo.pipeline import DemoInterrupted, TrainingRun, run_training
+
+    runs = [TrainingRun("4/6 pre-train fine", tmp_path / "fine", {"n": 1}, finish, (1,)),
+            TrainingRun("4/6 pre-train killed", tmp_path / "killed", {"n": 2}, die, ())]
+    with pytest.raises(DemoInterrupted, match="training worker died .* run the same command again"):
+        run_training(runs, DemoConfig(threads=2, parallel_runs=2), print, progress=False)

@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -130,7 +131,14 @@ def run_training(runs: list[TrainingRun], cfg: DemoConfig, log: Callable[[str], 
             # one-line reports (progress_lines).
             futures = {run.title: pool.submit(_execute, run, threads, False) for run in pending}
             for title, future in futures.items():
-                results[title] = future.result()
+                try:
+                    results[title] = future.result()
+                except BrokenProcessPool as exc:
+                    raise DemoInterrupted(
+                        f"a training worker died while {title!r} or a stage beside it was running (out of "
+                        "memory, or killed). Finished stages are kept and interrupted ones resume from "
+                        "their checkpoints: run the same command again (parallel_runs=1 needs less memory)"
+                    ) from exc
     return {run.title: results[run.title] for run in runs}
 
 
