@@ -157,3 +157,21 @@ def test_config_overrides_and_mpeg4(tmp_path: Path) -> None:
     with av.open(str(tmp_path / rel)) as container:
         assert container.streams.video[0].codec_context.name == "mpeg4"
     assert _decode(tmp_path / rel).shape == (cfg.num_frames, 32, 48, 3)
+
+
+def test_a_worker_that_dies_is_a_clear_error_and_a_rerun_finishes(tmp_path):
+    """A video-writing worker killed mid-run (os._exit, as the OOM killer would) ends generation
+    with a SyntheticError saying what to do; the videos already written are kept, and a re-run
+    makes the rest."""
+    from synthetic_workers import make_or_die
+    from vimpac.data.synthetic import _Job, _run_jobs, labelled_path
+
+    jobs = [_Job(str(tmp_path / labelled_path("moving_right", "train", i)), CFG, "train", i, "moving_right")
+            for i in range(6)]
+    with pytest.raises(SyntheticError, match="worker process died .* run the same command again"):
+        _run_jobs(jobs, workers=2, progress=False, desc="synthetic videos", make=make_or_die)
+    results = _run_jobs(jobs, workers=2, progress=False, desc="synthetic videos")
+    assert len(results) == 6 and all(Path(r.path).stat().st_size > 0 for r in results)
+    for r in results:
+        with av.open(r.path) as container:
+            assert sum(1 for _ in container.decode(video=0)) == CFG.num_frames  # whole files only

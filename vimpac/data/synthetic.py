@@ -31,10 +31,11 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -309,8 +310,13 @@ def _make_video(job: _Job) -> _JobResult:
     return _JobResult(job.path, job.split, True, path.stat().st_size)
 
 
-def _run_jobs(jobs: list[_Job], workers: int, progress: bool, desc: str) -> list[_JobResult]:
+def _run_jobs(jobs: list[_Job], workers: int, progress: bool, desc: str,
+              make: Callable[[_Job], _JobResult] | None = None) -> list[_JobResult]:
+    """Make the videos of `jobs` not yet on disk; `make` (default `_make_video`) must be a
+    module-level function when `workers` > 1."""
     from tqdm import tqdm
+
+    make = make or _make_video
 
     results: list[_JobResult] = []
     # Videos already on disk are counted here, so a finished folder re-runs without a pool.
@@ -327,15 +333,21 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: bool, desc: str) -> list
     try:
         if workers <= 1 or len(jobs) <= 1:
             for job in jobs:
-                results.append(_make_video(job))
+                results.append(make(job))
                 bar.update()
         else:
             # spawn, not fork: callers (the demo) may already hold torch's thread pools.
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
             try:
-                futures = [pool.submit(_make_video, job) for job in jobs]
+                futures = [pool.submit(make, job) for job in jobs]
                 for future in as_completed(futures):
-                    results.append(future.result())
+                    try:
+                        results.append(future.result())
+                    except BrokenProcessPool as exc:
+                        raise SyntheticError(
+                            f"{desc}: a worker process died (out of memory, or killed). The videos written "
+                            "so far are whole and kept: run the same command again to make the rest"
+                        ) from exc
                     bar.update()
             finally:
                 # On Ctrl-C or a failed video, drop the queued jobs instead of finishing them;
