@@ -259,8 +259,10 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per variant")
     parser.add_argument("--no-loss-check", action="store_true")
     args = parser.parse_args()
-    for option, given, known in (("--precisions", args.precisions, DTYPES), ("--variants", args.variants,
-                                  ("eager", "compile")), ("--optimizers", args.optimizers, ("foreach", "fused", "single"))):
+    choices = (("--precisions", args.precisions, tuple(DTYPES)),
+               ("--variants", args.variants, ("eager", "compile")),
+               ("--optimizers", args.optimizers, ("foreach", "fused", "single")))
+    for option, given, known in choices:
         unknown = set(given.split(",")) - set(known)
         if unknown:
             parser.error(f"{option}: unknown {sorted(unknown)}; choose from {', '.join(known)}")
