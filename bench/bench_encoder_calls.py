@@ -27,15 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
-
 def worker(way: str, videos: int, size: int, batch: int, seed: int) -> dict:
     import numpy as np
     import torch
 
+    from vimpac.machine import resident_mib
     from vimpac.store.tokenize import DecodedVideo, DecodeJob, FullBatchEncoder
     from vimpac.tokenizer.dalle import DALLE_PRESETS, DalleEncoder, DalleTokenizer
 
@@ -55,7 +51,7 @@ def worker(way: str, videos: int, size: int, batch: int, seed: int) -> dict:
         encoder = FullBatchEncoder(tokenizer, ("center",), batch)
         for video in decoded:
             encoder.add(video)
-            rss_first = rss_first or (rss_mib() if seen else None)
+            rss_first = rss_first or (resident_mib() if seen else None)
         encoder.finish()
     else:  # the earlier grouping: gather until `batch` frames, then calls of `batch` and a remainder
         group: list = []
@@ -65,11 +61,11 @@ def worker(way: str, videos: int, size: int, batch: int, seed: int) -> dict:
                 frames = np.concatenate(group)
                 for s in range(0, len(frames), batch):
                     tokenizer.encode(frames[s:s + batch])
-                    rss_first = rss_first or rss_mib()
+                    rss_first = rss_first or resident_mib()
                 group = []
     seconds = time.perf_counter() - start
     return {"way": way, "frames": int(lengths.sum()), "seconds": seconds, "sizes": sorted(set(seen)),
-            "calls": len(seen), "rss_first": rss_first, "rss_end": rss_mib()}
+            "calls": len(seen), "rss_first": rss_first, "rss_end": resident_mib()}
 
 
 def main() -> None:

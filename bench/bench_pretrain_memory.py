@@ -30,11 +30,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
-def resident_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def worker(row_multiple: int, precision: str, threads: int, steps: int) -> None:
     """Run the step `steps` times with the head's rows rounded to `row_multiple`; print a JSON line."""
     sys.path.insert(0, str(REPO))
@@ -43,6 +38,7 @@ def worker(row_multiple: int, precision: str, threads: int, steps: int) -> None:
 
     import bench_pretrain_step
     import vimpac.model.vimpac as model_module
+    from vimpac.machine import resident_mib
 
     torch.set_num_threads(threads)
     model_module.MLM_ROW_MULTIPLE = row_multiple  # read at every forward

@@ -54,3 +54,17 @@ def test_best_of_returns_the_fastest_call():
     import time
 
     assert best_of(lambda: time.sleep(next(delays)), repeats=3) < 0.015
+
+
+def test_resident_mib_is_this_process_memory():
+    import sys
+
+    from vimpac.machine import resident_mib
+
+    value = resident_mib()
+    if not sys.platform.startswith("linux"):
+        assert value is None
+        return
+    ballast = bytearray(64 * 2**20)  # touched below, so resident
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    assert resident_mib() >= value + 48

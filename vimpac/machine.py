@@ -12,7 +12,8 @@ import platform
 import time
 from typing import Any, Callable
 
-__all__ = ["best_of", "cpu_name", "load_average_1m", "machine_info", "machine_line", "usable_cores"]
+__all__ = ["best_of", "cpu_name", "load_average_1m", "machine_info", "machine_line", "resident_mib",
+           "usable_cores"]
 
 
 def cpu_name() -> str:
@@ -43,6 +44,15 @@ def load_average_1m() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):
+        return None
+
+
+def resident_mib() -> float | None:
+    """This process's resident memory in MiB (Linux /proc), or None where it is not available."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
         return None
 
 

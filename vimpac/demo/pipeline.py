@@ -295,6 +295,11 @@ def _tokenize(out: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
     return summary
 
 
+def _progress_lines(progress: bool) -> int:
+    """One-line reports per training run: none beside a progress bar, 4 from a side-by-side worker."""
+    return 0 if progress else 4
+
+
 def _pretrain(out: Path, cfg: DemoConfig, variant: str, seed: int, name: str, progress: bool) -> dict[str, Any]:
     from vimpac.pretrain.config import build_pretrain_config
     from vimpac.pretrain.run import run_pretraining
@@ -303,7 +308,7 @@ def _pretrain(out: Path, cfg: DemoConfig, variant: str, seed: int, name: str, pr
     run_dir = out / "pretrain" / name
     pcfg = build_pretrain_config("tiny", overrides=overrides)
     # Side by side (no bars): a few one-line reports; not in `overrides`, which key the stage.
-    pcfg = dataclasses.replace(pcfg, train=dataclasses.replace(pcfg.train, progress_lines=0 if progress else 4))
+    pcfg = dataclasses.replace(pcfg, train=dataclasses.replace(pcfg.train, progress_lines=_progress_lines(progress)))
     resume = (run_dir / "checkpoints").exists()
     result = run_pretraining(out / "stores" / "pretrain", run_dir, pcfg, resume=resume)
     if result.status != "finished":
@@ -323,7 +328,7 @@ def _finetune(out: Path, cfg: DemoConfig, source: str, frames: int, seed: int, n
         train_store=str(out / "stores" / "train"), val_store=str(out / "stores" / "val"), out=str(run_dir),
         pretrained=str(pretrained), preset="tiny", recipe="synthetic", frames=frames, steps=cfg.finetune_steps,
         batch_size=cfg.finetune_batch, precision="bf16", seed=seed, progress=progress,
-        progress_lines=0 if progress else 4,
+        progress_lines=_progress_lines(progress),
         resume=(run_dir / "checkpoints").exists())
     summary = run_finetune(fcfg)
     if summary.status != "finished":

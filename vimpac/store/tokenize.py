@@ -157,7 +157,7 @@ def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
     context = multiprocessing.get_context("spawn")
     job_iter = iter(jobs)
     pending: collections.deque = collections.deque()  # (job, future), in job order
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+    pool = _decode_pool(workers, context)
     try:
         def fill() -> None:
             while len(pending) < 2 * workers:
@@ -178,7 +178,7 @@ def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
                 for stuck_job, stuck in in_flight:
                     finished = stuck.done() and not stuck.cancelled() and stuck.exception() is None
                     yield stuck.result() if finished else _decode_alone(stuck_job, decode, context)
-                pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+                pool = _decode_pool(workers, context)
                 fill()
                 continue
             fill()
@@ -187,10 +187,14 @@ def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _decode_pool(workers: int, context: Any) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+
+
 def _decode_alone(job: DecodeJob, decode: Callable[[DecodeJob], DecodedVideo],
                   context: Any) -> DecodedVideo:
     """Decode `job` in a process of its own; its death becomes a failure of this video."""
-    with ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init) as solo:
+    with _decode_pool(1, context) as solo:
         try:
             return solo.submit(decode, job).result()
         except BrokenProcessPool:
@@ -260,10 +264,11 @@ class FullBatchEncoder:
         while self._waiting:
             video = self._waiting[0]
             lengths = [video.views[name].shape[0] for name in self.view_names]
-            if sum(lengths) > self._encoded:
+            frames = sum(lengths)
+            if frames > self._encoded:
                 break
             self._waiting.popleft()
-            self._encoded -= sum(lengths)
+            self._encoded -= frames
             views = {name: _take_rows(self._ids, n) for name, n in zip(self.view_names, lengths)}
             job = video.job
             done.append(EncodedVideo(job.record, job.key, job.label, views))
