@@ -34,3 +34,40 @@ def test_threads_option_sets_torch_threads(capsys):
 def test_threads_must_be_positive():
     with pytest.raises(SystemExit, match="--threads: expected a positive number, got 0"):
         main(["masking-table", "--threads", "0"])
+
+
+def test_overrides_may_follow_options():
+    from vimpac.cli import _parse_with_overrides
+
+    parser = build_parser()
+    args = _parse_with_overrides(parser, ["pretrain", "--store", "s", "--out", "o", "train.lr=1", "--threads", "1",
+                                          "train.seed=3"])
+    assert args.overrides == ["train.lr=1", "train.seed=3"] and args.threads == 1
+    with pytest.raises(SystemExit):  # other commands keep refusing stray words
+        _parse_with_overrides(parser, ["masking-table", "--json", "dim=3"])
+    with pytest.raises(SystemExit):
+        _parse_with_overrides(parser, ["pretrain", "--store", "s", "--out", "o", "train.lr=1", "--threads", "1", "x"])
+
+
+def test_file_system_errors_are_one_line_messages(tmp_path, capsys, monkeypatch):
+    import vimpac.pretrain.commands as pretrain_commands
+
+    (tmp_path / "afile").write_text("x")
+
+    def write_below_a_file(args):
+        (tmp_path / "afile" / "sub").mkdir(parents=True)
+
+    monkeypatch.setattr(pretrain_commands, "_run_pretrain", write_below_a_file)
+    assert main(["pretrain", "--store", "s", "--out", "o"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vimpac: ") and str(tmp_path / "afile") in err and "Traceback" not in err
+
+
+def test_option_values_are_checked_by_the_parser(capsys):
+    parser = build_parser()
+    for argv in (["masking-table", "--monte-carlo", "1"], ["probe", "--checkpoint", "m", "--train-store", "a",
+                                                            "--val-store", "b", "--k", "0"],
+                 ["embed", "m", "v.mp4", "--tokenizer", "t", "--out", "o.npy", "--fps", "0"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    assert "expected 0 (off) or at least 2 samples" in capsys.readouterr().err

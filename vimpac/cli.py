@@ -3,13 +3,16 @@
 Each area of the package keeps its own subcommands in `vimpac/<area>/commands.py`, which
 defines `register(subparsers)`. Those modules import only argparse-level code at the top, so
 `vimpac --help` stays fast; the work (torch, PyAV, ...) is imported inside each handler.
-A handler is stored with `parser.set_defaults(run=handler)` and returns an exit code.
+A handler is stored with `parser.set_defaults(run=handler)` and returns an exit code; a command
+whose KEY=VALUE overrides are a positional `overrides` list also sets `positional_overrides=True`,
+so overrides may follow options as well as precede them.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from vimpac import __version__
@@ -54,6 +57,18 @@ def _leaf_commands(subparsers: argparse._SubParsersAction) -> list[argparse.Argu
     return leaves
 
 
+def _parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting KEY=VALUE overrides come after options too (`... train.lr=1 --threads 1
+    train.seed=3`): argparse takes one run of positionals and leaves the later ones unrecognised."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "positional_overrides", False) and all(
+            "=" in item and not item.startswith("-") for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def _set_threads(threads: int | None) -> None:
     if threads is None:
         return
@@ -66,7 +81,7 @@ def _set_threads(threads: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse_with_overrides(parser, argv)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
@@ -76,6 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`vimpac masking-table | head`): stop quietly, as other tools do.
+        # Python would report the pipe again when it flushes stdout at exit, so point it elsewhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        # A path that cannot be read or written (a file where a folder is expected, no permission,
+        # a full disk): the message names the path; a traceback would only bury it.
+        print(f"vimpac: {exc}", file=sys.stderr)
+        return 2
     if "torch.distributed" in sys.modules:  # only commands that imported torch can have joined a group
         from vimpac.engine.distributed import shutdown
 

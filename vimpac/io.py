@@ -26,11 +26,12 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
-    # mkstemp creates 0600 files; give the final file the usual umask-based permissions.
-    os.chmod(tmp_name, 0o666 & ~_current_umask())
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 files, and writers that replace the file (safetensors) do too; give
+        # the final file the usual umask-based permissions once it is written.
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -54,7 +55,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
     # Read without changing it (os.umask would briefly set a process-wide 0 under other threads).
     try:
         with open("/proc/self/status") as f:

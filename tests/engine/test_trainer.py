@@ -69,6 +69,68 @@ def test_in_process_resume_matches_uninterrupted(tmp_path):
     assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")
 
 
+def test_resume_logs_the_same_rows_when_a_log_window_spans_the_interruption(tmp_path):
+    # Rows every 4 steps; the interrupted run stops after step 1, inside the first window.
+    make_trainer(tmp_path / "full", steps=12, log_every=4).fit()
+    make_trainer(tmp_path / "part", steps=12, log_every=4, max_minutes=0.0).fit()
+    resumed = make_trainer(tmp_path / "part", steps=12, log_every=4)
+    assert resumed.resume() and resumed.step == 1
+    resumed.fit()
+    full, part = train_losses(tmp_path / "full"), train_losses(tmp_path / "part")
+    assert [step for step, _ in part] == [4, 8, 12]
+    assert part == full
+
+
+def test_a_fresh_start_drops_rows_of_an_attempt_without_a_checkpoint(tmp_path):
+    make_trainer(tmp_path, steps=4, checkpoint_every=100, max_minutes=0.0).fit()  # one row, then its checkpoint
+    for ckpt in (tmp_path / "checkpoints").iterdir():  # as if killed before that checkpoint
+        import shutil
+        shutil.rmtree(ckpt) if ckpt.is_dir() else ckpt.unlink()
+    trainer = make_trainer(tmp_path, steps=4)
+    assert not trainer.resume()
+    trainer.fit()
+    assert [step for step, _ in train_losses(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_resuming_a_finished_run_trains_and_logs_nothing_more(tmp_path):
+    make_trainer(tmp_path, steps=5).fit()
+    rows = read_metrics(tmp_path)
+    trainer = make_trainer(tmp_path, steps=5)
+    assert trainer.resume()
+    result = trainer.fit()
+    assert result.status == "finished" and result.step == 5
+    assert read_metrics(tmp_path) == rows
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("batch_size", 0, "train.batch_size: expected an integer >= 1, got 0"),
+    ("grad_accum_steps", 0, "train.grad_accum_steps: expected an integer >= 1"),
+    ("log_every", 0, "train.log_every: expected an integer >= 1"),
+    ("checkpoint_every", 0, "train.checkpoint_every"),
+    ("lr", -1.0, "train.lr: expected a finite number >= 0, got -1.0"),
+    ("lr", float("nan"), "train.lr"),
+    ("betas", (0.9,), r"train.betas: expected two numbers in \[0, 1\)"),
+    ("warmup_ratio", 1.5, "train.warmup_ratio"),
+    ("max_minutes", -1.0, "train.max_minutes"),
+    ("device", "gpu", "train.device: expected cpu, cuda or cuda:N, got 'gpu'"),
+])
+def test_impossible_settings_are_refused_naming_the_field(tmp_path, field, value, expected):
+    from vimpac.config import ConfigError
+
+    with pytest.raises(ConfigError, match=expected):
+        TrainConfig(**{field: value}).validate()
+    with pytest.raises(ConfigError):
+        Trainer(ToyModel(), ToyTask(4), TrainConfig(**{field: value}), tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_before_training(tmp_path):
+    from vimpac.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.device: 'cuda' asked, but torch sees no CUDA device"):
+        TrainConfig(device="cuda").validate()
+
+
 def test_kill_9_then_resume_gives_the_same_loss_sequence(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
     full, killed = tmp_path / "full", tmp_path / "killed"

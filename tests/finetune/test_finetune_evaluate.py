@@ -18,7 +18,7 @@ from vimpac.model import VimpacForClassification
 from vimpac.store import TokenStore
 
 sys.path.insert(0, str(Path(__file__).parent))
-from finetune_helpers import ALL12, NOFLIP6, make_store, tiny_model_config  # noqa: E402
+from finetune_helpers import ALL12, CODEBOOK, NOFLIP6, make_store, tiny_model_config  # noqa: E402
 
 
 def random_classifier(num_classes: int = 3, seed: int = 0) -> VimpacForClassification:
@@ -81,3 +81,13 @@ def test_evaluate_refuses_a_pretraining_folder(tmp_path, capsys):
     code = main(["evaluate", "--checkpoint", str(tmp_path / "pt"), "--store", str(store_dir),
                  "--out", str(tmp_path / "e"), "--no-progress"])
     assert code == 2 and "fine-tuned classifier" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_model_of_another_codebook(tmp_path, capsys):
+    from vimpac.model import VimpacForClassification
+
+    VimpacForClassification(tiny_model_config(codebook_size=2 * CODEBOOK), 3).save_pretrained(tmp_path / "model")
+    store_dir = make_store(tmp_path / "s", num_videos=3)
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "model"), "--store", str(store_dir),
+                 "--out", str(tmp_path / "e"), "--no-progress"])
+    assert code == 2 and f"codebook of {2 * CODEBOOK} codes" in capsys.readouterr().err

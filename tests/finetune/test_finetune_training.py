@@ -143,3 +143,40 @@ def test_finetune_cli_learns_the_class_token(stores, capsys):
     vals = [r for r in read_metrics(tmp_path / "cli") if r["split"] == "val"]
     assert vals and "top1" in vals[0]
     assert (tmp_path / "cli" / "model" / "config.json").is_file()
+
+
+def test_a_fine_tuned_model_as_starting_point_gets_a_new_zero_head(tmp_path):
+    from vimpac.model import VimpacForClassification
+
+    torch.manual_seed(0)
+    tuned = VimpacForClassification(tiny_model_config(), 5)
+    torch.nn.init.normal_(tuned.head.cls_fc.weight)
+    tuned.save_pretrained(tmp_path / "tuned")
+    model = build_classifier(5, 4, GRID, CODEBOOK, pretrained=tmp_path / "tuned")
+    assert not model.head.cls_fc.weight.any() and not model.head.cls_fc.bias.any()
+    torch.testing.assert_close(model.backbone.embedding.weight, tuned.backbone.embedding.weight)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(grad_accum_steps=0), "grad_accum_steps: expected an integer >= 1, got 0"),
+    (dict(batch_size=0), "--batch-size: expected a positive integer, got 0"),
+    (dict(layer_decay=0.0), r"--layer-decay: expected a factor in \(0, 1\]"),
+    (dict(lr=-1.0), "lr: expected a finite number >= 0"),
+    (dict(log_every=0), "log_every: expected an integer >= 1"),
+    (dict(precision="fp16"), "fp16 needs a CUDA device"),
+])
+def test_impossible_options_are_refused_before_anything_is_written(stores, changes, message):
+    from vimpac.config import ConfigError
+
+    with pytest.raises((FinetuneError, ConfigError), match=message):
+        run_finetune(ft_config(stores, **changes))
+    assert not (stores / "run").exists()
+
+
+def test_resume_without_a_checkpoint_says_it_starts_anew_and_folders_of_pretraining_are_refused(stores, capsys):
+    run_finetune(ft_config(stores, steps=1, resume=True))
+    assert "--resume: no checkpoint in" in capsys.readouterr().err
+    (stores / "pt_run").mkdir()
+    (stores / "pt_run" / "pretrain.json").write_text("{}")
+    with pytest.raises(FinetuneError, match="holds a pre-training run"):
+        run_finetune(ft_config(stores, out=str(stores / "pt_run")))

@@ -266,3 +266,72 @@ def test_kill_9_of_vimpac_pretrain_then_resume_matches_an_uninterrupted_run(stor
         return [(r["step"], r["loss"]) for r in read_metrics(run) if r["split"] == "train"]
 
     assert losses(tmp_path / "killed") == losses(tmp_path / "full") and len(losses(tmp_path / "full")) == 40
+
+
+# ------------------------------------------------------------------ the run folder and the command
+
+def test_a_run_folder_with_checkpoints_is_not_overwritten(store_path, tmp_path, capsys):
+    run_pretraining(store_path, tmp_path, config("train.total_steps=1"))
+    before = (tmp_path / "pretrain.json").read_text()
+    with pytest.raises(PretrainError, match="holds checkpoints of an earlier run; pass --resume"):
+        run_pretraining(store_path, tmp_path, config("train.total_steps=2", "train.lr=0.5"))
+    assert (tmp_path / "pretrain.json").read_text() == before
+    run_pretraining(store_path, tmp_path / "new", config("train.total_steps=1"), resume=True)
+    assert "--resume: no checkpoint in" in capsys.readouterr().err
+
+
+def test_resume_accepts_the_store_spelled_another_way(store_path, tmp_path, monkeypatch):
+    steps = ["train.total_steps=2"]
+    run_pretraining(store_path, tmp_path / "run", config(*steps, "train.max_minutes=0"))
+    monkeypatch.chdir(Path(store_path).parent)
+    result = run_pretraining(Path(store_path).name + "/", tmp_path / "run", config(*steps), resume=True)
+    assert result.status == "finished" and result.step == 2
+
+
+def test_init_from_must_match_the_store_and_is_what_the_run_records(store_path, tmp_path):
+    other = build_pretrain_config("tiny", overrides=MICRO_MODEL + ["model.dim=32", "model.heads=2"]).model
+    VimpacForPretraining(dataclasses.replace(other, codebook_size=CODES)).save_pretrained(tmp_path / "same_codes")
+    VimpacForPretraining(dataclasses.replace(other, codebook_size=2 * CODES)).save_pretrained(tmp_path / "more_codes")
+    with pytest.raises(PretrainError, match=f"the model has {2 * CODES} codes but the store"):
+        run_pretraining(store_path, tmp_path / "a", config("train.total_steps=1"), init_from=tmp_path / "more_codes")
+    run_pretraining(store_path, tmp_path / "b", config("train.total_steps=1"), init_from=tmp_path / "same_codes")
+    import json
+    record = json.loads((tmp_path / "b" / "pretrain.json").read_text())
+    assert record["model"]["dim"] == 32 and record["init_from"] == str((tmp_path / "same_codes").resolve())
+    assert json.loads((tmp_path / "b" / "model" / "config.json").read_text())["model"]["dim"] == 32
+
+
+def test_pretrain_command_errors_and_exit_codes(store_path, tmp_path, capsys):
+    from vimpac.cli import main
+
+    def run(out, *extra):
+        return main(["pretrain", "--store", str(store_path), "--out", str(tmp_path / out), *MICRO_MODEL,
+                     "data.frames=4", "train.batch_size=4", "train.progress=false", *extra])
+
+    assert run("fp16", "--device", "cpu", "train.precision=fp16") == 2
+    assert "train.precision: fp16 needs a CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "fp16").exists()  # refused before anything was written
+    assert run("zero", "train.grad_accum_steps=0") == 2
+    assert "train.grad_accum_steps: expected an integer >= 1, got 0" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # an override of train.device is used, not replaced by the default
+        assert run("cuda", "train.device=cuda") == 2
+        assert "train.device: 'cuda' asked, but torch sees no CUDA device" in capsys.readouterr().err
+    assert run("limit", "train.total_steps=50", "train.max_minutes=0") == 3
+    assert "continue with the same command and --resume" in capsys.readouterr().err
+    assert not (tmp_path / "limit" / "model").exists() and (tmp_path / "limit" / "checkpoints").is_dir()
+    (tmp_path / "ft").mkdir()
+    (tmp_path / "ft" / "finetune.json").write_text("{}")
+    assert run("ft", "--resume") == 2
+    assert "holds a fine-tuning run" in capsys.readouterr().err
+
+
+def test_print_config_shows_the_settings_resolved_against_the_store(store_path, capsys):
+    import json
+
+    from vimpac.cli import main
+
+    assert main(["pretrain", "--store", str(store_path), "--out", "unused", "--print-config", *MICRO_MODEL,
+                 "data.frames=4", "train.batch_size=4", "effective_batch=16"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["train"]["grad_accum_steps"] == 4
+    assert printed["model"]["codebook_size"] == CODES and printed["model"]["max_frames"] == 4

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from vimpac.io import atomic_write_text
+from vimpac.io import atomic_write_text, current_umask
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -66,6 +66,7 @@ def save_checkpoint(
     final = ckpt_root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ckpt_root))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it owner-only; a run folder is shared like any other
         save_model(unwrap(model), str(tmp / "model.safetensors"))
         opt_tensors, opt_structure = _flatten_optimizer(optimizer.state_dict())
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
@@ -80,6 +81,7 @@ def save_checkpoint(
         }
         (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
         for path in tmp.iterdir():
+            os.chmod(path, 0o666 & ~current_umask())  # safetensors writes owner-only files
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
         if final.exists():

@@ -19,6 +19,7 @@ run's losses exactly (in fp32 with `deterministic=True`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import signal
@@ -31,6 +32,7 @@ from typing import Any, Literal, Optional, Protocol
 import torch
 from torch import nn
 
+from vimpac.config import ConfigError
 from vimpac.engine import distributed
 from vimpac.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
 from vimpac.engine.distributed import DistInfo
@@ -53,7 +55,7 @@ class TrainConfig:
     compile: bool = False
     deterministic: bool = False
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # cpu, cuda, cuda:N, or auto: cuda when torch sees a GPU, else cpu
     log_every: int = 10
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
@@ -67,6 +69,61 @@ class TrainConfig:
     progress_lines: int = 0
     # DDP must be told when some parameters get no gradient (e.g. a pre-training loss switched off).
     ddp_find_unused_parameters: bool = False
+
+    def validate(self, prefix: str = "train.") -> None:
+        """Raise `ConfigError` naming the first field (as `prefix` + name) that cannot work."""
+        def bad(name: str, expected: str) -> ConfigError:
+            return ConfigError(f"{prefix}{name}: expected {expected}, got {getattr(self, name)!r}")
+
+        for name in ("total_steps", "batch_size", "grad_accum_steps", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "max_nonfinite_steps"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise bad(name, "an integer >= 1")
+        for name in ("val_every", "progress_lines"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise bad(name, "an integer >= 0 (0: off)")
+        for name in ("lr", "weight_decay", "clip_grad_norm"):
+            if not _finite(getattr(self, name)) or getattr(self, name) < 0:
+                raise bad(name, "a finite number >= 0")
+        if not _finite(self.eps) or self.eps <= 0:
+            raise bad("eps", "a finite number > 0")
+        if not _finite(self.warmup_ratio) or not 0 <= self.warmup_ratio <= 1:
+            raise bad("warmup_ratio", "a fraction in [0, 1]")
+        if len(self.betas) != 2 or not all(_finite(b) and 0 <= b < 1 for b in self.betas):
+            raise bad("betas", "two numbers in [0, 1), e.g. [0.9, 0.98]")
+        if self.max_minutes is not None and (not _finite(self.max_minutes) or self.max_minutes < 0):
+            raise bad("max_minutes", "a number of minutes >= 0, or null for no limit")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise bad("precision", "fp32, bf16 or fp16")
+        device = distributed.resolve_device(self.device)
+        check_device(device, f"{prefix}device")
+        if self.precision == "fp16" and not device.startswith("cuda"):
+            raise ConfigError(f"{prefix}precision: fp16 needs a CUDA device (fp16 on CPU is very slow); "
+                              f"use bf16 or fp32 on {self.device!r}")
+
+
+def check_device(device: str, where: str) -> None:
+    """Raise `ConfigError` unless `device` names a device torch can use here."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{where}: expected cpu, cuda or cuda:N, got {device!r}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{where}: {device!r} asked, but torch sees no CUDA device here "
+                              f"(torch {torch.__version__}); use cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"{where}: {device!r} asked, but there are {torch.cuda.device_count()} CUDA devices")
+    elif parsed.type != "cpu":
+        raise ConfigError(f"{where}: expected cpu, cuda or cuda:N, got {device!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class TrainTask(Protocol):
@@ -108,8 +165,8 @@ class Trainer:
                  run_config: dict[str, Any] | None = None, param_groups: list[dict] | None = None):
         # `param_groups`: optional AdamW groups built by the caller (e.g. layer-wise LR decay,
         # each group's "lr" already scaled); None gives the default decay / no-decay groups.
-        if cfg.precision == "fp16" and not str(cfg.device).startswith("cuda"):
-            raise ValueError("precision fp16 needs a CUDA device (fp16 on CPU is very slow); use bf16 or fp32")
+        cfg = dataclasses.replace(cfg, device=distributed.resolve_device(cfg.device))
+        cfg.validate()
         self.cfg = cfg
         self.task = task
         self.run_dir = Path(run_dir)
@@ -128,6 +185,8 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0
         self._stop_signal: int | None = None
+        # Metrics since the last log row; saved in checkpoints so a resumed run logs the same rows.
+        self._window = _Window()
 
     # ------------------------------------------------------------------ public
     def resume(self, checkpoint: str | Path | None = None) -> bool:
@@ -138,14 +197,21 @@ class Trainer:
         state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self._window.load_state(state.get("log_window"))
         self.logger.truncate_after(self.step)
         return True
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
+        if self.step >= cfg.total_steps:  # resuming a finished run: nothing to train or log again
+            self.logger.close()
+            return TrainResult("finished", self.step, self.skipped_steps, {}, latest_checkpoint(self.run_dir))
+        if self.step == 0:
+            self.logger.truncate_after(0)  # rows of an earlier attempt that died before its first checkpoint
         train_model = self._wrap(self.model)
         started = time.perf_counter()
-        window = _Window()
+        window = self._window
+        window.start_clock()
         last: dict[str, float] = {}
         consecutive_bad = 0
         status: Literal["finished", "interrupted", "time_limit"] = "finished"
@@ -285,7 +351,8 @@ class Trainer:
         path = None
         if self.dist.is_main:
             state = {"skipped_steps": self.skipped_steps, "data_position": {"step": self.step},
-                     "world_size": self.dist.world_size, "config": self.run_config}
+                     "world_size": self.dist.world_size, "log_window": self._window.state(),
+                     "config": self.run_config}
             path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state,
                                    keep_last=self.cfg.keep_checkpoints)
         distributed.barrier()
@@ -338,6 +405,7 @@ class _Window:
         self.sums: dict[str, float] = {}
         self.counts: dict[str, float] = {}
         self.steps = 0
+        self.carried_seconds = 0.0
         self.started = time.perf_counter()
 
     def add_step(self, grad_norm: float, metrics: dict[str, float]) -> None:
@@ -348,6 +416,22 @@ class _Window:
 
     def add_count(self, key: str, value: float) -> None:
         self.counts[key] = self.counts.get(key, 0.0) + value
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": self.sums, "counts": self.counts, "steps": self.steps,
+                "seconds": time.perf_counter() - self.started}
+
+    def load_state(self, state: dict[str, Any] | None) -> None:
+        """Continue a window saved by `state()` (None: checkpoints from before it was saved)."""
+        self._reset()
+        if state:
+            self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+            self.steps = int(state["steps"])
+            self.carried_seconds = float(state["seconds"])
+
+    def start_clock(self) -> None:
+        """Time the window from now on, plus what a restored window had already run."""
+        self.started = time.perf_counter() - self.carried_seconds
 
     def flush(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.started, 1e-9)

@@ -73,11 +73,11 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN_OR_MODEL_DIR")
     p.add_argument("--store", required=True)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--temporal-clips", type=int, default=10)
+    p.add_argument("--temporal-clips", type=_positive_int, default=10)
     p.add_argument("--spatial-crops", type=int, default=3, choices=(1, 3),
                    help="3: top-left / center / bottom-right (center only if the store lacks them)")
-    p.add_argument("--frames", type=int, metavar="T", help="clip length (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=32, help="clips per forward pass")
+    p.add_argument("--frames", type=_positive_int, metavar="T", help="clip length (default: the model's)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="clips per forward pass")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -93,13 +93,13 @@ def _register_probe(subparsers) -> None:
     p.add_argument("--train-store", required=True)
     p.add_argument("--val-store", required=True)
     p.add_argument("--method", default="knn", choices=("knn", "linear"))
-    p.add_argument("--k", type=int, default=20)
-    p.add_argument("--temperature", type=float, default=0.07)
-    p.add_argument("--steps", type=int, default=300, help="linear probe: optimizer iterations")
+    p.add_argument("--k", type=_positive_int, default=20)
+    p.add_argument("--temperature", type=_positive_float, default=0.07)
+    p.add_argument("--steps", type=_positive_int, default=300, help="linear probe: optimizer iterations")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="linear probe: L2 penalty")
     p.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adamw"))
-    p.add_argument("--frames", type=int, metavar="T")
-    p.add_argument("--temporal-clips", type=int, default=4)
+    p.add_argument("--frames", type=_positive_int, metavar="T")
+    p.add_argument("--temporal-clips", type=_positive_int, default=4)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", metavar="FILE.json", help="also write the result here")
@@ -115,14 +115,34 @@ def _register_embed(subparsers) -> None:
     p.add_argument("videos", nargs="+", metavar="VIDEO")
     p.add_argument("--tokenizer", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="FILE")
-    p.add_argument("--fps", type=float, default=2.0)
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--frames", type=int, metavar="T", help="clip length (default: the model's)")
+    p.add_argument("--fps", type=_positive_float, default=2.0)
+    p.add_argument("--size", type=_positive_int, default=128)
+    p.add_argument("--frames", type=_positive_int, metavar="T", help="clip length (default: the model's)")
     p.add_argument("--tokens", action="store_true", help="also write token features (T, h, w, D) per video")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(run=_run_embed)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _fail(command: str, exc: Exception) -> int:
@@ -131,12 +151,14 @@ def _fail(command: str, exc: Exception) -> int:
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
+    from vimpac.config import ConfigError
+    from vimpac.engine.checkpoint import CheckpointError
     from vimpac.finetune.errors import FinetuneError
     from vimpac.model import ModelError
     from vimpac.store import StoreError
     from vimpac.tokenizer.base import TokenizerError
 
-    return (FinetuneError, ModelError, StoreError, TokenizerError, KeyError)
+    return (ConfigError, CheckpointError, FinetuneError, ModelError, StoreError, TokenizerError, KeyError)
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
@@ -151,7 +173,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         print(f"model: {summary.model_dir}")
     if summary.evaluation:
         print("evaluation: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in summary.evaluation.items()))
-    return 0 if summary.status == "finished" else 3
+    return {"finished": 0, "interrupted": 130}.get(summary.status, 3)  # 3: the time limit; resume it
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -161,7 +183,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     try:
         store = TokenStore.open(args.store)
-        model = load_classifier(args.checkpoint, frames=args.frames, grid=store.grid).to(args.device)
+        model = load_classifier(args.checkpoint, frames=args.frames, grid=store.grid,
+                                expect_codebook_size=store.meta.codebook_size).to(args.device)
         result = evaluate_classifier(model, store, args.frames, args.temporal_clips, args.spatial_crops,
                                      args.device, args.bf16, args.batch_size, progress=args.progress)
         paths = write_evaluation(result, args.out)
@@ -175,6 +198,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_probe(args: argparse.Namespace) -> int:
+    from vimpac.finetune.errors import FinetuneError
     from vimpac.finetune.loading import load_backbone
     from vimpac.finetune.probe import extract_features, knn_evaluate, linear_probe_evaluate
     from vimpac.io import atomic_write_json
@@ -183,6 +207,9 @@ def _run_probe(args: argparse.Namespace) -> int:
     try:
         train = TokenStore.open(args.train_store)
         val = TokenStore.open(args.val_store, expect_tokenizer_id=train.meta.tokenizer_id)
+        for store in (train, val):  # before minutes of feature extraction
+            if not (store.labels >= 0).any():
+                raise FinetuneError(f"{store.root}: no labelled videos; a probe needs labels in both stores")
         backbone = load_backbone(args.checkpoint, frames=args.frames, grid=train.grid,
                                  expect_codebook_size=train.meta.codebook_size).to(args.device)
         kwargs = dict(frames=args.frames, temporal_clips=args.temporal_clips, device=args.device, bf16=args.bf16)

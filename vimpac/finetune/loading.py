@@ -46,21 +46,24 @@ def build_classifier(num_classes: int, frames: int, grid: tuple[int, int], codeb
             folder = resolve_model_folder(pretrained)
             _, cfg, _ = read_model_config(folder)
             _check_codebook(cfg, codebook_size, folder)
-            return VimpacForClassification.from_pretrained(folder, num_classes=num_classes, **changes)
+            # Always a new zero head, also on a fine-tuned model (its head belongs to its own task).
+            return VimpacForClassification.from_pretrained(folder, num_classes=num_classes, new_head=True, **changes)
         cfg = build_model_config(preset, overrides={"codebook_size": codebook_size, **changes})
         return VimpacForClassification(cfg, num_classes)
     except ModelError as exc:
         raise FinetuneError(str(exc)) from None
 
 
-def load_classifier(path: str | Path, frames: int | None = None,
-                    grid: tuple[int, int] | None = None) -> VimpacForClassification:
+def load_classifier(path: str | Path, frames: int | None = None, grid: tuple[int, int] | None = None,
+                    expect_codebook_size: int | None = None) -> VimpacForClassification:
     """A fine-tuned classifier from a model folder or a run (tables resized if T / grid differ)."""
     folder = resolve_model_folder(path)
     kind, cfg, _ = read_model_config(folder)
     if kind != VimpacForClassification.kind:
         raise FinetuneError(f"{folder}: holds a {kind!r} model; evaluation needs a fine-tuned classifier "
                             "(run `vimpac finetune` first, or use `vimpac probe` for frozen features)")
+    if expect_codebook_size is not None:
+        _check_codebook(cfg, expect_codebook_size, folder)
     return VimpacForClassification.from_pretrained(folder, **_size_changes(cfg, frames, grid))
 
 

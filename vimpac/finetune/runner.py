@@ -24,7 +24,8 @@ from vimpac.finetune.errors import FinetuneError
 from vimpac.finetune.recipes import get_recipe
 
 # Fields that may change between a run and its resumption (everything else must match).
-_RESUMABLE_CHANGES = ("resume", "max_minutes", "progress", "progress_lines", "device", "val_store")
+_RESUMABLE_CHANGES = ("resume", "max_minutes", "progress", "progress_lines", "device", "val_store", "log_every",
+                      "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -117,13 +118,35 @@ def resolve_settings(cfg: FinetuneConfig, num_videos: int, world_size: int = 1) 
     }
 
 
+def _check_options(cfg: FinetuneConfig) -> None:
+    """The options the trainer does not check itself."""
+    if not 0.0 < cfg.layer_decay <= 1.0:
+        raise FinetuneError(f"--layer-decay: expected a factor in (0, 1] (1: off), got {cfg.layer_decay}")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise FinetuneError(f"--label-smoothing: expected a value in [0, 1), got {cfg.label_smoothing}")
+    for name in ("frames", "batch_size", "steps", "temporal_clips", "val_temporal_clips"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise FinetuneError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
+    if cfg.epochs is not None and not cfg.epochs > 0:
+        raise FinetuneError(f"--epochs: expected a positive number, got {cfg.epochs}")
+
+
 def _check_resume(run_dir: Path, cfg: FinetuneConfig) -> None:
+    import os
+    import sys
+
     from vimpac.engine.checkpoint import latest_checkpoint
 
+    if (run_dir / "pretrain.json").exists():
+        raise FinetuneError(f"{run_dir}: holds a pre-training run (pretrain.json); choose another --out")
     has_checkpoint = latest_checkpoint(run_dir) is not None
     if has_checkpoint and not cfg.resume:
         raise FinetuneError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it "
                             "or choose another --out")
+    if cfg.resume and not has_checkpoint and os.environ.get("RANK", "0") == "0":
+        # Not an error, so that a job script can always pass --resume (e.g. a requeued cluster job).
+        print(f"--resume: no checkpoint in {run_dir} yet; starting a new run", file=sys.stderr)
     saved = run_dir / "finetune.json"
     if cfg.resume and has_checkpoint and saved.is_file():
         before = json.loads(saved.read_text())["config"]
@@ -146,6 +169,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     from vimpac.io import atomic_write_json
 
     run_dir = Path(cfg.out)
+    _check_options(cfg)
     _check_resume(run_dir, cfg)
     train_store, val_store = _open_stores(cfg)
     dist = distributed.init_distributed(cfg.device)
@@ -173,6 +197,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
         log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, val_every=cfg.val_every,
         max_minutes=cfg.max_minutes, progress=cfg.progress, progress_lines=cfg.progress_lines,
         validate_at_end=False)  # the full multi-view evaluation below replaces the periodic one
+    train_cfg.validate(prefix="")  # before anything is written
     param_groups = None
     if cfg.layer_decay != 1.0:
         param_groups = layerwise_param_groups(model, settings["lr"], settings["weight_decay"], cfg.layer_decay,

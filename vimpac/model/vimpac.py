@@ -118,18 +118,19 @@ class VimpacForClassification(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, num_classes: int | None = None,
-                        map_location: str | torch.device = "cpu",
+                        map_location: str | torch.device = "cpu", new_head: bool = False,
                         **config_changes: Any) -> "VimpacForClassification":
         """Load a classifier folder, or start fine-tuning from a pre-training folder (its
-        backbone; a fresh zero head with `num_classes`). Positional tables are interpolated
-        when `config_changes` give another max_frames / height / width."""
+        backbone; a fresh zero head with `num_classes`). `new_head=True` takes only the backbone
+        of a classifier folder too (fine-tuning a fine-tuned model on a new task). Positional
+        tables are interpolated when `config_changes` give another max_frames / height / width."""
         kind, cfg, meta = read_model_config(folder)
         cfg = _changed(cfg, config_changes, folder)
         weights = read_weights(folder)
         source = str(Path(folder) / "model.safetensors")
         if kind == cls.kind:
             stored_classes = int(meta.get("num_classes", 0))
-            if num_classes is None or num_classes == stored_classes:
+            if not new_head and (num_classes is None or num_classes == stored_classes):
                 model = cls(cfg, stored_classes)
                 load_weights(model, weights, source)
                 return model.to(map_location)

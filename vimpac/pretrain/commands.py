@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     table.add_argument("--downsample", type=int, default=8,
                        help="pixels per token along each side (DALL-E's dVAE: 8)")
     table.add_argument("--target", type=float, default=0.15, help="target masking ratio (default: 0.15)")
-    table.add_argument("--monte-carlo", type=int, default=0, metavar="SAMPLES",
-                       help="also estimate each ratio by running the sampler on SAMPLES clips")
+    table.add_argument("--monte-carlo", type=_sample_count, default=0, metavar="SAMPLES",
+                       help="also estimate each ratio by running the sampler on SAMPLES (>= 2) clips")
     table.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo estimate")
     table.add_argument("--json", action="store_true",
                        help='print a JSON list of {"T", "S", "blocks", "ratio"} records (ratio as a fraction)')
@@ -114,6 +114,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _sample_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value != 0 and value < 2:  # a standard error needs two samples
+        raise argparse.ArgumentTypeError(f"expected 0 (off) or at least 2 samples, got {text!r}")
+    return value
+
+
 def _blocks(text: str) -> list[int] | str:
     text = text.strip()
     if text == "auto":
@@ -148,37 +158,49 @@ def _register_pretrain(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="YAML file of settings applied over the preset")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     parser.add_argument("--init-from", help="start from a pre-trained model folder instead of random weights")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: train.device, which is auto: cuda when "
+                                         "available)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the settings resolved against the store (model size, gradient accumulation) "
+                             "and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings overrides")
-    parser.set_defaults(run=_run_pretrain)
+    parser.set_defaults(run=_run_pretrain, positional_overrides=True)
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
     import dataclasses
 
-    import torch
-
     from vimpac.config import ConfigError, to_dict
+    from vimpac.engine import distributed
+    from vimpac.engine.checkpoint import CheckpointError
     from vimpac.model.errors import ModelError
     from vimpac.pretrain.config import build_pretrain_config
     from vimpac.pretrain.errors import PretrainError
     from vimpac.pretrain.run import run_pretraining
+    from vimpac.pretrain.task import resolve_config
     from vimpac.store.errors import StoreError
+    from vimpac.store.reader import TokenStore
 
     try:
         cfg = build_pretrain_config(args.preset, args.config, args.overrides)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
+        if args.device:
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=args.device))
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+            cfg.train, device=distributed.resolve_device(cfg.train.device)))
         if args.print_config:
+            cfg.train.validate()
+            cfg = resolve_config(TokenStore.open(args.store), cfg, world_size=1)
             print(json.dumps(to_dict(cfg), indent=2))
             return 0
         result = run_pretraining(args.store, args.out, cfg, resume=args.resume, init_from=args.init_from)
-    except (ConfigError, PretrainError, StoreError, ModelError) as exc:
+    except (ConfigError, PretrainError, StoreError, ModelError, CheckpointError) as exc:
         print(f"vimpac pretrain: {exc}", file=sys.stderr)
         return 2
     print(f"{result.status} at step {result.step} ({result.skipped_steps} skipped); run folder {args.out}")
     for key, value in sorted(result.last_metrics.items()):
         if isinstance(value, float):
             print(f"  {key:24s} {value:.4f}")
+    if result.status == "time_limit":
+        print("stopped by train.max_minutes; continue with the same command and --resume", file=sys.stderr)
+        return 3
     return 0 if result.status != "interrupted" else 130

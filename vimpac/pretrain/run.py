@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 from vimpac.config import to_dict
 from vimpac.engine import distributed
+from vimpac.engine.checkpoint import latest_checkpoint
 from vimpac.engine.sync_batchnorm import GatheredBatchNorm1d, synchronize_batchnorm
 from vimpac.engine.trainer import Trainer, TrainResult
 from vimpac.io import atomic_write_json
+from vimpac.model.pretrained import read_model_config
 from vimpac.model.vimpac import VimpacForPretraining
 from vimpac.pretrain.config import PretrainConfig
 from vimpac.pretrain.errors import PretrainError
@@ -24,14 +27,23 @@ from vimpac.store.reader import TokenStore
 def run_pretraining(store_path: str | Path, run_dir: str | Path, cfg: PretrainConfig, resume: bool = False,
                     init_from: str | Path | None = None) -> TrainResult:
     run_dir = Path(run_dir)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, device=distributed.resolve_device(cfg.train.device)))
+    cfg.train.validate()
     dist = distributed.init_distributed(cfg.train.device)
     store = TokenStore.open(store_path)
+    if init_from is not None:
+        cfg = _with_architecture_of(init_from, cfg, store)
     cfg = resolve_config(store, cfg, dist.world_size)
+    cfg.train.validate()  # again: gradient accumulation may have been derived from effective_batch
+    _check_run_folder(run_dir, resume, dist.is_main)
     config_path = run_dir / "pretrain.json"
-    record = {"store": str(store_path), "tokenizer_id": store.meta.tokenizer_id, **to_dict(cfg)}
+    # Absolute, so that a resume from another working folder (or spelled otherwise) matches.
+    record = {"store": str(Path(store_path).resolve()), "tokenizer_id": store.meta.tokenizer_id,
+              "init_from": str(Path(init_from).resolve()) if init_from is not None else None, **to_dict(cfg)}
     if resume and config_path.exists():
         previous = json.loads(config_path.read_text())
-        changed = _changed_settings(previous, record)
+        changed = _changed_settings(_resolved_paths(previous), record)
         if changed:
             raise PretrainError(f"{config_path}: --resume with different settings: {changed}; "
                                 "use a new --out folder for a new run")
@@ -54,10 +66,44 @@ def run_pretraining(store_path: str | Path, run_dir: str | Path, cfg: PretrainCo
     result = trainer.fit()
     if result.status == "finished" and dist.is_main:
         plain = _unsync(trainer.model)
-        plain.save_pretrained(run_dir / "model", store=str(store_path), steps=result.step)
+        plain.save_pretrained(run_dir / "model", store=record["store"], steps=result.step)
         atomic_write_json(run_dir / "result.json", dataclasses.asdict(result) | {"checkpoint": str(result.checkpoint)})
     distributed.barrier()
     return result
+
+
+def _with_architecture_of(init_from: str | Path, cfg: PretrainConfig, store: TokenStore) -> PretrainConfig:
+    """`cfg` with the model folder's architecture, which is what the run trains (and records)."""
+    kind, model_cfg, _ = read_model_config(init_from)
+    if kind != VimpacForPretraining.kind:
+        raise PretrainError(f"--init-from {init_from}: holds a {kind!r} model; pre-training starts from a "
+                            "'pretraining' model folder (RUN/model of `vimpac pretrain`, or `vimpac convert-original`)")
+    if model_cfg.codebook_size != store.meta.codebook_size:
+        raise PretrainError(f"--init-from {init_from}: the model has {model_cfg.codebook_size} codes but the store "
+                            f"{store.root} was tokenized with {store.meta.codebook_size}; its [MASK] / [PAD] ids "
+                            "would be ordinary codes for this model")
+    # The clip size follows this run's data (positional tables are interpolated on loading).
+    return dataclasses.replace(cfg, model=dataclasses.replace(
+        model_cfg, max_frames=cfg.model.max_frames, height=cfg.model.height, width=cfg.model.width))
+
+
+def _check_run_folder(run_dir: Path, resume: bool, is_main: bool) -> None:
+    """Refuse to overwrite an earlier run, or to resume another kind of run, in `run_dir`."""
+    if (run_dir / "finetune.json").exists():
+        raise PretrainError(f"{run_dir}: holds a fine-tuning run (finetune.json); choose another --out")
+    has_checkpoint = latest_checkpoint(run_dir) is not None
+    if has_checkpoint and not resume:
+        raise PretrainError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it "
+                            "or choose another --out")
+    if resume and not has_checkpoint and is_main:
+        # Not an error, so that a job script can always pass --resume (e.g. a requeued cluster job).
+        print(f"--resume: no checkpoint in {run_dir} yet; starting a new run", file=sys.stderr)
+
+
+def _resolved_paths(record: dict) -> dict:
+    """A recorded run's settings with its store path made absolute (runs before 2026-11-26 kept
+    the path as typed, relative to the folder the command ran in)."""
+    return {**record, "store": str(Path(record["store"]).resolve())} if "store" in record else record
 
 
 def _unsync(model: torch.nn.Module) -> VimpacForPretraining:
