@@ -72,6 +72,9 @@ def test_validation_videos_are_held_out(store_path):
     (["model_from_store=false", "model.codebook_size=32", "model.height=8"], "token grid is 4x4"),
     (["data.frames=11"], "data.frames=11 but the longest video has 10 frames"),
     (["effective_batch=10"], "effective_batch=10 is not divisible by train.batch_size"),
+    (["data.frames=0"], "data.frames: expected a positive number of frames, got 0"),
+    (["data.max_distance_seconds=-1"], "data.max_distance_seconds: expected seconds > 0"),
+    (["data.val_fraction=1.5"], r"data.val_fraction: expected a fraction in \[0, 1\)"),
 ])
 def test_inconsistent_settings_fail_before_any_work(store_path, overrides, message):
     with pytest.raises(PretrainError, match=message):

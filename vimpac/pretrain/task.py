@@ -180,6 +180,7 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 def check_settings(store: TokenStore, cfg: PretrainConfig, world_size: int) -> None:
     """Refuse, before any work, settings the store or the batch arithmetic cannot satisfy."""
+    _check_data_settings(cfg)
     model = cfg.model
     h, w = store.grid
     if not cfg.model_from_store:
@@ -205,6 +206,21 @@ def check_settings(store: TokenStore, cfg: PretrainConfig, world_size: int) -> N
     if cfg.objective.contrastive and cfg.train.batch_size * world_size < 2:
         raise PretrainError("the contrastive loss needs at least 2 videos per step over all processes "
                             "(train.batch_size x processes); or set objective.alpha=0")
+
+
+def _check_data_settings(cfg: PretrainConfig) -> None:
+    data = cfg.data
+    if isinstance(data.frames, bool) or not isinstance(data.frames, int) or data.frames < 1:
+        raise PretrainError(f"data.frames: expected a positive number of frames, got {data.frames!r}")
+    distance = data.max_distance_seconds
+    if distance is not None and not (math.isfinite(distance) and distance > 0):
+        raise PretrainError(f"data.max_distance_seconds: expected seconds > 0, or null for no limit, got {distance!r}")
+    if not 0.0 <= data.val_fraction < 1.0:
+        raise PretrainError(f"data.val_fraction: expected a fraction in [0, 1), got {data.val_fraction!r}")
+    if data.val_batches < 1:
+        raise PretrainError(f"data.val_batches: expected an integer >= 1, got {data.val_batches!r}")
+    if cfg.effective_batch is not None and cfg.effective_batch < 1:
+        raise PretrainError(f"effective_batch: expected a positive number of videos, or null, got {cfg.effective_batch!r}")
 
 
 def resolve_config(store: TokenStore, cfg: PretrainConfig, world_size: int) -> PretrainConfig:
