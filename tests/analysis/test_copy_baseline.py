@@ -121,3 +121,27 @@ def test_cli_refuses_a_store_made_by_another_tokenizer(tokenizer_and_store, tmp_
                  "--out", str(tmp_path / "out")])
     assert code == 2
     assert "tokenizer_id" in capsys.readouterr().err
+
+
+def test_close_ratios_get_distinct_pictures_and_report_keys(tokenizer_and_store, capsys):
+    # 0.15 and 0.151 both used to be named "*_15": one picture overwrote the other.
+    root, _, store = tokenizer_and_store
+    out = root / "out_close_ratios"
+    code = main(["analyze", "copy-baseline", "--store", str(store), "--tokenizer", str(root / "tokenizer"),
+                 "--out", str(out), "--ratios", "0.15,0.151", "--videos", "2", "--frames", "4"])
+    assert code == 0, capsys.readouterr().err
+    table = capsys.readouterr().out
+    assert "15.1%" in table  # the table tells the two settings apart too
+    report = json.loads((out / "copy_baseline.json").read_text())
+    assert sorted(report["pictures"]) == ["block_15", "block_15.1", "iid_15", "iid_15.1"]
+    assert sorted(p.name for p in out.glob("copy_*.png")) == [
+        "copy_block_15.1.png", "copy_block_15.png", "copy_iid_15.1.png", "copy_iid_15.png"]
+
+
+def test_ratios_that_would_share_a_name_are_refused(capsys):
+    with pytest.raises(AnalysisError, match=r"0\.15 and 0\.1500001 both name the setting <strategy>_15"):
+        CopyBaselineConfig(ratios=(0.15, 0.1500001))
+    with pytest.raises(SystemExit) as info:
+        main(["analyze", "copy-baseline", "--store", "s", "--ratios", "0.3,0.15,0.3"])
+    assert info.value.code == 2
+    assert "argument --ratios: 0.3 given more than once" in capsys.readouterr().err

@@ -79,3 +79,26 @@ def test_bad_logs_are_typed_errors_naming_the_file(tmp_path, capsys):
     write_metrics(run, [{"step": 1, "split": "train", "clips_per_s": 3.0}])
     with pytest.raises(AnalysisError, match="no loss, accuracy or lr"):
         plot_curves(run)
+
+
+def test_a_torn_last_line_is_skipped_with_a_warning(tmp_path, capsys):
+    # A live run (or one killed mid-write) leaves its last line without the final newline.
+    run = tmp_path / "run"
+    write_metrics(run, [{"step": s, "split": "train", "loss": 1.0 / s} for s in range(1, 8)])
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "split": "tra')
+    warnings = []
+    series = load_series(run, warn=warnings.append)
+    assert series[("train", "loss")][0] == list(range(1, 8))
+    assert len(warnings) == 1 and "metrics.jsonl:8: skipped the last line" in warnings[0]
+    with pytest.warns(UserWarning, match="skipped the last line"):
+        load_series(run)
+    assert main(["plot", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "vimpac plot: warning:" in captured.err and "metrics.jsonl:8" in captured.err
+    assert (run / "plots" / "curves.png").exists()
+    # A bad line that is not the last one is still an error, torn tail or not.
+    text = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(text.replace('"step": 3,', '"step": 3 oops', 1))
+    with pytest.raises(AnalysisError, match=r"metrics.jsonl:3: not valid JSON"):
+        load_series(run, warn=warnings.append)

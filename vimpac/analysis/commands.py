@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from vimpac.argtypes import at_least, nonnegative_float, open_ratio, positive_float, positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     analyze = subparsers.add_parser(
@@ -30,9 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="output folder for copy_baseline.json and the PNGs (default: analysis/copy-baseline)")
     copy.add_argument("--ratios", type=_ratio_list, default=(0.15, 0.30, 0.45), metavar="R,...",
                       help="target masking ratios (default: 0.15,0.30,0.45)")
-    copy.add_argument("--videos", type=int, default=16, help="clips evaluated, one per video (default: 16)")
-    copy.add_argument("--frames", type=int, default=5, help="clip length T in frames (default: 5)")
-    copy.add_argument("--show", type=int, default=1, help="clips drawn per PNG (default: 1)")
+    copy.add_argument("--videos", type=positive_int, default=16, help="clips evaluated, one per video (default: 16)")
+    copy.add_argument("--frames", type=positive_int, default=5, help="clip length T in frames (default: 5)")
+    copy.add_argument("--show", type=positive_int, default=1, help="clips drawn per PNG (default: 1)")
     copy.add_argument("--seed", type=int, default=0, help="seed of the clip choice and the masks")
     copy.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     copy.set_defaults(run=_run_copy_baseline)
@@ -44,13 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument("checkpoint", metavar="CHECKPOINT", help="pre-training model folder (or a run folder with model/)")
     rec.add_argument("video", metavar="VIDEO", help="video file")
     rec.add_argument("--tokenizer", required=True, metavar="DIR", help="the tokenizer the model was trained on")
-    rec.add_argument("--frames", type=int, default=None, help="frames T (default: the model's max_frames)")
-    rec.add_argument("--fps", type=float, default=1.0, help="frames per second to sample (default: 1, as Fig. 5)")
-    rec.add_argument("--start", type=float, default=0.0, help="start time in seconds (default: 0)")
-    rec.add_argument("--size", type=int, default=None,
+    rec.add_argument("--frames", type=positive_int, default=None, help="frames T (default: the model's max_frames)")
+    rec.add_argument("--fps", type=positive_float, default=1.0,
+                     help="frames per second to sample (default: 1, as Fig. 5)")
+    rec.add_argument("--start", type=nonnegative_float, default=0.0, help="start time in seconds (default: 0)")
+    rec.add_argument("--size", type=positive_int, default=None,
                      help="frame size S (default: the model's token grid x the tokenizer's downsample)")
     rec.add_argument("--strategy", choices=("block", "iid"), default="block", help="masking (default: block)")
-    rec.add_argument("--ratio", type=float, default=0.15,
+    rec.add_argument("--ratio", type=open_ratio, default=0.15,
                      help="i.i.d. ratio, or the target block masking picks its block count for (default: 0.15)")
     rec.add_argument("--out", default="analysis/reconstruct", metavar="DIR", help="output folder")
     rec.add_argument("--seed", type=int, default=0, help="seed of the mask")
@@ -61,15 +64,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "masks", help="pictures of sampled block / i.i.d. masks and the induced-ratio histogram",
         description="Draw sampled block and i.i.d. masks over (T, H, W), one row of frames per sample, and a "
         "histogram of the masked fraction over many samples with the exact expected ratio marked.")
-    masks.add_argument("--frames", type=int, default=5, help="T (default: 5)")
-    masks.add_argument("--grid", type=int, nargs=2, default=(16, 16), metavar=("H", "W"),
+    masks.add_argument("--frames", type=positive_int, default=5, help="T (default: 5)")
+    masks.add_argument("--grid", type=positive_int, nargs=2, default=(16, 16), metavar=("H", "W"),
                        help="token grid (default: 16 16, 128-pixel frames)")
     masks.add_argument("--blocks", type=_blocks, default="auto", metavar="N|auto",
                        help="block count, or 'auto': the count whose expected ratio is closest to --ratio")
-    masks.add_argument("--ratio", type=float, default=0.15, help="i.i.d. ratio and the 'auto' target (default: 0.15)")
-    masks.add_argument("--samples", type=int, default=4, help="masks drawn per kind (default: 4)")
-    masks.add_argument("--histogram-samples", type=int, default=2000, help="masks in the histogram (default: 2000)")
-    masks.add_argument("--cell", type=int, default=8, help="pixels per token in the pictures (default: 8)")
+    masks.add_argument("--ratio", type=open_ratio, default=0.15, help="i.i.d. ratio and the 'auto' target (default: 0.15)")
+    masks.add_argument("--samples", type=positive_int, default=4, help="masks drawn per kind (default: 4)")
+    masks.add_argument("--histogram-samples", type=at_least(2), default=2000,
+                       help="masks in the histogram (default: 2000)")
+    masks.add_argument("--cell", type=positive_int, default=8, help="pixels per token in the pictures (default: 8)")
     masks.add_argument("--out", default="analysis/masks", metavar="DIR", help="output folder")
     masks.add_argument("--seed", type=int, default=0)
     masks.set_defaults(run=_run_masks)
@@ -92,10 +96,10 @@ def _run_copy_baseline(args: argparse.Namespace) -> int:
 
     def work() -> int:
         config = CopyBaselineConfig(ratios=tuple(args.ratios), videos=args.videos, frames=args.frames, seed=args.seed)
+        out = _check_out_dir(args.out)
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         store = TokenStore.open(args.store, expect_tokenizer_id=tokenizer.tokenizer_id if tokenizer else None)
         result = run_copy_baseline(load_clips(store, config.frames, config.videos, config.seed), config)
-        out = Path(args.out)
         report = {"store": str(store.root), **result.to_json(), "pictures": {}}
         if tokenizer is not None:
             for setting in result.settings:
@@ -113,23 +117,36 @@ def _run_copy_baseline(args: argparse.Namespace) -> int:
 def _run_reconstruct(args: argparse.Namespace) -> int:
     import torch
 
-    from vimpac.analysis.reconstruct import load_video_clip, reconstruct_clip, save_reconstruction
+    from vimpac.analysis.errors import AnalysisError
+    from vimpac.analysis.reconstruct import (check_tokenizer, load_video_clip, reconstruct_clip, resolve_model_folder,
+                                             save_reconstruction)
     from vimpac.model.vimpac import VimpacForPretraining
     from vimpac.tokenizer.base import load_tokenizer
 
     def work() -> int:
-        folder = Path(args.checkpoint)
-        if not (folder / "config.json").exists() and (folder / "model" / "config.json").exists():
-            folder = folder / "model"  # a pre-training run folder: its exported model
+        out = _check_out_dir(args.out)
+        folder = resolve_model_folder(args.checkpoint)
         model = VimpacForPretraining.from_pretrained(folder, map_location=args.device)
         tokenizer = load_tokenizer(args.tokenizer, device=args.device)
+        check_tokenizer(folder, tokenizer)
         cfg = model.config
-        frames = args.frames or cfg.max_frames
-        size = args.size or cfg.height * tokenizer.downsample
+        # `is None`, not `or`: an explicit value is used as given (argparse already refused 0).
+        frames = cfg.max_frames if args.frames is None else args.frames
+        size = cfg.height * tokenizer.downsample if args.size is None else args.size
+        if frames > cfg.max_frames:
+            raise AnalysisError(f"--frames {frames}: the model takes at most {cfg.max_frames} frames")
+        if size % tokenizer.downsample:
+            raise AnalysisError(f"--size {size}: expected a multiple of the tokenizer's downsample "
+                                f"{tokenizer.downsample}")
+        grid = size // tokenizer.downsample
+        if grid > min(cfg.height, cfg.width):
+            raise AnalysisError(f"--size {size}: {grid} x {grid} tokens do not fit the model's "
+                                f"{cfg.height} x {cfg.width} grid; the largest size is "
+                                f"{min(cfg.height, cfg.width) * tokenizer.downsample}")
         clip = load_video_clip(args.video, args.fps, frames, size, args.start)
         rec = reconstruct_clip(model, tokenizer, clip, args.strategy, args.ratio,
                                torch.Generator().manual_seed(args.seed))
-        png, gif = save_reconstruction(rec, args.out)
+        png, gif = save_reconstruction(rec, out)
         print(f"{int(rec.mask.sum())} of {rec.mask.numel()} tokens masked ({args.strategy}); model predicted "
               f"{rec.accuracy:.1%} of them exactly")
         print(f"wrote {png} and {gif}")
@@ -143,11 +160,12 @@ def _run_masks(args: argparse.Namespace) -> int:
     from vimpac.io import atomic_write_json
 
     def work() -> int:
+        out = _check_out_dir(args.out)
         samples = sample_masks(args.frames, tuple(args.grid), args.blocks, args.ratio, args.samples,
                                args.histogram_samples, args.seed)
-        paths = draw_masks(samples, args.out, args.cell)
+        paths = draw_masks(samples, out, args.cell)
         summary = samples.to_json()
-        atomic_write_json(Path(args.out) / "masks.json", {**summary, "pictures": {k: str(v) for k, v in paths.items()}})
+        atomic_write_json(out / "masks.json", {**summary, "pictures": {k: str(v) for k, v in paths.items()}})
         print(f"{summary['num_blocks']} blocks at {args.frames} x {args.grid[0]} x {args.grid[1]}: expected ratio "
               f"{summary['expected_block_ratio']:.2%}, sampled {summary['block_ratio_mean']:.2%} "
               f"+- {summary['block_ratio_std']:.2%} (std over {summary['histogram_samples']} clips); "
@@ -162,8 +180,12 @@ def _run_masks(args: argparse.Namespace) -> int:
 def _run_plot(args: argparse.Namespace) -> int:
     from vimpac.analysis.curves import plot_curves
 
+    def warn(message: str) -> None:
+        print(f"vimpac plot: warning: {message}", file=sys.stderr)
+
     def work() -> int:
-        print(f"wrote {plot_curves(args.run_dir, args.out)}")
+        out = _check_out_dir(args.out) if args.out is not None else None
+        print(f"wrote {plot_curves(args.run_dir, out, warn=warn)}")
         return 0
 
     return _guarded("plot", work)
@@ -173,7 +195,8 @@ def _run_plot(args: argparse.Namespace) -> int:
 
 
 def _guarded(name: str, work) -> int:
-    """Run `work`, turning the package's typed input errors into one line on stderr and exit 2."""
+    """Run `work`, turning the package's typed input errors and file-system errors (a path that
+    cannot be read or written) into one line on stderr and exit 2."""
     from vimpac.analysis.errors import AnalysisError
     from vimpac.config import ConfigError
     from vimpac.model.errors import ModelError
@@ -187,6 +210,32 @@ def _guarded(name: str, work) -> int:
     except (AnalysisError, ConfigError, ModelError, PretrainError, StoreError, TokenizerError, VideoError) as exc:
         print(f"vimpac {name}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"vimpac {name}: {_describe_os_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """`PATH: reason` for an OSError (e.g. `out/sub: Not a directory`), without the errno prefix."""
+    if exc.filename is None:
+        return str(exc)
+    target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    return f"{exc.filename}{target}: {exc.strerror or exc}"
+
+
+def _check_out_dir(path: str | Path, option: str = "--out") -> Path:
+    """`path` as an output folder: refused up front (naming `option`) when it, or the nearest
+    existing folder above it, is a file, which would otherwise fail half-way with an OSError."""
+    from vimpac.analysis.errors import AnalysisError
+
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                where = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+                raise AnalysisError(f"{option} {path}: {where}; expected a folder")
+            break
+    return path
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
@@ -201,6 +250,9 @@ def _ratio_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated ratios like 0.15,0.30, got {text!r}") from None
     if not values or any(not 0.0 < v < 1.0 for v in values):
         raise argparse.ArgumentTypeError(f"ratios must lie in (0, 1), got {text!r}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{', '.join(f'{v:g}' for v in repeated)} given more than once in {text!r}")
     return values
 
 

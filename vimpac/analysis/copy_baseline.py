@@ -51,6 +51,24 @@ class CopyBaselineConfig:
             raise AnalysisError(f"ratios: expected values in (0, 1), got {list(self.ratios)}")
         if self.videos < 1 or self.frames < 1:
             raise AnalysisError(f"videos and frames must be >= 1, got videos={self.videos}, frames={self.frames}")
+        # Each setting's picture and report key is named by its ratio; two ratios with one name
+        # would overwrite one picture with the other.
+        by_label: dict[str, float] = {}
+        for ratio in self.ratios:
+            label = ratio_label(ratio)
+            if label in by_label:
+                raise AnalysisError(f"ratios: {by_label[label]!r} and {ratio!r} both name the setting "
+                                    f"<strategy>_{label}; give distinct ratios")
+            by_label[label] = ratio
+
+
+def ratio_label(ratio: float) -> str:
+    """The ratio in percent for file and report names: two digits for whole percents ("15",
+    "05"), otherwise as many decimals as it needs, up to four ("15.1", "12.25")."""
+    percent = round(ratio * 100, 4)
+    if percent == int(percent):
+        return f"{int(percent):02d}"
+    return f"{percent:.4f}".rstrip("0")
 
 
 @dataclass(frozen=True)
@@ -89,7 +107,7 @@ class SettingResult:
 
     @property
     def name(self) -> str:
-        return f"{self.strategy}_{round(self.target_ratio * 100):02d}"
+        return f"{self.strategy}_{ratio_label(self.target_ratio)}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,7 +140,7 @@ class CopyBaselineResult:
         cols = ["strategy", "target", "blocks", "expected", "masked", "acc spatial", "acc spatio-temporal"]
         lines = [header, "  ".join(f"{c:>19}" if i >= 5 else f"{c:>8}" for i, c in enumerate(cols))]
         for s in self.settings:
-            cells = [s.strategy, f"{s.target_ratio:.0%}", "-" if s.num_blocks is None else str(s.num_blocks),
+            cells = [s.strategy, f"{s.target_ratio * 100:.4g}%", "-" if s.num_blocks is None else str(s.num_blocks),
                      f"{s.expected_ratio:.1%}", f"{s.measured_ratio:.1%}"]
             row = "  ".join(f"{c:>8}" for c in cells)
             row += "  " + "  ".join(f"{s.accuracy(n):>19.1%}" for n in NEIGHBOURHOODS)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from vimpac.analysis.errors import AnalysisError
 from vimpac.analysis.images import pyplot, save_figure
@@ -41,21 +43,37 @@ PANELS = (Panel("loss", "loss"), Panel("accuracy", "accuracy"), Panel("learning 
 Series = dict[tuple[str, str], tuple[list[int], list[float]]]  # (split, key) -> (steps, values)
 
 
-def load_series(run_dir: str | Path) -> Series:
-    """Every numeric metric of RUN/metrics.jsonl as step/value lists per (split, key)."""
-    path = Path(run_dir) / METRICS_FILE
+def load_series(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> Series:
+    """Every numeric metric of RUN/metrics.jsonl as step/value lists per (split, key).
+
+    A last line cut short (no final newline: the run is still writing it, or was killed while
+    writing it) is skipped with a message to `warn` (default: `warnings.warn`); an unreadable
+    line anywhere else is an error.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS_FILE
+    if run_dir.is_file():
+        raise AnalysisError(f"{run_dir}: is a file; expected the run folder that holds {METRICS_FILE}"
+                            + (f" (pass {run_dir.parent})" if run_dir.name == METRICS_FILE else ""))
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise AnalysisError(f"{path}: not found; `vimpac plot` needs a run folder written by "
                             "`vimpac pretrain` or `vimpac finetune`") from None
+    except UnicodeDecodeError as exc:
+        raise AnalysisError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     series: Series = defaultdict(lambda: ([], []))
-    for number, line in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                (warn or warnings.warn)(f"{path}:{number}: skipped the last line, cut short ({exc.msg}); "
+                                        "the run is still writing it or stopped while writing it")
+                continue
             raise AnalysisError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("step"), int) or "split" not in record:
             raise AnalysisError(f"{path}:{number}: expected an object with an integer 'step' and a 'split'")
@@ -71,10 +89,11 @@ def load_series(run_dir: str | Path) -> Series:
     return dict(series)
 
 
-def plot_curves(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+def plot_curves(run_dir: str | Path, out_dir: str | Path | None = None,
+                warn: Callable[[str], None] | None = None) -> Path:
     """Write OUT/curves.png (default OUT = RUN/plots): one panel per group that has data."""
     run_dir = Path(run_dir)
-    series = load_series(run_dir)
+    series = load_series(run_dir, warn)
     panels = [(panel, sorted(k for k in series if panel.wants(k[1]))) for panel in PANELS]
     panels = [(panel, keys) for panel, keys in panels if keys]
     if not panels:

@@ -14,6 +14,7 @@ codes (the five special rows are excluded: they have no image).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -48,6 +49,51 @@ class Reconstruction:
 
     def rows(self) -> list[np.ndarray]:
         return [self.original, self.roundtrip, self.highlighted, self.predicted]
+
+
+RUN_CONFIG = "pretrain.json"
+"""Written by `vimpac pretrain` into the run folder, beside `model/`; records the tokenizer_id."""
+
+
+def resolve_model_folder(checkpoint: str | Path) -> Path:
+    """A pre-training model folder as given, or a run folder's exported `model/`."""
+    folder = Path(checkpoint)
+    if not (folder / "config.json").exists() and (folder / "model" / "config.json").exists():
+        return folder / "model"
+    return folder
+
+
+def recorded_tokenizer_id(model_folder: str | Path) -> tuple[str, Path] | None:
+    """(tokenizer_id, the file recording it) from the run's pretrain.json: in the model folder or,
+    for the usual RUN/model layout, beside it. None when no run configuration is found."""
+    model_folder = Path(model_folder)
+    for path in (model_folder / RUN_CONFIG, model_folder.parent / RUN_CONFIG):
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AnalysisError(f"{path}: not a readable run configuration ({exc})") from None
+        tokenizer_id = record.get("tokenizer_id") if isinstance(record, dict) else None
+        if tokenizer_id is None:
+            return None
+        if not isinstance(tokenizer_id, str):
+            raise AnalysisError(f"{path}: tokenizer_id is {tokenizer_id!r}, expected a string")
+        return tokenizer_id, path
+    return None
+
+
+def check_tokenizer(model_folder: str | Path, tokenizer: FrameTokenizer) -> None:
+    """Refuse a tokenizer other than the one the model was pre-trained on, when the run recorded it.
+
+    Equal codebook sizes are not enough: another tokenizer's code 17 means another picture, and
+    the reconstructions would look plausible yet be meaningless.
+    """
+    recorded = recorded_tokenizer_id(model_folder)
+    if recorded is not None and recorded[0] != tokenizer.tokenizer_id:
+        tokenizer_id, path = recorded
+        raise AnalysisError(f"the model was pre-trained on tokenizer {tokenizer_id} ({path}) but --tokenizer is "
+                            f"{tokenizer.tokenizer_id}; pass the tokenizer the model was pre-trained on")
 
 
 def load_video_clip(path: str | Path, fps: float, frames: int, size: int, start_time: float = 0.0) -> np.ndarray:

@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from vimpac.argtypes import positive_float, positive_int
+
 RECIPE_NAMES = ("ssv2", "diving48", "ucf101", "hmdb51", "k400", "synthetic")  # vimpac.finetune.recipes
 
 
@@ -73,11 +75,11 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN_OR_MODEL_DIR")
     p.add_argument("--store", required=True)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--temporal-clips", type=_positive_int, default=10)
+    p.add_argument("--temporal-clips", type=positive_int, default=10)
     p.add_argument("--spatial-crops", type=int, default=3, choices=(1, 3),
                    help="3: top-left / center / bottom-right (center only if the store lacks them)")
-    p.add_argument("--frames", type=_positive_int, metavar="T", help="clip length (default: the model's)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="clips per forward pass")
+    p.add_argument("--frames", type=positive_int, metavar="T", help="clip length (default: the model's)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="clips per forward pass")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -93,13 +95,13 @@ def _register_probe(subparsers) -> None:
     p.add_argument("--train-store", required=True)
     p.add_argument("--val-store", required=True)
     p.add_argument("--method", default="knn", choices=("knn", "linear"))
-    p.add_argument("--k", type=_positive_int, default=20)
-    p.add_argument("--temperature", type=_positive_float, default=0.07)
-    p.add_argument("--steps", type=_positive_int, default=300, help="linear probe: optimizer iterations")
+    p.add_argument("--k", type=positive_int, default=20)
+    p.add_argument("--temperature", type=positive_float, default=0.07)
+    p.add_argument("--steps", type=positive_int, default=300, help="linear probe: optimizer iterations")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="linear probe: L2 penalty")
     p.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adamw"))
-    p.add_argument("--frames", type=_positive_int, metavar="T")
-    p.add_argument("--temporal-clips", type=_positive_int, default=4)
+    p.add_argument("--frames", type=positive_int, metavar="T")
+    p.add_argument("--temporal-clips", type=positive_int, default=4)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", metavar="FILE.json", help="also write the result here")
@@ -115,34 +117,14 @@ def _register_embed(subparsers) -> None:
     p.add_argument("videos", nargs="+", metavar="VIDEO")
     p.add_argument("--tokenizer", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="FILE")
-    p.add_argument("--fps", type=_positive_float, default=2.0)
-    p.add_argument("--size", type=_positive_int, default=128)
-    p.add_argument("--frames", type=_positive_int, metavar="T", help="clip length (default: the model's)")
+    p.add_argument("--fps", type=positive_float, default=2.0)
+    p.add_argument("--size", type=positive_int, default=128)
+    p.add_argument("--frames", type=positive_int, metavar="T", help="clip length (default: the model's)")
     p.add_argument("--tokens", action="store_true", help="also write token features (T, h, w, D) per video")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(run=_run_embed)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _fail(command: str, exc: Exception) -> int:

@@ -26,7 +26,9 @@ def _register_convert_dalle(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("encoder_pkl", metavar="ENCODER_PKL", help="path to encoder.pkl")
     parser.add_argument("decoder_pkl", metavar="DECODER_PKL", help="path to decoder.pkl")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="tokenizer folder to write")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="tokenizer folder to write (new or empty)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT_DIR when it already holds a tokenizer (the whole folder is replaced)")
     parser.set_defaults(run=_run_convert_dalle)
 
 
@@ -35,9 +37,13 @@ def _run_convert_dalle(args: argparse.Namespace) -> int:
     from vimpac.tokenizer.dalle import convert_official_pickles
 
     try:
-        tokenizer = convert_official_pickles(args.encoder_pkl, args.decoder_pkl, args.out_dir)
+        tokenizer = convert_official_pickles(args.encoder_pkl, args.decoder_pkl, args.out_dir, args.overwrite)
     except TokenizerError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. OUT_DIR below a file, or in a folder we may not write
+        where = exc.filename if exc.filename is not None else args.out_dir
+        print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     enc = tokenizer.config.encoder
     print(f"wrote {args.out_dir}: DALL-E dVAE, {enc.vocab_size} codes, n_hid {enc.n_hid}, "

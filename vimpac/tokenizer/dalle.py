@@ -23,6 +23,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import secrets
+import shutil
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,15 +317,63 @@ def _state_problems(module: nn.Module, state: Mapping[str, torch.Tensor]) -> lis
     return problems
 
 
-def _load_strict(parts: list[tuple[nn.Module, Mapping[str, torch.Tensor], str]]) -> None:
-    """`load_state_dict(strict=True)` for each (module, state, where), reporting every
-    mismatch of every part at once with the file it came from."""
-    errors = [f"{where}: " + ", ".join(problems)
-              for module, state, where in parts if (problems := _state_problems(module, state))]
+# How each hyper-parameter shows in the shape of a tensor every DALL-E half has:
+# (field, tensor name, dimension, factor): shape[dimension] == factor * field.
+_SHAPE_FIELDS = {
+    "encoder": (("n_hid", "blocks.input.w", 0, 1), ("input_channels", "blocks.input.w", 1, 1),
+                ("vocab_size", "blocks.output.conv.w", 0, 1)),
+    "decoder": (("n_init", "blocks.input.w", 0, 1), ("vocab_size", "blocks.input.w", 1, 1),
+                ("n_hid", "blocks.output.conv.w", 1, 1), ("output_channels", "blocks.output.conv.w", 0, 2)),
+}
+
+
+def _fit_problems(half: str, config: DalleEncoderConfig | DalleDecoderConfig,
+                  state: Mapping[str, torch.Tensor], label: str) -> list[str]:
+    """What keeps `state` from loading into the `half` network of `config`, found without
+    allocating that network (empty when it fits).
+
+    The hyper-parameters come from the same untrusted file as the weights; the networks they
+    describe are allocated only once every shape matches a tensor that really is in the file
+    (whose size bounds theirs), so a crafted `n_hid` or block count cannot make us allocate
+    terabytes. `label` prefixes the fields in messages ("encoder." or "the pickled Encoder's ").
+    """
+    problems = []
+    for name, key, dim, factor in _SHAPE_FIELDS[half]:
+        value, tensor = getattr(config, name), state.get(key)
+        if isinstance(tensor, torch.Tensor) and tensor.ndim == 4 and tensor.shape[dim] != factor * value:
+            implied = tensor.shape[dim] / factor
+            implied_text = str(int(implied)) if implied == int(implied) else f"{implied:g}"
+            problems.append(f"{label}{name} = {value} does not match the stored weights: {key} has shape "
+                            f"{tuple(tensor.shape)}, which means {name} = {implied_text}")
+    prefix = "blocks.group_1.block_"
+    blocks = {k[len(prefix):].split(".", 1)[0] for k in state if k.startswith(prefix)}
+    if config.n_blk_per_group != len(blocks):
+        # Checked before building even a shape-only network: the block count sets how many
+        # modules Python creates, and the file's tensors bound it only once it matches them.
+        problems.append(f"{label}n_blk_per_group = {config.n_blk_per_group} does not match the stored "
+                        f"weights, which hold {len(blocks)} blocks in group_1")
+        return problems
+    with torch.device("meta"):  # shapes only, no memory
+        network = DalleEncoder(config) if half == "encoder" else DalleDecoder(config)
+    return problems + _state_problems(network, state)
+
+
+def _build_checked(config: DalleConfig, parts: tuple[tuple[Mapping[str, torch.Tensor], str, str], ...]
+                   ) -> tuple[DalleEncoder, DalleDecoder]:
+    """The two networks of `config` loaded with the weights of `parts` = ((encoder state, where,
+    label), (decoder state, where, label)); every mismatch of both parts is reported at once,
+    with the file it came from, before the real networks are allocated."""
+    errors = []
+    halves = zip(("encoder", "decoder"), (config.encoder, config.decoder), parts)
+    for half, half_config, (state, where, label) in halves:
+        if problems := _fit_problems(half, half_config, state, label):
+            errors.append(f"{where}: " + ", ".join(problems))
     if errors:
         raise TokenizerError("weights do not fit the DALL-E architecture: " + "; ".join(errors))
-    for module, state, _ in parts:
+    encoder, decoder = DalleEncoder(config.encoder), DalleDecoder(config.decoder)
+    for module, (state, _, _) in zip((encoder, decoder), parts):
         module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return encoder, decoder
 
 
 def _as_frames(frames: np.ndarray | torch.Tensor, downsample: int) -> torch.Tensor:
@@ -406,8 +457,8 @@ class DalleTokenizer(FrameTokenizer):
     ) -> "DalleTokenizer":
         """Build from the two state dicts (original names), loaded strictly."""
         config.validate(where)
-        encoder, decoder = DalleEncoder(config.encoder), DalleDecoder(config.decoder)
-        _load_strict([(encoder, encoder_state, f"{where} (encoder)"), (decoder, decoder_state, f"{where} (decoder)")])
+        encoder, decoder = _build_checked(config, ((encoder_state, f"{where} (encoder)", "encoder."),
+                                                   (decoder_state, f"{where} (decoder)", "decoder.")))
         return cls(config, encoder, decoder, **kwargs)
 
     @classmethod
@@ -597,13 +648,62 @@ def load_official_pickles(encoder_pkl: str | Path, decoder_pkl: str | Path, **kw
         config.validate(where=f"{encoder_pkl} + {decoder_pkl}")
     except ConfigError as exc:
         raise TokenizerError(str(exc)) from None
-    encoder, decoder = DalleEncoder(config.encoder), DalleDecoder(config.decoder)
-    _load_strict([(encoder, enc_state, str(encoder_pkl)), (decoder, dec_state, str(decoder_pkl))])
+    encoder, decoder = _build_checked(config, ((enc_state, str(encoder_pkl), "the pickled Encoder's "),
+                                               (dec_state, str(decoder_pkl), "the pickled Decoder's ")))
     return DalleTokenizer(config, encoder, decoder, **kwargs)
 
 
-def convert_official_pickles(encoder_pkl: str | Path, decoder_pkl: str | Path, out_dir: str | Path) -> DalleTokenizer:
-    """`vimpac convert-dalle`: the official pickles -> OUT_DIR/{tokenizer.json, model.safetensors}."""
+def convert_official_pickles(encoder_pkl: str | Path, decoder_pkl: str | Path, out_dir: str | Path,
+                             overwrite: bool = False) -> DalleTokenizer:
+    """`vimpac convert-dalle`: the official pickles -> OUT_DIR/{tokenizer.json, model.safetensors}.
+
+    OUT_DIR must be new or empty. With `overwrite`, a folder that holds a tokenizer (a
+    tokenizer.json) is replaced as a whole, so nothing of the old tokenizer (a train_report.json,
+    a demo's DONE.json) stays behind to describe the new one; any other non-empty folder is
+    refused even then, as it may not be ours to delete.
+    """
+    out_dir = Path(out_dir)
+    replace = _check_convert_target(out_dir, overwrite)
     tokenizer = load_official_pickles(encoder_pkl, decoder_pkl, precision="fp32")
-    tokenizer.save_pretrained(out_dir, source={"encoder": Path(encoder_pkl).name, "decoder": Path(decoder_pkl).name})
+    source = {"encoder": Path(encoder_pkl).name, "decoder": Path(decoder_pkl).name}
+    if not replace:
+        tokenizer.save_pretrained(out_dir, source=source)
+        return tokenizer
+    # Write the new folder beside the old one, then swap: the old tokenizer stays whole until
+    # the new one is complete. os.mkdir (not mkdtemp, which makes 0700) gives umask permissions.
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    staging, retired = (out_dir.parent / f".{out_dir.name}.{kind}-{token}" for kind in ("new", "old"))
+    os.mkdir(staging)
+    try:
+        tokenizer.save_pretrained(staging, source=source)
+        os.replace(out_dir, retired)
+        try:
+            os.replace(staging, out_dir)
+        except BaseException:
+            os.replace(retired, out_dir)
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
     return tokenizer
+
+
+def _check_convert_target(out_dir: Path, overwrite: bool) -> bool:
+    """Whether `out_dir` is an existing tokenizer folder to replace (False: write into it as it is
+    new or empty); refuses a file, and a non-empty folder unless it is a tokenizer and `overwrite`."""
+    if not out_dir.exists():
+        return False
+    if not out_dir.is_dir():
+        raise TokenizerError(f"{out_dir}: exists and is not a folder; expected a new or empty tokenizer folder")
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if not entries:
+        return False
+    listed = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
+    if TOKENIZER_JSON not in entries:
+        raise TokenizerError(f"{out_dir}: not empty ({listed}) and not a tokenizer folder; "
+                             "choose a new or empty folder")
+    if not overwrite:
+        raise TokenizerError(f"{out_dir}: already holds a tokenizer ({listed}); pass --overwrite to replace "
+                             "the whole folder, or choose a new one")
+    return True

@@ -122,6 +122,14 @@ def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tup
     needed = offset + sum((s - 1) * st for s, st in zip(size, stride)) + 1 if all(size) else 0
     if needed > storage.numel():
         raise TokenizerError(f"tensor of size {tuple(size)} does not fit its storage of {storage.numel()} elements")
+    # Zero or overlapping strides let a tiny storage pose as a huge tensor, which `state_dict()`
+    # would then copy into real memory; network weights never share elements that way.
+    elements = 1
+    for s in size:
+        elements *= s
+    if elements > storage.numel():
+        raise TokenizerError(f"tensor of size {tuple(size)} has more elements than its storage of "
+                             f"{storage.numel()} (overlapping strides {tuple(stride)}); expected plain weights")
     # A view, not a copy: in the legacy format the bytes are filled in after the pickle.
     return torch.as_strided(storage, tuple(size), tuple(stride), offset)
 
@@ -222,11 +230,20 @@ def _load_zip(path: Path, archive: zipfile.ZipFile, module_classes: Iterable[str
     if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() not in (b"little", b""):
         raise TokenizerError(f"{path}: big-endian torch archives are not supported")
 
+    file_size = path.stat().st_size
+
     def load_storage(dtype: torch.dtype, key: str, numel: int) -> torch.Tensor:
         member = f"{prefix}data/{key}"
         if member not in names:
             raise TokenizerError(f"{path}: missing storage {member!r} in the archive")
-        return _tensor_from_bytes(archive.read(member), dtype, numel, f"{path}:{member}")
+        # torch.save stores tensors uncompressed, so a storage cannot be larger than the file;
+        # refuse before reading, and read no more than the claimed bytes (a compressed member
+        # could otherwise inflate to any size).
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        if numel < 0 or nbytes > file_size:
+            raise TokenizerError(f"{path}: storage {member!r} claims {numel} elements, more than the file holds")
+        with archive.open(member) as f:
+            return _tensor_from_bytes(f.read(nbytes), dtype, numel, f"{path}:{member}")
 
     with archive.open(data_pkl[0]) as f:
         return RestrictedUnpickler(io.BufferedReader(f), str(path), module_classes, load_storage).load()
