@@ -33,10 +33,32 @@ def test_quick_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert (out / "stores" / "train" / "store.json").exists()
     assert (out / "pretrain" / "mp_cl" / "model" / "model.safetensors").exists()
 
-    # A second run reuses every finished stage.
+    # A second run reuses every finished stage (data, tokenizer, stores, 2 pre-training runs, the
+    # from-scratch initial model, 4 fine-tuning runs).
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("already done") == 2 + 1 + 2 + 4
+    assert printed.count("already done") == 2 + 1 + 2 + 1 + 4
+    assert "this run" in printed and "10 reused" in printed
+    report = (out / "report.md").read_text()
+    assert "| all stages |" in report and "| 1/6 synthetic benchmark |" in report and "| yes |" in report
+
+    # Longer pre-training of one variant: a fresh 16-step run (not the 12-step one continued), and the
+    # fine-tuning runs built on it are redone from the new model.
+    from safetensors.torch import load_file
+
+    old_weights = load_file(out / "finetune" / "mp_cl" / "model" / "model.safetensors")
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress", "pretrain_steps=16",
+                 "pretrain_variants=mp_cl"]) == 0
+    capsys.readouterr()
+    done = json.loads((out / "pretrain" / "mp_cl" / "DONE.json").read_text())
+    assert done["result"]["steps"] == 16 and "train.total_steps=16" in done["settings"]["overrides"]
+    metrics = [json.loads(line) for line in (out / "pretrain" / "mp_cl" / "metrics.jsonl").read_text().splitlines()]
+    val_steps = {r["step"] for r in metrics if r["split"] == "val"}
+    assert {3, 6, 9, 12} <= val_steps and 2 not in val_steps  # every 3 steps from the start: no 12-step run kept
+    new_weights = load_file(out / "finetune" / "mp_cl" / "model" / "model.safetensors")
+    assert any(not (new_weights[k] == old_weights[k]).all() for k in new_weights)
+    assert (out / "pretrain" / "mp_cl.superseded" / "DONE.json").exists()
+    assert set(json.loads((out / "results.json").read_text())["stages"]["pretrain"]) == {"mp_cl"}
 
 
 def test_bad_demo_setting_is_a_clear_error(tmp_path, capsys):

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vimpac.config import ConfigError
+
+# Pre-training variants: KEY=VALUE overrides of the "tiny" pre-training preset.
+PRETRAIN_VARIANTS: dict[str, tuple[str, ...]] = {
+    "mp_cl": (),  # VIMPAC: block-masked token prediction + contrastive
+    "mp_only": ("objective.alpha=0",),  # Table 7, MP only
+    "cl_only": ("objective.masked_token=false",),  # Table 7, CL only
+    "iid_mp": ("masking.strategy=iid", "objective.alpha=0"),  # Table 8, i.i.d. masking (MP only)
+}
+
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -23,12 +33,44 @@ class DemoConfig:
     finetune_steps: int = 300
     finetune_batch: int = 16
     model_overrides: tuple[str, ...] = ()  # KEY=VALUE for the tiny model preset
-    # Pre-training variants (Table 7 / 8 rows) and fine-tuning runs; see pipeline.VARIANTS.
+    # Pre-training variants (Table 7 / 8 rows) and fine-tuning runs; see PRETRAIN_VARIANTS.
     pretrain_variants: tuple[str, ...] = ("mp_cl", "mp_only", "cl_only", "iid_mp")
     seeds: tuple[int, ...] = (0,)
     workers: int = 2  # processes that generate and decode videos
     threads: int = 2  # torch threads in all (training runs side by side share them)
     parallel_runs: int = 2  # training runs side by side, each in its own process
+
+    def __post_init__(self) -> None:
+        # Checked here, before any stage runs: a bad value used to surface as a KeyError or a
+        # traceback deep inside a stage, after minutes of work.
+        from vimpac.data.synthetic import SYNTHETIC_PRESETS
+
+        if self.synthetic_preset not in SYNTHETIC_PRESETS:
+            raise ConfigError(f"synthetic_preset: expected one of {sorted(SYNTHETIC_PRESETS)}, "
+                              f"got {self.synthetic_preset!r}")
+        unknown = [v for v in self.pretrain_variants if v not in PRETRAIN_VARIANTS]
+        if unknown:
+            raise ConfigError(f"pretrain_variants: unknown variant(s) {unknown}; "
+                              f"choose from {list(PRETRAIN_VARIANTS)}")
+        if len(set(self.pretrain_variants)) != len(self.pretrain_variants):
+            raise ConfigError(f"pretrain_variants: each variant at most once, got {list(self.pretrain_variants)}")
+        if not self.seeds:
+            raise ConfigError("seeds: expected at least one seed")
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ConfigError(f"seeds: expected distinct seeds >= 0, got {list(self.seeds)}")
+        for name in ("train_per_class", "val_per_class", "size", "frames", "tokenizer_steps", "pretrain_steps",
+                     "pretrain_batch", "finetune_steps", "finetune_batch", "workers", "threads", "parallel_runs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a whole number >= 1, got {getattr(self, name)}")
+        if self.uncurated_videos < 0:
+            raise ConfigError(f"uncurated_videos: expected a count >= 0, got {self.uncurated_videos}")
+        if not self.fps > 0:
+            raise ConfigError(f"fps: expected a positive frame rate, got {self.fps}")
+        if self.size % 8:
+            raise ConfigError(f"size: expected a multiple of 8 pixels (the VQ-VAE downsamples 8x), got {self.size}")
+        for item in self.model_overrides:
+            if "=" not in item:
+                raise ConfigError(f"model_overrides: expected KEY=VALUE items, got {item!r}")
 
 
 DEMO_PRESETS: dict[str, DemoConfig] = {

@@ -6,14 +6,23 @@
     pretrain/V/  one pre-training run per variant V (Table 7 / 8 rows)
     finetune/R/  one fine-tuning run per row R (same budget for every row)
     report.md, results.json, *.png
+
+A stage folder holds STAGE.json (its settings and the results of the stages it was built from,
+written when it starts) and DONE.json (the same plus its result, written when it finishes). A
+stage with the same record is reused when done and resumed in place when interrupted; any other
+content is moved aside to `<folder>.superseded` and the stage starts afresh. Because a stage's
+record holds a fingerprint of every upstream result, redoing a stage redoes everything after it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import multiprocessing
+import shutil
 import time
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -22,17 +31,13 @@ from typing import Any, Callable
 
 import torch
 
-from vimpac.config import to_dict
-from vimpac.demo.config import DemoConfig
+from vimpac.config import ConfigError, to_dict
+from vimpac.demo.config import PRETRAIN_VARIANTS, DemoConfig
 from vimpac.io import atomic_write_json
 
-# Pre-training variants: KEY=VALUE overrides of the "tiny" pre-training preset.
-PRETRAIN_VARIANTS: dict[str, tuple[str, ...]] = {
-    "mp_cl": (),  # VIMPAC: block-masked token prediction + contrastive
-    "mp_only": ("objective.alpha=0",),  # Table 7, MP only
-    "cl_only": ("objective.masked_token=false",),  # Table 7, CL only
-    "iid_mp": ("masking.strategy=iid", "objective.alpha=0"),  # Table 8, i.i.d. masking (MP only)
-}
+__all__ = ["PRETRAIN_VARIANTS", "VARIANT_TITLES", "DemoError", "DemoInterrupted", "Stage", "TrainingRun",
+           "run_demo", "run_stage", "run_training"]
+
 VARIANT_TITLES = {
     "scratch": "no pre-training",
     "mp_cl": "VIMPAC (MP + CL)",
@@ -41,43 +46,163 @@ VARIANT_TITLES = {
     "iid_mp": "i.i.d. masking (MP only)",
     "single_frame": "VIMPAC, single frame (T = 1)",
 }
+# The folders a demo writes into --out; an out folder holding them without a demo's records is
+# someone else's, and the demo refuses to touch it.
+STAGE_FOLDERS = ("data", "tokenizer", "stores", "pretrain", "finetune")
+
+
+DATA_STAGE, TOKENIZER_STAGE, STORES_STAGE = "1/6 synthetic benchmark", "2/6 tokenizer", "3/6 tokenize"
+
+
+def pretrain_stage(name: str) -> str:
+    return f"4/6 pre-train {name}"
+
+
+def finetune_stage(name: str) -> str:
+    return f"5/6 fine-tune {name}"
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run with this --out folder; the message names the path and what to do."""
 
 
 class DemoInterrupted(RuntimeError):
     """A training stage stopped early (SIGINT / SIGTERM); its checkpoint lets a re-run resume."""
 
 
-class Stage:
-    """A stage's folder with a DONE.json recording its settings and results."""
+def fingerprint(result: dict[str, Any]) -> str:
+    """Identifies one finished run of a stage: downstream stages record it, so that a stage redone
+    for any reason (changed settings, a deleted DONE.json) makes them stale."""
+    return hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()[:16]
 
-    def __init__(self, folder: Path, settings: dict[str, Any]):
+
+class Stage:
+    """A stage's folder with STAGE.json / DONE.json recording its settings, inputs and result."""
+
+    def __init__(self, folder: Path, settings: dict[str, Any], inputs: dict[str, str] | None = None):
         self.folder = folder
         self.settings = settings
+        self.inputs = inputs or {}
+
+    def _read(self, name: str) -> dict[str, Any] | None:
+        path = self.folder / name
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise DemoError(f"{path}: not a readable demo stage record ({exc}); delete {self.folder} "
+                            "to run this stage afresh") from exc
+        return record
+
+    def _matches(self, record: dict[str, Any]) -> bool:
+        # Records written before inputs were recorded match on their settings alone.
+        return record.get("settings") == self.settings and record.get("inputs", self.inputs) == self.inputs
 
     def finished(self) -> dict[str, Any] | None:
-        done = self.folder / "DONE.json"
-        if done.exists():
-            record = json.loads(done.read_text())
-            if record.get("settings") == self.settings:
-                return record["result"]
+        done = self._read("DONE.json")
+        if done is not None and self._matches(done) and "result" in done:
+            return done["result"]
         return None
 
+    def _aside(self) -> Path:
+        return self.folder.with_name(self.folder.name + ".superseded")
+
+    def reuse(self, name: str, log: Callable[[str], None]) -> dict[str, Any] | None:
+        """The result of a finished run of these settings and inputs: in the folder, or in the
+        superseded copy (settings changed back), which then swaps places with the folder."""
+        cached = self.finished()
+        if cached is None and (self._aside() / "DONE.json").exists():
+            cached = Stage(self._aside(), self.settings, self.inputs).finished()
+            if cached is not None:
+                log(f"[{name}] {self._aside()} finished with these settings: swapping it back")
+                self._swap_with_aside()
+        if cached is not None:
+            log(f"[{name}] already done, reusing {self.folder}")
+        return cached
+
+    def _swap_with_aside(self) -> None:
+        aside = self._aside()
+        if not self.folder.exists():
+            aside.rename(self.folder)
+            return
+        swap = self.folder.with_name(self.folder.name + ".swap")
+        if swap.exists():
+            shutil.rmtree(swap)  # left by a swap that was killed half-way
+        self.folder.rename(swap)
+        aside.rename(self.folder)
+        swap.rename(aside)
+
+    def start(self, name: str, log: Callable[[str], None]) -> None:
+        """Make the folder ready for `work`: keep an unfinished run of the same settings (it resumes
+        from its checkpoints), move anything else aside, then record the settings."""
+        started = self._read("STAGE.json")
+        if started is not None and self._matches(started) and self._read("DONE.json") is None:
+            log(f"[{name}] resuming the unfinished run in {self.folder}")
+            return
+        if self.folder.exists() and any(self.folder.iterdir()):
+            aside = self._aside()
+            log(f"[{name}] {self._why_stale(started or self._read('DONE.json'))}: moving the old "
+                f"{self.folder.name} to {aside} and starting afresh")
+            if aside.exists():
+                shutil.rmtree(aside)  # keep one superseded copy, not one per change
+            self.folder.rename(aside)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.folder / "STAGE.json", {"settings": self.settings, "inputs": self.inputs})
+
+    def _why_stale(self, record: dict[str, Any] | None) -> str:
+        if record is None:
+            return "its folder holds files without a demo record (an older vimpac's run?)"
+        old = record.get("settings") or {}
+        changed = [_describe_change(key, old.get(key), self.settings.get(key))
+                   for key in sorted(set(old) | set(self.settings)) if old.get(key) != self.settings.get(key)]
+        if changed:
+            return "settings changed (" + "; ".join(changed) + ")"
+        return "a stage it is built from was redone"
+
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
-        atomic_write_json(self.folder / "DONE.json", {"settings": self.settings, "result": result})
+        atomic_write_json(self.folder / "DONE.json", {"settings": self.settings, "inputs": self.inputs,
+                                                      "result": result})
         return result
 
 
+def _describe_change(key: str, old: Any, new: Any) -> str:
+    """`key: old -> new`, for lists (and JSON lists, as in "pretrain") only the items that differ."""
+    def as_list(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
+
+    old, new = as_list(old), as_list(new)
+    if isinstance(old, list) and isinstance(new, list):
+        removed = [item for item in old if item not in new]
+        added = [item for item in new if item not in old]
+        return f"{key}: {', '.join(map(str, removed)) or '-'} -> {', '.join(map(str, added)) or '-'}"
+    return f"{key}: {old!r} -> {new!r}"
+
+
 def run_stage(name: str, folder: Path, settings: dict[str, Any], work: Callable[[], dict[str, Any]],
-              log: Callable[[str], None]) -> dict[str, Any]:
-    stage = Stage(folder, settings)
-    cached = stage.finished()
+              log: Callable[[str], None], inputs: dict[str, str] | None = None,
+              reused: list[str] | None = None) -> dict[str, Any]:
+    """Reuse the stage's result, or run `work` in its folder; `reused` collects reused names."""
+    stage = Stage(folder, settings, inputs)
+    cached = stage.reuse(name, log)
     if cached is not None:
-        log(f"[{name}] already done, reusing {folder}")
+        if reused is not None:
+            reused.append(name)
         return cached
+    stage.start(name, log)
     log(f"[{name}] running ...")
     started = time.perf_counter()
     result = work()
     result["seconds"] = round(time.perf_counter() - started, 1)
+    result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    result["run_id"] = uuid.uuid4().hex  # a redo never repeats a fingerprint, however alike its result
     log(f"[{name}] done in {result['seconds']:.0f} s")
     return stage.finish(result)
 
@@ -92,16 +217,22 @@ class TrainingRun:
     settings: dict[str, Any]
     work: Callable[..., dict[str, Any]]
     args: tuple
+    inputs: dict[str, str] | None = None  # fingerprints of the upstream results (see Stage)
 
 
-def _execute(run: TrainingRun, threads: int, progress: bool) -> dict[str, Any]:
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+def _execute(run: TrainingRun, threads: int, progress: bool,
+             log: Callable[[str], None] = _print_line) -> dict[str, Any]:
     torch.set_num_threads(threads)
     return run_stage(run.title, run.folder, run.settings, lambda: run.work(*run.args, progress=progress),
-                     lambda line: print(line, flush=True))
+                     log, run.inputs)
 
 
 def run_training(runs: list[TrainingRun], cfg: DemoConfig, log: Callable[[str], None],
-                 progress: bool) -> dict[str, dict[str, Any]]:
+                 progress: bool, reused: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Run independent training stages, `cfg.parallel_runs` at a time; results by title.
 
     Why processes: the tiny model's operations are small, so a second thread speeds one run up
@@ -112,16 +243,17 @@ def run_training(runs: list[TrainingRun], cfg: DemoConfig, log: Callable[[str], 
     results: dict[str, dict[str, Any]] = {}
     pending = []
     for run in runs:
-        cached = Stage(run.folder, run.settings).finished()
+        cached = Stage(run.folder, run.settings, run.inputs).reuse(run.title, log)
         if cached is not None:
-            log(f"[{run.title}] already done, reusing {run.folder}")
             results[run.title] = cached
+            if reused is not None:
+                reused.append(run.title)
         else:
             pending.append(run)
     workers = min(cfg.parallel_runs, len(pending))
     if workers <= 1:
         for run in pending:
-            results[run.title] = _execute(run, cfg.threads, progress)
+            results[run.title] = _execute(run, cfg.threads, progress, log)
     else:
         threads = max(1, cfg.threads // workers)
         log(f"running {len(pending)} training stages, {workers} at a time ({threads} thread(s) each)")
@@ -145,44 +277,58 @@ def run_training(runs: list[TrainingRun], cfg: DemoConfig, log: Callable[[str], 
 def run_demo(out: str | Path, cfg: DemoConfig, log: Callable[[str], None] = print,
              progress: bool = True) -> dict[str, Any]:
     out = Path(out)
+    check_settings(cfg)
+    _claim_out(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
-    results: dict[str, Any] = {"config": to_dict(cfg), "stages": {}}
+    reused: list[str] = []
+    results: dict[str, Any] = {"config": to_dict(cfg), "stages": {}, "reused": reused}
     stages = results["stages"]
 
-    stages["data"] = run_stage("1/6 synthetic benchmark", out / "data", _data_settings(cfg),
-                               lambda: _make_data(out / "data", cfg, progress), log)
-    stages["tokenizer"] = run_stage("2/6 tokenizer", out / "tokenizer", _tokenizer_settings(cfg),
-                                    lambda: _train_tokenizer(out, cfg, progress), log)
-    stages["stores"] = run_stage("3/6 tokenize", out / "stores", _store_settings(cfg),
-                                 lambda: _tokenize(out, cfg, progress), log)
+    stages["data"] = run_stage(DATA_STAGE, out / "data", _data_settings(cfg),
+                               lambda: _make_data(out / "data", cfg, progress), log, reused=reused)
+    stages["tokenizer"] = run_stage(TOKENIZER_STAGE, out / "tokenizer", _tokenizer_settings(cfg),
+                                    lambda: _train_tokenizer(out, cfg, progress), log,
+                                    {"data": fingerprint(stages["data"])}, reused)
+    stages["stores"] = run_stage(STORES_STAGE, out / "stores", _store_settings(cfg),
+                                 lambda: _tokenize(out, cfg, progress), log,
+                                 {"tokenizer": fingerprint(stages["tokenizer"])}, reused)
+    stores_input = {"stores": fingerprint(stages["stores"])}
     pretrain_runs = {}
     for variant in cfg.pretrain_variants:
         for seed in cfg.seeds:
             name = _run_name(variant, seed, cfg)
             pretrain_runs[name] = TrainingRun(
-                f"4/6 pre-train {name}", out / "pretrain" / name,
+                pretrain_stage(name), out / "pretrain" / name,
                 {**_store_settings(cfg), **_pretrain_settings(cfg, variant, seed)},
-                _pretrain, (out, cfg, variant, seed, name))
-    done = run_training(list(pretrain_runs.values()), cfg, log, progress)
+                _pretrain, (out, cfg, variant, seed, name), stores_input)
+    done = run_training(list(pretrain_runs.values()), cfg, log, progress, reused)
     pretrained = {name: done[run.title] for name, run in pretrain_runs.items()}
     stages["pretrain"] = pretrained
 
+    # The from-scratch rows' initial models: built here once, not by two workers at the same time.
+    scratch = {}
+    for seed in cfg.seeds:
+        settings = {**_store_settings(cfg), "model": _model_overrides(cfg), "frames": cfg.frames, "seed": seed}
+        scratch[seed] = run_stage(f"5/6 initial model, seed {seed}", _scratch_folder(out, seed), settings,
+                                  lambda seed=seed: _scratch_result(out, cfg, seed), log, stores_input, reused)
     finetune_runs = {}
     for row, source, frames in _finetune_rows(cfg):
         for seed in cfg.seeds:
             name = _run_name(row, seed, cfg)
+            # Not "steps": that key of the store settings is the tokenizer's, which it used to hide.
             settings = {**_store_settings(cfg), "source": source, "frames": frames, "seed": seed,
-                        "steps": cfg.finetune_steps, "batch": cfg.finetune_batch,
+                        "finetune_steps": cfg.finetune_steps, "finetune_batch": cfg.finetune_batch,
                         "pretrain": pretrained.get(_run_name(source, seed, cfg), {}).get("settings_key")}
-            finetune_runs[name] = TrainingRun(f"5/6 fine-tune {name}", out / "finetune" / name, settings,
-                                              _finetune, (out, cfg, source, frames, seed, name))
-    for seed in cfg.seeds:
-        _scratch_model(out, cfg, seed)  # written here once, not by two workers at the same time
-    done = run_training(list(finetune_runs.values()), cfg, log, progress)
+            model = scratch[seed] if source == "scratch" else pretrained[_run_name(source, seed, cfg)]
+            finetune_runs[name] = TrainingRun(finetune_stage(name), out / "finetune" / name, settings,
+                                              _finetune, (out, cfg, source, frames, seed, name),
+                                              {**stores_input, "model": fingerprint(model)})
+    done = run_training(list(finetune_runs.values()), cfg, log, progress, reused)
     stages["finetune"] = {name: done[run.title] for name, run in finetune_runs.items()}
-    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["seconds"] = round(time.perf_counter() - started, 1)  # this invocation (0 when all is reused)
+    results["stage_seconds"] = round(sum(stage_seconds(stages).values()), 1)  # as each stage recorded
 
     from vimpac.demo.report import write_report
 
@@ -190,6 +336,46 @@ def run_demo(out: str | Path, cfg: DemoConfig, log: Callable[[str], None] = prin
     results["tables"] = write_report(out, cfg, results)
     atomic_write_json(out / "results.json", results)
     return results
+
+
+def stage_seconds(stages: dict[str, Any]) -> dict[str, float]:
+    """Each stage's recorded run time (of the run that made it, for reused stages), by the stage
+    names run_demo logs and lists in results["reused"]."""
+    seconds = {DATA_STAGE: stages["data"], TOKENIZER_STAGE: stages["tokenizer"], STORES_STAGE: stages["stores"]}
+    seconds.update({pretrain_stage(name): run for name, run in stages["pretrain"].items()})
+    seconds.update({finetune_stage(name): run for name, run in stages["finetune"].items()})
+    return {title: float(result.get("seconds", 0)) for title, result in seconds.items()}
+
+
+def check_settings(cfg: DemoConfig) -> None:
+    """What DemoConfig cannot check alone (the model overrides against the pre-training config),
+    before any stage runs; raises ConfigError naming the field."""
+    from vimpac.model.errors import ModelError
+    from vimpac.pretrain.config import build_pretrain_config
+
+    for variant in cfg.pretrain_variants or ("mp_cl",):
+        try:
+            pcfg = build_pretrain_config("tiny", overrides=_pretrain_overrides(cfg, variant, cfg.seeds[0]))
+            pcfg.model.validate()  # the sizes the store fills in later do not change what fails here
+        except (ConfigError, ModelError) as exc:
+            raise ConfigError(f"model_overrides {list(cfg.model_overrides)}: {exc}") from exc
+
+
+def _claim_out(out: Path) -> None:
+    """Refuse an --out that is a file, or a folder with stage folders no demo recorded (another
+    tool's data/ would otherwise be mixed with the demo's or moved aside)."""
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"{out}: exists and is not a folder; --out expects a folder (new, or a demo's)")
+    if not out.is_dir():
+        return
+    present = [name for name in STAGE_FOLDERS
+               if (out / name).exists() and (not (out / name).is_dir() or any((out / name).iterdir()))]
+    data = out / "data"
+    if present and not ((data / "DONE.json").exists() or (data / "STAGE.json").exists()):
+        raise DemoError(
+            f"{out}: holds {', '.join(p + '/' for p in present)} but {data} has no demo record (DONE.json or "
+            "STAGE.json), so this is not a vimpac demo folder (or an older vimpac's demo stopped in its first "
+            "stage); choose another --out, or delete those folders")
 
 
 def _run_name(variant: str, seed: int, cfg: DemoConfig) -> str:
@@ -309,7 +495,7 @@ def _pretrain(out: Path, cfg: DemoConfig, variant: str, seed: int, name: str, pr
     pcfg = build_pretrain_config("tiny", overrides=overrides)
     # Side by side (no bars): a few one-line reports; not in `overrides`, which key the stage.
     pcfg = dataclasses.replace(pcfg, train=dataclasses.replace(pcfg.train, progress_lines=_progress_lines(progress)))
-    resume = (run_dir / "checkpoints").exists()
+    resume = (run_dir / "checkpoints").exists()  # safe: Stage.start moved aside runs of other settings
     result = run_pretraining(out / "stores" / "pretrain", run_dir, pcfg, resume=resume)
     if result.status != "finished":
         raise DemoInterrupted(f"pre-training {name} stopped at step {result.step} ({result.status}); "
@@ -322,19 +508,32 @@ def _finetune(out: Path, cfg: DemoConfig, source: str, frames: int, seed: int, n
               progress: bool) -> dict[str, Any]:
     from vimpac.finetune.runner import FinetuneConfig, run_finetune
 
-    pretrained = _scratch_model(out, cfg, seed) if source == "scratch" else out / "pretrain" / _run_name(source, seed, cfg) / "model"
+    if source == "scratch":
+        pretrained = _scratch_folder(out, seed)
+    else:
+        pretrained = out / "pretrain" / _run_name(source, seed, cfg) / "model"
     run_dir = out / "finetune" / name
     fcfg = FinetuneConfig(
         train_store=str(out / "stores" / "train"), val_store=str(out / "stores" / "val"), out=str(run_dir),
         pretrained=str(pretrained), preset="tiny", recipe="synthetic", frames=frames, steps=cfg.finetune_steps,
         batch_size=cfg.finetune_batch, precision="bf16", seed=seed, progress=progress,
         progress_lines=_progress_lines(progress),
+        # Safe: Stage.start has moved aside any run of other settings or inputs.
         resume=(run_dir / "checkpoints").exists())
     summary = run_finetune(fcfg)
     if summary.status != "finished":
         raise DemoInterrupted(f"fine-tuning {name} stopped at step {summary.steps} ({summary.status}); "
                               "run the same command again to resume")
     return {"status": summary.status, "steps": summary.steps, "evaluation": summary.evaluation}
+
+
+def _scratch_folder(out: Path, seed: int) -> Path:
+    return out / "finetune" / ("scratch_init" if seed == 0 else f"scratch_init_seed{seed}")
+
+
+def _scratch_result(out: Path, cfg: DemoConfig, seed: int) -> dict[str, Any]:
+    folder = _scratch_model(out, cfg, seed)
+    return {"model": str(folder)}
 
 
 def _scratch_model(out: Path, cfg: DemoConfig, seed: int) -> Path:
@@ -347,10 +546,9 @@ def _scratch_model(out: Path, cfg: DemoConfig, seed: int) -> Path:
     from vimpac.pretrain.task import resolve_config
     from vimpac.store.reader import TokenStore
 
-    folder = out / "finetune" / ("scratch_init" if seed == 0 else f"scratch_init_seed{seed}")
-    if not (folder / "model.safetensors").exists():
-        pcfg = build_pretrain_config("tiny", overrides=_pretrain_overrides(cfg, "mp_cl", 0))
-        pcfg = resolve_config(TokenStore.open(out / "stores" / "pretrain"), pcfg, 1)
-        torch.manual_seed(seed)
-        VimpacForPretraining(pcfg.model).save_pretrained(folder)
+    folder = _scratch_folder(out, seed)
+    pcfg = build_pretrain_config("tiny", overrides=_pretrain_overrides(cfg, "mp_cl", 0))
+    pcfg = resolve_config(TokenStore.open(out / "stores" / "pretrain"), pcfg, 1)
+    torch.manual_seed(seed)
+    VimpacForPretraining(pcfg.model).save_pretrained(folder)
     return folder

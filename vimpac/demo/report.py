@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from vimpac.demo.config import DemoConfig
-from vimpac.demo.pipeline import VARIANT_TITLES, _block_ratio
+from vimpac.demo.pipeline import VARIANT_TITLES, _block_ratio, stage_seconds
 from vimpac.engine.metrics import read_metrics
-from vimpac.io import atomic_write_text
+from vimpac.io import atomic_path, atomic_write_text
 
 # Paper rows (Table 7: UCF101 / SSV2 columns; Table 8: UCF101) for reference beside ours.
 TABLE7_ROWS = (("scratch", False, False), ("cl_only", False, True), ("mp_only", True, False), ("mp_cl", True, True))
@@ -63,7 +63,14 @@ def build_tables(results: dict[str, Any], cfg: DemoConfig) -> dict[str, str]:
     return {"table7": "\n".join(lines7), "table8": "\n".join(lines8), "all_runs": "\n".join(lines_all)}
 
 
-def plot_pretraining(out: Path, cfg: DemoConfig) -> Path | None:
+def _save_figure(fig: Any, path: Path) -> None:
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=90)
+
+
+def plot_pretraining(out: Path, results: dict[str, Any]) -> Path | None:
+    """Training curves of this run's pre-training variants (not of every folder in pretrain/,
+    which may hold runs of variants this run did not ask for)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +78,7 @@ def plot_pretraining(out: Path, cfg: DemoConfig) -> Path | None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     plotted = False
-    for run_dir in sorted((out / "pretrain").iterdir()) if (out / "pretrain").exists() else []:
+    for run_dir in (out / "pretrain" / name for name in results["stages"]["pretrain"]):
         if not (run_dir / "metrics.jsonl").exists():
             continue
         records = [r for r in read_metrics(run_dir) if r["split"] == "train"]
@@ -89,7 +96,9 @@ def plot_pretraining(out: Path, cfg: DemoConfig) -> Path | None:
     path = out / "pretraining_curves.png"
     fig.tight_layout()
     if plotted:
-        fig.savefig(path, dpi=90)
+        _save_figure(fig, path)
+    else:
+        path.unlink(missing_ok=True)  # an earlier run's curves would pass for this run's
     plt.close(fig)
     return path if plotted else None
 
@@ -114,28 +123,28 @@ def plot_accuracies(out: Path, results: dict[str, Any]) -> Path:
     ax.legend()
     fig.tight_layout()
     path = out / "finetune_accuracy.png"
-    fig.savefig(path, dpi=90)
+    _save_figure(fig, path)
     plt.close(fig)
     return path
 
 
 def write_report(out: Path, cfg: DemoConfig, results: dict[str, Any]) -> dict[str, str]:
     tables = build_tables(results, cfg)
-    curves = plot_pretraining(out, cfg)
+    curves = plot_pretraining(out, results)
     bars = plot_accuracies(out, results)
     stages = results["stages"]
     tok = stages["tokenizer"]
-    timing = [f"| {name} | {stage.get('seconds', 0):.0f} |" for name, stage in
-              (("synthetic data", stages["data"]), ("tokenizer", tok), ("tokenize", stages["stores"]))]
-    timing += [f"| pre-train {name} | {run.get('seconds', 0):.0f} |" for name, run in stages["pretrain"].items()]
-    timing += [f"| fine-tune {name} | {run.get('seconds', 0):.0f} |" for name, run in stages["finetune"].items()]
+    seconds = stage_seconds(stages)
+    reused = set(results.get("reused", ()))
+    timing = [f"| {title} | {value:.0f} | {'yes' if title in reused else ''} |"
+              for title, value in seconds.items()]
     data = stages["data"]
     chance = 100 / data["classes"]
     text = f"""# vimpac demo report
 
 Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {cfg.threads} threads.
 Settings: `{json.dumps(results['config'])}`.
-Stages re-used from an earlier run report the time of that run.
+Stages reused from an earlier run report the time of that run.
 
 ## Data and tokenizer
 
@@ -168,10 +177,12 @@ direction, so it should stay near half of the pair-level accuracy. That is what 
 
 ## Time per stage (seconds)
 
-| stage | seconds |
-|---|--:|
+| stage | seconds | reused |
+|---|--:|:--:|
 {chr(10).join(timing)}
-| total | {results['seconds']:.0f} |
+| all stages | {sum(seconds.values()):.0f} | |
+
+This run took {results['seconds']:.0f} s ({len(reused)} stage(s) reused).
 """
     atomic_write_text(out / "report.md", text)
     return tables

@@ -1,0 +1,272 @@
+"""Re-running the demo: reuse, resume, starting afresh when settings change, clear errors.
+
+The stage work functions are replaced by stubs that record what ran and whether a run found the
+checkpoints of an earlier one (what `_pretrain` / `_finetune` resume from), so that these tests
+take a second, not the quick demo's minute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from vimpac.cli import main
+from vimpac.demo import pipeline
+from vimpac.demo.config import DEMO_PRESETS
+
+
+class StubStages:
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.interrupt: set[str] = set()
+
+    def ran(self, kind: str) -> list:
+        return [call[1:] for call in self.calls if call[0] == kind]
+
+    def data(self, folder, cfg, progress):
+        self.calls.append(("data", cfg.synthetic_preset))
+        (folder / "train.txt").write_text("video.mp4 0\n")
+        return {"classes": 14, "train": 1, "uncurated": 1, "frame_size": [64, 64], "source_fps": 8.0}
+
+    def tokenizer(self, out, cfg, progress):
+        self.calls.append(("tokenizer", cfg.tokenizer_steps))
+        return {"tokenizer_id": f"steps{cfg.tokenizer_steps}"}
+
+    def stores(self, out, cfg, progress):
+        self.calls.append(("stores",))
+        return {}
+
+    def _train(self, kind, run_dir, name, steps):
+        resumed = (run_dir / "checkpoints").exists()
+        self.calls.append((kind, name, resumed))
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        if name in self.interrupt:
+            raise pipeline.DemoInterrupted(f"{name} stopped")
+        return {"status": "finished", "steps": steps, "metrics": {}}
+
+    def pretrain(self, out, cfg, variant, seed, name, progress):
+        result = self._train("pretrain", out / "pretrain" / name, name, cfg.pretrain_steps)
+        return {**result, "settings_key": json.dumps(pipeline._pretrain_overrides(cfg, variant, seed))}
+
+    def finetune(self, out, cfg, source, frames, seed, name, progress):
+        return self._train("finetune", out / "finetune" / name, name, cfg.finetune_steps)
+
+    def scratch(self, out, cfg, seed):
+        self.calls.append(("scratch_init", seed))
+        return {"model": "stub"}
+
+
+@pytest.fixture
+def stubs(monkeypatch):
+    stub = StubStages()
+    monkeypatch.setattr(pipeline, "_make_data", stub.data)
+    monkeypatch.setattr(pipeline, "_train_tokenizer", stub.tokenizer)
+    monkeypatch.setattr(pipeline, "_tokenize", stub.stores)
+    monkeypatch.setattr(pipeline, "_pretrain", stub.pretrain)
+    monkeypatch.setattr(pipeline, "_finetune", stub.finetune)
+    monkeypatch.setattr(pipeline, "_scratch_result", stub.scratch)
+    monkeypatch.setattr("vimpac.demo.report.write_report", lambda out, cfg, results: {})
+    return stub
+
+
+def quick(**changes):
+    return dataclasses.replace(DEMO_PRESETS["quick"], **changes)
+
+
+def run(out, cfg, stub):
+    stub.calls.clear()
+    lines: list[str] = []
+    results = pipeline.run_demo(out, cfg, log=lines.append, progress=False)
+    return results, "\n".join(lines)
+
+
+FINETUNE_ROWS = [("scratch", False), ("mp_cl", False), ("mp_only", False), ("single_frame", False)]
+
+
+def test_a_changed_pretraining_setting_starts_those_runs_afresh_and_redoes_what_follows(tmp_path, stubs):
+    out = tmp_path / "demo"
+    run(out, quick(), stubs)
+    assert stubs.ran("pretrain") == [("mp_cl", False), ("mp_only", False)]
+
+    results, log = run(out, quick(pretrain_steps=16), stubs)
+    # Fresh runs (no checkpoint of the 12-step run to continue from), not a continuation.
+    assert stubs.ran("pretrain") == [("mp_cl", False), ("mp_only", False)]
+    assert stubs.ran("finetune") == [("mp_cl", False), ("mp_only", False), ("single_frame", False)]
+    assert not stubs.ran("data") and not stubs.ran("tokenizer") and not stubs.ran("stores")
+    assert not stubs.ran("scratch_init")  # the from-scratch row does not depend on pre-training
+    assert "settings changed (overrides: train.total_steps=12, train.val_every=2 -> train.total_steps=16" in log
+    assert (out / "pretrain" / "mp_cl.superseded" / "checkpoints").is_dir()  # the old run is kept aside
+    done = json.loads((out / "pretrain" / "mp_cl" / "DONE.json").read_text())
+    assert done["result"]["steps"] == 16 and "train.total_steps=16" in done["settings"]["overrides"]
+    assert results["stages"]["pretrain"]["mp_cl"]["steps"] == 16
+
+    # Back to 8 steps: again afresh, and the record agrees with the run.
+    run(out, quick(pretrain_steps=8), stubs)
+    assert stubs.ran("pretrain") == [("mp_cl", False), ("mp_only", False)]
+    done = json.loads((out / "pretrain" / "mp_cl" / "DONE.json").read_text())
+    assert done["result"]["steps"] == 8
+
+    # Back to 16 steps: the superseded copy finished with these settings, and is swapped back.
+    results, log = run(out, quick(pretrain_steps=16), stubs)
+    assert stubs.calls == []
+    assert results["stages"]["pretrain"]["mp_cl"]["steps"] == 16
+    assert json.loads((out / "pretrain" / "mp_cl.superseded" / "DONE.json").read_text())["result"]["steps"] == 8
+
+
+def test_a_changed_tokenizer_redoes_the_stores_and_everything_trained_on_them(tmp_path, stubs):
+    out = tmp_path / "demo"
+    run(out, quick(), stubs)
+    run(out, quick(tokenizer_steps=41), stubs)
+    assert stubs.ran("tokenizer") == [(41,)] and stubs.ran("stores") == [()]
+    assert not stubs.ran("data")
+    assert stubs.ran("scratch_init") == [(0,)]
+    assert stubs.ran("pretrain") == [("mp_cl", False), ("mp_only", False)]
+    assert stubs.ran("finetune") == FINETUNE_ROWS
+    assert (out / "stores.superseded").is_dir()
+
+
+def test_a_folder_of_an_older_vimpac_without_inputs_records_still_redoes_what_a_change_affects(tmp_path, stubs):
+    out = tmp_path / "demo"
+    run(out, quick(), stubs)
+    for record in out.rglob("DONE.json"):  # as an older vimpac wrote them: settings and result only
+        done = json.loads(record.read_text())
+        record.write_text(json.dumps({"settings": done["settings"], "result": done["result"]}))
+        (record.parent / "STAGE.json").unlink()
+    run(out, quick(), stubs)
+    assert stubs.ran("finetune") == []  # finished stages of an older vimpac are reused
+    run(out, quick(tokenizer_steps=41), stubs)
+    assert stubs.ran("finetune") == FINETUNE_ROWS  # the from-scratch row too: its stores changed
+
+
+def test_a_stage_redone_with_the_same_settings_redoes_the_stages_after_it(tmp_path, stubs):
+    out = tmp_path / "demo"
+    run(out, quick(), stubs)
+    (out / "pretrain" / "mp_only" / "DONE.json").unlink()  # as if it had never finished
+    _, log = run(out, quick(), stubs)
+    assert stubs.ran("pretrain") == [("mp_only", True)]
+    assert stubs.ran("finetune") == [("mp_only", False)]  # built on the old mp_only: stale
+    assert "a stage it is built from was redone" in log
+
+
+def test_an_interrupted_stage_resumes_unless_its_settings_changed(tmp_path, stubs):
+    out = tmp_path / "demo"
+    stubs.interrupt = {"mp_only"}
+    with pytest.raises(pipeline.DemoInterrupted):
+        run(out, quick(), stubs)
+    stubs.interrupt = set()
+    run(out, quick(), stubs)
+    assert stubs.ran("pretrain") == [("mp_only", True)]  # resumed from its checkpoint; mp_cl reused
+
+    stubs.interrupt = {"mp_cl"}
+    with pytest.raises(pipeline.DemoInterrupted):
+        run(out, quick(pretrain_steps=20), stubs)
+    stubs.interrupt = set()
+    run(out, quick(pretrain_steps=24), stubs)
+    assert ("mp_cl", False) in stubs.ran("pretrain")  # the interrupted 20-step run is not continued
+
+
+def test_the_quick_and_the_full_demo_in_one_folder_regenerate_the_data(tmp_path, stubs):
+    out = tmp_path / "demo"
+    run(out, quick(), stubs)
+    full = dataclasses.replace(DEMO_PRESETS["full"], parallel_runs=1)  # stubs run in this process only
+    _, log = run(out, full, stubs)
+    assert stubs.ran("data") == [("small",)]
+    assert "preset: 'tiny' -> 'small'" in log
+    assert (out / "data.superseded" / "train.txt").exists()
+
+
+def test_quick_demo_defaults_to_its_own_folder(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_run_demo(out, cfg, progress):
+        seen.append(str(out))
+        raise pipeline.DemoInterrupted("stop here")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pipeline, "run_demo", fake_run_demo)
+    main(["demo", "--quick"])
+    main(["demo"])
+    assert seen == ["demo_out_quick", "demo_out"]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_a_folder_that_is_not_a_demos_is_refused_with_a_clear_error(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "synthetic.json").write_text('{"config": {"num_frames": 32}}')
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 1
+    err = one_line_error(capsys)
+    assert str(tmp_path) in err and "not a vimpac demo folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing moved or written
+
+
+def test_an_out_path_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert main(["demo", "--quick", "--out", str(afile)]) == 1
+    assert "is not a folder" in one_line_error(capsys)
+    assert afile.read_text() == "mine"
+
+
+def test_a_typed_error_inside_a_stage_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    from vimpac.store.errors import StoreError
+
+    def failing(out, cfg, progress):
+        raise StoreError(f"{out}/stores/train/store.json: made with another tokenizer")
+
+    monkeypatch.setattr(pipeline, "run_demo", failing)
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 1
+    assert "made with another tokenizer" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("pretrain_variants=foo", "pretrain_variants: unknown variant(s) ['foo']; choose from ['mp_cl'"),
+    ("synthetic_preset=foo", "synthetic_preset: expected one of ["),
+    ("threads=0", "threads: expected a whole number >= 1, got 0"),
+    ("frames=0", "frames: expected a whole number >= 1, got 0"),
+    ("seeds=1,1", "seeds: expected distinct seeds"),
+    ("size=60", "size: expected a multiple of 8"),
+    ("model_overrides=depth=3", "unknown config field 'model.depth'"),
+    ("model_overrides=dim=65", "model_overrides ['dim=65']: model config: attention width 65"),
+])
+def test_bad_demo_settings_are_refused_before_any_work(tmp_path, capsys, setting, expected):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), setting]) == 2
+    assert expected in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_pretraining_curves_show_only_this_runs_variants_and_are_written_atomically(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from vimpac.demo import report
+
+    for name in ("mp_cl", "mp_only"):
+        (tmp_path / "pretrain" / name).mkdir(parents=True)
+        (tmp_path / "pretrain" / name / "metrics.jsonl").write_text(
+            "".join(json.dumps({"split": "train", "step": s, "mask_loss": 5.0 - s}) + "\n" for s in (1, 2)))
+    results = {"stages": {"pretrain": {"mp_cl": {}}}}
+    labels = []
+    real_save = report._save_figure
+    monkeypatch.setattr(report, "_save_figure", lambda fig, path: (
+        labels.extend(t.get_text() for t in fig.axes[0].get_legend().get_texts()), real_save(fig, path)))
+    path = report.plot_pretraining(tmp_path, results)
+    assert labels == ["VIMPAC (MP + CL)"]
+    before = path.read_bytes()
+
+    def broken_savefig(self, target, **kwargs):
+        with open(target, "wb") as f:
+            f.write(b"half a png")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken_savefig)
+    with pytest.raises(OSError):
+        report.plot_pretraining(tmp_path, results)
+    assert path.read_bytes() == before  # the old picture, whole
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
