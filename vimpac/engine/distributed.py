@@ -42,13 +42,6 @@ def init_distributed(device: str = "cpu") -> DistInfo:
     return info
 
 
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; any other name unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def rank_device(device: str | torch.device, info: DistInfo) -> torch.device:
     """The device this process trains on: a plain "cuda" means this rank's GPU under torchrun."""
     if str(device).startswith("cuda") and info.enabled:

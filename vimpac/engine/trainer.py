@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from vimpac.config import ConfigError
+from vimpac.devices import check_device, resolve_device
 from vimpac.engine import distributed
 from vimpac.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
 from vimpac.engine.distributed import DistInfo
@@ -95,27 +96,11 @@ class TrainConfig:
             raise bad("max_minutes", "a number of minutes >= 0, or null for no limit")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise bad("precision", "fp32, bf16 or fp16")
-        device = distributed.resolve_device(self.device)
+        device = resolve_device(self.device)
         check_device(device, f"{prefix}device")
         if self.precision == "fp16" and not device.startswith("cuda"):
             raise ConfigError(f"{prefix}precision: fp16 needs a CUDA device (fp16 on CPU is very slow); "
                               f"use bf16 or fp32 on {self.device!r}")
-
-
-def check_device(device: str, where: str) -> None:
-    """Raise `ConfigError` unless `device` names a device torch can use here."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"{where}: expected cpu, cuda or cuda:N, got {device!r}") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{where}: {device!r} asked, but torch sees no CUDA device here "
-                              f"(torch {torch.__version__}); use cpu")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ConfigError(f"{where}: {device!r} asked, but there are {torch.cuda.device_count()} CUDA devices")
-    elif parsed.type != "cpu":
-        raise ConfigError(f"{where}: expected cpu, cuda or cuda:N, got {device!r}")
 
 
 def _is_int(value: Any) -> bool:
@@ -165,7 +150,7 @@ class Trainer:
                  run_config: dict[str, Any] | None = None, param_groups: list[dict] | None = None):
         # `param_groups`: optional AdamW groups built by the caller (e.g. layer-wise LR decay,
         # each group's "lr" already scaled); None gives the default decay / no-decay groups.
-        cfg = dataclasses.replace(cfg, device=distributed.resolve_device(cfg.device))
+        cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))
         cfg.validate()
         self.cfg = cfg
         self.task = task

@@ -171,7 +171,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     import dataclasses
 
     from vimpac.config import ConfigError, to_dict
-    from vimpac.engine import distributed
+    from vimpac.devices import resolve_device
     from vimpac.engine.checkpoint import CheckpointError
     from vimpac.model.errors import ModelError
     from vimpac.pretrain.config import build_pretrain_config
@@ -186,7 +186,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         if args.device:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=args.device))
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-            cfg.train, device=distributed.resolve_device(cfg.train.device)))
+            cfg.train, device=resolve_device(cfg.train.device)))
         if args.print_config:
             cfg.train.validate()
             cfg = resolve_config(TokenStore.open(args.store), cfg, world_size=1)

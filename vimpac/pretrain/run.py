@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from vimpac.config import to_dict
+from vimpac.devices import resolve_device
 from vimpac.engine import distributed
 from vimpac.engine.checkpoint import latest_checkpoint
 from vimpac.engine.sync_batchnorm import GatheredBatchNorm1d, synchronize_batchnorm
@@ -28,7 +29,7 @@ def run_pretraining(store_path: str | Path, run_dir: str | Path, cfg: PretrainCo
                     init_from: str | Path | None = None) -> TrainResult:
     run_dir = Path(run_dir)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, device=distributed.resolve_device(cfg.train.device)))
+        cfg.train, device=resolve_device(cfg.train.device)))
     cfg.train.validate()
     dist = distributed.init_distributed(cfg.train.device)
     store = TokenStore.open(store_path)
