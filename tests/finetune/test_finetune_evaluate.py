@@ -91,3 +91,15 @@ def test_evaluate_refuses_a_model_of_another_codebook(tmp_path, capsys):
     code = main(["evaluate", "--checkpoint", str(tmp_path / "model"), "--store", str(store_dir),
                  "--out", str(tmp_path / "e"), "--no-progress"])
     assert code == 2 and f"codebook of {2 * CODEBOOK} codes" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device, message", [("cuda", "torch sees no CUDA device"),
+                                             ("tpu", "expected cpu, cuda or cuda:N")])
+def test_evaluate_refuses_a_device_torch_cannot_use(tmp_path, capsys, device, message):
+    random_classifier().save_pretrained(tmp_path / "model")
+    store_dir = make_store(tmp_path / "s", num_videos=3)
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "model"), "--store", str(store_dir),
+                 "--out", str(tmp_path / "e"), "--device", device, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("vimpac evaluate: --device: ") and message in err

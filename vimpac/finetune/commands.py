@@ -159,11 +159,13 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from vimpac.devices import check_device
     from vimpac.finetune.evaluate import evaluate_classifier, write_evaluation
     from vimpac.finetune.loading import load_classifier
     from vimpac.store import TokenStore
 
     try:
+        check_device(args.device, "--device")
         store = TokenStore.open(args.store)
         model = load_classifier(args.checkpoint, frames=args.frames, grid=store.grid,
                                 expect_codebook_size=store.meta.codebook_size).to(args.device)
@@ -180,6 +182,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_probe(args: argparse.Namespace) -> int:
+    from vimpac.devices import check_device
     from vimpac.finetune.errors import FinetuneError
     from vimpac.finetune.loading import load_backbone
     from vimpac.finetune.probe import extract_features, knn_evaluate, linear_probe_evaluate
@@ -187,6 +190,7 @@ def _run_probe(args: argparse.Namespace) -> int:
     from vimpac.store import TokenStore
 
     try:
+        check_device(args.device, "--device")
         train = TokenStore.open(args.train_store)
         val = TokenStore.open(args.val_store, expect_tokenizer_id=train.meta.tokenizer_id)
         for store in (train, val):  # before minutes of feature extraction
@@ -211,11 +215,13 @@ def _run_probe(args: argparse.Namespace) -> int:
 
 
 def _run_embed(args: argparse.Namespace) -> int:
+    from vimpac.devices import check_device
     from vimpac.finetune.embed import embed_videos, write_embeddings
     from vimpac.finetune.loading import load_backbone
     from vimpac.tokenizer.base import load_tokenizer
 
     try:
+        check_device(args.device, "--device")
         tokenizer = load_tokenizer(args.tokenizer, device=args.device)
         grid = (args.size // tokenizer.downsample,) * 2
         backbone = load_backbone(args.checkpoint, frames=args.frames, grid=grid,
