@@ -171,6 +171,8 @@ class Trainer:
         self.skipped_steps = 0
         self._stop_signal: int | None = None
         # Metrics since the last log row; saved in checkpoints so a resumed run logs the same rows.
+        # (Under DDP the checkpoint holds rank 0's window, so after a resume mid-window the other
+        # ranks' share of that one logged row is rank 0's; the training itself is unaffected.)
         self._window = _Window()
 
     # ------------------------------------------------------------------ public
