@@ -202,6 +202,26 @@ def test_ucf101_malformed(tmp_path):
         read_ucf101(folder, 1, "train")
 
 
+@pytest.mark.parametrize("fmt", ["auto", "ucf101"])
+def test_ucf101_list_file_and_conflicting_options_are_refused(tmp_path, fmt):
+    # A tiny ucfTrainTestlist: the named file and the ones a conflicting option would pick
+    # instead (testlist01.txt, trainlist02.txt) all exist, so a silent switch would go unseen.
+    folder = make_ucf101(tmp_path / "ucfTrainTestlist")
+    write(folder / "trainlist02.txt", "HandstandPushups/v_HandStandPushups_g01_c03.avi 3\n")
+    train01 = folder / "trainlist01.txt"
+    for options, asked in (({"subset": "test"}, "subset='test'"), ({"split": 2}, "split=2"),
+                           ({"split": 2, "subset": "test"}, "split=2 and subset='test'")):
+        with pytest.raises(AnnotationError) as caught:
+            load_annotations(fmt, train01, **options)
+        message = str(caught.value)
+        assert message.startswith(f"{train01}: ") and asked in message and "split 1, subset 'train'" in message
+    # Options that agree with the file name are fine.
+    expected = read_ucf101(folder, 1, "train").records
+    assert load_annotations(fmt, train01, split=1, subset="train").records == expected
+    assert load_annotations(fmt, train01, subset="train").records == expected
+    assert load_annotations(fmt, folder / "testlist01.txt", split=1).source == "ucf101 split 1 test"
+
+
 # ------------------------------------------------------------------------------ HMDB51
 
 

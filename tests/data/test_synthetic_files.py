@@ -175,3 +175,38 @@ def test_a_worker_that_dies_is_a_clear_error_and_a_rerun_finishes(tmp_path):
     for r in results:
         with av.open(r.path) as container:
             assert sum(1 for _ in container.decode(video=0)) == CFG.num_frames  # whole files only
+
+
+def test_cli_refuses_a_non_empty_folder_it_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    (tokenizer / "tokenizer.json").write_text("{}")
+    args = ["make-synthetic", "--out", str(tokenizer), "--preset", "tiny", "--uncurated-videos", "0", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(tokenizer) in err and "synthetic.json" in err and "not empty" in err
+    assert sorted(p.name for p in tokenizer.iterdir()) == ["tokenizer.json"]  # nothing written into it
+
+
+def test_rerun_removes_its_stale_temporaries(bench_dir: Path) -> None:
+    # What a run killed inside write_video leaves: ".<video>.<random>.tmp.mp4" beside the video.
+    folder = bench_dir / "videos" / "moving_right"
+    stale = [folder / ".moving_right_train_0000.mp4.k2x9q1zz.tmp.mp4", folder / ".moving_right_val_0000.mp4.a_b_c123.tmp.mp4"]
+    not_ours = [folder / ".notes.tmp.mp4", folder / ".moving_right_train_0099.mp4.k2x9q1zz.tmp.mp4"]
+    for path in stale + not_ours:
+        path.write_bytes(b"partial")
+    summary = generate_benchmark(bench_dir, CFG, progress=False, workers=1)
+    assert summary.written == 0  # every video was already whole
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in not_ours)  # not the temporary of a video of this benchmark
+    for path in not_ours:
+        path.unlink()
+
+
+def test_cli_size_error_says_what_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for size in ("18x10", "30x32", "33x32"):
+        with pytest.raises(SystemExit):
+            main(["make-synthetic", "--out", str(tmp_path / "out"), "--size", size])
+        err = capsys.readouterr().err
+        assert "--size" in err and "even and >= 32" in err and size in err
+    assert not (tmp_path / "out").exists()

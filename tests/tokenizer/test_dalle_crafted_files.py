@@ -235,7 +235,7 @@ def test_convert_dalle_unusable_out_dir_is_a_one_line_error(official_pickles, tm
     afile = tmp_path / "afile"
     afile.write_text("x\n")
     for out, expected in ((afile, f"error: {afile}: exists and is not a folder"),
-                          (afile / "sub", f"error: {afile / 'sub'}: Not a directory"),
+                          (afile / "sub", f"error: {afile / 'sub'}: cannot be created, {afile} is a file"),
                           (Path("/proc/vimpac-test"), "error: /proc/vimpac-test: No such file or directory")):
         assert vimpac_main(["convert-dalle", str(enc_pkl), str(dec_pkl), str(out)]) == 1
         err = capsys.readouterr().err

@@ -841,7 +841,7 @@ def load_annotations(fmt: str, path: PathLike, **options: Any) -> AnnotationSet:
     """
     if fmt == "auto":
         fmt, implied = detect_format(path)
-        options = {**implied, **options}
+        options = _merge_implied_options(path, implied, options)
     p = Path(path)
     if fmt == "mmaction":
         return read_mmaction_list(path, **options)
@@ -849,7 +849,8 @@ def load_annotations(fmt: str, path: PathLike, **options: Any) -> AnnotationSet:
         if p.is_file():  # a trainlist0N.txt / testlist0N.txt given directly
             match = _UCF101_LIST.match(p.name)
             if match:
-                options = {"split": int(match["split"]), "subset": match["subset"], **options}
+                implied = {"split": int(match["split"]), "subset": match["subset"]}
+                options = _merge_implied_options(path, implied, options)
             p = p.parent
         _require(options, ("split", "subset"), fmt)
         return read_ucf101(p, **options)
@@ -874,6 +875,22 @@ def load_annotations(fmt: str, path: PathLike, **options: Any) -> AnnotationSet:
     if fmt == "howto100m":
         return read_howto100m(path, **options)
     raise ValueError(f"fmt: expected one of {[*FORMATS, 'auto']}, got {fmt!r}")
+
+
+def _merge_implied_options(path: PathLike, implied: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The options a file's name implies (trainlist02.txt: split 2, subset train) plus the given
+    ones; a given option that contradicts the name is refused rather than silently reading
+    another file than the one named."""
+    conflicts = [f"{name}={options[name]!r}" for name, value in implied.items()
+                 if name in options and options[name] != value]
+    if conflicts:
+        named = ", ".join(f"{name} {value!r}" for name, value in implied.items())
+        raise AnnotationError(
+            path,
+            f"the file name means {named}, but {' and '.join(conflicts)} was asked (--split / --subset); "
+            "drop those options, or point at the ucfTrainTestlist folder and choose split and subset there",
+        )
+    return {**options, **implied}
 
 
 def _require(options: dict[str, Any], names: Sequence[str], fmt: str) -> None:

@@ -7,16 +7,18 @@ import sys
 
 
 def _size(text: str) -> tuple[int, int]:
-    """'128x96' -> (128, 96) as (height, width); '128' -> (128, 128)."""
+    """'128x96' -> (128, 96) as (height, width); '128' -> (128, 128). Each side even (H.264's
+    4:2:0 chroma) and >= 32 (what `SyntheticConfig` accepts)."""
+    expected = f"expected HxW in pixels, each side even and >= 32 (e.g. 128x128), got {text!r}"
     parts = text.lower().split("x")
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW in pixels (e.g. 128x128), got {text!r}") from None
+        raise argparse.ArgumentTypeError(expected) from None
     if len(values) == 1:
         values *= 2
-    if len(values) != 2 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected HxW in pixels (e.g. 128x128), got {text!r}")
+    if len(values) != 2 or any(v < 32 or v % 2 for v in values):
+        raise argparse.ArgumentTypeError(expected)
     return values[0], values[1]
 
 
@@ -31,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Re-running into the same folder resumes: existing videos are kept."
         ),
     )
-    parser.add_argument("--out", required=True, help="output folder (created; resumed if it exists)")
+    parser.add_argument("--out", required=True,
+                        help="output folder: new, empty, or one make-synthetic wrote (resumed)")
     parser.add_argument(
         "--preset", default="default", choices=("default", "small", "tiny"),
         help="starting config: default (128x128), small (64x64) or tiny (seconds to make); flags below override it",
@@ -42,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     length.add_argument("--frames", type=int, metavar="N", help="frames per labelled clip (default 32)")
     length.add_argument("--seconds", type=float, metavar="S", help="seconds per labelled clip (default 4)")
     parser.add_argument("--fps", type=float, metavar="F", help="source frame rate of every video (default 8)")
-    parser.add_argument("--size", type=_size, metavar="HxW", help="frame size in pixels, even (default 128x128)")
+    parser.add_argument("--size", type=_size, metavar="HxW",
+                        help="frame size in pixels, each side even and >= 32 (default 128x128)")
     parser.add_argument("--seed", type=int, metavar="S", help="base seed; every video is seeded from (seed, split, class, index)")
     parser.add_argument("--classes", metavar="A,B,...", help="comma-separated subset of the class names (default: all 14)")
     parser.add_argument("--backgrounds", choices=("photos", "plain", "noise"), help="background kind (default photos)")
@@ -62,6 +66,7 @@ def _run_make_synthetic(args: argparse.Namespace) -> int:
         SYNTHETIC_PRESETS,
         BackgroundError,
         SyntheticError,
+        check_output_folder,
         generate_benchmark,
         generate_uncurated,
     )
@@ -86,6 +91,7 @@ def _run_make_synthetic(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg = dataclasses.replace(base, **changes)
+        check_output_folder(args.out)
         summary = generate_benchmark(args.out, cfg, progress=not args.no_progress, workers=args.workers)
         if cfg.uncurated_videos:
             summary = summary.merge(generate_uncurated(args.out, cfg, progress=not args.no_progress, workers=args.workers))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -317,6 +318,7 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: bool, desc: str,
     from tqdm import tqdm
 
     make = make or _make_video
+    _remove_stale_temporaries(jobs)
 
     results: list[_JobResult] = []
     # Videos already on disk are counted here, so a finished folder re-runs without a pool.
@@ -371,6 +373,45 @@ def _manifest(cfg: SyntheticConfig) -> dict[str, Any]:
             "uncurated": "uncurated.txt", "uncurated_events": "uncurated_events.json",
         },
     }
+
+
+def check_output_folder(out_dir: str | os.PathLike) -> None:
+    """Refuse an output path that is not new, empty or a benchmark folder (marked by its
+    synthetic.json): `vimpac make-synthetic` must not mix videos into a token store, a
+    tokenizer or any other folder. The generate functions themselves write into any folder,
+    since callers such as the demo prepare the folder (with their own records) first."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise SyntheticError(f"{out_dir}: the output path exists and is not a folder")
+    if (out_dir / MANIFEST_NAME).is_file():
+        return
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if entries:
+        listed = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
+        raise SyntheticError(f"{out_dir}: not empty ({listed}) and not a synthetic benchmark (no {MANIFEST_NAME}); "
+                             "choose a new or empty folder, or one that make-synthetic wrote")
+
+
+def _remove_stale_temporaries(jobs: list[_Job]) -> None:
+    """Delete what killed runs left of the videos of `jobs`: `write_video`'s atomic temporaries
+    (".<video>.<random>.tmp.mp4"), which a finished write renames and an interrupted one leaves."""
+    wanted: dict[Path, set[str]] = {}
+    for job in jobs:
+        path = Path(job.path)
+        wanted.setdefault(path.parent, set()).add(path.name)
+    for folder, names in wanted.items():
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            match = _TEMPORARY_VIDEO.match(entry.name)
+            if match and match["video"] in names and entry.is_file():
+                entry.unlink(missing_ok=True)
+
+
+# vimpac.io.atomic_path's name for the temporary of "<video>.mp4" (mkstemp's random part has no dot).
+_TEMPORARY_VIDEO = re.compile(r"^\.(?P<video>.+\.mp4)\.[^.]+\.tmp\.mp4$")
 
 
 def _claim_folder(out_dir: Path, cfg: SyntheticConfig) -> None:

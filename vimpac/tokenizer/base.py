@@ -9,8 +9,12 @@ a store made with one tokenizer is never read as if made with another.
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -47,16 +51,31 @@ class FrameTokenizer(ABC):
         """A short stable hash of the config and weights; stores record it."""
 
 
+FOLDER_CONTENTS = ("a tokenizer folder holds tokenizer.json (with \"kind\": \"dalle\" or \"vqvae\") and "
+                   "model.safetensors (see `vimpac train-tokenizer` and `vimpac convert-dalle`)")
+
+
 def load_tokenizer(folder: str | Path, device: str | torch.device = "cpu") -> FrameTokenizer:
+    """Build the tokenizer saved in `folder`; raises `TokenizerError` naming the path for a bad one."""
     folder = Path(folder)
+    if folder.is_file():
+        # A common slip: pointing at the weights or the config instead of their folder.
+        hint = f"; did you mean {folder.parent}?" if folder.name in ("tokenizer.json", "model.safetensors") else ""
+        raise TokenizerError(f"{folder}: is a file, expected a tokenizer folder; {FOLDER_CONTENTS}{hint}")
+    if not folder.is_dir():
+        raise TokenizerError(f"{folder}: no such tokenizer folder; {FOLDER_CONTENTS}")
     config_path = folder / "tokenizer.json"
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise TokenizerError(f"{config_path}: not found; a tokenizer folder needs tokenizer.json "
-                             "and model.safetensors (see `vimpac train-tokenizer` and `vimpac convert-dalle`)") from None
-    except json.JSONDecodeError as exc:
+        raise TokenizerError(f"{config_path}: not found; {FOLDER_CONTENTS}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TokenizerError(f"{config_path}: not valid JSON: {exc}") from None
+    except OSError as exc:  # a folder named tokenizer.json, no permission to read it, ...
+        raise TokenizerError(f"{config_path}: cannot read: {exc.strerror or exc}") from None
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{config_path}: expected a JSON object with \"kind\": \"dalle\" or \"vqvae\", "
+                             f"got a JSON {type(config).__name__}; {FOLDER_CONTENTS}")
     kind = config.get("kind")
     if kind == "dalle":
         from vimpac.tokenizer.dalle import DalleTokenizer
@@ -67,3 +86,60 @@ def load_tokenizer(folder: str | Path, device: str | torch.device = "cpu") -> Fr
 
         return VQVAETokenizer.from_pretrained(folder, device=device)
     raise TokenizerError(f"{config_path}: unknown tokenizer kind {kind!r}; expected 'dalle' or 'vqvae'")
+
+
+def check_output_folder(out_dir: str | Path, overwrite: bool) -> bool:
+    """Check, before any work, that a tokenizer can be written to `out_dir`.
+
+    Returns True when `out_dir` holds a tokenizer that `overwrite` allows replacing (write with
+    `write_tokenizer_folder(..., replace=True)`), False when it is new or empty. Refuses a file,
+    a folder below a file, a non-empty folder that is not a tokenizer (it may not be ours to
+    delete), and an existing tokenizer without `overwrite` (a token store may reference it).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TokenizerError(f"{out_dir}: exists and is not a folder; expected a new or empty tokenizer folder")
+    if not out_dir.exists():
+        existing = next(p for p in out_dir.absolute().parents if p.exists())
+        if not existing.is_dir():
+            raise TokenizerError(f"{out_dir}: cannot be created, {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise TokenizerError(f"{out_dir}: cannot be created, no permission to write in {existing}")
+        return False
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if not entries:
+        return False
+    listed = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
+    if "tokenizer.json" not in entries:
+        raise TokenizerError(f"{out_dir}: not empty ({listed}) and not a tokenizer folder; "
+                             "choose a new or empty folder")
+    if not overwrite:
+        raise TokenizerError(f"{out_dir}: already holds a tokenizer ({listed}); pass --overwrite to replace "
+                             "the whole folder, or choose a new one")
+    return True
+
+
+def write_tokenizer_folder(out_dir: str | Path, replace: bool, write: Callable[[Path], None]) -> None:
+    """Call `write(folder)` to fill `out_dir`; with `replace`, swap the old folder out only once
+    the new one is complete, so an interruption leaves the old tokenizer whole and nothing of it
+    (a train_report.json, a demo's DONE.json) stays behind to describe the new one."""
+    out_dir = Path(out_dir)
+    if not replace:
+        write(out_dir)
+        return
+    # os.mkdir (not mkdtemp, which makes 0700) gives the staging folder umask permissions.
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    staging, retired = (out_dir.parent / f".{out_dir.name}.{kind}-{token}" for kind in ("new", "old"))
+    os.mkdir(staging)
+    try:
+        write(staging)
+        os.replace(out_dir, retired)
+        try:
+            os.replace(staging, out_dir)
+        except BaseException:
+            os.replace(retired, out_dir)
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)

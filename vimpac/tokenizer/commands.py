@@ -64,7 +64,9 @@ def _register_train_tokenizer(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("videos", nargs="+", metavar="VIDEOS", help="video files, folders or MMAction2 list files")
-    parser.add_argument("--out", required=True, metavar="DIR", help="tokenizer folder to write")
+    parser.add_argument("--out", required=True, metavar="DIR", help="tokenizer folder to write (new or empty)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace DIR when it already holds a tokenizer (the whole folder is replaced, once training is done)")
     parser.add_argument("--preset", default="tiny", help="model preset: tiny (default, CPU demo) or small")
     parser.add_argument("--codebook-size", type=int, default=None, metavar="K", help="number of codes (default: the preset's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -79,7 +81,7 @@ def _register_train_tokenizer(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=None, metavar="M",
                         help="stop training after M minutes (then evaluate and save as usual)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--no-bf16", action="store_true", help="train and encode in plain fp32")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=_run_train_tokenizer)
@@ -103,6 +105,7 @@ def _run_train_tokenizer(args: argparse.Namespace) -> int:
         )
         train_tokenizer_from_videos(
             args.videos, args.out, model_cfg, train_cfg, data_cfg, device=args.device, progress=not args.quiet,
+            existing_out="replace" if args.overwrite else "refuse",
         )
     except (ConfigError, TokenizerError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -23,9 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import secrets
-import shutil
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +35,7 @@ import torch.nn.functional as F
 
 from vimpac.config import ConfigError, from_dict, to_dict
 from vimpac.io import atomic_path, atomic_write_json
-from vimpac.tokenizer.base import FrameTokenizer, TokenizerError
+from vimpac.tokenizer.base import FrameTokenizer, TokenizerError, check_output_folder, write_tokenizer_folder
 
 LOGIT_LAPLACE_EPS = 0.1
 GROUP_COUNT = 4  # a fixed class constant in the `dall_e` package, not a constructor argument
@@ -662,48 +659,8 @@ def convert_official_pickles(encoder_pkl: str | Path, decoder_pkl: str | Path, o
     a demo's DONE.json) stays behind to describe the new one; any other non-empty folder is
     refused even then, as it may not be ours to delete.
     """
-    out_dir = Path(out_dir)
-    replace = _check_convert_target(out_dir, overwrite)
+    replace = check_output_folder(out_dir, overwrite)
     tokenizer = load_official_pickles(encoder_pkl, decoder_pkl, precision="fp32")
     source = {"encoder": Path(encoder_pkl).name, "decoder": Path(decoder_pkl).name}
-    if not replace:
-        tokenizer.save_pretrained(out_dir, source=source)
-        return tokenizer
-    # Write the new folder beside the old one, then swap: the old tokenizer stays whole until
-    # the new one is complete. os.mkdir (not mkdtemp, which makes 0700) gives umask permissions.
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
-    staging, retired = (out_dir.parent / f".{out_dir.name}.{kind}-{token}" for kind in ("new", "old"))
-    os.mkdir(staging)
-    try:
-        tokenizer.save_pretrained(staging, source=source)
-        os.replace(out_dir, retired)
-        try:
-            os.replace(staging, out_dir)
-        except BaseException:
-            os.replace(retired, out_dir)
-            raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
+    write_tokenizer_folder(out_dir, replace, lambda folder: tokenizer.save_pretrained(folder, source=source))
     return tokenizer
-
-
-def _check_convert_target(out_dir: Path, overwrite: bool) -> bool:
-    """Whether `out_dir` is an existing tokenizer folder to replace (False: write into it as it is
-    new or empty); refuses a file, and a non-empty folder unless it is a tokenizer and `overwrite`."""
-    if not out_dir.exists():
-        return False
-    if not out_dir.is_dir():
-        raise TokenizerError(f"{out_dir}: exists and is not a folder; expected a new or empty tokenizer folder")
-    entries = sorted(p.name for p in out_dir.iterdir())
-    if not entries:
-        return False
-    listed = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
-    if TOKENIZER_JSON not in entries:
-        raise TokenizerError(f"{out_dir}: not empty ({listed}) and not a tokenizer folder; "
-                             "choose a new or empty folder")
-    if not overwrite:
-        raise TokenizerError(f"{out_dir}: already holds a tokenizer ({listed}); pass --overwrite to replace "
-                             "the whole folder, or choose a new one")
-    return True

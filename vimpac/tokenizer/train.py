@@ -29,18 +29,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 
 from vimpac.config import ConfigError, to_dict
+from vimpac.devices import check_device, resolve_device
 from vimpac.io import atomic_write_json
 from vimpac.machine import machine_info
-from vimpac.tokenizer.base import TokenizerError
+from vimpac.tokenizer.base import TokenizerError, check_output_folder, write_tokenizer_folder
 from vimpac.tokenizer.vqvae import VQVAE, VQVAEConfig, VQVAETokenizer, frames_to_pixels, psnr_db
 
 REPORT_FILE = "train_report.json"
+
+ExistingOut = Literal["refuse", "replace", "write-into"]
 
 
 class TokenizerTrainingError(TokenizerError):
@@ -359,11 +362,25 @@ def train_tokenizer_from_videos(
     device: str | torch.device = "cpu",
     progress: bool = True,
     log=print,
+    existing_out: ExistingOut = "write-into",
 ) -> dict[str, Any]:
-    """Videos -> frame pools -> training -> held-out report -> tokenizer folder + report JSON."""
+    """Videos -> frame pools -> training -> held-out report -> tokenizer folder + report JSON.
+
+    `existing_out` says what may already be in `out_dir` (checked, like the device, before any
+    decoding or training): "refuse" (the command's default) needs a new or empty folder,
+    "replace" (`--overwrite`) also takes a folder holding a tokenizer and replaces it as a whole
+    once training is done, "write-into" writes into the folder as it is, for callers that
+    manage it themselves (the demo's stage folders).
+    """
     data_cfg.validate()
     train_cfg.validate()
     model_cfg.validate()
+    if isinstance(device, str):
+        device = resolve_device(device)
+        check_device(device, "--device")
+    if existing_out not in ("refuse", "replace", "write-into"):
+        raise ValueError(f"existing_out: expected 'refuse', 'replace' or 'write-into', got {existing_out!r}")
+    replace = existing_out != "write-into" and check_output_folder(out_dir, overwrite=existing_out == "replace")
     started = time.time()
     videos = discover_videos(inputs)
     if not videos:
@@ -380,7 +397,10 @@ def train_tokenizer_from_videos(
 
     val_frames, val_source = val_pool.frames, "held-out videos"
     train_frames = train_pool.frames
-    if len(val_frames) == 0:
+    if len(val_frames) == 0 and data_cfg.val_fraction <= 0:
+        # Every frame trains, as asked; the report is then on training frames and says why.
+        val_frames, val_source = train_frames, "training frames (no held-out split asked: --val-fraction 0)"
+    elif len(val_frames) == 0:
         # One usable video (or every held-out one failed): hold out its last frames instead,
         # and say so in the report, because they are near-duplicates of training frames.
         num_val = max(1, round(len(train_frames) * max(data_cfg.val_fraction, 0.1)))
@@ -399,7 +419,6 @@ def train_tokenizer_from_videos(
     tokenizer = result.tokenizer
     held_out = evaluate_tokenizer(tokenizer, val_frames)
     agreement = bf16_token_agreement(tokenizer, val_frames[:256])
-    tokenizer.save_pretrained(out_dir)
     report = {
         "tokenizer_id": tokenizer.tokenizer_id,
         "held_out": {**held_out, "source": val_source},
@@ -419,7 +438,12 @@ def train_tokenizer_from_videos(
         "config": {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": to_dict(data_cfg)},
         "machine": machine_info(device),
     }
-    atomic_write_json(Path(out_dir) / REPORT_FILE, report)
+
+    def write(folder: Path) -> None:
+        tokenizer.save_pretrained(folder)
+        atomic_write_json(folder / REPORT_FILE, report)
+
+    write_tokenizer_folder(out_dir, replace, write)
     log(
         f"held-out ({held_out['num_frames']} frames, {val_source}): PSNR {held_out['psnr_db']:.2f} dB, "
         f"perplexity {held_out['perplexity']:.1f}, codes used {held_out['codes_used']}/{tokenizer.codebook_size} "

@@ -200,6 +200,9 @@ def _translate_av_error(path: Path, exc: BaseException, doing: str) -> VideoErro
     if isinstance(exc, PermissionError):
         return VideoUnreadableError(path, f"permission denied while {doing}")
     if isinstance(exc, av.error.FFmpegError):
+        truncated = _mp4_truncation(path)
+        if truncated is not None:
+            return VideoDecodeError(path, f"{doing} failed: {exc.strerror or exc}; {truncated}")
         return VideoDecodeError(path, f"{doing} failed: {exc.strerror or exc} (not a video, truncated or corrupt?)")
     if isinstance(exc, OSError):
         return VideoUnreadableError(path, f"I/O error while {doing}: {exc.strerror or exc}")
@@ -218,10 +221,58 @@ def _open_container(path: Path) -> av.container.InputContainer:
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["nothing"]
+    video = container.streams.video
+    if not video or video[0].codec_context is None:
+        # FFmpeg opens an MP4 whose index (moov atom, often at the end) was cut off, keeping
+        # whatever streams it had read so far: none, a codec-less stub, or a video stream
+        # without its decoder settings. Only the file's box sizes tell that it is truncated.
+        truncated = _mp4_truncation(path)
+        if truncated is not None:
+            raise VideoDecodeError(path, f"the container could not be parsed: {truncated}")
+    if not container.streams:
+        raise VideoDecodeError(path, "the container could not be parsed: FFmpeg found no streams in it "
+                                     "(truncated or corrupt?)")
+    if not video:
+        kinds = sorted({s.type for s in container.streams})
         raise NoVideoStreamError(path, f"no video stream (the container holds: {', '.join(kinds)})")
-    return container.streams.video[0]
+    return video[0]
+
+
+def _truncation_note(path: Path) -> str:
+    """What `_mp4_truncation` found, as a clause to append to a reason ("" when nothing)."""
+    truncated = _mp4_truncation(path)
+    return "" if truncated is None else f"; {truncated}"
+
+
+def _mp4_truncation(path: Path) -> str | None:
+    """For an MP4 / MOV (ISO BMFF) file, why it is truncated: the first top-level box whose
+    declared size runs past the end of the file; None when the boxes fit or it is not an MP4."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            offset = 0
+            while offset + 8 <= size:
+                f.seek(offset)
+                header = f.read(16)
+                box_size, box_type = int.from_bytes(header[:4], "big"), header[4:8]
+                box = f"its {box_type.decode('latin-1')!r} box at byte {offset}"
+                if offset == 0 and box_type != b"ftyp":
+                    return None  # not ISO BMFF: leave it to FFmpeg's own message
+                if box_size == 1:  # a 64-bit size follows the type
+                    if len(header) < 16:
+                        return f"the file is truncated inside the header of {box}"
+                    box_size = int.from_bytes(header[8:16], "big")
+                elif box_size == 0:  # the box runs to the end of the file
+                    return None
+                if box_size < 8:
+                    return f"{box} declares an impossible size {box_size} (corrupt?)"
+                if offset + box_size > size:
+                    return (f"the file is truncated: {box} needs {box_size} bytes, but the file ends "
+                            f"{size - offset} bytes after it starts (an interrupted download or copy?)")
+                offset += box_size
+    except OSError:
+        return None
+    return None
 
 
 def _stream_fps(stream: av.video.stream.VideoStream) -> float | None:
@@ -274,7 +325,7 @@ def _decode_first_frame(container, stream, path: Path) -> av.VideoFrame:
             return frame
     except Exception as exc:
         raise _translate_av_error(path, exc, "decoding the first frame") from exc
-    raise VideoDecodeError(path, "the video stream has no decodable frame")
+    raise VideoDecodeError(path, "the video stream has no decodable frame" + _truncation_note(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,7 +405,7 @@ class VideoReader:
         except Exception as exc:
             raise _translate_av_error(path, exc, "reading packets") from exc
         if not pts_list:
-            raise VideoDecodeError(path, "the video stream has no frames")
+            raise VideoDecodeError(path, "the video stream has no frames" + _truncation_note(path))
         pts = np.sort(np.asarray(pts_list, dtype=np.int64))
         if np.any(np.diff(pts) == 0):
             raise VideoDecodeError(path, "two frames share one timestamp (corrupt file)")
@@ -607,6 +658,17 @@ def scan_videos(
 
 
 def find_video_files(folder: str | os.PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Path]:
-    """Files under `folder` (recursively) whose extension is a video extension, sorted."""
+    """Files under `folder` (recursively) whose extension is a video extension, sorted.
+
+    Hidden files and anything inside a hidden folder below `folder` are skipped: they are not
+    videos of the dataset but leftovers of tools, e.g. an interrupted atomic write's
+    `.name.tmp.mp4`, macOS's `._name.mp4` (AppleDouble metadata), a `.Trash` folder.
+    """
+    folder = Path(folder)
     suffixes = {e.lower() for e in extensions}
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in suffixes and not p.is_dir())
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in suffixes
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and not p.is_dir()
+    )
