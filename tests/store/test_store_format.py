@@ -228,3 +228,36 @@ def test_malformed_store_json_names_the_field(tmp_path):
     (root / "store.json").write_text(json.dumps(data))
     with pytest.raises(StoreError, match="'version'"):
         TokenStore.open(root)
+
+
+def test_verify_finds_repeated_and_out_of_order_record_numbers(tmp_path):
+    """A resume after the annotation list changed (before the list fingerprint existed) left
+    manifests with record numbers [.., 3, 4, 4, 5, ..] and videos out of order; verify said OK."""
+    rng = np.random.default_rng(0)
+    root = new_store(tmp_path / "store")
+    write_videos(root, [random_video(rng, i, frames=2) for i in range(5)])
+    compact_store(root)
+    assert verify_store(root).ok
+    data = json.loads((root / MANIFEST_FILE).read_text())
+    data["videos"]["record"] = [0, 2, 2, 5, 1]  # as the stale resume wrote them
+    (root / MANIFEST_FILE).write_text(json.dumps(data))
+    problems = verify_store(root).problems
+    assert len(problems) == 2, problems
+    assert "'video001' and 'video002': both have record number 2" in problems[0]
+    assert "'video004': record number 1 after 5" in problems[1]
+
+
+def test_fps_nan_is_never_the_same_fps(tmp_path):
+    assert make_meta(fps=float("nan")).first_difference(make_meta(fps=2.0))[0] == "fps"
+    assert make_meta(fps=float("nan")).first_difference(make_meta(fps=float("nan")))[0] == "fps"
+    assert make_meta(fps=2.0).first_difference(make_meta(fps=2.0)) is None
+
+
+def test_expect_views_takes_one_view_name_as_a_str(store_with_videos):
+    root, _ = store_with_videos
+    single = new_store(root.parent / "single", make_meta(views=("center",)))
+    assert TokenStore.open(single, expect_views="center").views == ("center",)
+    with pytest.raises(StoreError, match="views"):
+        TokenStore.open(root, expect_views="center")  # the store has two views: not 6 characters
+    with pytest.raises(TypeError, match="expect_views"):
+        TokenStore.open(root, expect_views={"center", "center_flip"})

@@ -7,6 +7,7 @@ different runs are bitwise comparable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -109,6 +110,93 @@ def test_kill_9_then_resume_gives_the_uninterrupted_store(reference, capsys):
     # A finished store: the same command (in-process here, to save a start-up) does nothing.
     assert cli_main(tokenize_args(root, out, workers=0)) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+def descendants(pid: int) -> set[int]:
+    """Ids of the living processes below `pid` (from /proc; psutil is not installed)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")".
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+def start_and_signal(root: Path, out: Path, sig: int) -> tuple[subprocess.Popen, set[int], str]:
+    """Start tokenize with a decoding worker, send `sig` to the main process after its first
+    commit; return the process, the processes it had started, and its stderr."""
+    process = subprocess.Popen([sys.executable, "-m", "vimpac.cli", *tokenize_args(root, out, workers=1)],
+                               env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not committed_parts(out):
+            assert process.poll() is None, "tokenize ended before its first commit"
+            assert time.monotonic() < deadline, "no commit within 120 s"
+            time.sleep(0.002)
+        children = descendants(process.pid)
+        assert children, "the run should have a decoding worker"
+        process.send_signal(sig)
+        _stdout, stderr = process.communicate(timeout=60)
+        return process, children, stderr
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+
+
+def wait_gone(pids: set[int], seconds: float) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {pid for pid in pids if alive(pid)}
+
+
+def test_decoding_workers_exit_when_the_main_process_is_killed(reference):
+    """SIGKILL of the main process left its decoding workers running forever (re-parented to
+    PID 1, blocked on their job pipe, ~256 MB each)."""
+    root, _ = reference
+    process, children, _ = start_and_signal(root, root / "sigkill", signal.SIGKILL)
+    try:
+        assert process.returncode == -signal.SIGKILL
+        assert wait_gone(children, 15) == set(), "decoding workers outlived the killed run"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_sigterm_stops_the_run_resumably(reference):
+    """SIGTERM (timeout, SLURM) is handled like Ctrl-C: commit what is decoded, end the
+    workers, say how to resume; the rerun gives the uninterrupted store."""
+    root, ref = reference
+    out = root / "sigterm"
+    process, children, stderr = start_and_signal(root, out, signal.SIGTERM)
+    try:
+        assert process.returncode == 128 + signal.SIGTERM, stderr
+        assert "stopped by SIGTERM" in stderr and "rerun the same command to resume" in stderr
+        assert "Traceback" not in stderr
+        assert wait_gone(children, 15) == set()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    run_cli(tokenize_args(root, out, workers=0))
+    assert_same_store(TokenStore.open(out), ref)
 
 
 def test_two_rank_torchrun_gloo_run_makes_one_store(reference):

@@ -199,3 +199,202 @@ def test_a_decoder_process_that_dies_fails_only_its_video(dataset):
     for r in results:
         if r.failure is None:
             assert r.views["s1.00_center"].shape == (4, 32, 32, 3)
+
+
+# ------------------------------------------------------------------ the annotation list on resume
+
+
+def rewrite_list(root: Path, lines: list[str]) -> object:
+    (root / "list.txt").write_text("\n".join(lines) + "\n")
+    return load_annotations("auto", root / "list.txt")
+
+
+def test_resume_with_a_changed_annotation_list_is_refused(dataset):
+    """It added the new videos with stale record numbers (duplicates, out of order) and kept
+    the old labels of committed videos; verify said OK."""
+    root, annotations = dataset
+    list_path = root / "list.txt"
+    original = list_path.read_text().splitlines()
+    run(root, annotations, root / "store", annotation_files=[list_path])
+    make_video(root / "videos" / "v05.mp4", seed=5)
+    longer = rewrite_list(root, original[:2] + ["v05.mp4 1"] + original[2:])
+    with pytest.raises(StoreError, match=r"annotation list's contents .*5 records then, 6 now.*new --out"):
+        run(root, longer, root / "store", annotation_files=[list_path])
+    relabelled = rewrite_list(root, [original[0], "v01.mp4 2", *original[2:]])
+    with pytest.raises(StoreError, match="annotation list's contents"):
+        run(root, relabelled, root / "store", annotation_files=[list_path])
+    # The same contents from another list file: another dataset, whose videos have the same names.
+    (root / "copy").mkdir()
+    (root / "copy" / "list.txt").write_text("\n".join(original) + "\n")
+    with pytest.raises(StoreError, match="the annotation file differs"):
+        run(root, annotations, root / "store", annotation_files=[root / "copy" / "list.txt"])
+    rewrite_list(root, original)
+    assert run(root, annotations, root / "store", annotation_files=[list_path]).nothing_to_do
+
+
+def test_store_without_a_list_fingerprint_still_resumes_and_checks_the_list(dataset):
+    """Stores of older versions have no fingerprint: the committed videos' record numbers
+    and labels are checked against the list instead."""
+    root, annotations = dataset
+    original = (root / "list.txt").read_text().splitlines()
+    run(root, annotations, root / "store")
+    meta_path = root / "store" / "store.json"
+    meta = json.loads(meta_path.read_text())
+    for name in ("annotations_sha256", "annotations_records", "annotation_files"):
+        del meta[name]
+    meta_path.write_text(json.dumps(meta))
+    assert TokenStore.open(root / "store").num_videos == 4
+    assert run(root, annotations, root / "store").nothing_to_do
+    make_video(root / "videos" / "v05.mp4", seed=5)
+    with pytest.raises(StoreError, match="'v01' is record 1 in the store but record 2 in this annotation list"):
+        run(root, rewrite_list(root, original[:1] + ["v05.mp4 1"] + original[1:]), root / "store")
+    with pytest.raises(StoreError, match="'v03' has label 0 in the store but 2 in this annotation list"):
+        run(root, rewrite_list(root, original[:3] + ["v03.mp4 2", original[4]]), root / "store")
+    with pytest.raises(StoreError, match="'v04' is not in this annotation list"):
+        run(root, rewrite_list(root, original[:4]), root / "store")
+
+
+def test_one_video_under_two_spellings_is_refused(dataset):
+    root, _ = dataset
+    twice = rewrite_list(root, ["v00.mp4 0", "./v00.mp4 0"])
+    with pytest.raises(StoreError, match=r"records 0 \('v00.mp4'\) and 1 \('./v00.mp4'\) name the same video"):
+        run(root, twice, root / "store")
+    assert not (root / "store").exists()
+
+
+def test_bad_fps_video_root_and_out_are_refused_before_anything_is_written(dataset):
+    root, annotations = dataset
+    for fps in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(StoreError, match="fps must be a finite number > 0"):
+            run(root, annotations, root / "store", fps=fps)
+    with pytest.raises(StoreError, match=r"video root .*nowhere does not exist.*--videos"):
+        tokenize_videos(annotations, root / "nowhere", PaletteTokenizer(), 4, 32, VIEWS, root / "store",
+                        workers=0, progress=False)
+    assert not (root / "store").exists()
+    (root / "afile").write_text("x")
+    with pytest.raises(StoreError, match="afile: exists and is not a folder"):
+        run(root, annotations, root / "afile")
+
+
+def test_missing_files_are_retried_once_they_exist(dataset):
+    root, annotations = dataset
+    (root / "videos" / "v04.mp4").rename(root / "v04.mp4")
+    first = run(root, annotations, root / "store")
+    assert sorted(f["error"] for f in first.failures) == ["decode", "not_found"]
+    (root / "v04.mp4").rename(root / "videos" / "v04.mp4")
+    again = run(root, annotations, root / "store")
+    assert (again.encoded_videos, again.failures, again.skipped_failed) == (1, [], 1)  # v02 stays failed
+    assert TokenStore.open(root / "store").keys() == ["v00", "v01", "v03", "v04"]
+
+
+def test_a_run_from_a_wrong_video_root_is_finished_from_the_right_one(dataset):
+    """Every video failed as missing; the rerun with the right root said "nothing to do"."""
+    root, annotations = dataset
+    (root / "elsewhere" / "videos").mkdir(parents=True)
+    wrong = run(root / "elsewhere", annotations, root / "store", annotation_files=[root / "list.txt"])
+    assert wrong.all_failed and {f["error"] for f in wrong.failures} == {"not_found"}
+    right = run(root, annotations, root / "store", annotation_files=[root / "list.txt"])
+    assert (right.encoded_videos, [f["key"] for f in right.failures]) == (4, ["v02"])
+
+
+def test_sigterm_commits_what_is_decoded_and_the_rerun_finishes(dataset, monkeypatch):
+    """SIGTERM (timeout, SLURM) killed the run without a word; now it stops taking videos,
+    commits the decoded ones and reports the interruption."""
+    import os
+    import signal
+
+    from vimpac.store import tokenize as tokenize_module
+
+    root, annotations = dataset
+    real = tokenize_module._decode_in_order
+
+    def terminated_after_two(jobs, workers):
+        for number, decoded in enumerate(real(jobs, workers)):
+            if number == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield decoded
+
+    monkeypatch.setattr(tokenize_module, "_decode_in_order", terminated_after_two)
+    report = run(root, annotations, root / "store")
+    assert report.interrupted == "SIGTERM" and "stopped by SIGTERM" in report.summary()
+    assert report.encoded_videos == 2 and not report.nothing_to_do
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert TokenStore.open(root / "store").keys() == ["v00", "v01"]
+    monkeypatch.setattr(tokenize_module, "_decode_in_order", real)
+    rest = run(root, annotations, root / "store")
+    assert (rest.already_done, rest.encoded_videos, len(rest.failures)) == (2, 2, 1)
+
+
+# ------------------------------------------------------------------ the tokenize command
+
+
+def cli_args(root: Path, out: Path, *extra: str) -> list[str]:
+    (root / "tokenizer").mkdir(exist_ok=True)
+    return ["tokenize", "--videos", str(root / "videos"), "--list", str(root / "list.txt"),
+            "--tokenizer", str(root / "tokenizer"), "--fps", "4", "--size", "32", "--out", str(out),
+            "--workers", "0", "--no-progress", *extra]
+
+
+@pytest.fixture
+def palette_cli(monkeypatch):
+    """`vimpac tokenize` with the palette tokenizer (no trained weights needed)."""
+    import vimpac.tokenizer.base as tokenizer_base
+
+    monkeypatch.setattr(tokenizer_base, "load_tokenizer", lambda folder, device="cpu": PaletteTokenizer())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--split", "1"], "--split: not an option of the mmaction annotation format (detected from"),
+    (["--subset", "train", "--layout", "flat"], "--subset, --layout: not an option of the mmaction"),
+    (["--format", "howto100m", "--class-names", "c.txt"], "howto100m takes --extension"),
+    (["--format", "ucf101", "--subset", "val"], "--subset val: ucf101 has the subsets train and test"),
+    (["--device", "tpu"], "--device: expected cpu, cuda or cuda:N, got 'tpu'"),
+])
+def test_tokenize_refuses_options_with_a_message(dataset, palette_cli, capsys, extra, message):
+    root, _ = dataset
+    assert cli_main(cli_args(root, root / "store", *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (root / "store").exists()
+
+
+@pytest.mark.parametrize("fps", ["nan", "inf", "-1"])
+def test_tokenize_refuses_a_fps_that_is_not_finite_and_positive(dataset, palette_cli, fps, capsys):
+    root, _ = dataset
+    args = cli_args(root, root / "store")
+    args[args.index("--fps") + 1] = fps
+    with pytest.raises(SystemExit):
+        cli_main(args)
+    assert "argument --fps" in capsys.readouterr().err
+
+
+def test_tokenize_class_names_and_a_run_where_every_video_fails(dataset, palette_cli, capsys):
+    root, _ = dataset
+    (root / "classes.txt").write_text("walk\nrun\njump\nswim\n")
+    assert cli_main(cli_args(root, root / "store", "--class-names", str(root / "classes.txt"))) == 0
+    assert TokenStore.open(root / "store").class_names == ("walk", "run", "jump", "swim")
+    for video in (root / "videos").iterdir():
+        video.rename(root / video.name)
+    assert cli_main(cli_args(root, root / "empty", "--class-names", str(root / "classes.txt"))) == 1
+    err = capsys.readouterr().err
+    assert "every video of this run failed (5); check --videos" in err
+
+
+def test_tokenize_kinetics_subset_val_and_class_names(tmp_path, palette_cli):
+    """--subset val, --class-names, --layout reach the Kinetics reader."""
+    rows = ["label,youtube_id,time_start,time_end,split"]
+    lines = []
+    for i, (label, split) in enumerate([("a", "train"), ("b", "train"), ("c", "train"), ("a", "val")]):
+        youtube_id = f"id{i:08d}xx"[:11]
+        rows.append(f"{label},{youtube_id},0,10,{split}")
+        make_video(tmp_path / "videos" / split / f"{youtube_id}_000000_000010.mp4", seed=i)
+        lines.append(label)
+    (tmp_path / "k400.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    args = ["tokenize", "--videos", str(tmp_path / "videos"), "--list", str(tmp_path / "k400.csv"),
+            "--tokenizer", str(tmp_path), "--fps", "4", "--size", "32", "--out", str(tmp_path / "val"),
+            "--workers", "0", "--no-progress", "--subset", "val", "--layout", "split",
+            "--class-names", str(tmp_path / "classes.txt")]
+    assert cli_main(args) == 0
+    store = TokenStore.open(tmp_path / "val")
+    assert store.class_names == ("a", "b", "c") and store.num_videos == 1  # not just ("a",)

@@ -7,7 +7,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+from pathlib import Path
+
+from vimpac.argtypes import at_least, positive_float, positive_int
+
+# The annotation formats (vimpac.data.annotations.FORMATS; not imported here, see the module
+# docstring) and the tokenize options each one takes. Any other option given is refused by
+# name: passed on, it surfaced as a TypeError from the reader.
+FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mmaction": ("--class-names",),
+    "ucf101": ("--split", "--subset"),
+    "hmdb51": ("--split", "--subset"),
+    "ssv2": ("--labels-json",),
+    "diving48": ("--labels-json",),
+    "kinetics400": ("--subset", "--class-names", "--layout", "--underscore-labels"),
+    "howto100m": ("--extension",),
+}
+KINETICS_LAYOUTS = ("split/label", "label", "split", "flat")  # vimpac.data.annotations.KINETICS_LAYOUTS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,19 +37,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     tok.add_argument("--videos", required=True, metavar="ROOT", help="folder the annotation paths are relative to")
     tok.add_argument("--list", required=True, metavar="ANNOTATIONS", help="annotation file or folder")
-    tok.add_argument("--format", default="auto", help="annotation format (default: auto-detect)")
-    tok.add_argument("--split", type=int, default=None, help="official split number (UCF101, HMDB51)")
-    tok.add_argument("--subset", choices=("train", "test"), default=None, help="subset of the split")
+    tok.add_argument("--format", default="auto", choices=("auto", *FORMAT_OPTIONS),
+                     help="annotation format (default: auto-detect)")
+    tok.add_argument("--split", type=positive_int, default=None, help="official split number (ucf101, hmdb51)")
+    tok.add_argument("--subset", choices=("train", "val", "test"), default=None,
+                     help="subset of the split: train|test (ucf101, hmdb51), or the rows of the CSV's split "
+                          "column to keep (kinetics400)")
+    tok.add_argument("--class-names", default=None, metavar="FILE",
+                     help="class names, one per line, line i naming label i (mmaction, kinetics400); without "
+                          "it an MMAction2 list gets class_0..class_<max label>, which is too few when a split "
+                          "lacks the highest classes")
+    tok.add_argument("--labels-json", default=None, metavar="FILE",
+                     help="the label-name json: SSv2's something-something-v2-labels.json, Diving48's "
+                          "Diving48_vocab.json (default: found next to the list)")
+    tok.add_argument("--layout", choices=KINETICS_LAYOUTS, default=None,
+                     help="kinetics400: folders of the videos under ROOT (default split/label)")
+    tok.add_argument("--underscore-labels", action="store_true",
+                     help="kinetics400: label folders use '_' for spaces")
+    tok.add_argument("--extension", default=None, metavar=".EXT",
+                     help="howto100m: file suffix of the videos (default .mp4)")
     tok.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer folder (tokenizer.json + model.safetensors)")
-    tok.add_argument("--fps", type=float, required=True, help="frames per second to sample")
-    tok.add_argument("--size", type=int, required=True, help="frame size S of the S x S views")
+    tok.add_argument("--fps", type=positive_float, required=True, help="frames per second to sample")
+    tok.add_argument("--size", type=positive_int, required=True, help="frame size S of the S x S views")
     tok.add_argument("--views", default="center", help="view set: center, all12, noflip6 (or view names, comma-separated)")
     tok.add_argument("--out", required=True, metavar="STORE", help="store folder (created, or resumed)")
-    tok.add_argument("--workers", type=int, default=2, help="decoding processes (0: decode in the main process)")
-    tok.add_argument("--batch-size", type=int, default=64, help="frames per encoder call (all full but the last; one input shape for the encoder)")
+    tok.add_argument("--workers", type=at_least(0), default=2, help="decoding processes (0: decode in the main process)")
+    tok.add_argument("--batch-size", type=positive_int, default=64, help="frames per encoder call (all full but the last; one input shape for the encoder)")
     tok.add_argument("--device", default="cpu", help="encoder device: cpu or cuda (cuda:LOCAL_RANK under torchrun)")
-    tok.add_argument("--min-frames", type=int, default=1, help="videos with fewer frames at --fps are listed as failed")
-    tok.add_argument("--retry-failed", action="store_true", help="retry videos that failed in an earlier run")
+    tok.add_argument("--min-frames", type=positive_int, default=1, help="videos with fewer frames at --fps are listed as failed")
+    tok.add_argument("--retry-failed", action="store_true",
+                     help="retry videos that failed in an earlier run (a missing file is retried by itself once it exists)")
     tok.add_argument("--no-progress", action="store_true", help="no progress bar")
     tok.set_defaults(run=run_tokenize)
 
@@ -54,7 +89,9 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
+    from vimpac.config import ConfigError
     from vimpac.data.annotations import AnnotationError, load_annotations
+    from vimpac.devices import check_device
     from vimpac.engine.distributed import init_distributed
     from vimpac.store.errors import StoreError
     from vimpac.store.tokenize import tokenize_videos
@@ -62,29 +99,87 @@ def run_tokenize(args: argparse.Namespace) -> int:
 
     device = args.device
     try:
+        check_device(device, "--device")
+        fmt, options = _reader_options(args)
         dist = init_distributed("cpu")  # gloo: ranks only exchange barriers
         if device.startswith("cuda") and dist.enabled and ":" not in device:
             device = f"cuda:{dist.local_rank}"
-        options = {}
-        if args.split is not None:
-            options["split"] = args.split
-        if args.subset is not None:
-            options["subset"] = args.subset
-        annotations = load_annotations(args.format, args.list, **options)
+        annotations = load_annotations(fmt, args.list, **options)
         tokenizer = load_tokenizer(args.tokenizer, device=device)
         report = tokenize_videos(
             annotations, args.videos, tokenizer, fps=args.fps, size=args.size, views=args.views,
             out_dir=args.out, workers=args.workers, batch_size=args.batch_size, rank=dist.rank,
             world_size=dist.world_size, progress=not args.no_progress, retry_failed=args.retry_failed,
-            min_frames=args.min_frames,
+            min_frames=args.min_frames, annotation_files=[args.list],
         )
-    except (StoreError, AnnotationError, TokenizerError, ValueError) as exc:
+    except (StoreError, AnnotationError, TokenizerError, ConfigError, ValueError) as exc:
         print(f"vimpac tokenize: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM: stopped at once
+        print(f"vimpac tokenize: interrupted; the videos committed so far are kept in {args.out}; "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
     print(report.summary())
     if report.failures:
         print(f"{len(report.failures)} video(s) failed; reasons in {args.out}/failures.jsonl", file=sys.stderr)
+    if report.interrupted is not None:
+        print(f"vimpac tokenize: stopped by {report.interrupted} after committing what was decoded; rerun "
+              "the same command to resume", file=sys.stderr)
+        return 128 + int(getattr(signal, report.interrupted, signal.SIGINT))
+    if report.all_failed:
+        first = report.failures[0]
+        print(f"vimpac tokenize: error: every video of this run failed ({len(report.failures)}); check --videos "
+              f"{args.videos} (the annotation paths are relative to it) and the list. First: "
+              f"{first.get('path')}: {first.get('reason')}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _reader_options(args: argparse.Namespace) -> tuple[str, dict]:
+    """(format, reader keyword arguments) from the tokenize options; an option that the
+    (given or detected) format does not take is a ValueError naming it."""
+    from vimpac.data.annotations import detect_format, read_class_names
+
+    fmt = args.format
+    detected = ""
+    if fmt == "auto":
+        fmt, _implied = detect_format(args.list)
+        detected = f" (detected from {args.list}; --format sets it)"
+    given = {"--split": args.split, "--subset": args.subset, "--class-names": args.class_names,
+             "--labels-json": args.labels_json, "--layout": args.layout,
+             "--underscore-labels": args.underscore_labels or None, "--extension": args.extension}
+    accepted = FORMAT_OPTIONS[fmt]
+    refused = [name for name, value in given.items() if value is not None and name not in accepted]
+    if refused:
+        takes = ", ".join(accepted) if accepted else "none of them"
+        raise ValueError(f"{', '.join(refused)}: not an option of the {fmt} annotation format{detected}; "
+                         f"{fmt} takes {takes}")
+    if args.subset == "val" and fmt in ("ucf101", "hmdb51"):
+        raise ValueError(f"--subset val: {fmt} has the subsets train and test")
+    options: dict = {}
+    if args.split is not None:
+        options["split"] = args.split
+    if args.subset is not None:
+        options["subset"] = args.subset
+    if args.class_names is not None:
+        if fmt == "mmaction":
+            options["class_names_path"] = args.class_names
+        else:
+            options["class_names"] = read_class_names(args.class_names)
+    if args.labels_json is not None:
+        options["labels_json" if fmt == "ssv2" else "vocab_json"] = args.labels_json
+    if args.layout is not None:
+        options["layout"] = args.layout
+    if args.underscore_labels:
+        options["underscore_labels"] = True
+    if args.extension is not None:
+        options["extension"] = args.extension
+    if fmt == "mmaction" and args.class_names is None:
+        beside = Path(args.list).parent / "classes.txt"
+        if beside.is_file():
+            print(f"vimpac tokenize: note: class names will be class_0..class_<max label>; pass "
+                  f"--class-names {beside} to use the names in it", file=sys.stderr)
+    return fmt, options
 
 
 def run_verify(args: argparse.Namespace) -> int:

@@ -23,7 +23,9 @@ names are garbage from an interrupted run and are truncated by the next writer.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,11 @@ class StoreMeta:
     checksum: str = "crc32"
     created: str = ""
     vimpac_version: str = ""
+    # Which annotation list the store was made from (None in stores of older versions): a
+    # resume must not mix two lists. See `annotation_difference`.
+    annotations_sha256: str | None = None
+    annotations_records: int | None = None
+    annotation_files: tuple[str, ...] | None = None
 
     # Compared on reuse, in this order (the first difference is reported).
     SETTINGS = ("format", "version", "tokenizer_id", "tokenizer_kind", "codebook_size",
@@ -109,6 +116,7 @@ class StoreMeta:
         data["grid"] = list(self.grid)
         data["views"] = list(self.views)
         data["class_names"] = None if self.class_names is None else list(self.class_names)
+        data["annotation_files"] = None if self.annotation_files is None else list(self.annotation_files)
         return data
 
     @classmethod
@@ -134,6 +142,8 @@ class StoreMeta:
             kwargs["downsample"] = int(data["downsample"])
             if data.get("class_names") is not None:
                 kwargs["class_names"] = tuple(str(v) for v in data["class_names"])
+            if data.get("annotation_files") is not None:
+                kwargs["annotation_files"] = tuple(str(v) for v in data["annotation_files"])
             meta = cls(**kwargs)
         except KeyError as exc:
             raise StoreError(f"{where}: missing field {exc.args[0]!r}") from None
@@ -150,11 +160,46 @@ class StoreMeta:
         for name in self.SETTINGS:
             mine, theirs = getattr(self, name), getattr(other, name)
             if name == "fps":
-                if abs(float(mine) - float(theirs)) > 1e-9:
+                if not same_fps(mine, theirs):
                     return name, mine, theirs
             elif mine != theirs:
                 return name, mine, theirs
         return None
+
+    def annotation_difference(self, other: "StoreMeta") -> tuple[str, Any, Any] | None:
+        """Like `first_difference`, for the annotation list (its records, and the files it was read
+        from: two datasets' lists can have the same contents). The video root is not compared: a
+        run with a wrong --videos fails every video, and the rerun with the right one must go on.
+
+        None when this store predates the fingerprint (it has no `annotations_sha256`): such
+        stores fall back to comparing `source` and to checking the committed videos against
+        the list (`vimpac.store.tokenize`).
+        """
+        if self.annotations_sha256 is None:
+            return None
+        for name in ("annotations_sha256", "annotation_files"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is not None and theirs is not None and mine != theirs:
+                return name, mine, theirs
+        return None
+
+
+def same_fps(a: float, b: float) -> bool:
+    """Equal frame rates; NaN equals nothing (a store.json with NaN must not match any run)."""
+    a, b = float(a), float(b)
+    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= 1e-9
+
+
+def annotations_fingerprint(records: Sequence[Any], class_names: Sequence[str] | None) -> str:
+    """sha256 of the annotation list as tokenized: every record's (key, label, path) in order,
+    and the class names. Record numbers are positions in this list, so any change to it
+    (added, removed, reordered or relabelled videos) changes the fingerprint."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(None if class_names is None else list(class_names)).encode())
+    for record in records:
+        digest.update(b"\n")
+        digest.update(json.dumps([record.key, record.label, record.path]).encode())
+    return digest.hexdigest()
 
 
 def read_meta(root: Path) -> StoreMeta:

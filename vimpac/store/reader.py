@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vimpac.store.errors import StoreError
-from vimpac.store.format import SHARD_DIR, TOKEN_DTYPE, Manifest, StoreMeta, load_manifest, read_meta
+from vimpac.store.format import SHARD_DIR, TOKEN_DTYPE, Manifest, StoreMeta, load_manifest, read_meta, same_fps
 from vimpac.tokens import Vocab
 
 
@@ -86,11 +86,20 @@ class TokenStore:
         expect_tokenizer_id: str | None = None,
         expect_fps: float | None = None,
         expect_size: int | None = None,
-        expect_views: tuple[str, ...] | list[str] | None = None,
+        expect_views: str | tuple[str, ...] | list[str] | None = None,
         expect_codebook_size: int | None = None,
     ) -> "TokenStore":
-        """Open a store; each `expect_*` that differs from the store's record is a StoreError."""
+        """Open a store; each `expect_*` that differs from the store's record is a StoreError.
+
+        `expect_views` is the store's view names in order; a single str is one view name.
+        """
         root = Path(path)
+        if isinstance(expect_views, str):
+            # tuple("s1.00_center") would be its characters.
+            expect_views = (expect_views,)
+        elif expect_views is not None and not isinstance(expect_views, (tuple, list)):
+            raise TypeError(f"expect_views: expected a view name or a tuple/list of view names, "
+                            f"got {type(expect_views).__name__}")
         meta = read_meta(root)
         checks: list[tuple[str, Any, Any]] = [
             ("tokenizer_id", expect_tokenizer_id, meta.tokenizer_id),
@@ -102,7 +111,7 @@ class TokenStore:
         for name, expected, actual in checks:
             if expected is None:
                 continue
-            same = abs(float(expected) - float(actual)) < 1e-9 if name == "fps" else expected == actual
+            same = same_fps(expected, actual) if name == "fps" else expected == actual
             if not same:
                 raise StoreError(f"{root}: store was made with {name}={actual!r}, but {expected!r} "
                                  f"was expected (store.json field '{name}')")

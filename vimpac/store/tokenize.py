@@ -13,7 +13,17 @@ Decoding runs ahead in a bounded window of `2 * workers` videos, so it overlaps 
 without holding the whole dataset in memory. Videos that fail to decode (any `VideoError`,
 fewer than `min_frames` frames at the FPS, or a decoder crash that kills its worker process) are
 committed as failures with their reason and the run goes on; a rerun skips them unless
-`retry_failed`.
+`retry_failed` (a file that was missing is retried by itself once it exists).
+
+Interruption: the first SIGINT or SIGTERM (as sent by `timeout` or SLURM) stops taking new
+videos; what is decoded is encoded and committed, and the run returns with `interrupted` set
+(a second signal stops at once; committed videos are kept either way). Decoding workers exit
+by themselves when the main process is gone, even after a SIGKILL.
+
+A store records a fingerprint of the annotation list it was made from; resuming it with
+another list (other videos, order, labels or classes, or another list file) is
+refused, since record numbers and labels of the committed videos would no longer match.
+(The video root may change: a rerun after a wrong --videos retries the missing files.)
 
 Scale-out: rank r of w takes records[r::w] and writes only its own shards and manifest parts.
 With torch.distributed initialised, rank 0 creates store.json before the others check it, and
@@ -24,10 +34,15 @@ when the store is opened.
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import datetime
+import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -39,7 +54,9 @@ import numpy as np
 
 from vimpac.io import atomic_write_json
 from vimpac.store.errors import StoreError
-from vimpac.store.format import MAX_CODEBOOK, META_FILE, StoreMeta, load_manifest, read_meta
+from vimpac.store.format import (
+    MAX_CODEBOOK, META_FILE, Manifest, StoreMeta, annotations_fingerprint, load_manifest, read_meta,
+)
 from vimpac.store.writer import (
     DEFAULT_SHARD_BYTES, EncodedVideo, FailedVideo, RankWriter, compact_store, write_failures_report,
 )
@@ -63,10 +80,16 @@ class TokenizeReport:
     encoded_frames: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run early
 
     @property
     def nothing_to_do(self) -> bool:
-        return self.encoded_videos == 0 and not self.failures
+        return self.encoded_videos == 0 and not self.failures and self.interrupted is None
+
+    @property
+    def all_failed(self) -> bool:
+        """Every video this run tried failed (often a wrong --videos root)."""
+        return self.encoded_videos == 0 and bool(self.failures)
 
     @property
     def videos_per_s(self) -> float:
@@ -79,6 +102,8 @@ class TokenizeReport:
 
     def summary(self) -> str:
         where = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
+        if self.interrupted is not None:
+            where += f"stopped by {self.interrupted}: "
         if self.nothing_to_do:
             return (f"{where}nothing to do: all {self.assigned} videos are already in {self.store} "
                     f"({self.already_done} tokenized, {self.skipped_failed} failed earlier; "
@@ -188,7 +213,8 @@ def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
 
 
 def _decode_pool(workers: int, context: Any) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                               initargs=(os.getpid(),))
 
 
 def _decode_alone(job: DecodeJob, decode: Callable[[DecodeJob], DecodedVideo],
@@ -201,12 +227,41 @@ def _decode_alone(job: DecodeJob, decode: Callable[[DecodeJob], DecodedVideo],
             return DecodedVideo(job, None, FailedVideo(job.record, job.key, job.rel_path, CRASH_REASON, "crash"))
 
 
-def _worker_init() -> None:
+PARENT_POLL_S = 0.5
+
+
+def _worker_init(parent_pid: int) -> None:
+    # A worker waits for jobs on a pipe whose write end it holds itself, so it never sees EOF:
+    # without these it outlived a SIGKILLed main process forever (holding its memory).
+    _exit_with_parent(parent_pid)
+    # The main process decides what an interrupt means (it finishes and commits the decoded
+    # videos); Ctrl-C reaches the whole process group, and a worker dying of it would be
+    # taken for a decoder crash.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Each worker decodes one video at a time; several torch threads (resizing) per worker
     # would oversubscribe the cores that the encoder in the main process needs.
     import torch
 
     torch.set_num_threads(1)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Make this process exit as soon as `parent_pid` (its parent) is gone."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # no libc by that name: the watchdog still works
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def watchdog() -> None:  # portable fallback: orphans are re-parented, so the parent id changes
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, name="exit-with-parent", daemon=True).start()
 
 
 # ------------------------------------------------------------------------------ encoding
@@ -312,6 +367,7 @@ def tokenize_videos(
     *,
     class_names: Sequence[str] | None = None,
     source: str | None = None,
+    annotation_files: Sequence[str | os.PathLike] | None = None,
     retry_failed: bool = False,
     min_frames: int = 1,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
@@ -319,11 +375,15 @@ def tokenize_videos(
     """Tokenize this rank's share of `records` into the store at `out_dir`; resumable.
 
     `records` is an `AnnotationSet` (its class names and source are recorded in the store) or
-    a sequence of `VideoRecord`s (then pass `class_names` / `source` if wanted). `tokenizer` is
+    a sequence of `VideoRecord`s (then pass `class_names` / `source` if wanted);
+    `annotation_files` are the files it was read from, recorded with the list's fingerprint
+    so that a resume from another list (even one with the same contents) is refused. `tokenizer` is
     a `FrameTokenizer`; `views` a preset name ("center", "all12", "noflip6") or `ViewSpec`s;
     `batch_size` is frames per encoder call (every call but the run's last is full; a
     video's frames may span calls); videos are committed as soon as all their frames are
-    encoded. Raises `StoreError` when `out_dir` holds a store made with other settings.
+    encoded. Raises `StoreError` when `out_dir` holds a store made with other settings or from
+    another annotation list, or `video_root` is not a folder. A SIGINT / SIGTERM (in the main
+    thread) ends the run early with `report.interrupted` set, after committing what was decoded.
     """
     from vimpac.video.views import resolve_views
 
@@ -342,7 +402,22 @@ def tokenize_videos(
     if batch_size < 1 or min_frames < 1:
         raise StoreError(f"batch_size and min_frames must be >= 1, got {batch_size} and {min_frames}")
     root = Path(out_dir)
+    video_root = Path(video_root)
+    # Before anything is written: a wrong root would otherwise fail every video, and the
+    # failures, committed, would be skipped by the rerun with the right root.
+    if not video_root.is_dir():
+        what = "does not exist" if not video_root.exists() else "is not a folder"
+        raise StoreError(f"video root {video_root} {what}; expected the folder the annotation paths are "
+                         "relative to (--videos)")
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root}: exists and is not a folder; expected a token store folder (--out)")
+    _check_distinct_files(records)
     meta = _meta_for_run(tokenizer, fps, size, view_names, class_names, source)
+    meta = dataclasses.replace(
+        meta, annotations_sha256=annotations_fingerprint(records, meta.class_names),
+        annotations_records=len(records),
+        annotation_files=None if annotation_files is None else tuple(str(Path(f).resolve()) for f in annotation_files),
+    )
     distributed = world_size > 1 and _dist_initialized()
 
     # store.json: rank 0 creates it first under torch.distributed; everyone checks it.
@@ -354,17 +429,18 @@ def tokenize_videos(
             _create_or_check_meta(root, meta)
 
     committed, _ = load_manifest(root)
+    _check_committed_match_list(root, committed, records)
     done = set(committed.video_key)
-    failed_before = {str(f.get("key")) for f in committed.failures}
+    failed_before = {str(f.get("key")): f for f in committed.failures}
     report = TokenizeReport(store=str(root), rank=rank, world_size=world_size)
     jobs = []
-    video_root = Path(video_root)
     for index in range(rank, len(records), world_size):
         record = records[index]
         report.assigned += 1
         if record.key in done:
             report.already_done += 1
-        elif record.key in failed_before and not retry_failed:
+        elif record.key in failed_before and not retry_failed and not _now_found(
+                failed_before[record.key], video_root / record.path):
             report.skipped_failed += 1
         else:
             jobs.append(DecodeJob(index, record.key, record.label, record.path, str(video_root / record.path),
@@ -373,6 +449,11 @@ def tokenize_videos(
     if jobs:
         with RankWriter(root, meta, rank, committed, shard_bytes=shard_bytes) as writer:
             _run_jobs(jobs, tokenizer, writer, view_names, workers, batch_size, progress, report)
+    if report.interrupted is not None:
+        # Committed parts are the durable record; merging them can wait for the rerun, which
+        # a job scheduler's grace period after SIGTERM may not leave time for.
+        report.seconds = time.perf_counter() - started
+        return report
 
     if distributed:
         _barrier()
@@ -384,6 +465,68 @@ def tokenize_videos(
         _barrier()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _check_distinct_files(records: Sequence[Any]) -> None:
+    """Two records naming one file under different spellings ("./a.mp4", "a.mp4") would get two
+    keys and tokenize the video twice."""
+    seen: dict[str, int] = {}
+    for index, record in enumerate(records):
+        normal = os.path.normpath(record.path)
+        first = seen.setdefault(normal, index)
+        if first != index:
+            raise StoreError(f"annotation list: records {first} ({records[first].path!r}) and {index} "
+                             f"({record.path!r}) name the same video file; list each video once")
+
+
+def _check_committed_match_list(root: Path, committed: Manifest, records: Sequence[Any]) -> None:
+    """Every video (and failure) in the store must have the record number and label it has in
+    this list. Catches a changed list even in stores that predate the list fingerprint."""
+    position = {record.key: index for index, record in enumerate(records)}
+    checks = [(key, record, None if label < 0 else label) for key, record, label in
+              zip(committed.video_key, committed.video_record, committed.video_label)]
+    checks += [(str(f.get("key")), f.get("record"), ...) for f in committed.failures]  # ...: no label kept
+    for key, record, label in checks:
+        index = position.get(key)
+        if index is None:
+            problem = "is not in this annotation list"
+        elif index != record:
+            problem = f"is record {record} in the store but record {index} in this annotation list"
+        elif label is not ... and records[index].label != label:
+            problem = f"has label {label} in the store but {records[index].label} in this annotation list"
+        else:
+            continue
+        raise StoreError(f"{root}: video {key!r} {problem}: the store was made from another annotation "
+                         "list, and resuming would mix the two; write to a new --out folder, or rerun "
+                         "with the list the store was made from")
+
+
+def _now_found(failure: dict[str, Any], path: Path) -> bool:
+    """A video that failed because its file was missing, and whose file now exists."""
+    return failure.get("error") == "not_found" and path.is_file()
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[list[str]]:
+    """Yields a list that gets the signal's name on the first SIGINT / SIGTERM; a second one
+    raises KeyboardInterrupt at once. Only the main thread can handle signals; elsewhere the
+    list stays empty and signals keep their handlers."""
+    received: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_names: Sequence[str],
@@ -408,8 +551,8 @@ def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_na
         bar.set_postfix(frames_s=f"{report.encoded_frames / elapsed:.1f}", failed=len(report.failures))
         failures = []
 
-    with bar:
-        for decoded in _decode_in_order(jobs, workers):
+    with bar, _stop_on_signals() as stop, contextlib.closing(_decode_in_order(jobs, workers)) as decoded_videos:
+        for decoded in decoded_videos:
             encoded = []
             if decoded.failure is not None:
                 failures.append(decoded.failure)
@@ -417,9 +560,12 @@ def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_na
                 encoded = encoder.add(decoded)
             if encoded or len(failures) >= batch_size:
                 commit(encoded)
+            if stop:
+                break
         encoded = encoder.finish()
         if encoded or failures:
             commit(encoded)
+        report.interrupted = stop[0] if stop else None
 
 
 def _meta_for_run(tokenizer: Any, fps: float, size: int, view_names: tuple[str, ...],
@@ -430,8 +576,8 @@ def _meta_for_run(tokenizer: Any, fps: float, size: int, view_names: tuple[str, 
     codebook = int(tokenizer.codebook_size)
     if codebook > MAX_CODEBOOK:
         raise StoreError(f"tokenizer codebook_size {codebook} does not fit uint16 tokens (max {MAX_CODEBOOK})")
-    if fps <= 0:
-        raise StoreError(f"fps must be > 0, got {fps}")
+    if not math.isfinite(fps) or fps <= 0:
+        raise StoreError(f"fps must be a finite number > 0, got {fps}")
     if size <= 0 or size % downsample:
         raise StoreError(f"size must be a positive multiple of the tokenizer's downsampling "
                          f"({downsample}), got {size}")
@@ -453,6 +599,16 @@ def _create_or_check_meta(root: Path, meta: StoreMeta) -> None:
             name, theirs, mine = difference
             raise StoreError(f"{root / META_FILE}: this store was made with {name}={theirs!r}, but this run "
                              f"uses {name}={mine!r}; write to a new folder, or rerun with the store's settings")
+        difference = existing.annotation_difference(meta)
+        if difference is not None:
+            name, theirs, mine = difference
+            what = {"annotations_sha256": "the annotation list's contents (videos, order, labels or "
+                                          f"class names; {existing.annotations_records} records then, "
+                                          f"{meta.annotations_records} now)",
+                    "annotation_files": "the annotation file"}[name]
+            raise StoreError(f"{root / META_FILE}: {what} differs from the one this store was made from "
+                             f"(store: {name}={theirs!r}; this run: {mine!r}); resuming would mix two "
+                             "lists' videos, so write to a new --out folder, or rerun with the store's list")
         return
     if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
         raise StoreError(f"{root}: folder exists, is not empty and is not a token store (no {META_FILE})")

@@ -34,7 +34,7 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
 
     Problems: unreadable store.json / manifest, an entry outside its shard, overlapping
     entries, a missing shard, a video lacking one of the store's views, a label outside the
-    class list, a checksum mismatch. Notes (not problems): bytes past the last committed entry
+    class list, a checksum mismatch, a video listed twice or out of record order. Notes (not problems): bytes past the last committed entry
     of a shard (left by an interrupted run; the next run truncates them), unmerged parts.
     """
     root = Path(path)
@@ -105,6 +105,7 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
         if sorted(views) != expected:
             report.problems.append(f"video {manifest.video_key[video]!r}: has views {sorted(views)}, "
                                    f"expected each of {expected} once")
+    report.problems.extend(_record_order_problems(manifest))
     if meta.class_names is not None:
         n = len(meta.class_names)
         for video, label in enumerate(manifest.video_label):
@@ -116,6 +117,42 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
             report.notes.append(f"shard {path.name}: {path.stat().st_size} byte(s) that no entry names "
                                 "(an interrupted run; the next run truncates them)")
     return report
+
+
+MAX_LISTED = 10  # per kind of record problem; a store mixed from two lists could have millions
+
+
+def _record_order_problems(manifest: Any) -> list[str]:
+    """Videos must be listed once each, by strictly increasing record number (their position
+    in the annotation list). A repeated record number or a step back means the store holds
+    videos of two different annotation lists (a resume after the list changed)."""
+    problems: list[str] = []
+    counts = {"duplicate key": 0, "same record": 0, "out of order": 0}
+    seen: dict[str, int] = {}
+
+    def add(kind: str, text: str) -> None:
+        counts[kind] += 1
+        if counts[kind] <= MAX_LISTED:
+            problems.append(text)
+
+    keys, records = manifest.video_key, manifest.video_record
+    for video, key in enumerate(keys):
+        if key in seen:
+            add("duplicate key", f"video {key!r}: listed twice (videos {seen[key]} and {video})")
+        seen.setdefault(key, video)
+        if video == 0:
+            continue
+        before, now = records[video - 1], records[video]
+        if now == before:
+            add("same record", f"videos {keys[video - 1]!r} and {key!r}: both have record number {now} "
+                "(the store mixes two annotation lists)")
+        elif now < before:
+            add("out of order", f"video {key!r}: record number {now} after {before} ({keys[video - 1]!r}); "
+                "videos must follow the annotation list (the store mixes two annotation lists)")
+    for kind, count in counts.items():
+        if count > MAX_LISTED:
+            problems.append(f"... and {count - MAX_LISTED} more video(s) with the problem '{kind}'")
+    return problems
 
 
 def store_info(path: str | os.PathLike) -> dict[str, Any]:
