@@ -112,6 +112,15 @@ def test_mmaction_empty_missing_absolute(tmp_path):
         read_mmaction_list(tmp_path / "latin1.txt")
 
 
+def test_one_video_spelled_two_ways_is_one_key(tmp_path):
+    (tmp_path / "l.txt").write_text("./a//x.mp4 0\n")
+    record = read_mmaction_list(tmp_path / "l.txt").records[0]
+    assert record.key == "a/x" and record.path == "a/x.mp4"
+    (tmp_path / "dup.txt").write_text("./a/x.mp4 0\na/x.mp4 0\n")
+    with pytest.raises(AnnotationError, match=r"dup\.txt, line 2: duplicate video key 'a/x' \(first at line 1\)"):
+        read_mmaction_list(tmp_path / "dup.txt")
+
+
 def test_class_names_file_duplicate(tmp_path):
     names = write(tmp_path / "c.txt", "a\nb\na\n")
     with pytest.raises(AnnotationError, match=r"c\.txt, line 3: duplicate class name 'a' \(first at line 1\)"):

@@ -29,6 +29,7 @@ import csv
 import io
 import json
 import os
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -162,11 +163,14 @@ def _is_relative_path(rel: str) -> bool:
     return ".." not in rel or ".." not in PurePosixPath(rel.replace("\\", "/")).parts
 
 
-def _check_relative_path(path: PathLike, location: str | int, rel: str) -> None:
+def _check_relative_path(path: PathLike, location: str | int, rel: str) -> str:
+    """`rel` normalised (`./a//b.mp4` -> `a/b.mp4`), so that one video has one key however a
+    list spells it; refuses paths that would leave the dataset root."""
     if not _is_relative_path(rel):
         raise AnnotationError(
             path, f"expected a video path relative to the dataset root, got {rel!r}", _where(location)
         )
+    return posixpath.normpath(rel)
 
 
 def _key_of(rel_path: str) -> str:
@@ -281,7 +285,7 @@ def read_mmaction_list(path: PathLike, class_names_path: PathLike | None = None)
                     _line(number),
                 )
             rel = line
-        _check_relative_path(path, number, rel)
+        rel = _check_relative_path(path, number, rel)
         key = _key_of(rel)
         keys.add(key, path, number)
         records.append(VideoRecord(path=rel, label=label, key=key))
@@ -448,7 +452,7 @@ def read_hmdb51(split_dir: PathLike, split: int, subset: Subset) -> AnnotationSe
             if code != wanted:
                 continue
             rel = f"{name}/{fields[0]}"
-            _check_relative_path(path, number, rel)
+            rel = _check_relative_path(path, number, rel)
             key = _key_of(rel)
             keys.add(key, path, number)
             records.append(VideoRecord(path=rel, label=label, key=key))
@@ -527,7 +531,7 @@ def read_ssv2(labels_json: PathLike, split_json: PathLike) -> AnnotationSet:
         elif "template" in item:
             raise AnnotationError(split_json, 'unexpected "template": item 0 has none, so the file reads as unlabelled', where)
         rel = f"{video_id}.webm"
-        _check_relative_path(split_json, where, rel)
+        rel = _check_relative_path(split_json, where, rel)
         keys.add(video_id, split_json, where)
         records.append(VideoRecord(path=rel, label=label, key=video_id))
     return AnnotationSet(records=records, class_names=class_names, source=f"ssv2 {Path(split_json).stem}")
@@ -581,7 +585,7 @@ def read_diving48(split_json: PathLike, vocab_json: PathLike | None = None) -> A
             raise AnnotationError(split_json, f'expected "label" to be an integer, got {label!r}', where)
         _check_label_range(label, len(class_names), split_json, where)
         rel = f"{name.strip()}.mp4"
-        _check_relative_path(split_json, where, rel)
+        rel = _check_relative_path(split_json, where, rel)
         keys.add(name.strip(), split_json, where)
         records.append(VideoRecord(path=rel, label=label, key=name.strip()))
     return AnnotationSet(records=records, class_names=class_names, source=f"diving48 {Path(split_json).stem}")
@@ -712,7 +716,7 @@ def read_kinetics400(
             if label is None:
                 raise AnnotationError(csv_path, f"label {label_name!r} is not in the given class_names", _line(number))
         rel = kinetics400_relative_path(youtube_id, start, end, split_name, label_name, layout, underscore_labels)
-        _check_relative_path(csv_path, number, rel)
+        rel = _check_relative_path(csv_path, number, rel)
         key = _key_of(rel)
         keys.add(key, csv_path, number)
         records.append(VideoRecord(path=rel, label=label, key=key))
@@ -765,7 +769,7 @@ def read_howto100m(csv_path: PathLike, extension: str = ".mp4") -> AnnotationSet
         entries = listed_ids()
     for number, video_id in entries:
         rel = f"{video_id}{extension}"
-        _check_relative_path(csv_path, number, rel)
+        rel = _check_relative_path(csv_path, number, rel)
         keys.add(video_id, csv_path, number)
         records.append(VideoRecord(path=rel, label=None, key=video_id))
     if not records:
