@@ -53,3 +53,17 @@ def tiny_vqvae(codebook_size: int = 16, seed: int = 0):
     torch.manual_seed(seed)
     cfg = VQVAEConfig(width=8, channel_mult=(1, 1, 1), num_res_blocks=1, codebook_size=codebook_size, code_dim=8)
     return VQVAETokenizer.from_config(cfg)
+
+
+def save_tiny_pretraining_model(folder: Path, codebook_size: int) -> None:
+    """A 1-layer, 32-wide pre-training model over 4 frames of 4 x 4 tokens, saved to `folder`."""
+    import torch
+
+    from vimpac.model.config import build_model_config
+    from vimpac.model.vimpac import VimpacForPretraining
+
+    torch.manual_seed(0)
+    cfg = build_model_config("tiny", overrides=[f"codebook_size={codebook_size}", "dim=32", "layers=1", "heads=2",
+                                                "max_frames=4", "height=4", "width=4", "cls_head_hidden=32",
+                                                "cls_head_out=16"])
+    VimpacForPretraining(cfg).save_pretrained(folder)

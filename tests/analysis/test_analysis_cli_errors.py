@@ -9,15 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from vimpac.cli import main
-from vimpac.model.config import build_model_config
-from vimpac.model.vimpac import VimpacForPretraining
 from vimpac.video.writer import write_video
 
 sys.path.insert(0, str(Path(__file__).parent))
-from analysis_helpers import smooth_token_videos, tiny_vqvae, write_token_store  # noqa: E402
+from analysis_helpers import save_tiny_pretraining_model, smooth_token_videos, tiny_vqvae, write_token_store  # noqa: E402
 
 CODES = 16
 
@@ -38,11 +35,7 @@ def recon_run(tmp_path_factory):
     """A run folder (model/ + pretrain.json naming tokenizer A), tokenizers A and B with the same
     codebook size but different weights, and a short video."""
     root = tmp_path_factory.mktemp("recon_check")
-    torch.manual_seed(0)
-    cfg = build_model_config("tiny", overrides=[f"codebook_size={CODES}", "dim=32", "layers=1", "heads=2",
-                                                "max_frames=4", "height=4", "width=4", "cls_head_hidden=32",
-                                                "cls_head_out=16"])
-    VimpacForPretraining(cfg).save_pretrained(root / "run" / "model")
+    save_tiny_pretraining_model(root / "run" / "model", CODES)
     tok_a, tok_b = tiny_vqvae(CODES, seed=0), tiny_vqvae(CODES, seed=1)
     assert tok_a.tokenizer_id != tok_b.tokenizer_id
     tok_a.save_pretrained(root / "tok_a")

@@ -15,12 +15,11 @@ from vimpac.analysis.errors import AnalysisError
 from vimpac.analysis.images import compose_grid
 from vimpac.analysis.reconstruct import load_video_clip, reconstruct_clip
 from vimpac.cli import main
-from vimpac.model.config import build_model_config
 from vimpac.model.vimpac import VimpacForPretraining
 from vimpac.video.writer import write_video
 
 sys.path.insert(0, str(Path(__file__).parent))
-from analysis_helpers import tiny_vqvae  # noqa: E402
+from analysis_helpers import save_tiny_pretraining_model, tiny_vqvae  # noqa: E402
 
 CODES = 16
 
@@ -37,11 +36,7 @@ def moving_bars(frames: int = 8, height: int = 48, width: int = 64) -> np.ndarra
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("reconstruct")
-    torch.manual_seed(0)
-    cfg = build_model_config("tiny", overrides=[f"codebook_size={CODES}", "dim=32", "layers=1", "heads=2",
-                                                "max_frames=4", "height=4", "width=4", "cls_head_hidden=32",
-                                                "cls_head_out=16"])
-    VimpacForPretraining(cfg).save_pretrained(root / "run" / "model")
+    save_tiny_pretraining_model(root / "run" / "model", CODES)
     tiny_vqvae(CODES).save_pretrained(root / "tokenizer")
     video = write_video(root / "bars.mp4", moving_bars(), fps=4)
     return root, video

@@ -82,25 +82,9 @@ def assert_same_store(store: TokenStore, reference: TokenStore) -> None:
 def test_kill_9_then_resume_gives_the_uninterrupted_store(reference, capsys):
     root, ref = reference
     out = root / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "vimpac.cli", *tokenize_args(root, out, workers=1)],
-                               env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not committed_parts(out):
-            assert process.poll() is None, "tokenize ended before its first commit"
-            assert time.monotonic() < deadline, "no commit within 120 s"
-            time.sleep(0.002)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        # The decoding worker belongs to the killed run's session; end it too.
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    process, _, _ = start_and_signal(root, out, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # the decoding worker, should it still be there
+        os.killpg(process.pid, signal.SIGKILL)
     committed = len(committed_parts(out))
     assert 1 <= committed < NUM_VIDEOS, "the kill should land mid-run"
     assert not (out / "manifest.json").exists()
