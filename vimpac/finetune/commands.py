@@ -144,18 +144,22 @@ def _input_errors() -> tuple[type[Exception], ...]:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
+    from vimpac.engine import distributed
     from vimpac.finetune.runner import config_from_args, run_finetune
 
     try:
         summary = run_finetune(config_from_args(**vars(args)))
     except _input_errors() as exc:
         return _fail("finetune", exc)
+    code = {"finished": 0, "interrupted": 130}.get(summary.status, 3)  # 3: the time limit; resume it
+    if not distributed.current().is_main:  # under torchrun, one summary
+        return code
     print(f"{summary.status} after {summary.steps} steps; run folder {summary.run_dir}")
     if summary.model_dir:
         print(f"model: {summary.model_dir}")
     if summary.evaluation:
         print("evaluation: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in summary.evaluation.items()))
-    return {"finished": 0, "interrupted": 130}.get(summary.status, 3)  # 3: the time limit; resume it
+    return code
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

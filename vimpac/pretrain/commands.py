@@ -172,6 +172,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 
     from vimpac.config import ConfigError, to_dict
     from vimpac.devices import resolve_device
+    from vimpac.engine import distributed
     from vimpac.engine.checkpoint import CheckpointError
     from vimpac.model.errors import ModelError
     from vimpac.pretrain.config import build_pretrain_config
@@ -196,11 +197,13 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     except (ConfigError, PretrainError, StoreError, ModelError, CheckpointError) as exc:
         print(f"vimpac pretrain: {exc}", file=sys.stderr)
         return 2
+    code = {"finished": 0, "interrupted": 130}.get(result.status, 3)  # 3: the time limit
+    if not distributed.current().is_main:  # under torchrun, one summary
+        return code
     print(f"{result.status} at step {result.step} ({result.skipped_steps} skipped); run folder {args.out}")
     for key, value in sorted(result.last_metrics.items()):
         if isinstance(value, float):
             print(f"  {key:24s} {value:.4f}")
     if result.status == "time_limit":
         print("stopped by train.max_minutes; continue with the same command and --resume", file=sys.stderr)
-        return 3
-    return 0 if result.status != "interrupted" else 130
+    return code
