@@ -223,13 +223,11 @@ def test_resume_with_a_changed_annotation_list_is_refused(dataset):
     relabelled = rewrite_list(root, [original[0], "v01.mp4 2", *original[2:]])
     with pytest.raises(StoreError, match="annotation list's contents"):
         run(root, relabelled, root / "store", annotation_files=[list_path])
-    # The same contents from another list file: another dataset, whose videos have the same names.
+    # The same contents from another place (a cluster job staging the list per attempt) resume.
     (root / "copy").mkdir()
     (root / "copy" / "list.txt").write_text("\n".join(original) + "\n")
-    with pytest.raises(StoreError, match="the annotation file differs"):
-        run(root, annotations, root / "store", annotation_files=[root / "copy" / "list.txt"])
     rewrite_list(root, original)
-    assert run(root, annotations, root / "store", annotation_files=[list_path]).nothing_to_do
+    assert run(root, annotations, root / "store", annotation_files=[root / "copy" / "list.txt"]).nothing_to_do
 
 
 def test_store_without_a_list_fingerprint_still_resumes_and_checks_the_list(dataset):
@@ -252,6 +250,23 @@ def test_store_without_a_list_fingerprint_still_resumes_and_checks_the_list(data
         run(root, rewrite_list(root, original[:3] + ["v03.mp4 2", original[4]]), root / "store")
     with pytest.raises(StoreError, match="'v04' is not in this annotation list"):
         run(root, rewrite_list(root, original[:4]), root / "store")
+
+
+def test_an_older_store_keyed_by_unnormalised_paths_says_why_it_cannot_resume(dataset):
+    # Before list paths were normalised, "./v00.mp4" gave the key "./v00".
+    from vimpac.data.annotations import AnnotationSet, VideoRecord
+
+    root, annotations = dataset
+    old_records = [VideoRecord(path="./" + r.path, label=r.label, key="./" + r.key) for r in annotations.records]
+    run(root, AnnotationSet(records=old_records, class_names=annotations.class_names, source=annotations.source),
+        root / "store")
+    meta_path = root / "store" / "store.json"
+    meta = json.loads(meta_path.read_text())
+    for name in ("annotations_sha256", "annotations_records", "annotation_files"):
+        del meta[name]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match=r"'./v00' was keyed as its list spelled it by an older vimpac.*new --out"):
+        run(root, annotations, root / "store")
 
 
 def test_one_video_under_two_spellings_is_refused(dataset):
@@ -303,6 +318,34 @@ def test_a_run_from_a_wrong_video_root_is_finished_from_the_right_one(dataset):
     assert wrong.all_failed and {f["error"] for f in wrong.failures} == {"not_found"}
     right = run(root, annotations, root / "store", annotation_files=[root / "list.txt"])
     assert (right.encoded_videos, [f["key"] for f in right.failures]) == (4, ["v02"])
+    # Retrying the one broken video of a store that holds the rest is not "everything failed".
+    retry = run(root, annotations, root / "store", annotation_files=[root / "list.txt"], retry_failed=True)
+    assert retry.encoded_videos == 0 and len(retry.failures) == 1 and not retry.all_failed
+
+
+def test_without_stop_on_signals_ctrl_c_raises_and_keeps_what_was_committed(dataset, monkeypatch):
+    # The library default: a caller that does not look at report.interrupted (the demo) must not
+    # take an interrupted run for a finished one.
+    import os
+    import signal
+
+    from vimpac.store import tokenize as tokenize_module
+
+    root, annotations = dataset
+    real = tokenize_module._decode_in_order
+
+    def interrupted_after_two(jobs, workers):
+        for number, decoded in enumerate(real(jobs, workers)):
+            if number == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield decoded
+
+    monkeypatch.setattr(tokenize_module, "_decode_in_order", interrupted_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(root, annotations, root / "store", batch_size=1)
+    monkeypatch.setattr(tokenize_module, "_decode_in_order", real)
+    rest = run(root, annotations, root / "store")
+    assert rest.already_done >= 1 and rest.already_done + rest.encoded_videos == 4
 
 
 def test_sigterm_commits_what_is_decoded_and_the_rerun_finishes(dataset, monkeypatch):
@@ -323,7 +366,7 @@ def test_sigterm_commits_what_is_decoded_and_the_rerun_finishes(dataset, monkeyp
             yield decoded
 
     monkeypatch.setattr(tokenize_module, "_decode_in_order", terminated_after_two)
-    report = run(root, annotations, root / "store")
+    report = run(root, annotations, root / "store", stop_on_signals=True)
     assert report.interrupted == "SIGTERM" and "stopped by SIGTERM" in report.summary()
     assert report.encoded_videos == 2 and not report.nothing_to_do
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back

@@ -110,7 +110,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
             annotations, args.videos, tokenizer, fps=args.fps, size=args.size, views=args.views,
             out_dir=args.out, workers=args.workers, batch_size=args.batch_size, rank=dist.rank,
             world_size=dist.world_size, progress=not args.no_progress, retry_failed=args.retry_failed,
-            min_frames=args.min_frames, annotation_files=[args.list],
+            min_frames=args.min_frames, annotation_files=[args.list], stop_on_signals=True,
         )
     except (StoreError, AnnotationError, TokenizerError, ConfigError, ValueError) as exc:
         print(f"vimpac tokenize: error: {exc}", file=sys.stderr)

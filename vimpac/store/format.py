@@ -167,9 +167,12 @@ class StoreMeta:
         return None
 
     def annotation_difference(self, other: "StoreMeta") -> tuple[str, Any, Any] | None:
-        """Like `first_difference`, for the annotation list (its records, and the files it was read
-        from: two datasets' lists can have the same contents). The video root is not compared: a
-        run with a wrong --videos fails every video, and the rerun with the right one must go on.
+        """Like `first_difference`, for the annotation list's contents (its records in order, their
+        labels and paths, the class names). Where the list file lies is recorded but not compared:
+        a cluster job may stage it elsewhere for each attempt, and a list with the same contents
+        makes the same store (another dataset with identically named videos would find them
+        all done, not mix). The video root is not compared either: a run with a wrong --videos
+        fails every video, and the rerun with the right one must go on.
 
         None when this store predates the fingerprint (it has no `annotations_sha256`): such
         stores fall back to comparing `source` and to checking the committed videos against
@@ -177,10 +180,8 @@ class StoreMeta:
         """
         if self.annotations_sha256 is None:
             return None
-        for name in ("annotations_sha256", "annotation_files"):
-            mine, theirs = getattr(self, name), getattr(other, name)
-            if mine is not None and theirs is not None and mine != theirs:
-                return name, mine, theirs
+        if other.annotations_sha256 is not None and other.annotations_sha256 != self.annotations_sha256:
+            return "annotations_sha256", self.annotations_sha256, other.annotations_sha256
         return None
 
 

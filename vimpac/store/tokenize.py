@@ -40,6 +40,7 @@ import datetime
 import math
 import multiprocessing
 import os
+import posixpath
 import signal
 import sys
 import threading
@@ -88,8 +89,9 @@ class TokenizeReport:
 
     @property
     def all_failed(self) -> bool:
-        """Every video this run tried failed (often a wrong --videos root)."""
-        return self.encoded_videos == 0 and bool(self.failures)
+        """The store holds no video and every one this run tried failed (often a wrong --videos
+        root). Not when earlier runs left videos in it (a rerun over a few broken files)."""
+        return self.encoded_videos == 0 and self.already_done == 0 and bool(self.failures)
 
     @property
     def videos_per_s(self) -> float:
@@ -237,7 +239,9 @@ def _worker_init(parent_pid: int) -> None:
     # The main process decides what an interrupt means (it finishes and commits the decoded
     # videos); Ctrl-C reaches the whole process group, and a worker dying of it would be
     # taken for a decoder crash.
+    # SIGTERM too: `timeout` and SLURM send it to every process of the job, not only the main one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Each worker decodes one video at a time; several torch threads (resizing) per worker
     # would oversubscribe the cores that the encoder in the main process needs.
     import torch
@@ -371,19 +375,23 @@ def tokenize_videos(
     retry_failed: bool = False,
     min_frames: int = 1,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
+    stop_on_signals: bool = False,
 ) -> TokenizeReport:
     """Tokenize this rank's share of `records` into the store at `out_dir`; resumable.
 
     `records` is an `AnnotationSet` (its class names and source are recorded in the store) or
     a sequence of `VideoRecord`s (then pass `class_names` / `source` if wanted);
     `annotation_files` are the files it was read from, recorded with the list's fingerprint
-    so that a resume from another list (even one with the same contents) is refused. `tokenizer` is
+    with the list's fingerprint; a resume with a list of other contents is refused. `tokenizer` is
     a `FrameTokenizer`; `views` a preset name ("center", "all12", "noflip6") or `ViewSpec`s;
     `batch_size` is frames per encoder call (every call but the run's last is full; a
     video's frames may span calls); videos are committed as soon as all their frames are
     encoded. Raises `StoreError` when `out_dir` holds a store made with other settings or from
-    another annotation list, or `video_root` is not a folder. A SIGINT / SIGTERM (in the main
-    thread) ends the run early with `report.interrupted` set, after committing what was decoded.
+    another annotation list, or `video_root` is not a folder. With `stop_on_signals` (the
+    command line), a SIGINT / SIGTERM in the main thread ends the run early with
+    `report.interrupted` set, after committing what was decoded; callers that do not check
+    `interrupted` leave it off, and then Ctrl-C raises KeyboardInterrupt as usual (committed
+    videos are kept either way).
     """
     from vimpac.video.views import resolve_views
 
@@ -448,7 +456,8 @@ def tokenize_videos(
 
     if jobs:
         with RankWriter(root, meta, rank, committed, shard_bytes=shard_bytes) as writer:
-            _run_jobs(jobs, tokenizer, writer, view_names, workers, batch_size, progress, report)
+            _run_jobs(jobs, tokenizer, writer, view_names, workers, batch_size, progress, report,
+                      stop_on_signals)
     if report.interrupted is not None:
         # Committed parts are the durable record; merging them can wait for the rerun, which
         # a job scheduler's grace period after SIGTERM may not leave time for.
@@ -488,6 +497,10 @@ def _check_committed_match_list(root: Path, committed: Manifest, records: Sequen
     checks += [(str(f.get("key")), f.get("record"), ...) for f in committed.failures]  # ...: no label kept
     for key, record, label in checks:
         index = position.get(key)
+        if index is None and posixpath.normpath(key) in position:
+            raise StoreError(f"{root}: video {key!r} was keyed as its list spelled it by an older vimpac; "
+                             f"list paths are now normalised (to {posixpath.normpath(key)!r}), so this "
+                             "store cannot be resumed: tokenize into a new --out folder")
         if index is None:
             problem = "is not in this annotation list"
         elif index != record:
@@ -530,7 +543,8 @@ def _stop_on_signals() -> Iterator[list[str]]:
 
 
 def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_names: Sequence[str],
-              workers: int, batch_size: int, progress: bool, report: TokenizeReport) -> None:
+              workers: int, batch_size: int, progress: bool, report: TokenizeReport,
+              stop_on_signals: bool) -> None:
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), unit="video", desc=f"tokenize r{writer.rank}", disable=not progress,
@@ -551,7 +565,8 @@ def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_na
         bar.set_postfix(frames_s=f"{report.encoded_frames / elapsed:.1f}", failed=len(report.failures))
         failures = []
 
-    with bar, _stop_on_signals() as stop, contextlib.closing(_decode_in_order(jobs, workers)) as decoded_videos:
+    signals = _stop_on_signals() if stop_on_signals else contextlib.nullcontext([])
+    with bar, signals as stop, contextlib.closing(_decode_in_order(jobs, workers)) as decoded_videos:
         for decoded in decoded_videos:
             encoded = []
             if decoded.failure is not None:
@@ -602,10 +617,8 @@ def _create_or_check_meta(root: Path, meta: StoreMeta) -> None:
         difference = existing.annotation_difference(meta)
         if difference is not None:
             name, theirs, mine = difference
-            what = {"annotations_sha256": "the annotation list's contents (videos, order, labels or "
-                                          f"class names; {existing.annotations_records} records then, "
-                                          f"{meta.annotations_records} now)",
-                    "annotation_files": "the annotation file"}[name]
+            what = ("the annotation list's contents (videos, order, labels or class names; "
+                    f"{existing.annotations_records} records then, {meta.annotations_records} now)")
             raise StoreError(f"{root / META_FILE}: {what} differs from the one this store was made from "
                              f"(store: {name}={theirs!r}; this run: {mine!r}); resuming would mix two "
                              "lists' videos, so write to a new --out folder, or rerun with the store's list")
