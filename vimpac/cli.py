@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         # A path that cannot be read or written (a file where a folder is expected, no permission,
         # a full disk): the message names the path; a traceback would only bury it.
-        print(f"vimpac: {exc}", file=sys.stderr)
+        from vimpac.io import describe_os_error
+
+        print(f"vimpac: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     if "torch.distributed" in sys.modules:  # only commands that imported torch can have joined a group
         from vimpac.engine.distributed import shutdown

@@ -75,3 +75,11 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`PATH: reason` for an OSError (`out/sub: Not a directory`), without Python's errno prefix."""
+    if exc.filename is None:
+        return str(exc)
+    target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    return f"{exc.filename}{target}: {exc.strerror or exc}"

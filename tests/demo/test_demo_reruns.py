@@ -270,3 +270,12 @@ def test_pretraining_curves_show_only_this_runs_variants_and_are_written_atomica
         report.plot_pretraining(tmp_path, results)
     assert path.read_bytes() == before  # the old picture, whole
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_demo_folder_whose_data_was_deleted_is_still_the_demos(tmp_path):
+    # A damaged data/DONE.json's message says to delete data/; the rerun must then regenerate it.
+    from vimpac.demo.pipeline import _claim_out
+
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "DONE.json").write_text("{}")
+    _claim_out(tmp_path)  # not refused

@@ -92,6 +92,21 @@ def test_a_fresh_start_drops_rows_of_an_attempt_without_a_checkpoint(tmp_path):
     assert [step for step, _ in train_losses(tmp_path)] == [1, 2, 3, 4]
 
 
+def test_resuming_a_run_killed_before_its_end_validation_validates(tmp_path):
+    from vimpac.engine.metrics import MetricsLogger
+
+    make_trainer(tmp_path, steps=5).fit()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    # As if killed after the last checkpoint, before the end validation, mid-way through a line.
+    (tmp_path / "metrics.jsonl").write_text("\n".join(l for l in lines if '"val"' not in l) + '\n{"step": 5, "spl')
+    trainer = make_trainer(tmp_path, steps=5)
+    assert trainer.resume()
+    result = trainer.fit()
+    assert "val/mse" in result.last_metrics
+    assert [r["step"] for r in read_metrics(tmp_path) if r["split"] == "val"] == [5]
+    assert MetricsLogger(tmp_path, tensorboard=False).has_record(5, "val")
+
+
 def test_resuming_a_finished_run_trains_and_logs_nothing_more(tmp_path):
     make_trainer(tmp_path, steps=5).fit()
     rows = read_metrics(tmp_path)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vimpac.cli import main
+from vimpac.engine.checkpoint import CheckpointError
 from vimpac.engine.metrics import read_metrics
 from vimpac.engine.trainer import DistInfo
 from vimpac.finetune.errors import FinetuneError
@@ -117,7 +118,7 @@ def test_stop_and_resume_repeats_the_losses(stores):
     assert (tmp_path / "full" / "eval" / "results.json").is_file()
     part = run_finetune(ft_config(tmp_path, out=str(tmp_path / "part"), max_minutes=0.0))
     assert part.status == "time_limit" and part.steps == 1
-    with pytest.raises(FinetuneError, match="--resume"):
+    with pytest.raises(CheckpointError, match="--resume"):
         run_finetune(ft_config(tmp_path, out=str(tmp_path / "part")))
     with pytest.raises(FinetuneError, match="different settings"):
         run_finetune(ft_config(tmp_path, out=str(tmp_path / "part"), lr=5e-4, resume=True))
@@ -178,5 +179,5 @@ def test_resume_without_a_checkpoint_says_it_starts_anew_and_folders_of_pretrain
     assert "--resume: no checkpoint in" in capsys.readouterr().err
     (stores / "pt_run").mkdir()
     (stores / "pt_run" / "pretrain.json").write_text("{}")
-    with pytest.raises(FinetuneError, match="holds a pre-training run"):
+    with pytest.raises(CheckpointError, match="holds a pre-training run"):
         run_finetune(ft_config(stores, out=str(stores / "pt_run")))

@@ -8,13 +8,12 @@ import socket
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from vimpac.config import apply_overrides
 from vimpac.engine.distributed import DistInfo, shutdown
+from vimpac.engine.checkpoint import CheckpointError
 from vimpac.engine.metrics import read_metrics
 from vimpac.model.vimpac import VimpacForPretraining
 from vimpac.pretrain.config import build_pretrain_config
@@ -276,7 +275,7 @@ def test_kill_9_of_vimpac_pretrain_then_resume_matches_an_uninterrupted_run(stor
 def test_a_run_folder_with_checkpoints_is_not_overwritten(store_path, tmp_path, capsys):
     run_pretraining(store_path, tmp_path, config("train.total_steps=1"))
     before = (tmp_path / "pretrain.json").read_text()
-    with pytest.raises(PretrainError, match="holds checkpoints of an earlier run; pass --resume"):
+    with pytest.raises(CheckpointError, match="holds checkpoints of an earlier run; pass --resume"):
         run_pretraining(store_path, tmp_path, config("train.total_steps=2", "train.lr=0.5"))
     assert (tmp_path / "pretrain.json").read_text() == before
     run_pretraining(store_path, tmp_path / "new", config("train.total_steps=1"), resume=True)
@@ -338,3 +337,20 @@ def test_print_config_shows_the_settings_resolved_against_the_store(store_path, 
     printed = json.loads(capsys.readouterr().out)
     assert printed["train"]["grad_accum_steps"] == 4
     assert printed["model"]["codebook_size"] == CODES and printed["model"]["max_frames"] == 4
+
+
+def test_a_run_recorded_before_init_from_was_recorded_resumes_with_it(store_path, tmp_path):
+    import json
+
+    other = build_pretrain_config("tiny", overrides=MICRO_MODEL + ["model.dim=32", "model.heads=2"]).model
+    VimpacForPretraining(dataclasses.replace(other, codebook_size=CODES)).save_pretrained(tmp_path / "init")
+    run_dir = tmp_path / "run"
+    run_pretraining(store_path, run_dir, config("train.total_steps=2", "train.max_minutes=0"),
+                    init_from=tmp_path / "init")
+    record = json.loads((run_dir / "pretrain.json").read_text())
+    del record["init_from"]  # as the previous version wrote it: the preset's model, no init_from
+    record["model"] = dataclasses.asdict(resolve_config(TokenStore.open(store_path), config(), 1).model)
+    (run_dir / "pretrain.json").write_text(json.dumps(record))
+    result = run_pretraining(store_path, run_dir, config("train.total_steps=2"), resume=True,
+                             init_from=tmp_path / "init")
+    assert result.status == "finished" and result.step == 2

@@ -199,6 +199,7 @@ def _guarded(name: str, work) -> int:
     cannot be read or written) into one line on stderr and exit 2."""
     from vimpac.analysis.errors import AnalysisError
     from vimpac.config import ConfigError
+    from vimpac.io import describe_os_error
     from vimpac.model.errors import ModelError
     from vimpac.pretrain.errors import PretrainError
     from vimpac.store.errors import StoreError
@@ -211,16 +212,8 @@ def _guarded(name: str, work) -> int:
         print(f"vimpac {name}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"vimpac {name}: {_describe_os_error(exc)}", file=sys.stderr)
+        print(f"vimpac {name}: {describe_os_error(exc)}", file=sys.stderr)
         return 2
-
-
-def _describe_os_error(exc: OSError) -> str:
-    """`PATH: reason` for an OSError (e.g. `out/sub: Not a directory`), without the errno prefix."""
-    if exc.filename is None:
-        return str(exc)
-    target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
-    return f"{exc.filename}{target}: {exc.strerror or exc}"
 
 
 def _check_out_dir(path: str | Path, option: str = "--out") -> Path:

@@ -370,12 +370,15 @@ def _claim_out(out: Path) -> None:
         return
     present = [name for name in STAGE_FOLDERS
                if (out / name).exists() and (not (out / name).is_dir() or any((out / name).iterdir()))]
-    data = out / "data"
-    if present and not ((data / "DONE.json").exists() or (data / "STAGE.json").exists()):
+    # Any record of a demo stage (or a demo's results) marks the folder as a demo's: a user who
+    # deleted data/ to regenerate it, as a damaged record's message suggests, must not be refused.
+    records = [out / "results.json", *(out / name / record for name in STAGE_FOLDERS
+                                       for record in ("DONE.json", "STAGE.json"))]
+    if present and not any(path.is_file() for path in records):
         raise DemoError(
-            f"{out}: holds {', '.join(p + '/' for p in present)} but {data} has no demo record (DONE.json or "
-            "STAGE.json), so this is not a vimpac demo folder (or an older vimpac's demo stopped in its first "
-            "stage); choose another --out, or delete those folders")
+            f"{out}: holds {', '.join(p + '/' for p in present)} without a demo record (DONE.json or STAGE.json "
+            "in them, results.json beside them), so this is not a vimpac demo folder (or an older vimpac's "
+            "demo stopped in its first stage); choose another --out, or delete those folders")
 
 
 def _run_name(variant: str, seed: int, cfg: DemoConfig) -> str:

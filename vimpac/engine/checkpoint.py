@@ -21,6 +21,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,23 @@ def save_checkpoint(
     atomic_write_text(ckpt_root / "latest", name + "\n")
     _prune(ckpt_root, keep=max(1, keep_last))
     return final
+
+
+def check_run_folder(run_dir: str | Path, resume: bool, *, other_kind: str, other_record: str,
+                     announce: bool = True) -> None:
+    """Before a run writes into `run_dir`: refuse a folder holding a run of `other_kind` (marked by
+    its `other_record` file) or checkpoints of an earlier run without `resume`. With `resume` and
+    no checkpoint yet, say (when `announce`, i.e. on one rank) that the run starts anew: not an
+    error, so that a job script can always pass --resume (e.g. a requeued cluster job)."""
+    run_dir = Path(run_dir)
+    if (run_dir / other_record).exists():
+        raise CheckpointError(f"{run_dir}: holds a {other_kind} run ({other_record}); choose another --out")
+    has_checkpoint = latest_checkpoint(run_dir) is not None
+    if has_checkpoint and not resume:
+        raise CheckpointError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it "
+                              "or choose another --out")
+    if resume and not has_checkpoint and announce:
+        print(f"--resume: no checkpoint in {run_dir} yet; starting a new run", file=sys.stderr)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from vimpac.io import atomic_write_text
+
 
 class MetricsLogger:
     """Appends one JSON object per logging event to RUN/metrics.jsonl; mirrors scalars to
@@ -39,11 +41,24 @@ class MetricsLogger:
             self._writer.flush()
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past `step`: after a resume they are produced again."""
+        """Drop records past `step`: after a resume they are produced again. A line a killed run
+        left half-written is dropped too."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line, record in self._records() if record["step"] <= step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def has_record(self, step: int, split: str) -> bool:
+        return self.enabled and any(r["step"] == step and r["split"] == split for _, r in self._records())
+
+    def _records(self) -> list[tuple[str, dict[str, Any]]]:
+        records = []
+        for line in self.path.read_text().splitlines() if self.path.exists() else ():
+            try:
+                records.append((line, json.loads(line)))
+            except json.JSONDecodeError:
+                continue  # torn by a kill mid-write
+        return records
 
     def close(self) -> None:
         if self._writer is not None:

@@ -190,9 +190,13 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
-        if self.step >= cfg.total_steps:  # resuming a finished run: nothing to train or log again
+        if self.step >= cfg.total_steps:  # resuming a finished run: nothing to train or log again,
+            last = {}                      # but the end validation if a kill came before it
+            missing = self.dist.is_main and not self.logger.has_record(self.step, "val")  # rank 0 decides
+            if cfg.validate_at_end and distributed.any_rank(missing, self.device):
+                last = {f"val/{k}": v for k, v in self._validate().items()}
             self.logger.close()
-            return TrainResult("finished", self.step, self.skipped_steps, {}, latest_checkpoint(self.run_dir))
+            return TrainResult("finished", self.step, self.skipped_steps, last, latest_checkpoint(self.run_dir))
         if self.step == 0:
             self.logger.truncate_after(0)  # rows of an earlier attempt that died before its first checkpoint
         train_model = self._wrap(self.model)

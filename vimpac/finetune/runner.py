@@ -134,19 +134,12 @@ def _check_options(cfg: FinetuneConfig) -> None:
 
 def _check_resume(run_dir: Path, cfg: FinetuneConfig) -> None:
     import os
-    import sys
 
-    from vimpac.engine.checkpoint import latest_checkpoint
+    from vimpac.engine.checkpoint import check_run_folder, latest_checkpoint
 
-    if (run_dir / "pretrain.json").exists():
-        raise FinetuneError(f"{run_dir}: holds a pre-training run (pretrain.json); choose another --out")
+    check_run_folder(run_dir, cfg.resume, other_kind="pre-training", other_record="pretrain.json",
+                     announce=os.environ.get("RANK", "0") == "0")  # before the process group is joined
     has_checkpoint = latest_checkpoint(run_dir) is not None
-    if has_checkpoint and not cfg.resume:
-        raise FinetuneError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it "
-                            "or choose another --out")
-    if cfg.resume and not has_checkpoint and os.environ.get("RANK", "0") == "0":
-        # Not an error, so that a job script can always pass --resume (e.g. a requeued cluster job).
-        print(f"--resume: no checkpoint in {run_dir} yet; starting a new run", file=sys.stderr)
     saved = run_dir / "finetune.json"
     if cfg.resume and has_checkpoint and saved.is_file():
         before = json.loads(saved.read_text())["config"]

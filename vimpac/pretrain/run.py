@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -13,7 +12,7 @@ import torch
 from vimpac.config import to_dict
 from vimpac.devices import resolve_device
 from vimpac.engine import distributed
-from vimpac.engine.checkpoint import latest_checkpoint
+from vimpac.engine.checkpoint import check_run_folder
 from vimpac.engine.sync_batchnorm import GatheredBatchNorm1d, synchronize_batchnorm
 from vimpac.engine.trainer import Trainer, TrainResult
 from vimpac.io import atomic_write_json
@@ -37,14 +36,14 @@ def run_pretraining(store_path: str | Path, run_dir: str | Path, cfg: PretrainCo
         cfg = _with_architecture_of(init_from, cfg, store)
     cfg = resolve_config(store, cfg, dist.world_size)
     cfg.train.validate()  # again: gradient accumulation may have been derived from effective_batch
-    _check_run_folder(run_dir, resume, dist.is_main)
+    check_run_folder(run_dir, resume, other_kind="fine-tuning", other_record="finetune.json", announce=dist.is_main)
     config_path = run_dir / "pretrain.json"
     # Absolute, so that a resume from another working folder (or spelled otherwise) matches.
     record = {"store": str(Path(store_path).resolve()), "tokenizer_id": store.meta.tokenizer_id,
               "init_from": str(Path(init_from).resolve()) if init_from is not None else None, **to_dict(cfg)}
     if resume and config_path.exists():
-        previous = json.loads(config_path.read_text())
-        changed = _changed_settings(_resolved_paths(previous), record)
+        previous = _as_recorded_now(json.loads(config_path.read_text()), record)
+        changed = _changed_settings(previous, record)
         if changed:
             raise PretrainError(f"{config_path}: --resume with different settings: {changed}; "
                                 "use a new --out folder for a new run")
@@ -88,23 +87,16 @@ def _with_architecture_of(init_from: str | Path, cfg: PretrainConfig, store: Tok
         model_cfg, max_frames=cfg.model.max_frames, height=cfg.model.height, width=cfg.model.width))
 
 
-def _check_run_folder(run_dir: Path, resume: bool, is_main: bool) -> None:
-    """Refuse to overwrite an earlier run, or to resume another kind of run, in `run_dir`."""
-    if (run_dir / "finetune.json").exists():
-        raise PretrainError(f"{run_dir}: holds a fine-tuning run (finetune.json); choose another --out")
-    has_checkpoint = latest_checkpoint(run_dir) is not None
-    if has_checkpoint and not resume:
-        raise PretrainError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it "
-                            "or choose another --out")
-    if resume and not has_checkpoint and is_main:
-        # Not an error, so that a job script can always pass --resume (e.g. a requeued cluster job).
-        print(f"--resume: no checkpoint in {run_dir} yet; starting a new run", file=sys.stderr)
-
-
-def _resolved_paths(record: dict) -> dict:
-    """A recorded run's settings with its store path made absolute (runs before 2026-11-26 kept
-    the path as typed, relative to the folder the command ran in)."""
-    return {**record, "store": str(Path(record["store"]).resolve())} if "store" in record else record
+def _as_recorded_now(previous: dict, record: dict) -> dict:
+    """A run's recorded settings in today's form, so that a resume compares like with like:
+    runs before 2026-11-26 kept the store path as typed (relative to the folder the command ran
+    in) and recorded neither `init_from` nor, with it, the model folder's architecture."""
+    previous = dict(previous)
+    if "store" in previous:
+        previous["store"] = str(Path(previous["store"]).resolve())
+    if "init_from" not in previous and record.get("init_from") is not None:
+        previous["init_from"], previous["model"] = record["init_from"], record["model"]
+    return previous
 
 
 def _unsync(model: torch.nn.Module) -> VimpacForPretraining:

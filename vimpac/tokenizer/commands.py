@@ -42,8 +42,9 @@ def _run_convert_dalle(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. OUT_DIR below a file, or in a folder we may not write
-        where = exc.filename if exc.filename is not None else args.out_dir
-        print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        from vimpac.io import describe_os_error
+
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
     enc = tokenizer.config.encoder
     print(f"wrote {args.out_dir}: DALL-E dVAE, {enc.vocab_size} codes, n_hid {enc.n_hid}, "
