@@ -323,24 +323,34 @@ def test_a_run_from_a_wrong_video_root_is_finished_from_the_right_one(dataset):
     assert retry.encoded_videos == 0 and len(retry.failures) == 1 and not retry.all_failed
 
 
+def signal_after(monkeypatch, number: int, sig: int):
+    """Make tokenize's decoder send `sig` to this process while yielding video `number`;
+    returns the real decoder (to put back)."""
+    import os
+
+    from vimpac.store import tokenize as tokenize_module
+
+    real = tokenize_module._decode_in_order
+
+    def decode_then_signal(jobs, workers):
+        for index, decoded in enumerate(real(jobs, workers)):
+            if index == number:
+                os.kill(os.getpid(), sig)
+            yield decoded
+
+    monkeypatch.setattr(tokenize_module, "_decode_in_order", decode_then_signal)
+    return real
+
+
 def test_without_stop_on_signals_ctrl_c_raises_and_keeps_what_was_committed(dataset, monkeypatch):
     # The library default: a caller that does not look at report.interrupted (the demo) must not
     # take an interrupted run for a finished one.
-    import os
     import signal
 
     from vimpac.store import tokenize as tokenize_module
 
     root, annotations = dataset
-    real = tokenize_module._decode_in_order
-
-    def interrupted_after_two(jobs, workers):
-        for number, decoded in enumerate(real(jobs, workers)):
-            if number == 2:
-                os.kill(os.getpid(), signal.SIGINT)
-            yield decoded
-
-    monkeypatch.setattr(tokenize_module, "_decode_in_order", interrupted_after_two)
+    real = signal_after(monkeypatch, 2, signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         run(root, annotations, root / "store", batch_size=1)
     monkeypatch.setattr(tokenize_module, "_decode_in_order", real)
@@ -351,21 +361,12 @@ def test_without_stop_on_signals_ctrl_c_raises_and_keeps_what_was_committed(data
 def test_sigterm_commits_what_is_decoded_and_the_rerun_finishes(dataset, monkeypatch):
     """SIGTERM (timeout, SLURM) killed the run without a word; now it stops taking videos,
     commits the decoded ones and reports the interruption."""
-    import os
     import signal
 
     from vimpac.store import tokenize as tokenize_module
 
     root, annotations = dataset
-    real = tokenize_module._decode_in_order
-
-    def terminated_after_two(jobs, workers):
-        for number, decoded in enumerate(real(jobs, workers)):
-            if number == 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield decoded
-
-    monkeypatch.setattr(tokenize_module, "_decode_in_order", terminated_after_two)
+    real = signal_after(monkeypatch, 1, signal.SIGTERM)
     report = run(root, annotations, root / "store", stop_on_signals=True)
     assert report.interrupted == "SIGTERM" and "stopped by SIGTERM" in report.summary()
     assert report.encoded_videos == 2 and not report.nothing_to_do
