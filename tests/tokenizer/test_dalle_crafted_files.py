@@ -73,7 +73,7 @@ def test_huge_n_hid_is_refused_naming_the_file_and_field(dall_e_modules, officia
     assert str(huge) in message
     assert f"the pickled Encoder's n_hid = {HUGE} does not match the stored weights" in message
     assert "blocks.input.w has shape (16, 3, 7, 7), which means n_hid = 16" in message
-    assert vimpac_main(["convert-dalle", str(huge), str(dec_pkl), str(tmp_path / "out")]) == 1
+    assert vimpac_main(["convert-dalle", str(huge), str(dec_pkl), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "n_hid = 4194304" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
@@ -201,7 +201,7 @@ def test_convert_dalle_refuses_an_existing_tokenizer_folder_without_overwrite(of
     (out / "tokenizer.json").write_text('{"kind": "vqvae", "tokenizer_id": "vqvae-old"}\n')
     (out / "train_report.json").write_text("{}\n")
     (out / "DONE.json").write_text("{}\n")
-    assert vimpac_main(["convert-dalle", str(enc_pkl), str(dec_pkl), str(out)]) == 1
+    assert vimpac_main(["convert-dalle", str(enc_pkl), str(dec_pkl), str(out)]) == 2
     err = capsys.readouterr().err
     assert f"{out}: already holds a tokenizer" in err and "--overwrite" in err
     assert json.loads((out / "tokenizer.json").read_text())["tokenizer_id"] == "vqvae-old"  # untouched
@@ -221,7 +221,7 @@ def test_convert_dalle_never_replaces_a_folder_that_is_not_a_tokenizer(official_
     out.mkdir()
     (out / "notes.txt").write_text("keep me\n")
     for extra in ([], ["--overwrite"]):
-        assert vimpac_main(["convert-dalle", str(enc_pkl), str(dec_pkl), str(out), *extra]) == 1
+        assert vimpac_main(["convert-dalle", str(enc_pkl), str(dec_pkl), str(out), *extra]) == 2
         assert f"{out}: not empty (notes.txt) and not a tokenizer folder" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     empty = tmp_path / "empty"
@@ -237,7 +237,7 @@ def test_convert_dalle_unusable_out_dir_is_a_one_line_error(official_pickles, tm
     for out, expected in ((afile, f"error: {afile}: exists and is not a folder"),
                           (afile / "sub", f"error: {afile / 'sub'}: cannot be created, {afile} is a file"),
                           (Path("/proc/vimpac-test"), "error: /proc/vimpac-test: No such file or directory")):
-        assert vimpac_main(["convert-dalle", str(enc_pkl), str(dec_pkl), str(out)]) == 1
+        assert vimpac_main(["convert-dalle", str(enc_pkl), str(dec_pkl), str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(expected) and err.count("\n") == 1, err
     assert afile.read_text() == "x\n"

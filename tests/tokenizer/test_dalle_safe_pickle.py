@@ -103,7 +103,7 @@ def test_cli_convert_dalle(official_files, tmp_path, capsys):
     assert "tokenizer id dalle-" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.safetensors", "tokenizer.json"]
     # Swapped arguments: a clear error naming the file and what it holds, exit code 1.
-    assert vimpac_main(["convert-dalle", str(dec_pkl), str(enc_pkl), str(tmp_path / "bad")]) == 1
+    assert vimpac_main(["convert-dalle", str(dec_pkl), str(enc_pkl), str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert str(dec_pkl) in err and "dall_e.decoder.Decoder" in err and "expected a pickled dall_e.encoder.Encoder" in err
     assert not (tmp_path / "bad").exists()

@@ -96,7 +96,7 @@ def test_output_path_that_is_a_file_is_refused_before_training(clips, tmp_path, 
     for out, expected in ((a_file, "exists and is not a folder"), (a_file / "tok", f"{a_file} is a file")):
         rc = main(["train-tokenizer", str(clips), "--out", str(out), *FAST_ARGS])
         err = capsys.readouterr().err
-        assert rc == 1 and str(out) in err and expected in err
+        assert rc == 2 and str(out) in err and expected in err
     assert a_file.read_text() == "keep me"
 
 
@@ -104,7 +104,7 @@ def test_output_path_that_is_a_file_is_refused_before_training(clips, tmp_path, 
 def test_unusable_device_is_refused_before_training(clips, tmp_path, capsys, no_decoding, device):
     rc = main(["train-tokenizer", str(clips), "--out", str(tmp_path / "tok"), *FAST_ARGS, "--device", device])
     err = capsys.readouterr().err
-    assert rc == 1 and err.startswith("error: --device: ") and repr(device) in err
+    assert rc == 2 and err.startswith("error: --device: ") and repr(device) in err
     assert not (tmp_path / "tok").exists()
 
 
@@ -115,7 +115,7 @@ def test_foreign_non_empty_folder_is_refused_even_with_overwrite(clips, tmp_path
     for extra in ([], ["--overwrite"]):
         rc = main(["train-tokenizer", str(clips), "--out", str(store), *FAST_ARGS, *extra])
         err = capsys.readouterr().err
-        assert rc == 1 and f"{store}: not empty (manifest.json) and not a tokenizer folder" in err
+        assert rc == 2 and f"{store}: not empty (manifest.json) and not a tokenizer folder" in err
     assert sorted(p.name for p in store.iterdir()) == ["manifest.json"]
 
 
@@ -128,7 +128,7 @@ def test_existing_tokenizer_is_replaced_only_with_overwrite(clips, tmp_path, cap
 
     with monkeypatch.context() as patch:
         patch.setattr(train_module, "load_frame_pool", lambda *a, **k: pytest.fail("decoded before refusing"))
-        assert main(["train-tokenizer", str(clips), "--out", str(out), *FAST_ARGS, "--seed", "1"]) == 1
+        assert main(["train-tokenizer", str(clips), "--out", str(out), *FAST_ARGS, "--seed", "1"]) == 2
     err = capsys.readouterr().err
     assert f"{out}: already holds a tokenizer" in err and "--overwrite" in err
     assert json.loads((out / "tokenizer.json").read_text())["tokenizer_id"] == first_id

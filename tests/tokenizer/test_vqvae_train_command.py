@@ -60,7 +60,7 @@ def test_list_files_resolve_relative_to_their_folder(video_folder):
 
 def test_missing_input_is_a_clear_error(tmp_path, capsys):
     rc = main(["train-tokenizer", str(tmp_path / "nope"), "--out", str(tmp_path / "tok"), *FAST_ARGS])
-    assert rc == 1
+    assert rc == 2
     assert "nope: no such video, folder or list file" in capsys.readouterr().err
     with pytest.raises(TokenizerTrainingError, match="bad.txt"):
         (tmp_path / "bad.txt").write_text("clips/a.mp4 0\nclips/b.mp4\n")
@@ -71,14 +71,14 @@ def test_only_corrupt_videos_fails_cleanly(tmp_path, capsys):
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "a.mp4").write_bytes(b"garbage")
     rc = main(["train-tokenizer", str(tmp_path / "v"), "--out", str(tmp_path / "tok"), *FAST_ARGS])
-    assert rc == 1
+    assert rc == 2
     assert "no usable training frames" in capsys.readouterr().err
     assert not (tmp_path / "tok" / "tokenizer.json").exists()
 
 
 def test_bad_settings_are_reported(video_folder, tmp_path, capsys):
     rc = main(["train-tokenizer", str(video_folder / "clips"), "--out", str(tmp_path / "tok"), *FAST_ARGS, "--size", "30"])
-    assert rc == 1
+    assert rc == 2
     assert "multiple of 8" in capsys.readouterr().err
 
 

@@ -40,12 +40,12 @@ def _run_convert_dalle(args: argparse.Namespace) -> int:
         tokenizer = convert_official_pickles(args.encoder_pkl, args.decoder_pkl, args.out_dir, args.overwrite)
     except TokenizerError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     except OSError as exc:  # e.g. OUT_DIR below a file, or in a folder we may not write
         from vimpac.io import describe_os_error
 
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-        return 1
+        return 2
     enc = tokenizer.config.encoder
     print(f"wrote {args.out_dir}: DALL-E dVAE, {enc.vocab_size} codes, n_hid {enc.n_hid}, "
           f"{enc.n_blk_per_group} blocks/group, tokenizer id {tokenizer.tokenizer_id}")
@@ -110,5 +110,5 @@ def _run_train_tokenizer(args: argparse.Namespace) -> int:
         )
     except (ConfigError, TokenizerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
