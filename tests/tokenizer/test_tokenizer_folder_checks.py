@@ -14,10 +14,9 @@ from vimpac.cli import main
 from vimpac.tokenizer.base import TokenizerError, load_tokenizer
 from vimpac.tokenizer.vqvae import VQVAEConfig, VQVAETokenizer
 from vimpac.video.writer import write_video
-from vqvae_test_frames import render_video
+from vqvae_test_frames import fast_train_args, render_video
 
-FAST_ARGS = ["--size", "32", "--fps", "4", "--steps", "3", "--batch-size", "8", "--codebook-size", "16",
-             "--set", "width=8", "--set", "code_dim=8", "--quiet"]
+FAST_ARGS = fast_train_args(steps=3)
 
 
 @pytest.fixture(scope="module")

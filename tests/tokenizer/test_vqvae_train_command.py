@@ -11,11 +11,9 @@ from vimpac.tokenizer.base import load_tokenizer
 from vimpac.tokenizer.train import TokenizerTrainingError, TrainConfig, discover_videos, split_videos, train_vqvae
 from vimpac.tokenizer.vqvae import VQVAEConfig, VQVAETokenizer
 from vimpac.video.writer import write_video
-from vqvae_test_frames import render_video
+from vqvae_test_frames import fast_train_args, render_video
 
-# A narrow network and few steps: this checks the plumbing, not the quality.
-FAST_ARGS = ["--size", "32", "--fps", "4", "--steps", "6", "--batch-size", "8", "--codebook-size", "16",
-             "--set", "width=8", "--set", "code_dim=8", "--quiet"]
+FAST_ARGS = fast_train_args(steps=6)
 
 
 @pytest.fixture(scope="module")

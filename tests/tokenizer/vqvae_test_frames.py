@@ -51,3 +51,10 @@ def render_video(num_frames: int, size: int, seed: int) -> np.ndarray:
 def render_frames(num_videos: int, frames_per_video: int, size: int, seed: int = 0) -> np.ndarray:
     """Frames of `num_videos` rendered videos stacked into one uint8 (N, size, size, 3) array."""
     return np.concatenate([render_video(frames_per_video, size, seed * 1000 + v) for v in range(num_videos)])
+
+
+def fast_train_args(steps: int) -> list[str]:
+    """`vimpac train-tokenizer` options for a narrow network and few steps: tests of the
+    plumbing, not of the quality."""
+    return ["--size", "32", "--fps", "4", "--steps", str(steps), "--batch-size", "8", "--codebook-size", "16",
+            "--set", "width=8", "--set", "code_dim=8", "--quiet"]
