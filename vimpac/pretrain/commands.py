@@ -184,10 +184,8 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 
     try:
         cfg = build_pretrain_config(args.preset, args.config, args.overrides)
-        if args.device:
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=args.device))
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-            cfg.train, device=resolve_device(cfg.train.device)))
+            cfg.train, device=resolve_device(args.device or cfg.train.device)))
         if args.print_config:
             cfg.train.validate()
             cfg = resolve_config(TokenStore.open(args.store), cfg, world_size=1)

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from vimpac.argtypes import at_least, positive_float, positive_int
+from vimpac.data.annotations import FORMATS, KINETICS_LAYOUTS  # standard library only: cheap at start-up
 
-# The annotation formats (vimpac.data.annotations.FORMATS; not imported here, see the module
-# docstring) and the tokenize options each one takes. Any other option given is refused by
+# The tokenize options each annotation format takes. Any other option given is refused by
 # name: passed on, it surfaced as a TypeError from the reader.
 FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
     "mmaction": ("--class-names",),
@@ -25,7 +25,6 @@ FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
     "kinetics400": ("--subset", "--class-names", "--layout", "--underscore-labels"),
     "howto100m": ("--extension",),
 }
-KINETICS_LAYOUTS = ("split/label", "label", "split", "flat")  # vimpac.data.annotations.KINETICS_LAYOUTS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     tok.add_argument("--videos", required=True, metavar="ROOT", help="folder the annotation paths are relative to")
     tok.add_argument("--list", required=True, metavar="ANNOTATIONS", help="annotation file or folder")
-    tok.add_argument("--format", default="auto", choices=("auto", *FORMAT_OPTIONS),
+    tok.add_argument("--format", default="auto", choices=("auto", *FORMATS),
                      help="annotation format (default: auto-detect)")
     tok.add_argument("--split", type=positive_int, default=None, help="official split number (ucf101, hmdb51)")
     tok.add_argument("--subset", choices=("train", "val", "test"), default=None,
