@@ -77,6 +77,22 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def output_file_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be written as a file (it is a folder, the nearest existing folder above it
+    is a file, or that folder is not writable), or None. Commands that write one file at the end of
+    a long job check this first, so that the work is not lost to a bad --out."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path}: is a folder; expected a file path"
+    parent = path.absolute().parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{path}: cannot be created, {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{path}: cannot be created, no permission to write in {existing}"
+    return None
+
+
 def describe_os_error(exc: OSError) -> str:
     """`PATH: reason` for an OSError (`out/sub: Not a directory`), without Python's errno prefix."""
     if exc.filename is None:

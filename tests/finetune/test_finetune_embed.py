@@ -82,3 +82,49 @@ def test_embed_written_video_only_failures_exit_nonzero(assets, tmp_path):
     assert np.load(out).shape == (1, 32)
     assert main(["embed", str(assets / "model"), str(tmp_path / "missing.mp4"), "--tokenizer", str(assets / "tok"),
                  "--out", str(tmp_path / "y.npy"), "--no-progress"]) == 1
+
+
+def test_clips_in_small_batches_give_the_one_batch_features(assets):
+    model = VimpacForPretraining.from_pretrained(assets / "model").eval()
+    tokens = np.random.default_rng(1).integers(0, 16, size=(10, 4, 4))  # 4 clips of 3 frames
+    whole = embed_tokens(model, tokens, with_tokens=True, batch_size=4)
+    for batch_size in (1, 3):
+        cls, token_features = embed_tokens(model, tokens, with_tokens=True, batch_size=batch_size)
+        np.testing.assert_allclose(cls, whole[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(token_features, whole[1], rtol=1e-5, atol=1e-6)
+
+
+def _embed_args(assets, video, out, *extra):
+    return ["embed", str(assets / "model"), str(video), "--tokenizer", str(assets / "tok"), "--out", str(out),
+            "--fps", "4", "--size", str(SIZE), "--no-progress", *extra]
+
+
+def test_rewrite_without_tokens_removes_the_old_token_features(assets, tmp_path):
+    video = tmp_path / "moving.mp4"
+    write_video(video, np.random.default_rng(0).integers(0, 255, size=(16, 40, 48, 3), dtype=np.uint8), fps=8)
+    out = tmp_path / "feats.npy"
+    assert main(_embed_args(assets, video, out, "--tokens")) == 0
+    assert (tmp_path / "feats.tokens.npz").is_file()
+    assert main(_embed_args(assets, video, out)) == 0
+    # A feats.tokens.npz left from the first run would sit beside feats.npy as if it were its own.
+    assert not (tmp_path / "feats.tokens.npz").exists()
+
+
+@pytest.mark.parametrize("case", ["folder", "below_a_file", "suffix"])
+def test_unwritable_out_is_refused_before_any_video_is_read(assets, tmp_path, case, capsys, monkeypatch):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder.npy").mkdir()
+    out = {"folder": tmp_path / "a_folder.npy", "below_a_file": tmp_path / "a_file" / "feats.npy",
+           "suffix": tmp_path / "feats.txt"}[case]
+
+    def read_video(*args, **kwargs):
+        pytest.fail("a video was read before --out was checked")
+
+    monkeypatch.setattr("vimpac.finetune.embed.video_tokens", read_video)
+    assert main(_embed_args(assets, tmp_path / "video.mp4", out)) == 2
+    assert str(out) in capsys.readouterr().err
+
+
+def test_size_not_a_multiple_of_the_downsampling_names_the_factor(assets, tmp_path, capsys):
+    assert main(_embed_args(assets, tmp_path / "missing.mp4", tmp_path / "f.npy")[:-3] + ["--size", "30"]) == 2
+    assert "multiple of the tokenizer's downsampling factor 8" in capsys.readouterr().err

@@ -121,6 +121,7 @@ def _register_embed(subparsers) -> None:
     p.add_argument("--size", type=positive_int, default=128)
     p.add_argument("--frames", type=positive_int, metavar="T", help="clip length (default: the model's)")
     p.add_argument("--tokens", action="store_true", help="also write token features (T, h, w, D) per video")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="clips per forward pass")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -220,18 +221,21 @@ def _run_probe(args: argparse.Namespace) -> int:
 
 def _run_embed(args: argparse.Namespace) -> int:
     from vimpac.devices import check_device
-    from vimpac.finetune.embed import embed_videos, write_embeddings
+    from vimpac.finetune.embed import check_size, embed_videos, embedding_files, write_embeddings
     from vimpac.finetune.loading import load_backbone
     from vimpac.tokenizer.base import load_tokenizer
 
     try:
+        embedding_files(args.out)  # before minutes of decoding
         check_device(args.device, "--device")
         tokenizer = load_tokenizer(args.tokenizer, device=args.device)
+        check_size(args.size, tokenizer.downsample)
         grid = (args.size // tokenizer.downsample,) * 2
         backbone = load_backbone(args.checkpoint, frames=args.frames, grid=grid,
                                  expect_codebook_size=tokenizer.codebook_size).to(args.device)
         embeddings = embed_videos(backbone, tokenizer, args.videos, fps=args.fps, size=args.size, frames=args.frames,
-                                  with_tokens=args.tokens, device=args.device, bf16=args.bf16, progress=args.progress)
+                                  with_tokens=args.tokens, device=args.device, bf16=args.bf16, progress=args.progress,
+                                  batch_size=args.batch_size)
         written = write_embeddings(embeddings, args.out)
     except _input_errors() as exc:
         return _fail("embed", exc)

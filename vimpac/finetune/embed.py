@@ -8,8 +8,9 @@
 
 A video is decoded at `fps`, resized / center-cropped to `size` (the store's "s1.00_center"
 view) and tokenized; its frames are cut into consecutive clips of the model's T frames (the
-last one padded with [PAD]), all clips of the video go through the backbone in one batch, and
-the CLS feature is the mean of the clips' CLS outputs. Token features (optional) are the
+last one padded with [PAD]), the clips go through the backbone `batch_size` at a time (a long
+video's clips do not all have to fit in memory at once), and the CLS feature is the mean of the
+clips' CLS outputs. Token features (optional) are the
 clips' token outputs put back end to end and trimmed to the video: (T_video, h, w, D).
 A video that cannot be read is recorded in `failures` with the reason; the others go on.
 """
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from vimpac.finetune.errors import FinetuneError
-from vimpac.io import atomic_path, atomic_write_json
+from vimpac.io import atomic_path, atomic_write_json, output_file_problem
 
 
 @dataclass
@@ -58,8 +59,10 @@ def video_tokens(path: str | Path, tokenizer, fps: float, size: int) -> np.ndarr
 
 @torch.inference_mode()
 def embed_tokens(model: nn.Module, tokens: np.ndarray, frames: int | None = None, with_tokens: bool = False,
-                 device: str | torch.device = "cpu", bf16: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """CLS feature (D,) and optionally token features (T, h, w, D) of one video's tokens."""
+                 device: str | torch.device = "cpu", bf16: bool = False,
+                 batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+    """CLS feature (D,) and optionally token features (T, h, w, D) of one video's tokens, its clips
+    encoded `batch_size` at a time."""
     backbone = getattr(model, "backbone", model)
     frames = frames or backbone.config.max_frames
     device = torch.device(device)
@@ -72,18 +75,25 @@ def embed_tokens(model: nn.Module, tokens: np.ndarray, frames: int | None = None
     clips = torch.from_numpy(padded.reshape(num_clips, frames, *tokens.shape[1:])).to(device)
     backbone.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with autocast:
-        cls, hiddens = backbone(clips)
-    cls_feature = cls.float().mean(dim=0).cpu().numpy()
+    cls_outputs, token_outputs = [], []
+    for batch in clips.split(batch_size):
+        with autocast:
+            cls, hiddens = backbone(batch)
+        cls_outputs.append(cls.float().cpu())
+        if with_tokens:
+            token_outputs.append(hiddens.float().cpu())
+    cls_feature = torch.cat(cls_outputs).mean(dim=0).numpy()
     token_features = None
     if with_tokens:
-        token_features = hiddens.float().reshape(num_clips * frames, *hiddens.shape[2:])[:length].cpu().numpy()
+        hiddens = torch.cat(token_outputs)
+        token_features = hiddens.reshape(num_clips * frames, *hiddens.shape[2:])[:length].numpy()
     return cls_feature, token_features
 
 
 def embed_videos(model: nn.Module, tokenizer, paths: Sequence[str | Path], fps: float = 2.0, size: int = 128,
                  frames: int | None = None, with_tokens: bool = False, keys: Sequence[str] | None = None,
-                 device: str | torch.device = "cpu", bf16: bool = False, progress: bool = False) -> Embeddings:
+                 device: str | torch.device = "cpu", bf16: bool = False, progress: bool = False,
+                 batch_size: int = 32) -> Embeddings:
     """Features of every readable video in `paths`; unreadable ones are listed in `failures`."""
     from vimpac.video.errors import VideoError
 
@@ -91,10 +101,12 @@ def embed_videos(model: nn.Module, tokenizer, paths: Sequence[str | Path], fps: 
     if tokenizer.codebook_size != backbone.config.codebook_size:
         raise FinetuneError(f"tokenizer has {tokenizer.codebook_size} codes but the model was trained on "
                             f"{backbone.config.codebook_size}; use the tokenizer the model was pre-trained with")
+    check_size(size, tokenizer.downsample)
     grid = size // tokenizer.downsample
-    if size % tokenizer.downsample or grid > backbone.config.height or grid > backbone.config.width:
-        raise FinetuneError(f"size {size}: must be a multiple of {tokenizer.downsample} giving at most "
-                            f"{backbone.config.height} x {backbone.config.width} tokens (the model's tables)")
+    if grid > backbone.config.height or grid > backbone.config.width:
+        raise FinetuneError(f"size {size}: gives {grid} x {grid} tokens, more than the model's tables "
+                            f"({backbone.config.height} x {backbone.config.width}); load the model for this grid "
+                            "(load_backbone(..., grid=...) interpolates them)")
     keys = list(keys) if keys is not None else video_keys(paths)
     if len(keys) != len(paths) or len(set(keys)) != len(keys):
         raise FinetuneError("keys: expected one distinct key per video path")
@@ -107,7 +119,7 @@ def embed_videos(model: nn.Module, tokenizer, paths: Sequence[str | Path], fps: 
     for key, path in items:
         try:
             tokens = video_tokens(path, tokenizer, fps, size)
-            cls, token_features = embed_tokens(backbone, tokens, frames, with_tokens, device, bf16)
+            cls, token_features = embed_tokens(backbone, tokens, frames, with_tokens, device, bf16, batch_size)
         except (VideoError, FinetuneError) as exc:
             result.failures.append({"key": key, "path": str(path), "error": str(exc)})
             continue
@@ -118,12 +130,34 @@ def embed_videos(model: nn.Module, tokenizer, paths: Sequence[str | Path], fps: 
     return result
 
 
+def check_size(size: int, downsample: int) -> None:
+    if size % downsample:
+        raise FinetuneError(f"size {size}: must be a multiple of the tokenizer's downsampling factor {downsample}")
+
+
+def embedding_files(out: str | Path) -> dict[str, Path]:
+    """The files `write_embeddings` writes for `out`, by role ("cls", and for `.npy` "keys" and
+    "tokens"); refuses, before any work, a suffix it cannot write or a path that cannot be written."""
+    out = Path(out)
+    if out.suffix not in (".safetensors", ".npy"):
+        raise FinetuneError(f"{out}: output must end in .npy or .safetensors")
+    problem = output_file_problem(out)
+    if problem:
+        raise FinetuneError(problem)
+    if out.suffix == ".safetensors":
+        return {"cls": out}
+    stem = out.name[:-len(".npy")]
+    return {"cls": out, "keys": out.with_name(stem + ".keys.json"), "tokens": out.with_name(stem + ".tokens.npz")}
+
+
 def write_embeddings(embeddings: Embeddings, out: str | Path) -> list[Path]:
     """Write by suffix: `.safetensors` (tensors "cls/<key>" and "tokens/<key>", the key list in
     the metadata) or `.npy` (the (N, D) CLS matrix, rows in key order, with `<out>.keys.json`
     beside it and, with token features, `<out stem>.tokens.npz`: one array per video, loadable
-    with allow_pickle=False). Returns the files written."""
-    out = Path(out)
+    with allow_pickle=False; without them an older `.tokens.npz` of that name is removed, as it
+    would describe other videos). Returns the files written."""
+    files = embedding_files(out)
+    out = files["cls"]
     keys = list(embeddings.cls)
     index = {"keys": keys, "paths": [embeddings.paths.get(k) for k in keys], "failures": embeddings.failures}
     if out.suffix == ".safetensors":
@@ -135,19 +169,17 @@ def write_embeddings(embeddings: Embeddings, out: str | Path) -> list[Path]:
         with atomic_path(out, suffix=".safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"vimpac": json.dumps(index)})
         return [out]
-    if out.suffix == ".npy":
-        dim = next(iter(embeddings.cls.values())).shape[0] if keys else 0
-        matrix = np.stack([embeddings.cls[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
-        with atomic_path(out, suffix=".npy") as tmp:
-            np.save(tmp, matrix, allow_pickle=False)
-        keys_path = out.with_name(out.name[:-len(".npy")] + ".keys.json")
-        atomic_write_json(keys_path, index)
-        written = [out, keys_path]
-        if embeddings.tokens is not None:
-            tokens_path = out.with_name(out.name[:-len(".npy")] + ".tokens.npz")
-            with atomic_path(tokens_path, suffix=".npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, **{f"v{i:06d}": embeddings.tokens[k] for i, k in enumerate(keys)})
-            written.append(tokens_path)
-        return written
-    raise FinetuneError(f"{out}: output must end in .npy or .safetensors")
+    dim = next(iter(embeddings.cls.values())).shape[0] if keys else 0
+    matrix = np.stack([embeddings.cls[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
+    with atomic_path(out, suffix=".npy") as tmp:
+        np.save(tmp, matrix, allow_pickle=False)
+    atomic_write_json(files["keys"], index)
+    written = [out, files["keys"]]
+    if embeddings.tokens is None:
+        files["tokens"].unlink(missing_ok=True)
+    else:
+        with atomic_path(files["tokens"], suffix=".npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **{f"v{i:06d}": embeddings.tokens[k] for i, k in enumerate(keys)})
+        written.append(files["tokens"])
+    return written
