@@ -179,6 +179,29 @@ def test_second_writer_for_the_same_rank_is_refused(tmp_path):
         RankWriter(root, make_meta(), 1, committed).close()  # other ranks are independent
 
 
+def test_a_writer_whose_manifest_went_stale_before_it_got_the_lock_truncates_nothing(tmp_path):
+    """Two runs on one store: B reads the manifest, A commits more and exits (releasing the
+    rank's lock), then B takes the lock. B truncated the shard to its stale view, destroying A's
+    committed videos (verify: entries past the end of the shard)."""
+    rng = np.random.default_rng(5)
+    videos = [random_video(rng, i, frames=2) for i in range(4)]
+    root = new_store(tmp_path / "store")
+    write_videos(root, videos[:2])
+    stale, _ = load_manifest(root)  # run B plans its work from this
+    write_videos(root, videos[2:])  # run A commits two more videos meanwhile and exits
+    compact_store(root)
+    with pytest.raises(StoreError, match="another process committed to rank 0 of this store after this run "
+                                         "read its manifest; rerun"):
+        RankWriter(root, make_meta(), 0, stale)
+    assert verify_store(root).ok
+    assert TokenStore.open(root).keys() == [v.key for v in videos]
+    # Other ranks committing meanwhile is normal (a torchrun job) and does not stop this one.
+    stale, _ = load_manifest(root)
+    write_videos(root, [random_video(rng, 9, frames=2)], rank=1)
+    RankWriter(root, make_meta(), 0, stale).close()
+    assert verify_store(root).ok
+
+
 def test_ranks_merge_into_one_ordered_store_with_failures(tmp_path):
     rng = np.random.default_rng(3)
     videos = [random_video(rng, i, frames=2) for i in range(6)]

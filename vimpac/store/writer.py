@@ -70,6 +70,11 @@ class RankWriter:
         (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         (root / PART_DIR).mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire_lock()
+        try:
+            self._check_not_stale(committed)
+        except BaseException:
+            os.close(self._lock)
+            raise
         self._shard_index, self._file = self._recover(committed)
         seqs = [parse_part_name(p.name) for p in list_parts(root)]
         self._next_seq = 1 + max((s for r, s in seqs if r == rank), default=-1)
@@ -86,14 +91,36 @@ class RankWriter:
             raise StoreError(f"{path}: another process is writing rank {self.rank} of this store") from None
         return fd
 
-    def _recover(self, committed: Manifest):
-        """Truncate own shards to their committed ends; open the last one for appending."""
+    def _committed_ends(self, committed: Manifest) -> dict[str, int]:
+        """Shard name -> end of its last committed entry, for every shard `committed` names."""
         ends: dict[str, int] = {}
         per_frame = self.meta.tokens_per_frame * TOKEN_DTYPE.itemsize
         for i in range(committed.num_entries):
             name = committed.shards[committed.entry_shard[i]]
             end = committed.entry_offset[i] + committed.entry_frames[i] * per_frame
             ends[name] = max(ends.get(name, 0), end)
+        return ends
+
+    def _check_not_stale(self, committed: Manifest) -> None:
+        """`committed` (read before the lock was ours) must still describe this rank's shards.
+
+        Another run writing as this rank may have committed more and exited between the
+        caller's read and our lock; truncating to `committed` would then cut its videos out
+        of the shard under a manifest that still names them. Other ranks' commits do not
+        matter: they write only their own shards.
+        """
+        def own(ends: dict[str, int]) -> dict[str, int]:
+            return {name: end for name, end in ends.items()
+                    if (parsed := parse_shard_name(name)) is not None and parsed[0] == self.rank}
+
+        now, _ = load_manifest(self.root)
+        if own(self._committed_ends(now)) != own(self._committed_ends(committed)):
+            raise StoreError(f"{self.root}: another process committed to rank {self.rank} of this store after this "
+                             "run read its manifest; rerun the same command to resume from what is committed now")
+
+    def _recover(self, committed: Manifest):
+        """Truncate own shards to their committed ends; open the last one for appending."""
+        ends = self._committed_ends(committed)
         own = {}
         for path in (self.root / SHARD_DIR).iterdir():
             parsed = parse_shard_name(path.name)
