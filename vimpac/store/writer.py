@@ -201,10 +201,12 @@ def compact_store(root: Path) -> Manifest:
 
     Safe to interrupt: manifest.json is replaced atomically before the parts it absorbed are
     deleted, and a part that is read twice merges to the same video. Only call it when no
-    writer is running on the store (single process, or rank 0 after a barrier).
+    writer is running on the store (single process, or rank 0 after a barrier). A finished
+    store (no parts) is left untouched, so a rerun over one on read-only storage works.
     """
     manifest, parts = load_manifest(root)
-    atomic_write_json(root / MANIFEST_FILE, manifest.to_json())
+    if parts or not (root / MANIFEST_FILE).exists():
+        atomic_write_json(root / MANIFEST_FILE, manifest.to_json())
     for part in parts:
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
@@ -213,6 +215,11 @@ def compact_store(root: Path) -> Manifest:
 
 
 def write_failures_report(root: Path, manifest: Manifest) -> None:
-    """failures.jsonl: one JSON object per video that is not in the store, with the reason."""
-    lines = [json.dumps(f, sort_keys=True) + "\n" for f in manifest.failures]
-    atomic_write_text(root / FAILURES_FILE, "".join(lines))
+    """failures.jsonl: one JSON object per video that is not in the store, with the reason
+    (not rewritten when it already says that)."""
+    text = "".join(json.dumps(f, sort_keys=True) + "\n" for f in manifest.failures)
+    path = root / FAILURES_FILE
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if path.read_text() == text:
+            return
+    atomic_write_text(path, text)
