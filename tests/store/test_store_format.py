@@ -170,6 +170,27 @@ def test_crash_before_commit_is_rolled_back(tmp_path, monkeypatch):
     assert report.ok and not report.notes[1:]
 
 
+def test_a_full_disk_names_the_file_and_says_a_rerun_resumes(tmp_path, monkeypatch):
+    """It was 'vimpac: [Errno 28] No space left on device': no file, no word on the store's state."""
+    import errno
+
+    rng = np.random.default_rng(6)
+    videos = [random_video(rng, i, frames=2) for i in range(4)]
+    root = new_store(tmp_path / "store")
+    write_videos(root, videos[:2])
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a failing write(): no file name
+
+    monkeypatch.setattr(writer_module, "atomic_write_json", disk_full)
+    with pytest.raises(StoreError, match=r"manifest/r000-000001.json: cannot write: No space left on device; the "
+                                         r"videos committed so far are kept: .* rerun the same command to resume"):
+        write_videos(root, videos[2:])
+    monkeypatch.undo()
+    write_videos(root, videos[2:])
+    assert verify_store(root).ok and TokenStore.open(root).keys() == [v.key for v in videos]
+
+
 def test_second_writer_for_the_same_rank_is_refused(tmp_path):
     root = new_store(tmp_path / "store")
     committed, _ = load_manifest(root)

@@ -21,7 +21,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -167,14 +167,17 @@ class RankWriter:
                                      f"[0, {self.meta.codebook_size})")
                 data = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE).tobytes()
                 offset = self._file.tell()
-                self._file.write(data)
+                with _resumable_write_error(Path(self._file.name)):
+                    self._file.write(data)
                 rows.append((view_index, tokens.shape[0], shard, offset, zlib.crc32(data)))
             part.add_video(video.key, video.label, video.record, rows)
         part.failures = [f.to_json() for f in failures]
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with _resumable_write_error(Path(self._file.name)):
+            self._file.flush()
+            os.fsync(self._file.fileno())
         path = self.root / PART_DIR / part_name(self.rank, self._next_seq)
-        atomic_write_json(path, part.to_json())
+        with _resumable_write_error(path):
+            atomic_write_json(path, part.to_json())
         self._next_seq += 1
         return path
 
@@ -194,6 +197,17 @@ class RankWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _resumable_write_error(path: Path) -> Iterator[None]:
+    """An OSError while committing (a full disk: errno 28, which names no file) becomes a
+    StoreError naming the file and saying that what is committed stays and a rerun resumes."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot write: {exc.strerror or exc}; the videos committed so far are kept: "
+                         "make room (or fix the folder) and rerun the same command to resume") from exc
 
 
 def compact_store(root: Path) -> Manifest:
