@@ -170,6 +170,27 @@ def test_crash_before_commit_is_rolled_back(tmp_path, monkeypatch):
     assert report.ok and not report.notes[1:]
 
 
+def test_a_full_disk_names_the_file_and_says_a_rerun_resumes(tmp_path, monkeypatch):
+    """It was 'vimpac: [Errno 28] No space left on device': no file, no word on the store's state."""
+    import errno
+
+    rng = np.random.default_rng(6)
+    videos = [random_video(rng, i, frames=2) for i in range(4)]
+    root = new_store(tmp_path / "store")
+    write_videos(root, videos[:2])
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a failing write(): no file name
+
+    monkeypatch.setattr(writer_module, "atomic_write_json", disk_full)
+    with pytest.raises(StoreError, match=r"manifest/r000-000001.json: cannot write: No space left on device; the "
+                                         r"videos committed so far are kept: .* rerun the same command to resume"):
+        write_videos(root, videos[2:])
+    monkeypatch.undo()
+    write_videos(root, videos[2:])
+    assert verify_store(root).ok and TokenStore.open(root).keys() == [v.key for v in videos]
+
+
 def test_second_writer_for_the_same_rank_is_refused(tmp_path):
     root = new_store(tmp_path / "store")
     committed, _ = load_manifest(root)
@@ -177,6 +198,29 @@ def test_second_writer_for_the_same_rank_is_refused(tmp_path):
         with pytest.raises(StoreError, match="another process"):
             RankWriter(root, make_meta(), 0, committed)
         RankWriter(root, make_meta(), 1, committed).close()  # other ranks are independent
+
+
+def test_a_writer_whose_manifest_went_stale_before_it_got_the_lock_truncates_nothing(tmp_path):
+    """Two runs on one store: B reads the manifest, A commits more and exits (releasing the
+    rank's lock), then B takes the lock. B truncated the shard to its stale view, destroying A's
+    committed videos (verify: entries past the end of the shard)."""
+    rng = np.random.default_rng(5)
+    videos = [random_video(rng, i, frames=2) for i in range(4)]
+    root = new_store(tmp_path / "store")
+    write_videos(root, videos[:2])
+    stale, _ = load_manifest(root)  # run B plans its work from this
+    write_videos(root, videos[2:])  # run A commits two more videos meanwhile and exits
+    compact_store(root)
+    with pytest.raises(StoreError, match="another process committed to rank 0 of this store after this run "
+                                         "read its manifest; rerun"):
+        RankWriter(root, make_meta(), 0, stale)
+    assert verify_store(root).ok
+    assert TokenStore.open(root).keys() == [v.key for v in videos]
+    # Other ranks committing meanwhile is normal (a torchrun job) and does not stop this one.
+    stale, _ = load_manifest(root)
+    write_videos(root, [random_video(rng, 9, frames=2)], rank=1)
+    RankWriter(root, make_meta(), 0, stale).close()
+    assert verify_store(root).ok
 
 
 def test_ranks_merge_into_one_ordered_store_with_failures(tmp_path):

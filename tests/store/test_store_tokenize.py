@@ -69,6 +69,27 @@ def test_second_run_does_nothing_and_retry_failed_retries(dataset):
     assert (root / "store" / "failures.jsonl").read_text() == ""
 
 
+def test_rerunning_a_finished_store_writes_nothing(dataset, monkeypatch):
+    """A finished store on a read-only file system (shared storage): the rerun said
+    "Read-only file system" for a manifest.json it rewrote unchanged, instead of nothing to do."""
+    import errno
+
+    from vimpac.store import writer as writer_module
+
+    root, annotations = dataset
+    run(root, annotations, root / "store")
+    before = {p: p.stat().st_mtime_ns for p in (root / "store").rglob("*") if p.is_file()}
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(writer_module, "atomic_write_json", read_only)
+    monkeypatch.setattr(writer_module, "atomic_write_text", read_only)
+    again = run(root, annotations, root / "store")
+    assert again.nothing_to_do
+    assert {p: p.stat().st_mtime_ns for p in (root / "store").rglob("*") if p.is_file()} == before
+
+
 def test_rerun_with_other_settings_is_a_clear_error(dataset):
     root, annotations = dataset
     run(root, annotations, root / "store")

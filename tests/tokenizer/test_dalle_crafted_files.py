@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import stat
+import sys
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -132,6 +133,66 @@ def test_tokenizer_json_architecture_is_checked_against_the_weights(official_pic
     message = str(info.value)
     assert f"{folder / 'model.safetensors'} (encoder): encoder.n_hid = {HUGE} does not match" in message
     assert f"(decoder): decoder.n_hid = {HUGE} does not match" in message
+
+
+# ------------------------------------------------------------------ the module tree
+
+
+def _with_extra_child(module, child_of):
+    """A copy of `module` whose `blocks` gets the child `child_of(copy)` under the name "extra"."""
+    module = copy.deepcopy(module)
+    module.blocks._modules["extra"] = child_of(module)
+    return module
+
+
+def _fan_out(levels: int) -> torch.nn.Module:
+    """`levels` modules, each naming the next one twice: a few hundred bytes pickled, 2**levels
+    paths to walk."""
+    module = torch.nn.ReLU()
+    for _ in range(levels):
+        module = torch.nn.Sequential(module, module)
+    return module
+
+
+def _chain(levels: int) -> torch.nn.Module:
+    module = torch.nn.ReLU()
+    for _ in range(levels):
+        module = torch.nn.Sequential(module)
+    return module
+
+
+@pytest.mark.parametrize("child_of, expected", [
+    (lambda enc: enc, "pickled dall_e.encoder.Encoder at blocks.extra appears twice in the module tree"),
+    (lambda enc: _fan_out(25), "appears twice in the module tree (a cycle or a shared sub-module)"),
+    (lambda enc: _chain(1500), "pickled modules nest deeper than 32 levels"),
+], ids=["cycle", "shared", "deep"])
+def test_module_cycles_shared_and_deep_modules_are_refused(dall_e_modules, official_pickles, tmp_path, child_of,
+                                                           expected):
+    # They made the conversion recurse forever (RecursionError), or walk 2**25 paths.
+    enc, _ = dall_e_modules
+    _, dec_pkl = official_pickles
+    path = tmp_path / "enc_tree.pkl"
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))  # torch.save recurses into the chain; loading must not
+    try:
+        torch.save(_with_extra_child(enc, child_of), path)
+    finally:
+        sys.setrecursionlimit(limit)
+    with pytest.raises(TokenizerError) as info:
+        load_official_pickles(path, dec_pkl)
+    assert str(info.value).startswith(f"{path}: ") and expected in str(info.value)
+
+
+@pytest.mark.parametrize("attribute", ["_modules", "_parameters", "_buffers"])
+def test_module_attributes_that_are_not_dicts_are_refused(dall_e_modules, official_pickles, tmp_path, attribute):
+    enc, _ = dall_e_modules
+    _, dec_pkl = official_pickles
+    enc = copy.deepcopy(enc)
+    enc.__dict__[attribute] = [1, 2]  # was a TypeError / AttributeError traceback
+    path = tmp_path / "enc_attr.pkl"
+    torch.save(enc, path)
+    with pytest.raises(TokenizerError, match=f"dall_e.encoder.Encoder.{attribute} is list, expected a dict"):
+        load_official_pickles(path, dec_pkl)
 
 
 # ------------------------------------------------------------------ tensors and storages

@@ -80,6 +80,15 @@ def test_bad_settings_are_reported(video_folder, tmp_path, capsys):
     assert "multiple of 8" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("fps", ["inf", "nan", "0"])
+def test_a_fps_that_is_not_finite_and_positive_is_refused_before_decoding(video_folder, tmp_path, capsys, fps):
+    # inf was accepted, then every video was skipped ("target_fps must be a positive number")
+    # and the run ended with "no usable training frames".
+    rc = main(["train-tokenizer", str(video_folder / "clips"), "--out", str(tmp_path / "tok"), *FAST_ARGS, "--fps", fps])
+    err = capsys.readouterr().err
+    assert rc == 2 and "fps must be a finite number > 0" in err and "skipped" not in err
+
+
 def test_split_holds_out_whole_videos_deterministically(tmp_path):
     videos = [tmp_path / f"{i}.mp4" for i in range(20)]
     train, val = split_videos(videos, 0.1, seed=3)

@@ -21,7 +21,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -70,6 +70,11 @@ class RankWriter:
         (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         (root / PART_DIR).mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire_lock()
+        try:
+            self._check_not_stale(committed)
+        except BaseException:
+            os.close(self._lock)
+            raise
         self._shard_index, self._file = self._recover(committed)
         seqs = [parse_part_name(p.name) for p in list_parts(root)]
         self._next_seq = 1 + max((s for r, s in seqs if r == rank), default=-1)
@@ -86,14 +91,36 @@ class RankWriter:
             raise StoreError(f"{path}: another process is writing rank {self.rank} of this store") from None
         return fd
 
-    def _recover(self, committed: Manifest):
-        """Truncate own shards to their committed ends; open the last one for appending."""
+    def _committed_ends(self, committed: Manifest) -> dict[str, int]:
+        """Shard name -> end of its last committed entry, for every shard `committed` names."""
         ends: dict[str, int] = {}
         per_frame = self.meta.tokens_per_frame * TOKEN_DTYPE.itemsize
         for i in range(committed.num_entries):
             name = committed.shards[committed.entry_shard[i]]
             end = committed.entry_offset[i] + committed.entry_frames[i] * per_frame
             ends[name] = max(ends.get(name, 0), end)
+        return ends
+
+    def _check_not_stale(self, committed: Manifest) -> None:
+        """`committed` (read before the lock was ours) must still describe this rank's shards.
+
+        Another run writing as this rank may have committed more and exited between the
+        caller's read and our lock; truncating to `committed` would then cut its videos out
+        of the shard under a manifest that still names them. Other ranks' commits do not
+        matter: they write only their own shards.
+        """
+        def own(ends: dict[str, int]) -> dict[str, int]:
+            return {name: end for name, end in ends.items()
+                    if (parsed := parse_shard_name(name)) is not None and parsed[0] == self.rank}
+
+        now, _ = load_manifest(self.root)
+        if own(self._committed_ends(now)) != own(self._committed_ends(committed)):
+            raise StoreError(f"{self.root}: another process committed to rank {self.rank} of this store after this "
+                             "run read its manifest; rerun the same command to resume from what is committed now")
+
+    def _recover(self, committed: Manifest):
+        """Truncate own shards to their committed ends; open the last one for appending."""
+        ends = self._committed_ends(committed)
         own = {}
         for path in (self.root / SHARD_DIR).iterdir():
             parsed = parse_shard_name(path.name)
@@ -140,14 +167,17 @@ class RankWriter:
                                      f"[0, {self.meta.codebook_size})")
                 data = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE).tobytes()
                 offset = self._file.tell()
-                self._file.write(data)
+                with _resumable_write_error(Path(self._file.name)):
+                    self._file.write(data)
                 rows.append((view_index, tokens.shape[0], shard, offset, zlib.crc32(data)))
             part.add_video(video.key, video.label, video.record, rows)
         part.failures = [f.to_json() for f in failures]
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with _resumable_write_error(Path(self._file.name)):
+            self._file.flush()
+            os.fsync(self._file.fileno())
         path = self.root / PART_DIR / part_name(self.rank, self._next_seq)
-        atomic_write_json(path, part.to_json())
+        with _resumable_write_error(path):
+            atomic_write_json(path, part.to_json())
         self._next_seq += 1
         return path
 
@@ -169,15 +199,28 @@ class RankWriter:
         self.close()
 
 
+@contextlib.contextmanager
+def _resumable_write_error(path: Path) -> Iterator[None]:
+    """An OSError while committing (a full disk: errno 28, which names no file) becomes a
+    StoreError naming the file and saying that what is committed stays and a rerun resumes."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot write: {exc.strerror or exc}; the videos committed so far are kept: "
+                         "make room (or fix the folder) and rerun the same command to resume") from exc
+
+
 def compact_store(root: Path) -> Manifest:
     """Fold all manifest parts into manifest.json and rewrite failures.jsonl.
 
     Safe to interrupt: manifest.json is replaced atomically before the parts it absorbed are
     deleted, and a part that is read twice merges to the same video. Only call it when no
-    writer is running on the store (single process, or rank 0 after a barrier).
+    writer is running on the store (single process, or rank 0 after a barrier). A finished
+    store (no parts) is left untouched, so a rerun over one on read-only storage works.
     """
     manifest, parts = load_manifest(root)
-    atomic_write_json(root / MANIFEST_FILE, manifest.to_json())
+    if parts or not (root / MANIFEST_FILE).exists():
+        atomic_write_json(root / MANIFEST_FILE, manifest.to_json())
     for part in parts:
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
@@ -186,6 +229,11 @@ def compact_store(root: Path) -> Manifest:
 
 
 def write_failures_report(root: Path, manifest: Manifest) -> None:
-    """failures.jsonl: one JSON object per video that is not in the store, with the reason."""
-    lines = [json.dumps(f, sort_keys=True) + "\n" for f in manifest.failures]
-    atomic_write_text(root / FAILURES_FILE, "".join(lines))
+    """failures.jsonl: one JSON object per video that is not in the store, with the reason
+    (not rewritten when it already says that)."""
+    text = "".join(json.dumps(f, sort_keys=True) + "\n" for f in manifest.failures)
+    path = root / FAILURES_FILE
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if path.read_text() == text:
+            return
+    atomic_write_text(path, text)

@@ -628,7 +628,11 @@ def _read_official(path: Path, top_class: str, fields: tuple[str, ...]):
         if not isinstance(value, int) or isinstance(value, bool):
             raise TokenizerError(f"{path}: attribute {name!r} of the pickled {top_class} is {value!r}, expected an int")
         values[name] = value
-    return values, module.state_dict()
+    try:
+        state = module.state_dict()
+    except TokenizerError as exc:
+        raise TokenizerError(f"{path}: {exc}") from None
+    return values, state
 
 
 def load_official_pickles(encoder_pkl: str | Path, decoder_pkl: str | Path, **kwargs) -> DalleTokenizer:

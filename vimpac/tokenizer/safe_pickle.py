@@ -63,6 +63,10 @@ STANDARD_NN_MODULES: tuple[str, ...] = (
 )
 
 
+# Deepest module nesting accepted (dall_e's is 5: Encoder.blocks.group_1.block_1.res_path.conv_1).
+MAX_MODULE_DEPTH = 32
+
+
 class PickledModule:
     """Stand-in for a pickled `nn.Module`: remembers its class name and pickled attributes.
 
@@ -80,15 +84,39 @@ class PickledModule:
     def attribute(self, name: str, default: Any = None) -> Any:
         return getattr(self, "state", {}).get(name, default)
 
+    def mapping(self, name: str) -> dict[str, Any]:
+        """A dict attribute such as `_modules` or `_parameters` (empty when absent)."""
+        value = self.attribute(name) or {}
+        if not isinstance(value, dict):
+            raise TokenizerError(f"pickled {self.qualname}.{name} is {type(value).__name__}, expected a dict")
+        return dict(value)
+
     def children(self) -> dict[str, PickledModule | None]:
-        return dict(self.attribute("_modules", {}) or {})
+        return self.mapping("_modules")
 
     def state_dict(self, prefix: str = "") -> "OrderedDict[str, torch.Tensor]":
-        """Parameters and persistent buffers under dotted names, as `nn.Module.state_dict`."""
+        """Parameters and persistent buffers under dotted names, as `nn.Module.state_dict`.
+
+        A pickle can make a module its own descendant, or name one module as many children
+        at every level (a few bytes each in the file, exponentially many paths to walk), or
+        nest modules deeper than Python recursion allows; all are refused, as the released
+        networks share no modules and nest a handful of levels deep.
+        """
+        return self._collect(prefix, set(), 0)
+
+    def _collect(self, prefix: str, seen: set[int], depth: int) -> "OrderedDict[str, torch.Tensor]":
+        where = prefix.rstrip(".") or "the top-level module"
+        if depth > MAX_MODULE_DEPTH:
+            raise TokenizerError(f"pickled modules nest deeper than {MAX_MODULE_DEPTH} levels (at {where}); "
+                                 "expected a network's plain module tree")
+        if id(self) in seen:
+            raise TokenizerError(f"pickled {self.qualname} at {where} appears twice in the module tree (a cycle "
+                                 "or a shared sub-module); expected a network's plain module tree")
+        seen.add(id(self))
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         non_persistent = set(self.attribute("_non_persistent_buffers_set", ()) or ())
         for kind in ("_parameters", "_buffers"):
-            for name, value in (self.attribute(kind, {}) or {}).items():
+            for name, value in self.mapping(kind).items():
                 if value is None or (kind == "_buffers" and name in non_persistent):
                     continue
                 if not isinstance(value, torch.Tensor):
@@ -99,7 +127,7 @@ class PickledModule:
                 continue
             if not isinstance(child, PickledModule):
                 raise TokenizerError(f"pickled {self.qualname} child {name!r} is {type(child).__name__}, not a module")
-            out.update(child.state_dict(prefix + name + "."))
+            out.update(child._collect(prefix + name + ".", seen, depth + 1))
         return out
 
 

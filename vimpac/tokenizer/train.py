@@ -103,8 +103,8 @@ class DataConfig:
         problems = []
         if self.size < 8 or self.size % 8:
             problems.append(f"size must be a positive multiple of 8 (8x downsampling), got {self.size}")
-        if not self.fps > 0:
-            problems.append(f"fps must be > 0, got {self.fps}")
+        if not (math.isfinite(self.fps) and self.fps > 0):  # inf failed every video, one by one
+            problems.append(f"fps must be a finite number > 0, got {self.fps}")
         if self.max_frames_per_video < 1:
             problems.append(f"max_frames_per_video must be >= 1, got {self.max_frames_per_video}")
         if not 0.0 <= self.val_fraction < 1.0:
