@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -92,6 +91,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
     from vimpac.data.annotations import AnnotationError, load_annotations
     from vimpac.devices import check_device
     from vimpac.engine.distributed import init_distributed
+    from vimpac.signals import exit_code
     from vimpac.store.errors import StoreError
     from vimpac.store.tokenize import tokenize_videos
     from vimpac.tokenizer.base import TokenizerError, load_tokenizer
@@ -124,7 +124,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
     if report.interrupted is not None:
         print(f"vimpac tokenize: stopped by {report.interrupted} after committing what was decoded; rerun "
               "the same command to resume", file=sys.stderr)
-        return 128 + int(getattr(signal, report.interrupted, signal.SIGINT))
+        return exit_code(report.interrupted)
     if report.all_failed:
         first = report.failures[0]
         print(f"vimpac tokenize: error: every video of this run failed ({len(report.failures)}); check --videos "

@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from vimpac.io import atomic_write_json
+from vimpac.signals import stop_on_signals as stop_signals
 from vimpac.store.errors import StoreError
 from vimpac.store.format import (
     MAX_CODEBOOK, META_FILE, Manifest, StoreMeta, annotations_fingerprint, load_manifest, read_meta,
@@ -519,29 +520,6 @@ def _now_found(failure: dict[str, Any], path: Path) -> bool:
     return failure.get("error") == "not_found" and path.is_file()
 
 
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[list[str]]:
-    """Yields a list that gets the signal's name on the first SIGINT / SIGTERM; a second one
-    raises KeyboardInterrupt at once. Only the main thread can handle signals; elsewhere the
-    list stays empty and signals keep their handlers."""
-    received: list[str] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        if received:
-            raise KeyboardInterrupt
-        received.append(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_names: Sequence[str],
               workers: int, batch_size: int, progress: bool, report: TokenizeReport,
               stop_on_signals: bool) -> None:
@@ -565,7 +543,7 @@ def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_na
         bar.set_postfix(frames_s=f"{report.encoded_frames / elapsed:.1f}", failed=len(report.failures))
         failures = []
 
-    signals = _stop_on_signals() if stop_on_signals else contextlib.nullcontext([])
+    signals = stop_signals() if stop_on_signals else contextlib.nullcontext([])
     with bar, signals as stop, contextlib.closing(_decode_in_order(jobs, workers)) as decoded_videos:
         for decoded in decoded_videos:
             encoded = []

@@ -1,0 +1,37 @@
+"""Stopping long jobs cleanly on Ctrl-C / SIGTERM (a cluster's pre-emption notice)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[list[str]]:
+    """Yields a list that gets the signal's name ("SIGINT", "SIGTERM") on the first SIGINT /
+    SIGTERM, for a loop to notice at its next safe point; a second signal raises
+    KeyboardInterrupt at once. Only the main thread can handle signals; elsewhere the list stays
+    empty and signals keep their handlers."""
+    received: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def exit_code(signal_name: str) -> int:
+    """The shell's exit status for a job stopped by `signal_name`: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + int(getattr(signal, signal_name, signal.SIGINT))
