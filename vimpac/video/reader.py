@@ -382,6 +382,7 @@ class VideoReader:
             raise VideoDecodeError(path, "the video stream has no time base")
         pts_list: list[int] = []
         key_pts: list[int] = []
+        first_dts: int | None = None  # the stream's earliest decode timestamp, see _seek_and_decode
         # Guard against a demuxer that stops advancing on a crafted file: every real packet
         # consumes file bytes, so more packets than bytes (plus slack for flush packets) means
         # a loop, reported as corruption instead of hanging.
@@ -398,6 +399,8 @@ class VideoReader:
                 if pts is None:
                     raise VideoDecodeError(path, "packets carry no timestamps; cannot address frames exactly")
                 pts_list.append(pts)
+                if packet.dts is not None and (first_dts is None or packet.dts < first_dts):
+                    first_dts = packet.dts
                 if packet.is_keyframe:
                     key_pts.append(pts)
         except VideoError:
@@ -415,6 +418,7 @@ class VideoReader:
                 path, f"truncated: the container declares {declared} frames but only {len(pts)} are present"
             )
         self._pts = pts
+        self._start_seek_ts = int(min(pts[0], first_dts)) if first_dts is not None else int(pts[0])
         self._time_base = Fraction(stream.time_base)
         self._times = (pts - pts[0]).astype(np.float64) * float(self._time_base)
         # Keyframes as presentation indices, sorted. Frame 0 is always a valid seek target
@@ -555,7 +559,10 @@ class VideoReader:
         """
         slot = int(np.searchsorted(self._keyframes, target, side="right") - 1)
         while True:
-            seek_pts = int(self._pts[self._keyframes[slot]])
+            # Frame 0 is reached by seeking to the stream's earliest timestamp: AVI seeks by decode
+            # timestamps, and with B-frames the first frame's pts is the second packet's dts, so
+            # when that packet is a keyframe too the seek landed on it, past frame 0.
+            seek_pts = int(self._pts[self._keyframes[slot]]) if slot > 0 else self._start_seek_ts
             try:
                 self._container.seek(seek_pts, stream=self._stream, backward=True, any_frame=False)
             except Exception as exc:
