@@ -275,6 +275,44 @@ def _mp4_truncation(path: Path) -> str | None:
     return None
 
 
+# A Matroska / WebM file whose video frames end this long before its declared duration is
+# truncated: seconds, plus a fraction of the declared duration (audio may outlast the video a little).
+MATROSKA_TRUNCATION_SLACK_S = 0.5
+MATROSKA_TRUNCATION_SLACK_FRACTION = 0.05
+
+
+def _matroska_declared_duration(container: av.container.InputContainer, stream) -> float | None:
+    """Seconds a Matroska / WebM file says its video lasts: the track's DURATION tag (FFmpeg and
+    mkvmerge write one), else the segment's duration; None for other containers or a live
+    recording that declares none."""
+    if "matroska" not in container.format.name.split(","):
+        return None
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    if tag:
+        try:
+            hours, minutes, seconds = tag.strip().split(":")
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        except ValueError:
+            pass  # an odd tag: fall back to the segment's duration
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None
+
+
+def _check_matroska_not_truncated(container: av.container.InputContainer, stream, path: Path, end: float) -> None:
+    """MP4 and AVI declare a frame count, checked against the frames present; Matroska / WebM
+    (SSv2, YouTube downloads) declare only a duration, and FFmpeg reads a cut-off file up to
+    where it ends without an error: without this check it became a shorter video, silently."""
+    declared = _matroska_declared_duration(container, stream)
+    if declared is None:
+        return
+    if declared - end > MATROSKA_TRUNCATION_SLACK_S + MATROSKA_TRUNCATION_SLACK_FRACTION * declared:
+        raise VideoDecodeError(
+            path, f"truncated: the container declares {declared:.3f} s of video but its frames end at "
+                  f"{end:.3f} s (an interrupted download or copy?)"
+        )
+
+
 def _stream_fps(stream: av.video.stream.VideoStream) -> float | None:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate is not None and rate > 0:
@@ -438,6 +476,7 @@ class VideoReader:
         if not fps:
             raise VideoDecodeError(path, "cannot determine the frame rate (one frame, no declared rate)")
         self._duration = float(self._times[-1]) + last_duration
+        _check_matroska_not_truncated(self._container, stream, path, float(pts[-1] * self._time_base) + last_duration)
         self.info = VideoInfo(
             path=str(path), fps=float(fps), num_frames=len(pts), duration=self._duration,
             width=int(stream.codec_context.width), height=int(stream.codec_context.height),
