@@ -3,9 +3,9 @@ reported as truncated, not as a file without video; so is a WebM cut short."""
 
 from __future__ import annotations
 
-import av
 import numpy as np
 import pytest
+from conftest import write_webm
 
 from vimpac.cli import main as cli_main
 from vimpac.video.errors import VideoDecodeError
@@ -73,25 +73,10 @@ def test_video_info_names_the_truncation(index_last_mp4, tmp_path, capsys):
     assert "[decode]" in err and "could not be parsed" in err and "'moov' box" in err
 
 
-def _write_webm(path, frames: np.ndarray, fps: int) -> bytes:
-    """VP9 in WebM, as SSv2 and YouTube distribute (the project writer makes only MP4)."""
-    with av.open(str(path), "w", format="webm") as container:
-        stream = container.add_stream("libvpx-vp9", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"deadline": "realtime", "cpu-used": "8"}
-        stream.codec_context.gop_size = fps  # several clusters, as in real files
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path.read_bytes()
-
-
 def test_webm_cut_short_is_reported_as_truncated(tmp_path):
     # A WebM / MKV declares a duration but no frame count, and FFmpeg reads a cut-off one up to
     # where it ends without an error: it was tokenized as a shorter video, silently.
-    data = _write_webm(tmp_path / "78687.webm", _frames(48), fps=12)
+    data = write_webm(tmp_path / "78687.webm", _frames(48), fps=12).read_bytes()
     with VideoReader(tmp_path / "78687.webm") as video:  # the whole file is fine
         assert video.num_frames == 48
     cut = tmp_path / "cut.webm"

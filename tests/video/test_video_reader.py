@@ -7,7 +7,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from conftest import HEIGHT, WIDTH, decode_indices, has_b_frames, index_frames
+from conftest import HEIGHT, WIDTH, decode_indices, has_b_frames, index_frames, write_webm
 
 from vimpac.video.errors import VideoTooShortError
 from vimpac.video.reader import (
@@ -177,6 +177,17 @@ def test_whole_video_at_2fps_from_10_25_30fps(index_video, fps, count, expected)
     np.testing.assert_array_equal(frame_indices_at_fps(info, 2), expected)
     with VideoReader(path) as video:
         np.testing.assert_array_equal(video.frame_indices_at_fps(2), expected)
+
+
+@pytest.mark.parametrize("count", [24, 37])
+def test_webm_millisecond_timestamps_give_no_sample_past_the_end(tmp_path, count):
+    # WebM stores frame 23 of a 12 fps video at 1.917 s (milliseconds); adding 1/12 s put the end
+    # at 2.0003 s and a 4 FPS sample at 2.0 s, past the real end: the last frame twice.
+    path = write_webm(tmp_path / f"{count}.webm", index_frames(count), fps=12)
+    with VideoReader(path) as video:
+        assert video.info.duration == pytest.approx(count / 12, abs=1e-3)
+        np.testing.assert_array_equal(video.frame_indices_at_fps(4), np.arange(0, count, 3))
+    np.testing.assert_array_equal(decode_indices(read_video_at_fps(path, 4)), np.arange(0, count, 3))
 
 
 def test_ntsc_rate_30000_1001(index_video):

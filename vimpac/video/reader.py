@@ -475,7 +475,12 @@ class VideoReader:
             fps = fps or 0.0
         if not fps:
             raise VideoDecodeError(path, "cannot determine the frame rate (one frame, no declared rate)")
-        self._duration = float(self._times[-1]) + last_duration
+        # The end in whole ticks of the time base, as the container stores every timestamp: WebM
+        # counts milliseconds, so frame 23 of a 12 fps video is stored at 1.917 s, and adding 1/12 s
+        # ended the video at 2.0003 s: a 4 FPS sample at 2.0 s, past the real end (the last frame
+        # twice, one sample more than FFmpeg's fps filter gives, for a third of SSv2's videos).
+        last_ticks = max(1, round(last_duration / float(self._time_base)))
+        self._duration = float((int(pts[-1] - pts[0]) + last_ticks) * self._time_base)
         _check_matroska_not_truncated(self._container, stream, path, float(pts[-1] * self._time_base) + last_duration)
         self.info = VideoInfo(
             path=str(path), fps=float(fps), num_frames=len(pts), duration=self._duration,
