@@ -251,6 +251,28 @@ def test_hmdb51(tmp_path):
     assert read_hmdb51(folder, 2, "train").class_names == ["brush_hair"]
 
 
+def test_hmdb51_videos_named_with_a_leading_hash_are_kept(tmp_path):
+    # HMDB51 names some clips after their source title, e.g. '#20_Rhythm_clap_...': a split
+    # line starting with '#' is a video, not a comment (it was skipped, losing the video).
+    folder = tmp_path / "testTrainMulti_7030_splits"
+    write(folder / "clap_test_split1.txt",
+          "#20_Rhythm_clap_u_nm_np1_fr_goo_0.avi 1 \n#20_Rhythm_clap_u_nm_np1_fr_goo_1.avi 2 \n"
+          "Alex_Hands_clap_u_nm_np1_fr_med_0.avi 1 \n")
+    assert triples(read_hmdb51(folder, 1, "train")) == [
+        ("clap/#20_Rhythm_clap_u_nm_np1_fr_goo_0.avi", 0, "clap/#20_Rhythm_clap_u_nm_np1_fr_goo_0"),
+        ("clap/Alex_Hands_clap_u_nm_np1_fr_med_0.avi", 0, "clap/Alex_Hands_clap_u_nm_np1_fr_med_0"),
+    ]
+    assert [r.path for r in read_hmdb51(folder, 1, "test").records] == ["clap/#20_Rhythm_clap_u_nm_np1_fr_goo_1.avi"]
+
+
+def test_ucf101_lists_have_no_comment_lines(tmp_path):
+    # An official list has no comment syntax: a '#' line is reported, never skipped silently.
+    folder = make_ucf101(tmp_path / "ucfTrainTestlist")
+    write(folder / "testlist02.txt", "#ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n")
+    with pytest.raises(AnnotationError, match=r"testlist02\.txt, line 1: class folder '#ApplyEyeMakeup' is not in"):
+        read_ucf101(folder, 2, "test")
+
+
 def test_hmdb51_malformed(tmp_path):
     folder = make_hmdb51(tmp_path / "splits")
     write(folder / "ride_bike_test_split1.txt", "r1.avi 1\nr2.avi 3\n")

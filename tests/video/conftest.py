@@ -46,6 +46,22 @@ def decode_indices(frames: np.ndarray) -> np.ndarray:
     return values
 
 
+def write_webm(path: Path, frames: np.ndarray, fps: int) -> Path:
+    """VP9 in WebM (millisecond timestamps), as SSv2 and YouTube distribute; the project writer
+    makes only MP4."""
+    with av.open(str(path), "w", format="webm") as container:
+        stream = container.add_stream("libvpx-vp9", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"deadline": "realtime", "cpu-used": "8"}
+        stream.codec_context.gop_size = fps  # several clusters, as in real files
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def has_b_frames(path: Path) -> bool:
     """True when some packet is stored out of presentation order (a B-frame)."""
     with av.open(str(path)) as container:

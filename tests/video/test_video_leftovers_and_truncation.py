@@ -1,14 +1,15 @@
 """Folder scans skip tools' leftovers (hidden files and folders); an MP4 cut inside its index is
-reported as truncated, not as a file without video."""
+reported as truncated, not as a file without video; so is a WebM cut short."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write_webm
 
 from vimpac.cli import main as cli_main
 from vimpac.video.errors import VideoDecodeError
-from vimpac.video.reader import VideoReader, find_video_files, probe_video
+from vimpac.video.reader import VideoReader, find_video_files, probe_video, scan_videos
 from vimpac.video.writer import write_video
 
 
@@ -70,3 +71,19 @@ def test_video_info_names_the_truncation(index_last_mp4, tmp_path, capsys):
     assert cli_main(["video-info", str(path)]) == 1
     err = capsys.readouterr().err
     assert "[decode]" in err and "could not be parsed" in err and "'moov' box" in err
+
+
+def test_webm_cut_short_is_reported_as_truncated(tmp_path):
+    # A WebM / MKV declares a duration but no frame count, and FFmpeg reads a cut-off one up to
+    # where it ends without an error: it was tokenized as a shorter video, silently.
+    data = write_webm(tmp_path / "78687.webm", _frames(48), fps=12).read_bytes()
+    with VideoReader(tmp_path / "78687.webm") as video:  # the whole file is fine
+        assert video.num_frames == 48
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    with pytest.raises(VideoDecodeError) as caught:
+        VideoReader(cut)
+    assert caught.value.kind == "decode"
+    assert "truncated: the container declares 4.000 s of video but its frames end at" in caught.value.reason
+    infos, errors = scan_videos([cut], verify=True)
+    assert infos == [] and "truncated" in errors[0].reason

@@ -7,7 +7,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from conftest import HEIGHT, WIDTH, decode_indices, has_b_frames, index_frames
+from conftest import HEIGHT, WIDTH, decode_indices, has_b_frames, index_frames, write_webm
 
 from vimpac.video.errors import VideoTooShortError
 from vimpac.video.reader import (
@@ -22,14 +22,17 @@ from vimpac.video.reader import (
 )
 
 
-def _write_mpeg4_with_b_frames(path, frames, fps):
-    """MPEG-4 Part 2 with B-frames (the project writer uses the encoder default: none)."""
-    with av.open(str(path), "w", format="mp4") as container:
+def _write_mpeg4_with_b_frames(path, frames, fps, fmt="mp4", codec_tag=None, gop=30):
+    """MPEG-4 Part 2 with B-frames (the project writer uses the encoder default: none); in an
+    AVI with codec_tag "XVID" it is what UCF101 and HMDB51 distribute."""
+    with av.open(str(path), "w", format=fmt) as container:
         stream = container.add_stream("mpeg4", rate=Fraction(fps))
+        if codec_tag is not None:
+            stream.codec_tag = codec_tag
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.bit_rate = 4_000_000
         stream.codec_context.max_b_frames = 2
-        stream.codec_context.gop_size = 30
+        stream.codec_context.gop_size = gop
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -70,6 +73,21 @@ def test_random_unsorted_and_repeated_indices_are_exact(index_video, mpeg4_b_fra
 
 def test_mpeg4_helper_really_has_b_frames(mpeg4_b_frames):
     assert has_b_frames(mpeg4_b_frames)
+
+
+def test_xvid_avi_with_b_frames_reads_from_its_first_frame(tmp_path):
+    # AVI seeks by decode timestamps. With B-frames the first frame's pts is the second packet's
+    # dts, so when that packet is a keyframe too (an I-frame at frame 3, as XviD puts at a scene
+    # cut) seeking to frame 0 landed on it, and every read that needed frame 0 failed ("frame 0
+    # cannot be decoded (decoding starts at frame 3)"): the whole video was lost to tokenize.
+    path = _write_mpeg4_with_b_frames(tmp_path / "v_xvid.avi", index_frames(60), 25, fmt="avi", codec_tag="XVID", gop=3)
+    assert has_b_frames(path)
+    with VideoReader(path) as video:
+        assert video.num_frames == 60 and len(video.keyframe_indices) >= 2
+        np.testing.assert_array_equal(decode_indices(video.read_frames(np.arange(60))), np.arange(60))
+        wanted = np.array([0, 59, 31, 0, 1, 45, 2])
+        np.testing.assert_array_equal(decode_indices(video.read_frames(wanted)), wanted)
+    np.testing.assert_array_equal(decode_indices(read_video_at_fps(path, 2)), np.arange(0, 60, 12.5).astype(int))
 
 
 @pytest.mark.parametrize("codec", ["h264", "mpeg4"])
@@ -159,6 +177,17 @@ def test_whole_video_at_2fps_from_10_25_30fps(index_video, fps, count, expected)
     np.testing.assert_array_equal(frame_indices_at_fps(info, 2), expected)
     with VideoReader(path) as video:
         np.testing.assert_array_equal(video.frame_indices_at_fps(2), expected)
+
+
+@pytest.mark.parametrize("count", [24, 37])
+def test_webm_millisecond_timestamps_give_no_sample_past_the_end(tmp_path, count):
+    # WebM stores frame 23 of a 12 fps video at 1.917 s (milliseconds); adding 1/12 s put the end
+    # at 2.0003 s and a 4 FPS sample at 2.0 s, past the real end: the last frame twice.
+    path = write_webm(tmp_path / f"{count}.webm", index_frames(count), fps=12)
+    with VideoReader(path) as video:
+        assert video.info.duration == pytest.approx(count / 12, abs=1e-3)
+        np.testing.assert_array_equal(video.frame_indices_at_fps(4), np.arange(0, count, 3))
+    np.testing.assert_array_equal(decode_indices(read_video_at_fps(path, 4)), np.arange(0, count, 3))
 
 
 def test_ntsc_rate_30000_1001(index_video):

@@ -123,11 +123,13 @@ def _read_text(path: PathLike) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _lines(path: PathLike, text: str | None = None) -> Iterator[tuple[int, str]]:
-    """(1-based line number, stripped line) for each non-blank, non-'#' line."""
+def _lines(path: PathLike, text: str | None = None, comments: bool = True) -> Iterator[tuple[int, str]]:
+    """(1-based line number, stripped line) for each non-blank line, skipping '#' lines when
+    `comments`. The official lists have no comment syntax and must not skip them: HMDB51 has
+    videos named '#20_Rhythm_clap_u_nm_np1_fr_goo_0.avi', whose split lines start with '#'."""
     for number, raw in enumerate((_read_text(path) if text is None else text).split("\n"), start=1):
         line = raw.strip()
-        if line and not line.startswith("#"):
+        if line and not (comments and line.startswith("#")):
             yield number, line
 
 
@@ -345,7 +347,7 @@ def write_mmaction_list(
 def read_ucf101_classes(class_ind_path: PathLike) -> list[str]:
     """classInd.txt: "1 ApplyEyeMakeup" lines with ids 1..N in order -> names (0-based list)."""
     names: list[str] = []
-    for number, line in _lines(class_ind_path):
+    for number, line in _lines(class_ind_path, comments=False):
         fields = line.split()
         class_id = _parse_int(fields[0]) if len(fields) == 2 else None
         if class_id is None:
@@ -376,7 +378,7 @@ def read_ucf101(annotation_dir: PathLike, split: int, subset: Subset) -> Annotat
     list_path = folder / f"{subset}list0{split}.txt"
     records: list[VideoRecord] = []
     keys = _KeyRegistry()
-    for number, line in _lines(list_path):
+    for number, line in _lines(list_path, comments=False):
         fields = line.split()
         where = _line(number)
         rel = fields[0]
@@ -443,7 +445,7 @@ def read_hmdb51(split_dir: PathLike, split: int, subset: Subset) -> AnnotationSe
     for label, name in enumerate(class_names):
         path = files[name]
         any_line = False
-        for number, line in _lines(path):
+        for number, line in _lines(path, comments=False):
             any_line = True
             fields = line.split()
             code = _parse_int(fields[1]) if len(fields) == 2 else None

@@ -275,6 +275,44 @@ def _mp4_truncation(path: Path) -> str | None:
     return None
 
 
+# A Matroska / WebM file whose video frames end this long before its declared duration is
+# truncated: seconds, plus a fraction of the declared duration (audio may outlast the video a little).
+MATROSKA_TRUNCATION_SLACK_S = 0.5
+MATROSKA_TRUNCATION_SLACK_FRACTION = 0.05
+
+
+def _matroska_declared_duration(container: av.container.InputContainer, stream) -> float | None:
+    """Seconds a Matroska / WebM file says its video lasts: the track's DURATION tag (FFmpeg and
+    mkvmerge write one), else the segment's duration; None for other containers or a live
+    recording that declares none."""
+    if "matroska" not in container.format.name.split(","):
+        return None
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    if tag:
+        try:
+            hours, minutes, seconds = tag.strip().split(":")
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        except ValueError:
+            pass  # an odd tag: fall back to the segment's duration
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None
+
+
+def _check_matroska_not_truncated(container: av.container.InputContainer, stream, path: Path, end: float) -> None:
+    """MP4 and AVI declare a frame count, checked against the frames present; Matroska / WebM
+    (SSv2, YouTube downloads) declare only a duration, and FFmpeg reads a cut-off file up to
+    where it ends without an error: without this check it became a shorter video, silently."""
+    declared = _matroska_declared_duration(container, stream)
+    if declared is None:
+        return
+    if declared - end > MATROSKA_TRUNCATION_SLACK_S + MATROSKA_TRUNCATION_SLACK_FRACTION * declared:
+        raise VideoDecodeError(
+            path, f"truncated: the container declares {declared:.3f} s of video but its frames end at "
+                  f"{end:.3f} s (an interrupted download or copy?)"
+        )
+
+
 def _stream_fps(stream: av.video.stream.VideoStream) -> float | None:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate is not None and rate > 0:
@@ -382,6 +420,7 @@ class VideoReader:
             raise VideoDecodeError(path, "the video stream has no time base")
         pts_list: list[int] = []
         key_pts: list[int] = []
+        first_dts: int | None = None  # the stream's earliest decode timestamp, see _seek_and_decode
         # Guard against a demuxer that stops advancing on a crafted file: every real packet
         # consumes file bytes, so more packets than bytes (plus slack for flush packets) means
         # a loop, reported as corruption instead of hanging.
@@ -398,6 +437,8 @@ class VideoReader:
                 if pts is None:
                     raise VideoDecodeError(path, "packets carry no timestamps; cannot address frames exactly")
                 pts_list.append(pts)
+                if packet.dts is not None and (first_dts is None or packet.dts < first_dts):
+                    first_dts = packet.dts
                 if packet.is_keyframe:
                     key_pts.append(pts)
         except VideoError:
@@ -415,6 +456,7 @@ class VideoReader:
                 path, f"truncated: the container declares {declared} frames but only {len(pts)} are present"
             )
         self._pts = pts
+        self._start_seek_ts = int(min(pts[0], first_dts)) if first_dts is not None else int(pts[0])
         self._time_base = Fraction(stream.time_base)
         self._times = (pts - pts[0]).astype(np.float64) * float(self._time_base)
         # Keyframes as presentation indices, sorted. Frame 0 is always a valid seek target
@@ -433,7 +475,13 @@ class VideoReader:
             fps = fps or 0.0
         if not fps:
             raise VideoDecodeError(path, "cannot determine the frame rate (one frame, no declared rate)")
-        self._duration = float(self._times[-1]) + last_duration
+        # The end in whole ticks of the time base, as the container stores every timestamp: WebM
+        # counts milliseconds, so frame 23 of a 12 fps video is stored at 1.917 s, and adding 1/12 s
+        # ended the video at 2.0003 s: a 4 FPS sample at 2.0 s, past the real end (the last frame
+        # twice, one sample more than FFmpeg's fps filter gives, for a third of SSv2's videos).
+        last_ticks = max(1, round(last_duration / float(self._time_base)))
+        self._duration = float((int(pts[-1] - pts[0]) + last_ticks) * self._time_base)
+        _check_matroska_not_truncated(self._container, stream, path, float(pts[-1] * self._time_base) + last_duration)
         self.info = VideoInfo(
             path=str(path), fps=float(fps), num_frames=len(pts), duration=self._duration,
             width=int(stream.codec_context.width), height=int(stream.codec_context.height),
@@ -555,7 +603,10 @@ class VideoReader:
         """
         slot = int(np.searchsorted(self._keyframes, target, side="right") - 1)
         while True:
-            seek_pts = int(self._pts[self._keyframes[slot]])
+            # Frame 0 is reached by seeking to the stream's earliest timestamp: AVI seeks by decode
+            # timestamps, and with B-frames the first frame's pts is the second packet's dts, so
+            # when that packet is a keyframe too the seek landed on it, past frame 0.
+            seek_pts = int(self._pts[self._keyframes[slot]]) if slot > 0 else self._start_seek_ts
             try:
                 self._container.seek(seek_pts, stream=self._stream, backward=True, any_frame=False)
             except Exception as exc:
