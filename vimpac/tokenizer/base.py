@@ -14,7 +14,7 @@ import secrets
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -88,13 +88,14 @@ def load_tokenizer(folder: str | Path, device: str | torch.device = "cpu") -> Fr
     raise TokenizerError(f"{config_path}: unknown tokenizer kind {kind!r}; expected 'dalle' or 'vqvae'")
 
 
-def check_output_folder(out_dir: str | Path, overwrite: bool) -> bool:
+def check_output_folder(out_dir: str | Path, overwrite: bool, ignore: Sequence[str] = ()) -> bool:
     """Check, before any work, that a tokenizer can be written to `out_dir`.
 
     Returns True when `out_dir` holds a tokenizer that `overwrite` allows replacing (write with
     `write_tokenizer_folder(..., replace=True)`), False when it is new or empty. Refuses a file,
     a folder below a file, a non-empty folder that is not a tokenizer (it may not be ours to
     delete), and an existing tokenizer without `overwrite` (a token store may reference it).
+    Entries named in `ignore` (a resumed training's checkpoints) do not count.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -106,7 +107,7 @@ def check_output_folder(out_dir: str | Path, overwrite: bool) -> bool:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise TokenizerError(f"{out_dir}: cannot be created, no permission to write in {existing}")
         return False
-    entries = sorted(p.name for p in out_dir.iterdir())
+    entries = sorted(p.name for p in out_dir.iterdir() if p.name not in ignore)
     if not entries:
         return False
     listed = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")

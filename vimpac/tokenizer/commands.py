@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vimpac.argtypes import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_convert_dalle(subparsers)
@@ -82,6 +84,12 @@ def _register_train_tokenizer(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=None, metavar="M",
                         help="stop training after M minutes (then evaluate and save as usual)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted training in DIR from its latest checkpoint (exactly; same "
+                             "videos and settings)")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="N",
+                        help="save the training state to DIR/checkpoints every N steps (default 100; also on "
+                             "Ctrl-C / SIGTERM); removed once the tokenizer is written")
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--no-bf16", action="store_true", help="train and encode in plain fp32")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -91,7 +99,8 @@ def _register_train_tokenizer(subparsers: argparse._SubParsersAction) -> None:
 def _run_train_tokenizer(args: argparse.Namespace) -> int:
     from vimpac.config import ConfigError, build_config
     from vimpac.tokenizer.base import TokenizerError
-    from vimpac.tokenizer.train import DataConfig, TrainConfig, train_tokenizer_from_videos
+    from vimpac.signals import exit_code
+    from vimpac.tokenizer.train import DataConfig, TokenizerTrainingInterrupted, TrainConfig, train_tokenizer_from_videos
     from vimpac.tokenizer.vqvae import VQVAE_PRESETS, VQVAEConfig
 
     try:
@@ -106,8 +115,12 @@ def _run_train_tokenizer(args: argparse.Namespace) -> int:
         )
         train_tokenizer_from_videos(
             args.videos, args.out, model_cfg, train_cfg, data_cfg, device=args.device, progress=not args.quiet,
-            existing_out="replace" if args.overwrite else "refuse",
+            existing_out="replace" if args.overwrite else "refuse", resume=args.resume,
+            checkpoint_every=args.checkpoint_every, stop_on_signal=True,
         )
+    except TokenizerTrainingInterrupted as exc:
+        print(f"{exc}; rerun with --resume to continue", file=sys.stderr)
+        return exit_code(exc.signal_name)
     except (ConfigError, TokenizerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

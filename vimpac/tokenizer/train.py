@@ -22,11 +22,15 @@ The pipeline, each step a function that can be used on its own:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -36,7 +40,9 @@ import torch
 
 from vimpac.config import ConfigError, to_dict
 from vimpac.devices import check_device, resolve_device
+from vimpac.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from vimpac.io import atomic_write_json
+from vimpac.signals import stop_on_signals
 from vimpac.machine import machine_info
 from vimpac.tokenizer.base import TokenizerError, check_output_folder, write_tokenizer_folder
 from vimpac.tokenizer.vqvae import VQVAE, VQVAEConfig, VQVAETokenizer, frames_to_pixels, psnr_db
@@ -48,6 +54,19 @@ ExistingOut = Literal["refuse", "replace", "write-into"]
 
 class TokenizerTrainingError(TokenizerError):
     """The training inputs are unusable (no videos, no frames, bad settings); says which."""
+
+
+class TokenizerTrainingInterrupted(TokenizerError):
+    """SIGINT / SIGTERM stopped the training after a checkpoint; `--resume` continues it."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+# Training checkpoints go to OUT/checkpoints (vimpac.engine.checkpoint's layout) until the
+# tokenizer is written; the folder is then removed.
+CHECKPOINT_FOLDER = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -235,8 +254,22 @@ def train_vqvae(
     device: str | torch.device = "cpu",
     progress: bool = True,
     log_every: int = 25,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    run_record: dict[str, Any] | None = None,
+    stop_on_signal: bool = False,
 ) -> TrainResult:
-    """Train a fresh VQ-VAE on uint8 frames (N, S, S, 3); returns the tokenizer in eval mode."""
+    """Train a fresh VQ-VAE on uint8 frames (N, S, S, 3); returns the tokenizer in eval mode.
+
+    With `checkpoint_dir`, the whole training state (weights and codebook statistics, AdamW,
+    schedule, the frame sampler's and torch's RNG, the running means and history) is saved to
+    `checkpoint_dir/checkpoints` every `checkpoint_every` steps, and with `resume` the latest
+    checkpoint there is continued: the steps after it are the ones an uninterrupted run takes.
+    `run_record` (settings and a fingerprint of the frames) is saved with it and must match on
+    resume. With `stop_on_signal`, SIGINT / SIGTERM end the current step, save a checkpoint and
+    raise `TokenizerTrainingInterrupted`.
+    """
     train_cfg.validate()
     model_cfg.validate()
     if train_frames.ndim != 4 or train_frames.shape[-1] != 3 or train_frames.dtype != np.uint8:
@@ -255,49 +288,117 @@ def train_vqvae(
     use_bf16 = train_cfg.bf16 and device.type in ("cpu", "cuda")
 
     history: list[dict[str, float]] = []
+    steps_done, stopped_early, loss_value, seconds_before = 0, False, float("nan"), 0.0
+    running: dict[str, float] = {}
+    if checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    run_record = json.loads(json.dumps(run_record or {}))  # as the checkpoint will hold it (tuples as lists)
+    latest = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
+    if latest is not None:
+        try:
+            state = load_checkpoint(latest, model, optimizer, schedule)
+            _check_same_run(latest, state.get("run", {}), run_record)
+            generator.set_state(torch.tensor(state["sampler_rng"], dtype=torch.uint8))
+            steps_done, loss_value, seconds_before = state["step"], state["loss"], state["train_seconds"]
+            running, history = state["running"], state["history"]
+        except (CheckpointError, KeyError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, TokenizerTrainingError):
+                raise
+            raise TokenizerTrainingError(f"{latest}: not a tokenizer training checkpoint this run can continue "
+                                         f"({type(exc).__name__}: {exc})") from exc
+
+    def save(step: int) -> None:
+        save_checkpoint(checkpoint_dir, step, model, optimizer, schedule, {
+            "run": run_record, "sampler_rng": generator.get_state().tolist(), "loss": loss_value,
+            "train_seconds": seconds_before + time.monotonic() - start, "running": running, "history": history,
+        })
+
     deadline = None if train_cfg.max_minutes is None else time.monotonic() + 60.0 * train_cfg.max_minutes
     start = time.monotonic()
-    bar = _progress(range(train_cfg.steps), progress, desc="train-tokenizer", unit="step")
-    steps_done, stopped_early, loss_value = 0, False, float("nan")
-    running: dict[str, float] = {}
-    for step in bar:
-        idx = torch.randint(len(pool), (batch_size,), generator=generator)
-        pixels = frames_to_pixels(pool[idx].to(device))
-        if train_cfg.flip:
-            flip = torch.rand(batch_size, generator=generator) < 0.5
-            pixels[flip.to(device)] = pixels[flip.to(device)].flip(-1)
-        pixels = pixels.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(pixels)
-        loss = out.loss
-        if not torch.isfinite(loss):
-            raise TokenizerTrainingError(f"loss became {loss.item()} at step {step}; try a lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        steps_done = step + 1
-        loss_value = loss.item()
-        # Exponential running means keep the bar readable; the batch PSNR is on the [-1, 1]
-        # pixel scale converted to 0..255 (x127.5) so it matches the held-out figure.
-        stats = {
-            "loss": loss_value,
-            "psnr": psnr_db(out.recon_loss.item() * 127.5**2),
-            "ppl": float(out.perplexity),
-        }
-        running = stats if not running else {k: 0.9 * running[k] + 0.1 * v for k, v in stats.items()}
-        if step % log_every == 0 or steps_done == train_cfg.steps:
-            history.append({"step": steps_done, "seconds": round(time.monotonic() - start, 2), **{k: round(v, 4) for k, v in running.items()}})
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{running['loss']:.4f}", psnr=f"{running['psnr']:.1f}", ppl=f"{running['ppl']:.0f}")
-        if deadline is not None and time.monotonic() > deadline and steps_done < train_cfg.steps:
-            stopped_early = True
-            break
+    bar = _progress(range(steps_done, train_cfg.steps), progress, desc="train-tokenizer", unit="step",
+                    initial=steps_done, total=train_cfg.steps)
+    signals = stop_on_signals() if stop_on_signal else contextlib.nullcontext([])
+    with signals as stop:
+        for step in bar:
+            idx = torch.randint(len(pool), (batch_size,), generator=generator)
+            pixels = frames_to_pixels(pool[idx].to(device))
+            if train_cfg.flip:
+                flip = torch.rand(batch_size, generator=generator) < 0.5
+                pixels[flip.to(device)] = pixels[flip.to(device)].flip(-1)
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                out = model(pixels)
+            loss = out.loss
+            if not torch.isfinite(loss):
+                raise TokenizerTrainingError(f"loss became {loss.item()} at step {step}; try a lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            steps_done = step + 1
+            loss_value = loss.item()
+            # Exponential running means keep the bar readable; the batch PSNR is on the [-1, 1]
+            # pixel scale converted to 0..255 (x127.5) so it matches the held-out figure.
+            stats = {
+                "loss": loss_value,
+                "psnr": psnr_db(out.recon_loss.item() * 127.5**2),
+                "ppl": float(out.perplexity),
+            }
+            running = stats if not running else {k: 0.9 * running[k] + 0.1 * v for k, v in stats.items()}
+            if step % log_every == 0 or steps_done == train_cfg.steps:
+                history.append({"step": steps_done, "seconds": round(seconds_before + time.monotonic() - start, 2), **{k: round(v, 4) for k, v in running.items()}})
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{running['loss']:.4f}", psnr=f"{running['psnr']:.1f}", ppl=f"{running['ppl']:.0f}")
+            if checkpoint_dir is not None and (stop or steps_done % checkpoint_every == 0) \
+                    and steps_done < train_cfg.steps:
+                save(steps_done)
+            if stop and steps_done < train_cfg.steps:
+                if hasattr(bar, "close"):
+                    bar.close()
+                raise TokenizerTrainingInterrupted(
+                    f"stopped by {stop[0]} at step {steps_done} of {train_cfg.steps}; the checkpoint is in "
+                    f"{Path(checkpoint_dir) / CHECKPOINT_FOLDER if checkpoint_dir is not None else '(none kept)'}",
+                    stop[0])
+            if deadline is not None and time.monotonic() > deadline and steps_done < train_cfg.steps:
+                stopped_early = True
+                break
     if hasattr(bar, "close"):
         bar.close()
-    seconds = time.monotonic() - start
+    seconds = seconds_before + time.monotonic() - start
     tokenizer = VQVAETokenizer(model, device=device, bf16=train_cfg.bf16)
     return TrainResult(tokenizer, steps_done, seconds, stopped_early, loss_value, history)
+
+
+def _check_same_run(checkpoint: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """A resumed training must see the settings and frames it was started with, or its steps
+    would not be the ones an uninterrupted run takes (the time budget may change)."""
+    changed = _differences(saved, now)
+    if changed:
+        listed = "; ".join(f"{key}: {_short(old)} then, {_short(new)} now" for key, old, new in changed[:3])
+        raise TokenizerTrainingError(
+            f"{checkpoint}: this training was started with other settings or frames ({listed}); rerun with the "
+            "original settings and videos, or start anew in another --out")
+
+
+def _saved_run(checkpoint: Path) -> dict[str, Any]:
+    try:
+        return json.loads((checkpoint / "state.json").read_text())["run"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TokenizerTrainingError(f"{checkpoint / 'state.json'}: cannot read the training record "
+                                     f"({type(exc).__name__}: {exc})") from exc
+
+
+def _differences(saved: Any, now: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved, now) for every leaf where two JSON-like records differ."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(saved) | set(now), key=str)
+                for d in _differences(saved.get(k), now.get(k), f"{key}.{k}" if key else str(k))]
+    return [] if saved == now else [(key, saved, now)]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -363,6 +464,9 @@ def train_tokenizer_from_videos(
     progress: bool = True,
     log=print,
     existing_out: ExistingOut = "write-into",
+    resume: bool = False,
+    checkpoint_every: int = 100,
+    stop_on_signal: bool = False,
 ) -> dict[str, Any]:
     """Videos -> frame pools -> training -> held-out report -> tokenizer folder + report JSON.
 
@@ -371,6 +475,11 @@ def train_tokenizer_from_videos(
     "replace" (`--overwrite`) also takes a folder holding a tokenizer and replaces it as a whole
     once training is done, "write-into" writes into the folder as it is, for callers that
     manage it themselves (the demo's stage folders).
+
+    Training checkpoints go to `out_dir/checkpoints` every `checkpoint_every` steps (and on
+    SIGINT / SIGTERM with `stop_on_signal`) and are removed once the tokenizer is written;
+    `resume` continues from them, exactly. Without `resume`, a folder holding them is refused
+    ("write-into" starts afresh instead).
     """
     data_cfg.validate()
     train_cfg.validate()
@@ -380,7 +489,22 @@ def train_tokenizer_from_videos(
         check_device(device, "--device")
     if existing_out not in ("refuse", "replace", "write-into"):
         raise ValueError(f"existing_out: expected 'refuse', 'replace' or 'write-into', got {existing_out!r}")
-    replace = existing_out != "write-into" and check_output_folder(out_dir, overwrite=existing_out == "replace")
+    interrupted = latest_checkpoint(out_dir)
+    if interrupted is not None and not resume:
+        if existing_out == "write-into":
+            shutil.rmtree(Path(out_dir) / CHECKPOINT_FOLDER)  # the caller asked for a fresh run here
+        else:
+            raise TokenizerTrainingError(
+                f"{out_dir}: holds an interrupted training ({interrupted.name}); pass --resume to continue it, or "
+                "choose another --out")
+    replace = existing_out != "write-into" and check_output_folder(
+        out_dir, overwrite=existing_out == "replace", ignore=(CHECKPOINT_FOLDER,) if resume else ())
+    if resume and interrupted is None and existing_out != "write-into":
+        log(f"--resume: no checkpoint in {out_dir} yet; starting a new training", file=sys.stderr)
+    settings = json.loads(json.dumps({"model": to_dict(model_cfg), "train": {**to_dict(train_cfg), "max_minutes": None},
+                                      "data": to_dict(data_cfg)}))
+    if resume and interrupted is not None:  # settings before minutes of decoding; the frames are checked later
+        _check_same_run(interrupted, {"settings": _saved_run(interrupted).get("settings")}, {"settings": settings})
     started = time.time()
     videos = discover_videos(inputs)
     if not videos:
@@ -415,7 +539,16 @@ def train_tokenizer_from_videos(
     log(f"frame pool: {len(train_frames)} training frames, {len(val_frames)} held-out frames "
         f"({data_cfg.size}x{data_cfg.size} at {data_cfg.fps:g} fps)")
 
-    result = train_vqvae(train_frames, model_cfg, train_cfg, device=device, progress=progress)
+    run_record = {
+        "settings": settings,
+        "training_videos": train_pool.videos,
+        "training_frames": {"shape": list(train_frames.shape), "crc32": zlib.crc32(np.ascontiguousarray(train_frames))},
+    }
+    if interrupted is not None and resume:
+        log(f"resuming from {interrupted}")
+    result = train_vqvae(train_frames, model_cfg, train_cfg, device=device, progress=progress,
+                         checkpoint_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
+                         run_record=run_record, stop_on_signal=stop_on_signal)
     tokenizer = result.tokenizer
     held_out = evaluate_tokenizer(tokenizer, val_frames)
     agreement = bf16_token_agreement(tokenizer, val_frames[:256])
@@ -444,6 +577,8 @@ def train_tokenizer_from_videos(
         atomic_write_json(folder / REPORT_FILE, report)
 
     write_tokenizer_folder(out_dir, replace, write)
+    # Only now: a kill before this point leaves the checkpoints to resume from.
+    shutil.rmtree(Path(out_dir) / CHECKPOINT_FOLDER, ignore_errors=True)
     log(
         f"held-out ({held_out['num_frames']} frames, {val_source}): PSNR {held_out['psnr_db']:.2f} dB, "
         f"perplexity {held_out['perplexity']:.1f}, codes used {held_out['codes_used']}/{tokenizer.codebook_size} "

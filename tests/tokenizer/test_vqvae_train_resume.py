@@ -1,0 +1,125 @@
+"""`vimpac train-tokenizer` checkpoints: exact resume after a crash or SIGTERM, and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vimpac.cli import main
+from vimpac.video.writer import write_video
+from vqvae_test_frames import fast_train_args, render_video
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    for i in range(3):
+        write_video(folder / f"video{i}.mp4", render_video(8, 48, seed=i), fps=4)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(clips, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "tok"
+    assert main(["train-tokenizer", str(clips), "--out", str(out), *fast_train_args(STEPS)]) == 0
+    return json.loads((out / "train_report.json").read_text())
+
+
+def _history_losses(report):
+    return [(row["step"], row["loss"], row["psnr"], row["ppl"]) for row in report["training"]["history"]]
+
+
+def test_a_crashed_training_resumes_to_the_uninterrupted_result(clips, uninterrupted, tmp_path, monkeypatch):
+    out = tmp_path / "tok"
+    import vimpac.tokenizer.train as train
+
+    real_psnr, calls = train.psnr_db, []
+
+    def crash_at_step_7(mse):  # called once per training step
+        calls.append(mse)
+        if len(calls) == 7:
+            raise RuntimeError("simulated crash")
+        return real_psnr(mse)
+
+    monkeypatch.setattr(train, "psnr_db", crash_at_step_7)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(["train-tokenizer", str(clips), "--out", str(out), "--checkpoint-every", "4", *fast_train_args(STEPS)])
+    monkeypatch.setattr(train, "psnr_db", real_psnr)
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000004"
+    assert not (out / "tokenizer.json").exists()
+
+    assert main(["train-tokenizer", str(clips), "--out", str(out), "--resume", *fast_train_args(STEPS)]) == 0
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["tokenizer_id"] == uninterrupted["tokenizer_id"]  # a hash of the weights
+    assert _history_losses(report) == _history_losses(uninterrupted)
+    assert report["training"]["steps_done"] == STEPS
+    assert not (out / "checkpoints").exists()  # removed once the tokenizer is written
+
+
+def test_interrupted_training_needs_resume_and_the_same_settings(clips, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "tok"
+    import vimpac.tokenizer.train as train
+
+    real_psnr, calls = train.psnr_db, []
+
+    def crash_at_step_3(mse):
+        calls.append(mse)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real_psnr(mse)
+
+    monkeypatch.setattr(train, "psnr_db", crash_at_step_3)
+    with pytest.raises(RuntimeError):
+        main(["train-tokenizer", str(clips), "--out", str(out), "--checkpoint-every", "1", *fast_train_args(STEPS)])
+    monkeypatch.undo()
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000002"
+    capsys.readouterr()
+
+    assert main(["train-tokenizer", str(clips), "--out", str(out), *fast_train_args(STEPS)]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    changed = [*fast_train_args(STEPS), "--lr", "1e-3"]
+    assert main(["train-tokenizer", str(clips), "--out", str(out), "--resume", *changed]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "0.002" in err and "0.001" in err
+    assert (out / "checkpoints" / "latest").exists()  # a refused resume deletes nothing
+
+
+def test_resume_without_a_checkpoint_starts_a_new_training(clips, uninterrupted, tmp_path, capsys):
+    out = tmp_path / "tok"
+    assert main(["train-tokenizer", str(clips), "--out", str(out), "--resume", *fast_train_args(STEPS)]) == 0
+    assert "no checkpoint" in capsys.readouterr().err
+    assert json.loads((out / "train_report.json").read_text())["tokenizer_id"] == uninterrupted["tokenizer_id"]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(clips, tmp_path):
+    out = tmp_path / "tok"
+    steps = 100_000  # far more than can run before the signal
+    command = [sys.executable, "-m", "vimpac", "train-tokenizer", str(clips), "--out", str(out),
+               "--checkpoint-every", "3", *fast_train_args(steps)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        # A first checkpoint means the training loop, and its signal handler, are running.
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "latest").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "--resume" in err
+    step = int((out / "checkpoints" / "latest").read_text().strip().split("-")[1])
+    assert 3 <= step < steps
+    state = json.loads((out / "checkpoints" / f"step-{step:08d}" / "state.json").read_text())
+    assert state["step"] == step and not (out / "tokenizer.json").exists()
