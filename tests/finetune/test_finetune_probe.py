@@ -69,3 +69,28 @@ def test_probe_on_a_store_through_the_cli(tmp_path, capsys):
                      "--method", method, "--k", "3", "--frames", "4", "--temporal-clips", "2", "--out", str(out)])
         assert code == 0
         assert 0.0 <= json.loads(out.read_text())["top1"] <= 1.0
+
+
+def reference_knn_scores(train: np.ndarray, labels: np.ndarray, query: np.ndarray, num_classes: int, k: int,
+                         temperature: float) -> np.ndarray:
+    """k-NN votes computed directly in float64, one query at a time."""
+    train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    query = query / np.linalg.norm(query, axis=1, keepdims=True)
+    out = np.zeros((len(query), num_classes))
+    for i, q in enumerate(query):
+        similarity = train @ q
+        for j in np.argsort(-similarity, kind="stable")[:k]:
+            out[i, labels[j]] += np.exp((similarity[j] - similarity.max()) / temperature)
+        out[i] /= out[i].sum()
+    return out
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.07, 0.01, 0.001])
+def test_knn_scores_match_a_direct_reference_also_at_low_temperature(temperature):
+    # Below a temperature of ~0.0113, exp(similarity / temperature) overflowed float32: every
+    # score was NaN and top-1 collapsed to whatever NaN sorting gave.
+    rng = np.random.default_rng(0)
+    train, labels, query = rng.normal(size=(30, 6)), rng.integers(0, 4, 30), rng.normal(size=(9, 6))
+    scores = knn_scores(train, labels, query, num_classes=4, k=7, temperature=temperature)
+    assert np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, reference_knn_scores(train, labels, query, 4, 7, temperature), atol=1e-5)

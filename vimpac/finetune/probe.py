@@ -112,7 +112,9 @@ def knn_scores(train_features: np.ndarray | torch.Tensor, train_labels: np.ndarr
     for start in range(0, query.shape[0], chunk):
         similarity = query[start:start + chunk] @ train.T
         top_sim, top_idx = similarity.topk(k, dim=1)
-        weights = (top_sim / temperature).exp()
+        # Shifted by each row's best similarity: the normalised votes are the same, and exp cannot
+        # overflow (float32 exp(1 / temperature) is inf for temperatures below ~0.0113).
+        weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
         votes = torch.zeros(top_idx.shape[0], num_classes)
         votes.scatter_add_(1, labels[top_idx], weights)
         out.append(votes / votes.sum(dim=1, keepdim=True))
