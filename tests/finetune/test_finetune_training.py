@@ -181,3 +181,28 @@ def test_resume_without_a_checkpoint_says_it_starts_anew_and_folders_of_pretrain
     (stores / "pt_run" / "pretrain.json").write_text("{}")
     with pytest.raises(CheckpointError, match="holds a pre-training run"):
         run_finetune(ft_config(stores, out=str(stores / "pt_run")))
+
+
+def test_recipe_lr_follows_the_size_of_the_pretrained_model(tmp_path):
+    # Table 4: lr 1e-4 for small / base, 5e-5 for large-half. The authors' final model is a
+    # Large-Half; fine-tuning it with the default --preset used to give 1e-4.
+    from vimpac.finetune.runner import resolve_settings
+    from vimpac.model.config import MODEL_PRESETS
+    from vimpac.model.pretrained import CONFIG_FILE
+
+    VimpacForPretraining(tiny_model_config()).save_pretrained(tmp_path / "pt")
+    config = json.loads((tmp_path / "pt" / CONFIG_FILE).read_text())
+    for name in ("dim", "layers", "heads", "halve_att", "halve_mlp"):  # only config.json is read
+        config["model"][name] = getattr(MODEL_PRESETS["large-half"], name)
+    (tmp_path / "large" / "model").mkdir(parents=True)
+    (tmp_path / "large" / "model" / CONFIG_FILE).write_text(json.dumps(config))
+
+    def lr(**changes) -> float:
+        cfg = FinetuneConfig(train_store="unused", out="unused", recipe="ucf101", **changes)
+        return resolve_settings(cfg, num_videos=100)["lr"]
+
+    assert lr(pretrained=str(tmp_path / "large")) == 5e-5  # a run folder's model/ too
+    assert lr(pretrained=str(tmp_path / "large"), preset="small") == 5e-5
+    assert lr(pretrained=str(tmp_path / "pt"), preset="large-half") == 1e-4
+    assert lr(preset="large-half") == 5e-5 and lr(preset="small") == 1e-4  # from scratch
+    assert lr(pretrained=str(tmp_path / "large"), lr=3e-4) == 3e-4

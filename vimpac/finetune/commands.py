@@ -33,7 +33,9 @@ def _register_finetune(subparsers) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--pretrained", metavar="MODEL_DIR", help="pre-trained model folder to start from")
     source.add_argument("--from-scratch", action="store_true", help="random initialisation (--preset)")
-    p.add_argument("--preset", default="small", help="model preset for --from-scratch; large-half selects lr 5e-5")
+    p.add_argument("--preset", default="small",
+                   help="model preset for --from-scratch (large-half: lr 5e-5; with --pretrained the model's "
+                        "own size picks the lr)")
     p.add_argument("--recipe", default="ucf101", choices=RECIPE_NAMES, help="Table 4 defaults (default: ucf101)")
     p.add_argument("--out", required=True, metavar="RUN")
     p.add_argument("--frames", type=int, metavar="T", help="clip length (recipe: 10)")

@@ -14,10 +14,14 @@ from pathlib import Path
 
 from vimpac.finetune.errors import FinetuneError
 from vimpac.model import ModelConfig, ModelError, VimpacBackbone, VimpacForClassification, build_model_config
+from vimpac.model.config import MODEL_PRESETS
 from vimpac.model.pretrained import CONFIG_FILE, load_weights, read_model_config, read_weights
 
 # Where `vimpac finetune` writes the final classifier inside its run folder.
 RUN_MODEL_DIR = "model"
+
+# What makes a model "small", "base" or "large-half" (Table 3) for the recipe's learning rate.
+_SIZE_FIELDS = ("dim", "layers", "halve_att", "halve_mlp")
 
 
 def resolve_model_folder(path: str | Path) -> Path:
@@ -29,6 +33,19 @@ def resolve_model_folder(path: str | Path) -> Path:
     raise FinetuneError(f"{path}: not a model folder (no {CONFIG_FILE}) nor a finished fine-tuning run "
                         f"(no {RUN_MODEL_DIR}/{CONFIG_FILE}); pass a folder written by save_pretrained, "
                         "`vimpac convert-original` or `vimpac finetune`")
+
+
+def size_preset_of(path: str | Path) -> str | None:
+    """The model preset (Table 3) whose size the model folder's backbone has, e.g. "large-half"
+    for the authors' converted final model; None for any other size."""
+    try:
+        _, cfg, _ = read_model_config(resolve_model_folder(path))
+    except ModelError as exc:
+        raise FinetuneError(str(exc)) from None
+    for name, preset in MODEL_PRESETS.items():
+        if all(getattr(cfg, f) == getattr(preset, f) for f in _SIZE_FIELDS):
+            return name
+    return None
 
 
 def build_classifier(num_classes: int, frames: int, grid: tuple[int, int], codebook_size: int,
