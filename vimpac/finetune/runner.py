@@ -137,8 +137,8 @@ def _check_options(cfg: FinetuneConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise FinetuneError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
-    if cfg.epochs is not None and not cfg.epochs > 0:
-        raise FinetuneError(f"--epochs: expected a positive number, got {cfg.epochs}")
+    if cfg.epochs is not None and not (math.isfinite(cfg.epochs) and cfg.epochs > 0):
+        raise FinetuneError(f"--epochs: expected a positive finite number, got {cfg.epochs}")
 
 
 def _check_resume(run_dir: Path, cfg: FinetuneConfig) -> None:
