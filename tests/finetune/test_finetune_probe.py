@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from vimpac.cli import main
-from vimpac.finetune.probe import FeatureSet, extract_features, knn_evaluate, knn_scores, linear_probe_evaluate
+from vimpac.finetune.errors import FinetuneError
+from vimpac.finetune.probe import (FeatureSet, extract_features, knn_evaluate, knn_scores, linear_probe_evaluate,
+                                  train_linear_probe)
 from vimpac.model import VimpacForPretraining
 from vimpac.store import TokenStore
 
@@ -68,7 +70,22 @@ def test_probe_on_a_store_through_the_cli(tmp_path, capsys):
         code = main(["probe", "--checkpoint", str(tmp_path / "pt"), "--train-store", str(train), "--val-store", str(val),
                      "--method", method, "--k", "3", "--frames", "4", "--temporal-clips", "2", "--out", str(out)])
         assert code == 0
-        assert 0.0 <= json.loads(out.read_text())["top1"] <= 1.0
+        report = json.loads(out.read_text())
+        assert 0.0 <= report["top1"] <= 1.0
+        assert report["method"] == method  # the linear probe's optimizer name used to overwrite it
+    assert report["optimizer"] == "lbfgs"
+
+
+@pytest.mark.parametrize("weight_decay", ["-1", "nan"])
+def test_probe_refuses_a_negative_or_nan_weight_decay(tmp_path, capsys, weight_decay):
+    # Both used to end in an L-BFGS overflow traceback after the features were extracted.
+    with pytest.raises(SystemExit):
+        main(["probe", "--checkpoint", str(tmp_path / "pt"), "--train-store", str(tmp_path / "train"),
+              "--val-store", str(tmp_path / "val"), "--method", "linear", "--weight-decay", weight_decay])
+    assert "--weight-decay: expected a" in capsys.readouterr().err
+    x, y = np.random.default_rng(0).normal(size=(8, 3)), np.arange(8) % 2
+    with pytest.raises(FinetuneError, match="weight_decay"):
+        train_linear_probe(x, y, 2, weight_decay=float(weight_decay))
 
 
 def reference_knn_scores(train: np.ndarray, labels: np.ndarray, query: np.ndarray, num_classes: int, k: int,

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from vimpac.argtypes import positive_float, positive_int
+from vimpac.argtypes import nonnegative_float, positive_float, positive_int
 
 RECIPE_NAMES = ("ssv2", "diving48", "ucf101", "hmdb51", "k400", "synthetic")  # vimpac.finetune.recipes
 
@@ -100,7 +100,7 @@ def _register_probe(subparsers) -> None:
     p.add_argument("--k", type=positive_int, default=20)
     p.add_argument("--temperature", type=positive_float, default=0.07)
     p.add_argument("--steps", type=positive_int, default=300, help="linear probe: optimizer iterations")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="linear probe: L2 penalty")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=1e-4, help="linear probe: L2 penalty")
     p.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adamw"))
     p.add_argument("--frames", type=positive_int, metavar="T")
     p.add_argument("--temporal-clips", type=positive_int, default=4)

@@ -17,6 +17,7 @@ iterations, L2 penalty) or AdamW.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -168,6 +169,8 @@ def train_linear_probe(features: np.ndarray | torch.Tensor, labels: np.ndarray |
     y = torch.as_tensor(labels, dtype=torch.int64)
     if x.ndim != 2 or y.shape != (x.shape[0],) or x.shape[0] == 0:
         raise FinetuneError(f"linear probe: expected features (N, D) and N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if not math.isfinite(weight_decay) or weight_decay < 0:
+        raise FinetuneError(f"linear probe: weight_decay (the L2 penalty) must be a finite number >= 0, got {weight_decay}")
     mean = x.mean(dim=0)
     std = x.std(dim=0, unbiased=False).clamp_min(1e-6)
     x = (x - mean) / std
@@ -211,7 +214,8 @@ def linear_probe_evaluate(train: FeatureSet, val: FeatureSet, method: Literal["l
     probe = train_linear_probe(train.features, train.labels, num_classes, method, steps, weight_decay)
     result = classification_metrics(probe.scores(val.features), val.labels).summary()
     train_top1 = float((probe.scores(train.features).argmax(1) == train.labels).mean())
-    return {**result, "train_top1": train_top1, "method": method, "steps": steps, "weight_decay": weight_decay}
+    # "optimizer", not "method": `vimpac probe` reports its --method ("linear") under that key.
+    return {**result, "train_top1": train_top1, "optimizer": method, "steps": steps, "weight_decay": weight_decay}
 
 
 __all__ = ["FeatureSet", "LinearProbe", "extract_features", "knn_evaluate", "knn_scores",
