@@ -77,9 +77,11 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN_OR_MODEL_DIR")
     p.add_argument("--store", required=True)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--temporal-clips", type=positive_int, default=10)
-    p.add_argument("--spatial-crops", type=int, default=3, choices=(1, 3),
-                   help="3: top-left / center / bottom-right (center only if the store lacks them)")
+    p.add_argument("--temporal-clips", type=positive_int,
+                   help="uniform clips per view (default: the run's when --checkpoint is a fine-tuning run, else 10)")
+    p.add_argument("--spatial-crops", type=int, choices=(1, 3),
+                   help="3: top-left / center / bottom-right (center only if the store lacks them); default: the "
+                        "run's when --checkpoint is a fine-tuning run (1 for the ssv2 recipe), else 3")
     p.add_argument("--frames", type=positive_int, metavar="T", help="clip length (default: the model's)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="clips per forward pass")
     p.add_argument("--bf16", action="store_true")
@@ -167,7 +169,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from vimpac.devices import check_device
     from vimpac.finetune.evaluate import evaluate_classifier, write_evaluation
-    from vimpac.finetune.loading import load_classifier
+    from vimpac.finetune.loading import load_classifier, run_evaluation_settings
     from vimpac.store import TokenStore
 
     try:
@@ -175,13 +177,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         store = TokenStore.open(args.store)
         model = load_classifier(args.checkpoint, frames=args.frames, grid=store.grid,
                                 expect_codebook_size=store.meta.codebook_size).to(args.device)
-        result = evaluate_classifier(model, store, args.frames, args.temporal_clips, args.spatial_crops,
+        # Unless given: the protocol the run itself was evaluated with (its recipe's), else the paper's 10 x 3.
+        settings = {"temporal_clips": 10, "spatial_crops": 3, **run_evaluation_settings(args.checkpoint)}
+        temporal_clips = args.temporal_clips or settings["temporal_clips"]
+        spatial_crops = args.spatial_crops or settings["spatial_crops"]
+        result = evaluate_classifier(model, store, args.frames, temporal_clips, spatial_crops,
                                      args.device, args.bf16, args.batch_size, progress=args.progress)
         paths = write_evaluation(result, args.out)
     except _input_errors() as exc:
         return _fail("evaluate", exc)
     m = result.metrics
-    print(f"{m.num_examples} videos, views {result.settings['views']} x {args.temporal_clips} clips: "
+    print(f"{m.num_examples} videos, views {result.settings['views']} x {temporal_clips} clips: "
           f"top-1 {100 * m.top1:.2f}%  top-5 {100 * m.top5:.2f}%  mean-class {100 * m.mean_class:.2f}%")
     print(f"wrote {paths['results']} and {paths['confusion_matrix']}")
     return 0
