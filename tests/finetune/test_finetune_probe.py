@@ -111,3 +111,24 @@ def test_knn_scores_match_a_direct_reference_also_at_low_temperature(temperature
     scores = knn_scores(train, labels, query, num_classes=4, k=7, temperature=temperature)
     assert np.isfinite(scores).all()
     np.testing.assert_allclose(scores, reference_knn_scores(train, labels, query, 4, 7, temperature), atol=1e-5)
+
+
+def test_probe_refuses_stores_whose_class_names_differ(tmp_path, capsys):
+    # Label 0 meant "class0" in training and "class2" in validation: the probe used to score the
+    # ids as if they named the same classes (`vimpac finetune` already refused such stores).
+    VimpacForPretraining(tiny_model_config()).save_pretrained(tmp_path / "pt")
+    train = make_store(tmp_path / "train", num_videos=6, seed=1)
+    val = make_store(tmp_path / "val", num_videos=6, seed=2)
+    meta = json.loads((val / "store.json").read_text())
+    meta["class_names"] = ["class2", "class1", "class0"]
+    (val / "store.json").write_text(json.dumps(meta))
+    code = main(["probe", "--checkpoint", str(tmp_path / "pt"), "--train-store", str(train), "--val-store", str(val),
+                 "--frames", "4", "--temporal-clips", "1"])
+    assert code == 2
+    assert "label 0 is 'class0' in training, 'class2' in validation" in capsys.readouterr().err
+    named = features(0, 4, True)
+    named.class_names = [f"c{i}" for i in range(CLASSES)]
+    renamed = features(1, 4, True)
+    renamed.class_names = [f"c{i}" for i in reversed(range(CLASSES))]
+    with pytest.raises(FinetuneError, match="class names differ"):
+        knn_evaluate(named, renamed)

@@ -197,7 +197,7 @@ def _run_probe(args: argparse.Namespace) -> int:
     from vimpac.devices import check_device
     from vimpac.finetune.errors import FinetuneError
     from vimpac.finetune.loading import load_backbone
-    from vimpac.finetune.probe import extract_features, knn_evaluate, linear_probe_evaluate
+    from vimpac.finetune.probe import check_same_classes, extract_features, knn_evaluate, linear_probe_evaluate
     from vimpac.io import atomic_write_json
     from vimpac.store import TokenStore
 
@@ -208,6 +208,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         for store in (train, val):  # before minutes of feature extraction
             if not (store.labels >= 0).any():
                 raise FinetuneError(f"{store.root}: no labelled videos; a probe needs labels in both stores")
+        check_same_classes(train.class_names, val.class_names)
         backbone = load_backbone(args.checkpoint, frames=args.frames, grid=train.grid,
                                  expect_codebook_size=train.meta.codebook_size).to(args.device)
         kwargs = dict(frames=args.frames, temporal_clips=args.temporal_clips, device=args.device, bf16=args.bf16)

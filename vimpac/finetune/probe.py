@@ -130,7 +130,19 @@ def _labelled(features: FeatureSet, name: str) -> FeatureSet:
                       features.class_names)
 
 
+def check_same_classes(train_names, val_names) -> None:
+    """Label i must name the same class in both sets (when both name their classes): otherwise
+    a probe compares ids that mean different classes and its accuracy means nothing."""
+    if train_names is not None and val_names is not None and list(train_names) != list(val_names):
+        differ = next((i for i, (a, b) in enumerate(zip(train_names, val_names)) if a != b), None)
+        detail = (f"label {differ} is {train_names[differ]!r} in training, {val_names[differ]!r} in validation"
+                  if differ is not None else f"{len(train_names)} training vs {len(val_names)} validation classes")
+        raise FinetuneError(f"the training and validation class names differ ({detail}); "
+                            "use stores tokenized with the same class list (tokenize --class-names)")
+
+
 def _num_classes(train: FeatureSet, val: FeatureSet) -> int:
+    check_same_classes(train.class_names, val.class_names)
     if train.class_names:
         return len(train.class_names)
     return int(max(train.labels.max(), val.labels.max())) + 1
@@ -218,5 +230,5 @@ def linear_probe_evaluate(train: FeatureSet, val: FeatureSet, method: Literal["l
     return {**result, "train_top1": train_top1, "optimizer": method, "steps": steps, "weight_decay": weight_decay}
 
 
-__all__ = ["FeatureSet", "LinearProbe", "extract_features", "knn_evaluate", "knn_scores",
+__all__ = ["FeatureSet", "LinearProbe", "check_same_classes", "extract_features", "knn_evaluate", "knn_scores",
            "linear_probe_evaluate", "train_linear_probe"]
