@@ -127,3 +127,13 @@ def test_evaluate_cli_repeats_the_protocol_of_a_fine_tuning_run(tmp_path):
     random_classifier().save_pretrained(tmp_path / "plain")  # not a run: the paper's 10 clips x 3 crops
     settings = evaluate(tmp_path / "plain")
     assert settings["views"] == list(THREE_CROP_VIEWS) and settings["temporal_clips"] == 10
+
+
+def test_evaluate_cli_names_an_unreadable_run_record_unless_the_protocol_is_given(tmp_path, capsys):
+    store_dir = make_store(tmp_path / "s", num_videos=3, views=NOFLIP6)
+    random_classifier().save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "finetune.json").write_text("{}")
+    args = ["evaluate", "--checkpoint", str(tmp_path / "run"), "--store", str(store_dir), "--out", str(tmp_path / "e"),
+            "--no-progress"]
+    assert main(args) == 2 and "finetune.json: cannot read the run's resolved" in capsys.readouterr().err
+    assert main(args + ["--temporal-clips", "1", "--spatial-crops", "1"]) == 0

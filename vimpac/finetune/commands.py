@@ -178,7 +178,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         model = load_classifier(args.checkpoint, frames=args.frames, grid=store.grid,
                                 expect_codebook_size=store.meta.codebook_size).to(args.device)
         # Unless given: the protocol the run itself was evaluated with (its recipe's), else the paper's 10 x 3.
-        settings = {"temporal_clips": 10, "spatial_crops": 3, **run_evaluation_settings(args.checkpoint)}
+        settings = {"temporal_clips": 10, "spatial_crops": 3}
+        if args.temporal_clips is None or args.spatial_crops is None:
+            settings.update(run_evaluation_settings(args.checkpoint))
         temporal_clips = args.temporal_clips or settings["temporal_clips"]
         spatial_crops = args.spatial_crops or settings["spatial_crops"]
         result = evaluate_classifier(model, store, args.frames, temporal_clips, spatial_crops,
