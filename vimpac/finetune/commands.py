@@ -83,7 +83,9 @@ def _register_evaluate(subparsers) -> None:
                    help="3: top-left / center / bottom-right (center only if the store lacks them); default: the "
                         "run's when --checkpoint is a fine-tuning run (1 for the ssv2 recipe), else 3")
     p.add_argument("--frames", type=positive_int, metavar="T", help="clip length (default: the model's)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="clips per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="clips per forward pass; all views of one video always go together (3 crops x 10 clips "
+                        "= 30), so a smaller value cannot split a video")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false")
