@@ -103,3 +103,37 @@ def test_evaluate_refuses_a_device_torch_cannot_use(tmp_path, capsys, device, me
                  "--out", str(tmp_path / "e"), "--device", device, "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("vimpac evaluate: --device: ") and message in err
+
+
+def test_evaluate_cli_repeats_the_protocol_of_a_fine_tuning_run(tmp_path):
+    # An ssv2-recipe run evaluates the center crop only (Table 4); `vimpac evaluate` on that run
+    # used to average the 3 crops, so its numbers differed from the run's own eval/results.json.
+    store_dir = make_store(tmp_path / "s", num_videos=3, views=NOFLIP6)
+    random_classifier().save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "finetune.json").write_text(json.dumps({"resolved": {"temporal_clips": 2, "spatial_crops": 1}}))
+
+    def evaluate(checkpoint, *options) -> dict:
+        out = tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}"
+        code = main(["evaluate", "--checkpoint", str(checkpoint), "--store", str(store_dir), "--out", str(out),
+                     "--no-progress", *options])
+        assert code == 0
+        return json.loads((out / "results.json").read_text())["settings"]
+
+    for checkpoint in (tmp_path / "run", tmp_path / "run" / "model"):
+        settings = evaluate(checkpoint)
+        assert settings["views"] == ["s1.00_center"] and settings["temporal_clips"] == 2
+    settings = evaluate(tmp_path / "run", "--spatial-crops", "3", "--temporal-clips", "3")
+    assert settings["views"] == list(THREE_CROP_VIEWS) and settings["temporal_clips"] == 3
+    random_classifier().save_pretrained(tmp_path / "plain")  # not a run: the paper's 10 clips x 3 crops
+    settings = evaluate(tmp_path / "plain")
+    assert settings["views"] == list(THREE_CROP_VIEWS) and settings["temporal_clips"] == 10
+
+
+def test_evaluate_cli_names_an_unreadable_run_record_unless_the_protocol_is_given(tmp_path, capsys):
+    store_dir = make_store(tmp_path / "s", num_videos=3, views=NOFLIP6)
+    random_classifier().save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "finetune.json").write_text("{}")
+    args = ["evaluate", "--checkpoint", str(tmp_path / "run"), "--store", str(store_dir), "--out", str(tmp_path / "e"),
+            "--no-progress"]
+    assert main(args) == 2 and "finetune.json: cannot read the run's resolved" in capsys.readouterr().err
+    assert main(args + ["--temporal-clips", "1", "--spatial-crops", "1"]) == 0

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from vimpac.cli import main
-from vimpac.finetune.probe import FeatureSet, extract_features, knn_evaluate, knn_scores, linear_probe_evaluate
+from vimpac.finetune.errors import FinetuneError
+from vimpac.finetune.probe import (FeatureSet, extract_features, knn_evaluate, knn_scores, linear_probe_evaluate,
+                                  train_linear_probe)
 from vimpac.model import VimpacForPretraining
 from vimpac.store import TokenStore
 
@@ -68,4 +70,65 @@ def test_probe_on_a_store_through_the_cli(tmp_path, capsys):
         code = main(["probe", "--checkpoint", str(tmp_path / "pt"), "--train-store", str(train), "--val-store", str(val),
                      "--method", method, "--k", "3", "--frames", "4", "--temporal-clips", "2", "--out", str(out)])
         assert code == 0
-        assert 0.0 <= json.loads(out.read_text())["top1"] <= 1.0
+        report = json.loads(out.read_text())
+        assert 0.0 <= report["top1"] <= 1.0
+        assert report["method"] == method  # the linear probe's optimizer name used to overwrite it
+    assert report["optimizer"] == "lbfgs"
+
+
+@pytest.mark.parametrize("weight_decay", ["-1", "nan"])
+def test_probe_refuses_a_negative_or_nan_weight_decay(tmp_path, capsys, weight_decay):
+    # Both used to end in an L-BFGS overflow traceback after the features were extracted.
+    with pytest.raises(SystemExit):
+        main(["probe", "--checkpoint", str(tmp_path / "pt"), "--train-store", str(tmp_path / "train"),
+              "--val-store", str(tmp_path / "val"), "--method", "linear", "--weight-decay", weight_decay])
+    assert "--weight-decay: expected a" in capsys.readouterr().err
+    x, y = np.random.default_rng(0).normal(size=(8, 3)), np.arange(8) % 2
+    with pytest.raises(FinetuneError, match="weight_decay"):
+        train_linear_probe(x, y, 2, weight_decay=float(weight_decay))
+
+
+def reference_knn_scores(train: np.ndarray, labels: np.ndarray, query: np.ndarray, num_classes: int, k: int,
+                         temperature: float) -> np.ndarray:
+    """k-NN votes computed directly in float64, one query at a time."""
+    train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    query = query / np.linalg.norm(query, axis=1, keepdims=True)
+    out = np.zeros((len(query), num_classes))
+    for i, q in enumerate(query):
+        similarity = train @ q
+        for j in np.argsort(-similarity, kind="stable")[:k]:
+            out[i, labels[j]] += np.exp((similarity[j] - similarity.max()) / temperature)
+        out[i] /= out[i].sum()
+    return out
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.07, 0.01, 0.001])
+def test_knn_scores_match_a_direct_reference_also_at_low_temperature(temperature):
+    # Below a temperature of ~0.0113, exp(similarity / temperature) overflowed float32: every
+    # score was NaN and top-1 collapsed to whatever NaN sorting gave.
+    rng = np.random.default_rng(0)
+    train, labels, query = rng.normal(size=(30, 6)), rng.integers(0, 4, 30), rng.normal(size=(9, 6))
+    scores = knn_scores(train, labels, query, num_classes=4, k=7, temperature=temperature)
+    assert np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, reference_knn_scores(train, labels, query, 4, 7, temperature), atol=1e-5)
+
+
+def test_probe_refuses_stores_whose_class_names_differ(tmp_path, capsys):
+    # Label 0 meant "class0" in training and "class2" in validation: the probe used to score the
+    # ids as if they named the same classes (`vimpac finetune` already refused such stores).
+    VimpacForPretraining(tiny_model_config()).save_pretrained(tmp_path / "pt")
+    train = make_store(tmp_path / "train", num_videos=6, seed=1)
+    val = make_store(tmp_path / "val", num_videos=6, seed=2)
+    meta = json.loads((val / "store.json").read_text())
+    meta["class_names"] = ["class2", "class1", "class0"]
+    (val / "store.json").write_text(json.dumps(meta))
+    code = main(["probe", "--checkpoint", str(tmp_path / "pt"), "--train-store", str(train), "--val-store", str(val),
+                 "--frames", "4", "--temporal-clips", "1"])
+    assert code == 2
+    assert "label 0 is 'class0' in training, 'class2' in validation" in capsys.readouterr().err
+    named = features(0, 4, True)
+    named.class_names = [f"c{i}" for i in range(CLASSES)]
+    renamed = features(1, 4, True)
+    renamed.class_names = [f"c{i}" for i in reversed(range(CLASSES))]
+    with pytest.raises(FinetuneError, match="class names differ"):
+        knn_evaluate(named, renamed)

@@ -162,6 +162,7 @@ def test_a_fine_tuned_model_as_starting_point_gets_a_new_zero_head(tmp_path):
     (dict(grad_accum_steps=0), "grad_accum_steps: expected an integer >= 1, got 0"),
     (dict(batch_size=0), "--batch-size: expected a positive integer, got 0"),
     (dict(layer_decay=0.0), r"--layer-decay: expected a factor in \(0, 1\]"),
+    (dict(steps=None, epochs=float("inf")), "--epochs: expected a positive finite number, got inf"),
     (dict(lr=-1.0), "lr: expected a finite number >= 0"),
     (dict(log_every=0), "log_every: expected an integer >= 1"),
     (dict(precision="fp16"), "fp16 needs a CUDA device"),
@@ -181,3 +182,28 @@ def test_resume_without_a_checkpoint_says_it_starts_anew_and_folders_of_pretrain
     (stores / "pt_run" / "pretrain.json").write_text("{}")
     with pytest.raises(CheckpointError, match="holds a pre-training run"):
         run_finetune(ft_config(stores, out=str(stores / "pt_run")))
+
+
+def test_recipe_lr_follows_the_size_of_the_pretrained_model(tmp_path):
+    # Table 4: lr 1e-4 for small / base, 5e-5 for large-half. The authors' final model is a
+    # Large-Half; fine-tuning it with the default --preset used to give 1e-4.
+    from vimpac.finetune.runner import resolve_settings
+    from vimpac.model.config import MODEL_PRESETS
+    from vimpac.model.pretrained import CONFIG_FILE
+
+    VimpacForPretraining(tiny_model_config()).save_pretrained(tmp_path / "pt")
+    config = json.loads((tmp_path / "pt" / CONFIG_FILE).read_text())
+    for name in ("dim", "layers", "heads", "halve_att", "halve_mlp"):  # only config.json is read
+        config["model"][name] = getattr(MODEL_PRESETS["large-half"], name)
+    (tmp_path / "large" / "model").mkdir(parents=True)
+    (tmp_path / "large" / "model" / CONFIG_FILE).write_text(json.dumps(config))
+
+    def lr(**changes) -> float:
+        cfg = FinetuneConfig(train_store="unused", out="unused", recipe="ucf101", **changes)
+        return resolve_settings(cfg, num_videos=100)["lr"]
+
+    assert lr(pretrained=str(tmp_path / "large")) == 5e-5  # a run folder's model/ too
+    assert lr(pretrained=str(tmp_path / "large"), preset="small") == 5e-5
+    assert lr(pretrained=str(tmp_path / "pt"), preset="large-half") == 1e-4
+    assert lr(preset="large-half") == 5e-5 and lr(preset="small") == 1e-4  # from scratch
+    assert lr(pretrained=str(tmp_path / "large"), lr=3e-4) == 3e-4

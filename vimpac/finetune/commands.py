@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from vimpac.argtypes import positive_float, positive_int
+from vimpac.argtypes import nonnegative_float, positive_float, positive_int
 
 RECIPE_NAMES = ("ssv2", "diving48", "ucf101", "hmdb51", "k400", "synthetic")  # vimpac.finetune.recipes
 
@@ -33,7 +33,9 @@ def _register_finetune(subparsers) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--pretrained", metavar="MODEL_DIR", help="pre-trained model folder to start from")
     source.add_argument("--from-scratch", action="store_true", help="random initialisation (--preset)")
-    p.add_argument("--preset", default="small", help="model preset for --from-scratch; large-half selects lr 5e-5")
+    p.add_argument("--preset", default="small",
+                   help="model preset for --from-scratch (large-half: lr 5e-5; with --pretrained the model's "
+                        "own size picks the lr)")
     p.add_argument("--recipe", default="ucf101", choices=RECIPE_NAMES, help="Table 4 defaults (default: ucf101)")
     p.add_argument("--out", required=True, metavar="RUN")
     p.add_argument("--frames", type=int, metavar="T", help="clip length (recipe: 10)")
@@ -75,11 +77,15 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN_OR_MODEL_DIR")
     p.add_argument("--store", required=True)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--temporal-clips", type=positive_int, default=10)
-    p.add_argument("--spatial-crops", type=int, default=3, choices=(1, 3),
-                   help="3: top-left / center / bottom-right (center only if the store lacks them)")
+    p.add_argument("--temporal-clips", type=positive_int,
+                   help="uniform clips per view (default: the run's when --checkpoint is a fine-tuning run, else 10)")
+    p.add_argument("--spatial-crops", type=int, choices=(1, 3),
+                   help="3: top-left / center / bottom-right (center only if the store lacks them); default: the "
+                        "run's when --checkpoint is a fine-tuning run (1 for the ssv2 recipe), else 3")
     p.add_argument("--frames", type=positive_int, metavar="T", help="clip length (default: the model's)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="clips per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="clips per forward pass; all views of one video always go together (3 crops x 10 clips "
+                        "= 30), so a smaller value cannot split a video")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -98,7 +104,7 @@ def _register_probe(subparsers) -> None:
     p.add_argument("--k", type=positive_int, default=20)
     p.add_argument("--temperature", type=positive_float, default=0.07)
     p.add_argument("--steps", type=positive_int, default=300, help="linear probe: optimizer iterations")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="linear probe: L2 penalty")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=1e-4, help="linear probe: L2 penalty")
     p.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adamw"))
     p.add_argument("--frames", type=positive_int, metavar="T")
     p.add_argument("--temporal-clips", type=positive_int, default=4)
@@ -166,7 +172,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from vimpac.devices import check_device
     from vimpac.finetune.evaluate import evaluate_classifier, write_evaluation
-    from vimpac.finetune.loading import load_classifier
+    from vimpac.finetune.loading import load_classifier, run_evaluation_settings
     from vimpac.store import TokenStore
 
     try:
@@ -174,13 +180,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         store = TokenStore.open(args.store)
         model = load_classifier(args.checkpoint, frames=args.frames, grid=store.grid,
                                 expect_codebook_size=store.meta.codebook_size).to(args.device)
-        result = evaluate_classifier(model, store, args.frames, args.temporal_clips, args.spatial_crops,
+        # Unless given: the protocol the run itself was evaluated with (its recipe's), else the paper's 10 x 3.
+        settings = {"temporal_clips": 10, "spatial_crops": 3}
+        if args.temporal_clips is None or args.spatial_crops is None:
+            settings.update(run_evaluation_settings(args.checkpoint))
+        temporal_clips = args.temporal_clips or settings["temporal_clips"]
+        spatial_crops = args.spatial_crops or settings["spatial_crops"]
+        result = evaluate_classifier(model, store, args.frames, temporal_clips, spatial_crops,
                                      args.device, args.bf16, args.batch_size, progress=args.progress)
         paths = write_evaluation(result, args.out)
     except _input_errors() as exc:
         return _fail("evaluate", exc)
     m = result.metrics
-    print(f"{m.num_examples} videos, views {result.settings['views']} x {args.temporal_clips} clips: "
+    print(f"{m.num_examples} videos, views {result.settings['views']} x {temporal_clips} clips: "
           f"top-1 {100 * m.top1:.2f}%  top-5 {100 * m.top5:.2f}%  mean-class {100 * m.mean_class:.2f}%")
     print(f"wrote {paths['results']} and {paths['confusion_matrix']}")
     return 0
@@ -190,7 +202,7 @@ def _run_probe(args: argparse.Namespace) -> int:
     from vimpac.devices import check_device
     from vimpac.finetune.errors import FinetuneError
     from vimpac.finetune.loading import load_backbone
-    from vimpac.finetune.probe import extract_features, knn_evaluate, linear_probe_evaluate
+    from vimpac.finetune.probe import check_same_classes, extract_features, knn_evaluate, linear_probe_evaluate
     from vimpac.io import atomic_write_json
     from vimpac.store import TokenStore
 
@@ -201,6 +213,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         for store in (train, val):  # before minutes of feature extraction
             if not (store.labels >= 0).any():
                 raise FinetuneError(f"{store.root}: no labelled videos; a probe needs labels in both stores")
+        check_same_classes(train.class_names, val.class_names)
         backbone = load_backbone(args.checkpoint, frames=args.frames, grid=train.grid,
                                  expect_codebook_size=train.meta.codebook_size).to(args.device)
         kwargs = dict(frames=args.frames, temporal_clips=args.temporal_clips, device=args.device, bf16=args.bf16)

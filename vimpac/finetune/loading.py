@@ -10,14 +10,20 @@ the authors' release with `vimpac convert-original`).
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from vimpac.finetune.errors import FinetuneError
 from vimpac.model import ModelConfig, ModelError, VimpacBackbone, VimpacForClassification, build_model_config
+from vimpac.model.config import MODEL_PRESETS
 from vimpac.model.pretrained import CONFIG_FILE, load_weights, read_model_config, read_weights
 
-# Where `vimpac finetune` writes the final classifier inside its run folder.
+# Where `vimpac finetune` writes the final classifier and its resolved settings in a run folder.
 RUN_MODEL_DIR = "model"
+RUN_RECORD = "finetune.json"
+
+# What makes a model "small", "base" or "large-half" (Table 3) for the recipe's learning rate.
+_SIZE_FIELDS = ("dim", "layers", "halve_att", "halve_mlp")
 
 
 def resolve_model_folder(path: str | Path) -> Path:
@@ -29,6 +35,37 @@ def resolve_model_folder(path: str | Path) -> Path:
     raise FinetuneError(f"{path}: not a model folder (no {CONFIG_FILE}) nor a finished fine-tuning run "
                         f"(no {RUN_MODEL_DIR}/{CONFIG_FILE}); pass a folder written by save_pretrained, "
                         "`vimpac convert-original` or `vimpac finetune`")
+
+
+def run_evaluation_settings(path: str | Path) -> dict[str, int]:
+    """The multi-view settings (temporal_clips, spatial_crops) a fine-tuning run evaluated with,
+    when `path` is the run folder or its model/ folder; {} for any other model folder. So that
+    re-evaluating a run repeats its recipe's protocol (e.g. SSV2: the center crop only)."""
+    path = Path(path)
+    record = path / RUN_RECORD
+    if not record.is_file() and path.name == RUN_MODEL_DIR:
+        record = path.parent / RUN_RECORD
+    if not record.is_file():
+        return {}
+    try:
+        resolved = json.loads(record.read_text())["resolved"]
+        return {name: int(resolved[name]) for name in ("temporal_clips", "spatial_crops")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FinetuneError(f"{record}: cannot read the run's resolved temporal_clips / spatial_crops "
+                            f"({type(exc).__name__}: {exc}); pass --temporal-clips and --spatial-crops") from None
+
+
+def size_preset_of(path: str | Path) -> str | None:
+    """The model preset (Table 3) whose size the model folder's backbone has, e.g. "large-half"
+    for the authors' converted final model; None for any other size."""
+    try:
+        _, cfg, _ = read_model_config(resolve_model_folder(path))
+    except ModelError as exc:
+        raise FinetuneError(str(exc)) from None
+    for name, preset in MODEL_PRESETS.items():
+        if all(getattr(cfg, f) == getattr(preset, f) for f in _SIZE_FIELDS):
+            return name
+    return None
 
 
 def build_classifier(num_classes: int, frames: int, grid: tuple[int, int], codebook_size: int,

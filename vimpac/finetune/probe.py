@@ -17,6 +17,7 @@ iterations, L2 penalty) or AdamW.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -112,7 +113,9 @@ def knn_scores(train_features: np.ndarray | torch.Tensor, train_labels: np.ndarr
     for start in range(0, query.shape[0], chunk):
         similarity = query[start:start + chunk] @ train.T
         top_sim, top_idx = similarity.topk(k, dim=1)
-        weights = (top_sim / temperature).exp()
+        # Shifted by each row's best similarity: the normalised votes are the same, and exp cannot
+        # overflow (float32 exp(1 / temperature) is inf for temperatures below ~0.0113).
+        weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
         votes = torch.zeros(top_idx.shape[0], num_classes)
         votes.scatter_add_(1, labels[top_idx], weights)
         out.append(votes / votes.sum(dim=1, keepdim=True))
@@ -127,7 +130,19 @@ def _labelled(features: FeatureSet, name: str) -> FeatureSet:
                       features.class_names)
 
 
+def check_same_classes(train_names, val_names) -> None:
+    """Label i must name the same class in both sets (when both name their classes): otherwise
+    a probe compares ids that mean different classes and its accuracy means nothing."""
+    if train_names is not None and val_names is not None and list(train_names) != list(val_names):
+        differ = next((i for i, (a, b) in enumerate(zip(train_names, val_names)) if a != b), None)
+        detail = (f"label {differ} is {train_names[differ]!r} in training, {val_names[differ]!r} in validation"
+                  if differ is not None else f"{len(train_names)} training vs {len(val_names)} validation classes")
+        raise FinetuneError(f"the training and validation class names differ ({detail}); "
+                            "use stores tokenized with the same class list (tokenize --class-names)")
+
+
 def _num_classes(train: FeatureSet, val: FeatureSet) -> int:
+    check_same_classes(train.class_names, val.class_names)
     if train.class_names:
         return len(train.class_names)
     return int(max(train.labels.max(), val.labels.max())) + 1
@@ -166,6 +181,8 @@ def train_linear_probe(features: np.ndarray | torch.Tensor, labels: np.ndarray |
     y = torch.as_tensor(labels, dtype=torch.int64)
     if x.ndim != 2 or y.shape != (x.shape[0],) or x.shape[0] == 0:
         raise FinetuneError(f"linear probe: expected features (N, D) and N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if not math.isfinite(weight_decay) or weight_decay < 0:
+        raise FinetuneError(f"linear probe: weight_decay (the L2 penalty) must be a finite number >= 0, got {weight_decay}")
     mean = x.mean(dim=0)
     std = x.std(dim=0, unbiased=False).clamp_min(1e-6)
     x = (x - mean) / std
@@ -209,8 +226,9 @@ def linear_probe_evaluate(train: FeatureSet, val: FeatureSet, method: Literal["l
     probe = train_linear_probe(train.features, train.labels, num_classes, method, steps, weight_decay)
     result = classification_metrics(probe.scores(val.features), val.labels).summary()
     train_top1 = float((probe.scores(train.features).argmax(1) == train.labels).mean())
-    return {**result, "train_top1": train_top1, "method": method, "steps": steps, "weight_decay": weight_decay}
+    # "optimizer", not "method": `vimpac probe` reports its --method ("linear") under that key.
+    return {**result, "train_top1": train_top1, "optimizer": method, "steps": steps, "weight_decay": weight_decay}
 
 
-__all__ = ["FeatureSet", "LinearProbe", "extract_features", "knn_evaluate", "knn_scores",
+__all__ = ["FeatureSet", "LinearProbe", "check_same_classes", "extract_features", "knn_evaluate", "knn_scores",
            "linear_probe_evaluate", "train_linear_probe"]

@@ -34,7 +34,7 @@ class FinetuneConfig:
     out: str
     val_store: Optional[str] = None
     pretrained: Optional[str] = None  # model folder; None trains from scratch with `preset`
-    preset: str = "small"  # model preset (from scratch) and learning-rate choice (large-half: 5e-5)
+    preset: str = "small"  # model preset from scratch (its size picks the recipe lr: large-half 5e-5)
     recipe: str = "ucf101"
     # None: the recipe's value.
     frames: Optional[int] = None
@@ -96,6 +96,14 @@ def training_views(store_views, flip: bool) -> tuple[str, ...]:
     return views
 
 
+def model_size(cfg: FinetuneConfig) -> str | None:
+    """The size of the model fine-tuned, which picks the recipe's learning rate (Table 4: 1e-4 for
+    small / base, 5e-5 for large-half): the `pretrained` folder's, else `preset` (from scratch)."""
+    from vimpac.finetune.loading import size_preset_of
+
+    return cfg.preset if cfg.pretrained is None else size_preset_of(cfg.pretrained)
+
+
 def resolve_settings(cfg: FinetuneConfig, num_videos: int, world_size: int = 1) -> dict[str, Any]:
     """The recipe with the command-line overrides applied, and the number of updates."""
     recipe = get_recipe(cfg.recipe)
@@ -107,7 +115,8 @@ def resolve_settings(cfg: FinetuneConfig, num_videos: int, world_size: int = 1) 
     temporal_clips = pick(cfg.temporal_clips, recipe.temporal_clips)
     return {
         "recipe": recipe.name, "frames": pick(cfg.frames, recipe.frames), "batch_size": batch_size,
-        "epochs": steps * per_update / num_videos, "steps": steps, "lr": pick(cfg.lr, recipe.lr_for(cfg.preset)),
+        "epochs": steps * per_update / num_videos, "steps": steps,
+        "lr": cfg.lr if cfg.lr is not None else recipe.lr_for(model_size(cfg)),
         "weight_decay": pick(cfg.weight_decay, recipe.weight_decay),
         "warmup_ratio": pick(cfg.warmup_ratio, recipe.warmup_ratio), "betas": recipe.betas, "eps": recipe.eps,
         "clip_grad_norm": recipe.clip_grad_norm, "dropout": pick(cfg.dropout, recipe.dropout),
@@ -128,8 +137,8 @@ def _check_options(cfg: FinetuneConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise FinetuneError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
-    if cfg.epochs is not None and not cfg.epochs > 0:
-        raise FinetuneError(f"--epochs: expected a positive number, got {cfg.epochs}")
+    if cfg.epochs is not None and not (math.isfinite(cfg.epochs) and cfg.epochs > 0):
+        raise FinetuneError(f"--epochs: expected a positive finite number, got {cfg.epochs}")
 
 
 def _check_resume(run_dir: Path, cfg: FinetuneConfig) -> None:
