@@ -209,6 +209,21 @@ def test_no_weight_decay_on_biases_and_norms():
     assert len(groups[1]["params"]) == 4  # two biases + LayerNorm weight and bias
 
 
+def test_the_cls_vector_and_batchnorm_weights_decay_as_in_the_authors_code():
+    from vimpac.model import VimpacForPretraining, build_model_config
+
+    model = VimpacForPretraining(build_model_config("tiny"))
+    groups = build_optimizer(model, lr=1e-3, weight_decay=0.05).param_groups
+    spared = {id(p) for p in groups[1]["params"]}
+    names = {name: id(p) in spared for name, p in model.named_parameters()}
+    # "No weight decay on biases and LayerNorm weights" (the authors' rule), nothing else.
+    assert names["backbone.cls_param"] is False and names["cls_head.mlp.bn_0.weight"] is False
+    layer_norms = {f"{prefix}.{kind}" for prefix, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)
+                   for kind in ("weight", "bias")}
+    assert {name for name, no_decay in names.items() if no_decay} == \
+        {name for name in names if name.endswith(".bias") or name in layer_norms}
+
+
 def test_warmup_then_linear_decay():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = warmup_linear_decay(opt, warmup_steps=4, total_steps=10)

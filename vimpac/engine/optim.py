@@ -6,19 +6,24 @@ import torch
 from torch import nn
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and normalisation weights (the paper follows BERT here).
+def no_weight_decay(model: nn.Module) -> set[int]:
+    """ids of the parameters AdamW must not decay: biases and LayerNorm weights, as the paper (after
+    BERT) and the authors' code say. Everything else decays, the CLS vector and BatchNorm weights
+    included, as in the authors' code (a "1-D means no decay" rule would spare those too)."""
+    spared = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters(recurse=False)}
+    spared |= {id(p) for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"}
+    return spared
 
-    A parameter counts as "no decay" when it is 1-D (biases, LayerNorm / BatchNorm weights,
-    the CLS vector) - the usual rule, which also covers modules we do not know by name.
-    Tied parameters appear once.
-    """
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The decayed parameters, then the rest (`no_weight_decay`). Tied parameters appear once."""
+    spared = no_weight_decay(model)
     decay, no_decay, seen = [], [], set()
     for _, param in model.named_parameters():
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))
-        (no_decay if param.ndim <= 1 else decay).append(param)
+        (no_decay if id(param) in spared else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

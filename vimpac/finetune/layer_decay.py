@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from vimpac.engine.optim import no_weight_decay
+
 _LAYER_PREFIX = "backbone.transformer.resblocks."
 _EMBEDDING_PREFIXES = ("backbone.cls_param", "backbone.embedding", "backbone.positional_embedding",
                        "backbone.ln_pre")
@@ -32,12 +34,13 @@ def layerwise_param_groups(model: nn.Module, lr: float, weight_decay: float, dec
         raise ValueError(f"layer decay must be in (0, 1], got {decay}")
     groups: dict[tuple[int, bool], dict] = {}
     seen: set[int] = set()
+    spared = no_weight_decay(model)
     for name, param in model.named_parameters():
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))
         lid = layer_id(name, num_layers)
-        no_decay = param.ndim <= 1
+        no_decay = id(param) in spared
         group = groups.setdefault((lid, no_decay), {
             "params": [], "lr": lr * decay ** (num_layers + 1 - lid),
             "weight_decay": 0.0 if no_decay else weight_decay, "layer_id": lid,
