@@ -77,6 +77,9 @@ class VideoInfo:
     width: int
     height: int
     codec: str
+    rotation: int = 0
+    """Degrees (0, 90, 180, 270) the frames were turned counterclockwise to stand upright, from
+    the container's display matrix (a phone's portrait video); `width` / `height` are upright."""
 
     def to_dict(self) -> dict:
         return {
@@ -87,6 +90,7 @@ class VideoInfo:
             "width": self.width,
             "height": self.height,
             "codec": self.codec,
+            "rotation": self.rotation,
         }
 
 
@@ -349,12 +353,31 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             duration = num_frames / fps
         first = _decode_first_frame(container, stream, path)
         codec = stream.codec_context.name
+        turns = _quarter_turns(first)
+        width, height = (first.height, first.width) if turns % 2 else (first.width, first.height)
         return VideoInfo(
             path=str(path), fps=fps, num_frames=num_frames, duration=duration,
-            width=first.width, height=first.height, codec=codec,
+            width=width, height=height, codec=codec, rotation=90 * turns,
         )
     finally:
         container.close()
+
+
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    """Counterclockwise quarter turns (0-3) that make `frame` upright, from its display matrix.
+
+    FFmpeg's tools rotate by the display matrix too (`-autorotate`, on by default); angles that
+    are not a multiple of 90 degrees are rounded to the nearest one, as there.
+    """
+    try:
+        degrees = float(frame.rotation)
+    except Exception:  # no display matrix, or a singular one
+        return 0
+    return int(round(degrees / 90.0)) % 4 if math.isfinite(degrees) else 0
+
+
+def _upright(array: np.ndarray, quarter_turns: int) -> np.ndarray:
+    return np.rot90(array, quarter_turns) if quarter_turns else array
 
 
 def _decode_first_frame(container, stream, path: Path) -> av.VideoFrame:
@@ -482,10 +505,13 @@ class VideoReader:
         last_ticks = max(1, round(last_duration / float(self._time_base)))
         self._duration = float((int(pts[-1] - pts[0]) + last_ticks) * self._time_base)
         _check_matroska_not_truncated(self._container, stream, path, float(pts[-1] * self._time_base) + last_duration)
+        self._quarter_turns = self._first_frame_turns()
+        width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+        if self._quarter_turns % 2:
+            width, height = height, width
         self.info = VideoInfo(
             path=str(path), fps=float(fps), num_frames=len(pts), duration=self._duration,
-            width=int(stream.codec_context.width), height=int(stream.codec_context.height),
-            codec=stream.codec_context.name,
+            width=width, height=height, codec=stream.codec_context.name, rotation=90 * self._quarter_turns,
         )
 
     @property
@@ -640,11 +666,24 @@ class VideoReader:
         except Exception as exc:
             raise _translate_av_error(self.path, exc, "decoding") from exc
 
+    def _first_frame_turns(self) -> int:
+        """The rotation of the video, from its first frame (PyAV exposes the display matrix on
+        frames only). Every read seeks first, so decoding it here moves nothing. A first frame
+        that does not decode counts as upright; the read that needs it reports the error."""
+        try:
+            frames, _ = self._seek_and_decode(0)
+            _, frame = next(frames)
+        except (VideoError, StopIteration):
+            return 0
+        return _quarter_turns(frame)
+
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
         try:
-            return frame.to_ndarray(format="rgb24")
+            array = frame.to_ndarray(format="rgb24")
         except Exception as exc:
             raise _translate_av_error(self.path, exc, "converting a frame to RGB") from exc
+        # The whole video turns by its first frame's display matrix, so every frame has one shape.
+        return _upright(array, self._quarter_turns)
 
 
 def _prepend(index: int, frame, rest):
