@@ -83,6 +83,16 @@ def all_reduce_mean(values: dict[str, float], device: torch.device | str = "cpu"
     return dict(zip(keys, tensor.tolist()))
 
 
+def all_gather_int(value: int, device: torch.device | str = "cpu") -> list[int]:
+    """Every rank's `value`, in rank order (`[value]` without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    tensor = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    parts = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor)
+    return [int(part) for part in parts]
+
+
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True on every rank when `flag` is true on at least one (stops and skips stay in step)."""
     if not (dist.is_available() and dist.is_initialized()):

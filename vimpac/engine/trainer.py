@@ -35,7 +35,8 @@ from torch import nn
 from vimpac.config import ConfigError
 from vimpac.devices import check_device, resolve_device
 from vimpac.engine import distributed
-from vimpac.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
+from vimpac.engine.checkpoint import (CHECKPOINT_PREFIX, CheckpointError, latest_checkpoint, load_checkpoint,
+                                      save_checkpoint, unwrap)
 from vimpac.engine.distributed import DistInfo
 from vimpac.engine.metrics import MetricsLogger
 from vimpac.engine.optim import build_optimizer, warmup_linear_decay
@@ -139,6 +140,18 @@ def _loss_first(metrics: dict[str, float]) -> list[tuple[str, float]]:
     return sorted(metrics.items(), key=lambda item: item[0] != "loss")
 
 
+def _checkpoint_step(path: Path | None) -> int:
+    """The step in a checkpoint folder's name (step-00000100), -1 for none or another name."""
+    if path is None or not path.name.startswith(CHECKPOINT_PREFIX):
+        return -1
+    digits = path.name[len(CHECKPOINT_PREFIX):]
+    return int(digits) if digits.isdigit() else -1
+
+
+def _step_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:08d}" if step >= 0 else "none"
+
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers; stable across processes and Python versions."""
     digest = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
@@ -179,14 +192,46 @@ class Trainer:
     def resume(self, checkpoint: str | Path | None = None) -> bool:
         """Load `checkpoint` (or the run's latest); False when there is none."""
         path = Path(checkpoint) if checkpoint else latest_checkpoint(self.run_dir)
+        self._check_ranks_resume_together(path)
         if path is None:
             return False
         state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        self._check_samples_per_update(state, path)
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self._window.load_state(state.get("log_window"))
         self.logger.truncate_after(self.step)
         return True
+
+    def _check_ranks_resume_together(self, path: Path | None) -> None:
+        """Every rank must continue from the same checkpoint. Only rank 0 writes checkpoints, so
+        under torchrun on several machines a run folder that is not shared gives the other
+        machines none (or stale ones): they would train other steps than rank 0 and the
+        collectives would pair up wrongly, mixing the runs or hanging at the end."""
+        steps = distributed.all_gather_int(_checkpoint_step(path), self.device)
+        if len(set(steps)) > 1:
+            by_rank = ", ".join(f"rank {rank}: {_step_name(step)}" for rank, step in enumerate(steps))
+            raise CheckpointError(
+                f"{self.run_dir}: the processes found different checkpoints to resume from ({by_rank}); "
+                "only rank 0 writes checkpoints, so under torchrun "
+                "on several machines the run folder (--out) must be on a file system they all share")
+
+    def _check_samples_per_update(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint written with another global batch (e.g. another number of
+        processes): the run would go on silently with a different batch and data order."""
+        cfg = self.cfg
+        # Checkpoints before these were recorded: the caller has checked batch size and accumulation.
+        world = int(state.get("world_size", 1))
+        batch = int(state.get("batch_size", cfg.batch_size))
+        accum = int(state.get("grad_accum_steps", cfg.grad_accum_steps))
+        before = world * batch * accum
+        now = self.dist.world_size * cfg.batch_size * cfg.grad_accum_steps
+        if before != now:
+            raise CheckpointError(
+                f"{path}: written by {world} process(es) x batch size {batch} x {accum} accumulation step(s) "
+                f"= {before} samples per update, but this run has {self.dist.world_size} x {cfg.batch_size} x "
+                f"{cfg.grad_accum_steps} = {now}; resume with {world} process(es) (torchrun --nproc_per_node "
+                "x --nnodes), or with settings that keep the samples per update")
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
@@ -342,7 +387,8 @@ class Trainer:
         path = None
         if self.dist.is_main:
             state = {"skipped_steps": self.skipped_steps, "data_position": {"step": self.step},
-                     "world_size": self.dist.world_size, "log_window": self._window.state(),
+                     "world_size": self.dist.world_size, "batch_size": self.cfg.batch_size,
+                     "grad_accum_steps": self.cfg.grad_accum_steps, "log_window": self._window.state(),
                      "config": self.run_config}
             path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state,
                                    keep_last=self.cfg.keep_checkpoints)
