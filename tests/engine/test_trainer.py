@@ -292,6 +292,9 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
     single.fit()
     for key, value in single.model.state_dict().items():
         torch.testing.assert_close(torch.from_numpy(ddp_state[key]), value, rtol=1e-5, atol=1e-6)
+    # Counted quantities are the run's throughput: both ranks' 8 samples per step, not one rank's.
+    for row in (r for r in read_metrics(tmp_path / "ddp") if r["split"] == "train"):
+        assert row["samples_per_s"] / row["steps_per_s"] == pytest.approx(16)
 
 
 def _resume_worker(rank, port, run_dirs, queue):

@@ -119,7 +119,8 @@ class TrainTask(Protocol):
         """The micro-batch for (step, micro_step) on this rank, moved to the device."""
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Scalar loss and metrics; keys starting with 'count/' are summed and reported as rates."""
+        """Scalar loss and metrics; keys starting with 'count/' are summed and reported as rates
+        (per second, over all ranks: e.g. count/clips gives clips_per_s); the others are averaged."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -362,12 +363,15 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _log_window(self, window: "_Window") -> dict[str, float]:
+        rates = window.count_rate_keys()
         values = window.flush()
         # The largest group's rate: with layer-wise decay the groups differ and the top one is the
         # nominal learning rate (the classifier's).
         values["lr"] = max(self.scheduler.get_last_lr())
         values["skipped_steps"] = self.skipped_steps
         values = distributed.all_reduce_mean(values, self.device)
+        for key in rates:  # each rank counted its own samples: the run's throughput is their sum
+            values[key] *= self.dist.world_size
         self.logger.log(self.step, "train", values)
         return values
 
@@ -469,6 +473,10 @@ class _Window:
     def start_clock(self) -> None:
         """Time the window from now on, plus what a restored window had already run."""
         self.started = time.perf_counter() - self.carried_seconds
+
+    def count_rate_keys(self) -> list[str]:
+        """The names `flush` gives the rates of counted quantities (e.g. clips_per_s)."""
+        return [f"{k}_per_s" for k in self.counts]
 
     def flush(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
