@@ -366,6 +366,20 @@ def test_print_config_shows_the_settings_resolved_against_the_store(store_path, 
     assert printed["model"]["codebook_size"] == CODES and printed["model"]["max_frames"] == 4
 
 
+def test_print_config_under_torchrun_resolves_for_its_processes(store_path, capsys, monkeypatch):
+    from vimpac.cli import main
+
+    command = ["pretrain", "--store", str(store_path), "--out", "unused", "--print-config", *MICRO_MODEL,
+               "data.frames=4", "train.batch_size=4", "effective_batch=16"]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc_per_node 2 sets it
+    monkeypatch.setenv("RANK", "0")
+    assert main(command) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["grad_accum_steps"] == 2  # 16 / (4 x 2 processes)
+    monkeypatch.setenv("RANK", "1")
+    assert main(command) == 0
+    assert capsys.readouterr().out == ""  # one copy, from rank 0
+
+
 def test_a_run_recorded_before_init_from_was_recorded_resumes_with_it(store_path, tmp_path):
     import json
 
