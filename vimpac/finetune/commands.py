@@ -164,6 +164,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from vimpac.devices import check_device
+    from vimpac.engine import distributed
     from vimpac.finetune.evaluate import evaluate_classifier, write_evaluation
     from vimpac.finetune.loading import load_classifier
     from vimpac.store import TokenStore
@@ -172,9 +173,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         check_device(args.device, "--device")
         store = TokenStore.open(args.store)
         model = load_classifier(args.checkpoint, frames=args.frames, grid=store.grid,
-                                expect_codebook_size=store.meta.codebook_size).to(args.device)
-        result = evaluate_classifier(model, store, args.frames, args.temporal_clips, args.spatial_crops,
-                                     args.device, args.bf16, args.batch_size, progress=args.progress)
+                                expect_codebook_size=store.meta.codebook_size)
+        # Under torchrun each rank scores a share of the videos; rank 0 writes and reports.
+        dist = distributed.init_distributed(args.device)
+        device = distributed.rank_device(args.device, dist)
+        result = evaluate_classifier(model.to(device), store, args.frames, args.temporal_clips, args.spatial_crops,
+                                     device, args.bf16, args.batch_size, progress=args.progress)
+        if not dist.is_main:
+            return 0
         paths = write_evaluation(result, args.out)
     except _input_errors() as exc:
         return _fail("evaluate", exc)
