@@ -193,6 +193,28 @@ def test_kill_9_then_resume_gives_the_same_loss_sequence(tmp_path):
     assert len(train_losses(killed)) == 30
 
 
+def test_workers_of_a_killed_torchrun_stop_with_a_checkpoint(tmp_path):
+    """kill -9 of torchrun cannot reach its workers; they notice their launcher is gone, write a
+    checkpoint and stop, rather than train on as orphans beside a resumed run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.Popen([*torchrun, str(TOY_SCRIPT), str(tmp_path / "run"), "--steps", "300", "--sleep",
+                                 "0.05"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while time.time() < deadline and latest_checkpoint(tmp_path / "run") is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    while time.time() < deadline and (tmp_path / "out.txt").read_text().count("interrupted") < 2:
+        time.sleep(0.1)
+    printed = (tmp_path / "out.txt").read_text()
+    assert printed.count("interrupted") == 2, printed[-2000:]  # both ranks' results
+    assert "the launcher (pid " in printed
+    assert latest_checkpoint(tmp_path / "run").name < "step-00000100"
+
+
 def test_sigterm_writes_a_checkpoint_and_stops(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, str(TOY_SCRIPT), str(tmp_path), "--steps", "1000", "--sleep", "0.02"],

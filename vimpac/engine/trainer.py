@@ -22,7 +22,9 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -184,6 +186,9 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0
         self._stop_signal: int | None = None
+        # Under torchrun: the launcher's pid. A `kill -9` of torchrun cannot pass on to the workers,
+        # which would train on as orphans (and write into the run folder beside a resumed run).
+        self._launcher_pid = os.getppid() if self.dist.enabled else None
         # Metrics since the last log row; saved in checkpoints so a resumed run logs the same rows.
         # (Under DDP the checkpoint holds rank 0's window, so after a resume mid-window the other
         # ranks' share of that one logged row is rank 0's; the training itself is unaffected.)
@@ -296,7 +301,7 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
                     checkpoint = self._checkpoint()
                 if self.step < cfg.total_steps:
-                    if distributed.any_rank(self._stop_signal is not None, self.device):
+                    if distributed.any_rank(self._stop_signal is not None or self._launcher_gone(), self.device):
                         status = "interrupted"
                     elif cfg.max_minutes is not None and distributed.any_rank(
                             time.perf_counter() - started > 60 * cfg.max_minutes, self.device):
@@ -417,6 +422,15 @@ class Trainer:
         from tqdm import tqdm
 
         return tqdm(total=self.cfg.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+    def _launcher_gone(self) -> bool:
+        if self._launcher_pid is None or os.getppid() == self._launcher_pid:
+            return False
+        if self._stop_signal is None:
+            print(f"rank {self.dist.rank}: the launcher (pid {self._launcher_pid}) has exited; stopping with a "
+                  "checkpoint", file=sys.stderr, flush=True)
+            self._stop_signal = signal.SIGTERM
+        return True
 
     @contextlib.contextmanager
     def _signal_handlers(self):
