@@ -3,6 +3,7 @@ DDP equivalence, optimizer groups and the learning-rate schedule."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from vimpac.engine.checkpoint import latest_checkpoint
+from vimpac.engine.checkpoint import CheckpointError, latest_checkpoint
 from vimpac.engine.distributed import shutdown
 from vimpac.engine.metrics import read_metrics
 from vimpac.engine.optim import build_optimizer, warmup_linear_decay
@@ -117,6 +118,29 @@ def test_resuming_a_finished_run_trains_and_logs_nothing_more(tmp_path):
     assert read_metrics(tmp_path) == rows
 
 
+def _record_in_checkpoint(run_dir, **changes):
+    """Edit the latest checkpoint's state.json, as if another run had written it."""
+    state_file = latest_checkpoint(run_dir) / "state.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), **changes}))
+
+
+def test_resume_refuses_a_checkpoint_of_another_number_of_processes(tmp_path):
+    make_trainer(tmp_path, steps=5, max_minutes=0.0).fit()
+    _record_in_checkpoint(tmp_path, world_size=2)  # 2 processes x batch 8: 16 samples per update
+    with pytest.raises(CheckpointError, match=r"written by 2 process\(es\) x batch size 8 x 1 accumulation step\(s\) "
+                                              r"= 16 samples per update, but this run has 1 x 8 x 1 = 8; resume with 2"):
+        make_trainer(tmp_path, steps=5).resume()
+    # The same global batch from one process with accumulation continues the run.
+    resumed = make_trainer(tmp_path, steps=5, grad_accum_steps=2)
+    assert resumed.resume() and resumed.fit().status == "finished"
+
+
+def test_a_checkpoint_records_the_samples_per_update(tmp_path):
+    make_trainer(tmp_path, steps=2, grad_accum_steps=3).fit()
+    state = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
+    assert (state["world_size"], state["batch_size"], state["grad_accum_steps"]) == (1, 8, 3)
+
+
 @pytest.mark.parametrize("field, value, expected", [
     ("batch_size", 0, "train.batch_size: expected an integer >= 1, got 0"),
     ("grad_accum_steps", 0, "train.grad_accum_steps: expected an integer >= 1"),
@@ -167,6 +191,28 @@ def test_kill_9_then_resume_gives_the_same_loss_sequence(tmp_path):
     subprocess.run([sys.executable, str(TOY_SCRIPT), str(killed), "--steps", "30", "--resume"], check=True, env=env)
     assert train_losses(killed) == train_losses(full)
     assert len(train_losses(killed)) == 30
+
+
+def test_workers_of_a_killed_torchrun_stop_with_a_checkpoint(tmp_path):
+    """kill -9 of torchrun cannot reach its workers; they notice their launcher is gone, write a
+    checkpoint and stop, rather than train on as orphans beside a resumed run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.Popen([*torchrun, str(TOY_SCRIPT), str(tmp_path / "run"), "--steps", "300", "--sleep",
+                                 "0.05"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while time.time() < deadline and latest_checkpoint(tmp_path / "run") is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    while time.time() < deadline and (tmp_path / "out.txt").read_text().count("interrupted") < 2:
+        time.sleep(0.1)
+    printed = (tmp_path / "out.txt").read_text()
+    assert printed.count("interrupted") == 2, printed[-2000:]  # both ranks' results
+    assert "the launcher (pid " in printed
+    assert latest_checkpoint(tmp_path / "run").name < "step-00000100"
 
 
 def test_sigterm_writes_a_checkpoint_and_stops(tmp_path):
@@ -283,6 +329,45 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
     single.fit()
     for key, value in single.model.state_dict().items():
         torch.testing.assert_close(torch.from_numpy(ddp_state[key]), value, rtol=1e-5, atol=1e-6)
+    # Counted quantities are the run's throughput: both ranks' 8 samples per step, not one rank's.
+    for row in (r for r in read_metrics(tmp_path / "ddp") if r["split"] == "train"):
+        assert row["samples_per_s"] / row["steps_per_s"] == pytest.approx(16)
+
+
+def _resume_worker(rank, port, run_dirs, queue):
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    trainer = make_trainer(run_dirs[rank], steps=6, batch_size=4)
+    try:
+        trainer.resume()
+        queue.put((rank, "resumed"))
+    except CheckpointError as exc:
+        queue.put((rank, str(exc)))
+    shutdown()
+
+
+def test_ddp_ranks_that_find_different_checkpoints_refuse_to_resume(tmp_path):
+    """As with a run folder on each machine's own disk: rank 0 finds the checkpoints it wrote,
+    rank 1 none. Both must stop with the reason, not train different steps side by side."""
+    import socket
+
+    make_trainer(tmp_path / "node0", steps=6, batch_size=4, max_minutes=0.0).fit()  # a checkpoint at step 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    run_dirs = [str(tmp_path / "node0"), str(tmp_path / "node1")]
+    procs = [ctx.Process(target=_resume_worker, args=(r, port, run_dirs, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    outcomes = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for rank in (0, 1):
+        assert "found different checkpoints to resume from (rank 0: step-00000001, rank 1: none)" in outcomes[rank]
+        assert "must be on a file system they all share" in outcomes[rank]
 
 
 def test_progress_lines_without_the_bar(tmp_path, capsys):

@@ -73,6 +73,65 @@ def test_evaluate_cli_writes_json_and_png(tmp_path):
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def _evaluate_worker(rank, port, argv, queue):
+    import contextlib
+    import io
+    import os
+
+    from vimpac.finetune import evaluate
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    scored = []
+    predict = evaluate.predict_videos
+
+    def recording(model, store, keys, *args, **kwargs):
+        scored.extend(keys)
+        return predict(model, store, keys, *args, **kwargs)
+
+    evaluate.predict_videos = recording
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(argv)
+    queue.put((rank, code, scored, printed.getvalue()))
+
+
+def test_evaluate_under_torchrun_scores_each_video_once(tmp_path):
+    """2 ranks, 5 videos: rank 0 scores 3, rank 1 2; rank 0 writes the report of one process."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    store_dir = make_store(tmp_path / "s", num_videos=5, views=ALL12)
+    random_classifier().save_pretrained(tmp_path / "model")
+
+    def argv(out):
+        return ["evaluate", "--checkpoint", str(tmp_path / "model"), "--store", str(store_dir), "--out", str(out),
+                "--temporal-clips", "2", "--no-progress"]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_evaluate_worker, args=(r, port, argv(tmp_path / "ddp"), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    outcomes = {rank: rest for rank, *rest in (queue.get(timeout=120) for _ in procs)}
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    keys = TokenStore.open(store_dir).keys()
+    assert outcomes[0][:2] == [0, keys[0::2]] and outcomes[1][:2] == [0, keys[1::2]]
+    assert "5 videos" in outcomes[0][2] and outcomes[1][2] == ""  # one report
+    assert main(argv(tmp_path / "one")) == 0
+    ddp, one = (json.loads((tmp_path / out / "results.json").read_text()) for out in ("ddp", "one"))
+    assert [p["key"] for p in ddp["predictions"]] == keys
+    for a, b in zip(ddp["predictions"], one["predictions"]):
+        assert a["predicted"] == b["predicted"] and a["confidence"] == pytest.approx(b["confidence"], rel=1e-5)
+    assert ddp["confusion_matrix"] == one["confusion_matrix"] and ddp["num_examples"] == 5
+
+
 def test_evaluate_refuses_a_pretraining_folder(tmp_path, capsys):
     from vimpac.model import VimpacForPretraining
 

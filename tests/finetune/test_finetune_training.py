@@ -88,6 +88,20 @@ def test_batches_are_deterministic_and_cover_each_epoch(tmp_path):
     assert a[0].shape == (3, 4, *GRID)
 
 
+def test_two_ranks_together_draw_the_batch_of_one_process(tmp_path):
+    """Same videos, views and crops whatever the split into ranks and accumulation steps."""
+    store = TokenStore.open(make_store(tmp_path / "s", num_videos=6, views=ALL12, frames=(5, 12)))
+    one = FinetuneTask(store, frames=4, batch_size=4)
+    ranks = FinetuneTask(store, frames=4, batch_size=2)
+    accumulated = FinetuneTask(store, frames=4, batch_size=1, grad_accum_steps=2)
+    for step in range(3):
+        tokens, labels = one.batch(step, 0, DistInfo())
+        split = [ranks.batch(step, 0, DistInfo(r, 2)) for r in range(2)]
+        assert torch.equal(torch.cat([t for t, _ in split]), tokens) and torch.equal(torch.cat([y for _, y in split]), labels)
+        split = [accumulated.batch(step, m, DistInfo(r, 2)) for m in range(2) for r in range(2)]
+        assert torch.equal(torch.cat([t for t, _ in split]), tokens)
+
+
 def ft_config(tmp_path, **changes) -> FinetuneConfig:
     base = dict(train_store=str(tmp_path / "train"), val_store=str(tmp_path / "val"), out=str(tmp_path / "run"),
                 pretrained=str(tmp_path / "pt"), recipe="synthetic", frames=4, steps=6, batch_size=4, lr=1e-3,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import sys
@@ -153,6 +154,32 @@ def test_resume_with_other_settings_is_refused(store_path, tmp_path):
     run_pretraining(store_path, tmp_path, config("train.total_steps=1"))
     with pytest.raises(PretrainError, match="train.lr"):
         run_pretraining(store_path, tmp_path, config("train.total_steps=2", "train.lr=0.5"), resume=True)
+
+
+def _as_if_run_by_two_processes(run, grad_accum_steps):
+    """Rewrite a 1-process run's records as `torchrun --nproc_per_node 2` would have written them."""
+    from vimpac.engine.checkpoint import latest_checkpoint
+
+    record = json.loads((run / "pretrain.json").read_text())
+    record["train"]["grad_accum_steps"] = grad_accum_steps
+    (run / "pretrain.json").write_text(json.dumps(record))
+    state_file = latest_checkpoint(run) / "state.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "world_size": 2,
+                                      "grad_accum_steps": grad_accum_steps}))
+
+
+def test_resume_with_another_number_of_processes_needs_the_same_samples_per_update(store_path, tmp_path):
+    # Without effective_batch, 2 processes x 4 videos per update become 1 x 4: refused.
+    run_pretraining(store_path, tmp_path / "fixed", config("train.total_steps=2", "train.max_minutes=0"))
+    _as_if_run_by_two_processes(tmp_path / "fixed", grad_accum_steps=1)
+    with pytest.raises(CheckpointError, match=r"= 8 samples per update, but this run has 1 x 4 x 1 = 4; resume with 2"):
+        run_pretraining(store_path, tmp_path / "fixed", config("train.total_steps=2"), resume=True)
+    # With effective_batch, gradient accumulation makes up for the missing process.
+    steps = ["train.total_steps=2", "effective_batch=8"]
+    run_pretraining(store_path, tmp_path / "effective", config(*steps, "train.max_minutes=0"))
+    _as_if_run_by_two_processes(tmp_path / "effective", grad_accum_steps=1)
+    result = run_pretraining(store_path, tmp_path / "effective", config(*steps), resume=True)
+    assert result.status == "finished" and result.step == 2
 
 
 def test_resume_ignores_settings_that_do_not_change_the_training():
@@ -337,6 +364,20 @@ def test_print_config_shows_the_settings_resolved_against_the_store(store_path, 
     printed = json.loads(capsys.readouterr().out)
     assert printed["train"]["grad_accum_steps"] == 4
     assert printed["model"]["codebook_size"] == CODES and printed["model"]["max_frames"] == 4
+
+
+def test_print_config_under_torchrun_resolves_for_its_processes(store_path, capsys, monkeypatch):
+    from vimpac.cli import main
+
+    command = ["pretrain", "--store", str(store_path), "--out", "unused", "--print-config", *MICRO_MODEL,
+               "data.frames=4", "train.batch_size=4", "effective_batch=16"]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc_per_node 2 sets it
+    monkeypatch.setenv("RANK", "0")
+    assert main(command) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["grad_accum_steps"] == 2  # 16 / (4 x 2 processes)
+    monkeypatch.setenv("RANK", "1")
+    assert main(command) == 0
+    assert capsys.readouterr().out == ""  # one copy, from rank 0
 
 
 def test_a_run_recorded_before_init_from_was_recorded_resumes_with_it(store_path, tmp_path):

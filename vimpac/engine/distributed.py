@@ -83,6 +83,34 @@ def all_reduce_mean(values: dict[str, float], device: torch.device | str = "cpu"
     return dict(zip(keys, tensor.tolist()))
 
 
+def all_gather_int(value: int, device: torch.device | str = "cpu") -> list[int]:
+    """Every rank's `value`, in rank order (`[value]` without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    tensor = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    parts = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor)
+    return [int(part) for part in parts]
+
+
+def gather_strided_rows(rows: torch.Tensor, total: int) -> torch.Tensor:
+    """The (total, ...) tensor whose rows r, r + W, r + 2W, ... are rank r's `rows`, on every rank
+    (for work dealt out as `items[rank::world_size]`; ranks may hold one row fewer than others).
+    Without a process group, `rows` itself."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return rows
+    world_size = dist.get_world_size()
+    per_rank = -(-total // world_size)
+    padded = torch.zeros((per_rank, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    padded[:rows.shape[0]] = rows
+    parts = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(parts, padded)
+    out = torch.empty((total, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    for rank, part in enumerate(parts):
+        out[rank::world_size] = part[:len(range(rank, total, world_size))]
+    return out
+
+
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True on every rank when `flag` is true on at least one (stops and skips stay in step)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -22,7 +22,9 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -35,7 +37,8 @@ from torch import nn
 from vimpac.config import ConfigError
 from vimpac.devices import check_device, resolve_device
 from vimpac.engine import distributed
-from vimpac.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
+from vimpac.engine.checkpoint import (CHECKPOINT_PREFIX, CheckpointError, latest_checkpoint, load_checkpoint,
+                                      save_checkpoint, unwrap)
 from vimpac.engine.distributed import DistInfo
 from vimpac.engine.metrics import MetricsLogger
 from vimpac.engine.optim import build_optimizer, warmup_linear_decay
@@ -118,7 +121,8 @@ class TrainTask(Protocol):
         """The micro-batch for (step, micro_step) on this rank, moved to the device."""
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Scalar loss and metrics; keys starting with 'count/' are summed and reported as rates."""
+        """Scalar loss and metrics; keys starting with 'count/' are summed and reported as rates
+        (per second, over all ranks: e.g. count/clips gives clips_per_s); the others are averaged."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -137,6 +141,18 @@ class TrainResult:
 def _loss_first(metrics: dict[str, float]) -> list[tuple[str, float]]:
     """A step's metrics for display: the total loss first, then the task's in its order."""
     return sorted(metrics.items(), key=lambda item: item[0] != "loss")
+
+
+def _checkpoint_step(path: Path | None) -> int:
+    """The step in a checkpoint folder's name (step-00000100), -1 for none or another name."""
+    if path is None or not path.name.startswith(CHECKPOINT_PREFIX):
+        return -1
+    digits = path.name[len(CHECKPOINT_PREFIX):]
+    return int(digits) if digits.isdigit() else -1
+
+
+def _step_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:08d}" if step >= 0 else "none"
 
 
 def derive_seed(*parts: int) -> int:
@@ -170,6 +186,9 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0
         self._stop_signal: int | None = None
+        # Under torchrun: the launcher's pid. A `kill -9` of torchrun cannot pass on to the workers,
+        # which would train on as orphans (and write into the run folder beside a resumed run).
+        self._launcher_pid = os.getppid() if self.dist.enabled else None
         # Metrics since the last log row; saved in checkpoints so a resumed run logs the same rows.
         # (Under DDP the checkpoint holds rank 0's window, so after a resume mid-window the other
         # ranks' share of that one logged row is rank 0's; the training itself is unaffected.)
@@ -179,14 +198,46 @@ class Trainer:
     def resume(self, checkpoint: str | Path | None = None) -> bool:
         """Load `checkpoint` (or the run's latest); False when there is none."""
         path = Path(checkpoint) if checkpoint else latest_checkpoint(self.run_dir)
+        self._check_ranks_resume_together(path)
         if path is None:
             return False
         state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        self._check_samples_per_update(state, path)
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self._window.load_state(state.get("log_window"))
         self.logger.truncate_after(self.step)
         return True
+
+    def _check_ranks_resume_together(self, path: Path | None) -> None:
+        """Every rank must continue from the same checkpoint. Only rank 0 writes checkpoints, so
+        under torchrun on several machines a run folder that is not shared gives the other
+        machines none (or stale ones): they would train other steps than rank 0 and the
+        collectives would pair up wrongly, mixing the runs or hanging at the end."""
+        steps = distributed.all_gather_int(_checkpoint_step(path), self.device)
+        if len(set(steps)) > 1:
+            by_rank = ", ".join(f"rank {rank}: {_step_name(step)}" for rank, step in enumerate(steps))
+            raise CheckpointError(
+                f"{self.run_dir}: the processes found different checkpoints to resume from ({by_rank}); "
+                "only rank 0 writes checkpoints, so under torchrun "
+                "on several machines the run folder (--out) must be on a file system they all share")
+
+    def _check_samples_per_update(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint written with another global batch (e.g. another number of
+        processes): the run would go on silently with a different batch and data order."""
+        cfg = self.cfg
+        # Checkpoints before these were recorded: the caller has checked batch size and accumulation.
+        world = int(state.get("world_size", 1))
+        batch = int(state.get("batch_size", cfg.batch_size))
+        accum = int(state.get("grad_accum_steps", cfg.grad_accum_steps))
+        before = world * batch * accum
+        now = self.dist.world_size * cfg.batch_size * cfg.grad_accum_steps
+        if before != now:
+            raise CheckpointError(
+                f"{path}: written by {world} process(es) x batch size {batch} x {accum} accumulation step(s) "
+                f"= {before} samples per update, but this run has {self.dist.world_size} x {cfg.batch_size} x "
+                f"{cfg.grad_accum_steps} = {now}; resume with {world} process(es) (torchrun --nproc_per_node "
+                "x --nnodes), or with settings that keep the samples per update")
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
@@ -250,7 +301,7 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
                     checkpoint = self._checkpoint()
                 if self.step < cfg.total_steps:
-                    if distributed.any_rank(self._stop_signal is not None, self.device):
+                    if distributed.any_rank(self._stop_signal is not None or self._launcher_gone(), self.device):
                         status = "interrupted"
                     elif cfg.max_minutes is not None and distributed.any_rank(
                             time.perf_counter() - started > 60 * cfg.max_minutes, self.device):
@@ -317,12 +368,15 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _log_window(self, window: "_Window") -> dict[str, float]:
+        rates = window.count_rate_keys()
         values = window.flush()
         # The largest group's rate: with layer-wise decay the groups differ and the top one is the
         # nominal learning rate (the classifier's).
         values["lr"] = max(self.scheduler.get_last_lr())
         values["skipped_steps"] = self.skipped_steps
         values = distributed.all_reduce_mean(values, self.device)
+        for key in rates:  # each rank counted its own samples: the run's throughput is their sum
+            values[key] *= self.dist.world_size
         self.logger.log(self.step, "train", values)
         return values
 
@@ -342,7 +396,8 @@ class Trainer:
         path = None
         if self.dist.is_main:
             state = {"skipped_steps": self.skipped_steps, "data_position": {"step": self.step},
-                     "world_size": self.dist.world_size, "log_window": self._window.state(),
+                     "world_size": self.dist.world_size, "batch_size": self.cfg.batch_size,
+                     "grad_accum_steps": self.cfg.grad_accum_steps, "log_window": self._window.state(),
                      "config": self.run_config}
             path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state,
                                    keep_last=self.cfg.keep_checkpoints)
@@ -367,6 +422,15 @@ class Trainer:
         from tqdm import tqdm
 
         return tqdm(total=self.cfg.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+    def _launcher_gone(self) -> bool:
+        if self._launcher_pid is None or os.getppid() == self._launcher_pid:
+            return False
+        if self._stop_signal is None:
+            print(f"rank {self.dist.rank}: the launcher (pid {self._launcher_pid}) has exited; stopping with a "
+                  "checkpoint", file=sys.stderr, flush=True)
+            self._stop_signal = signal.SIGTERM
+        return True
 
     @contextlib.contextmanager
     def _signal_handlers(self):
@@ -423,6 +487,10 @@ class _Window:
     def start_clock(self) -> None:
         """Time the window from now on, plus what a restored window had already run."""
         self.started = time.perf_counter() - self.carried_seconds
+
+    def count_rate_keys(self) -> list[str]:
+        """The names `flush` gives the rates of counted quantities (e.g. clips_per_s)."""
+        return [f"{k}_per_s" for k in self.counts]
 
     def flush(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.started, 1e-9)

@@ -171,6 +171,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from vimpac.devices import check_device
+    from vimpac.engine import distributed
     from vimpac.finetune.evaluate import evaluate_classifier, write_evaluation
     from vimpac.finetune.loading import load_classifier, run_evaluation_settings
     from vimpac.store import TokenStore
@@ -179,15 +180,20 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         check_device(args.device, "--device")
         store = TokenStore.open(args.store)
         model = load_classifier(args.checkpoint, frames=args.frames, grid=store.grid,
-                                expect_codebook_size=store.meta.codebook_size).to(args.device)
+                                expect_codebook_size=store.meta.codebook_size)
         # Unless given: the protocol the run itself was evaluated with (its recipe's), else the paper's 10 x 3.
         settings = {"temporal_clips": 10, "spatial_crops": 3}
         if args.temporal_clips is None or args.spatial_crops is None:
             settings.update(run_evaluation_settings(args.checkpoint))
         temporal_clips = args.temporal_clips or settings["temporal_clips"]
         spatial_crops = args.spatial_crops or settings["spatial_crops"]
-        result = evaluate_classifier(model, store, args.frames, temporal_clips, spatial_crops,
-                                     args.device, args.bf16, args.batch_size, progress=args.progress)
+        # Under torchrun each rank scores a share of the videos; rank 0 writes and reports.
+        dist = distributed.init_distributed(args.device)
+        device = distributed.rank_device(args.device, dist)
+        result = evaluate_classifier(model.to(device), store, args.frames, temporal_clips, spatial_crops,
+                                     device, args.bf16, args.batch_size, progress=args.progress)
+        if not dist.is_main:
+            return 0
         paths = write_evaluation(result, args.out)
     except _input_errors() as exc:
         return _fail("evaluate", exc)

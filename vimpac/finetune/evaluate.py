@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from vimpac.data.clips import uniform_clip_starts
+from vimpac.engine import distributed
 from vimpac.finetune.errors import FinetuneError
 from vimpac.finetune.metrics import ClassificationMetrics, classification_metrics, plot_confusion_matrix
 from vimpac.io import atomic_write_json
@@ -140,7 +141,10 @@ def predict_videos(model: nn.Module, store, keys: Sequence[str], views: Sequence
 def evaluate_classifier(model: nn.Module, store, frames: int | None = None, temporal_clips: int = 10,
                         spatial_crops: int = 3, device: str | torch.device = "cpu", bf16: bool = False,
                         max_batch: int = 32, progress: bool = False) -> EvaluationResult:
-    """Evaluate a classifier on every video of a labelled store with the multi-view protocol."""
+    """Evaluate a classifier on every video of a labelled store with the multi-view protocol.
+
+    In a process group (torchrun) every rank must call it: rank r scores videos r, r + W, ...
+    and every rank returns the result over all videos, each counted once."""
     frames = frames or model.config.max_frames
     if temporal_clips < 1:
         raise FinetuneError(f"temporal_clips: expected >= 1, got {temporal_clips}")
@@ -150,17 +154,23 @@ def evaluate_classifier(model: nn.Module, store, frames: int | None = None, temp
     if len(class_names) != num_classes:
         raise FinetuneError(f"{store.root}: store has {len(class_names)} classes, the model {num_classes}")
     views = evaluation_views(store.views, spatial_crops)
+    dist = distributed.current()
+    mine = keys[dist.rank::dist.world_size]
     bar = None
-    if progress:
+    if progress and dist.is_main:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(keys), desc="evaluate", unit="video", dynamic_ncols=True)
+        bar = tqdm(total=len(mine), desc="evaluate" if not dist.enabled else f"evaluate (rank 0 of {dist.world_size})",
+                   unit="video", dynamic_ncols=True)
     try:
-        probs = predict_videos(model, store, keys, views, frames, temporal_clips, device, bf16, max_batch,
+        probs = predict_videos(model, store, mine, views, frames, temporal_clips, device, bf16, max_batch,
                                progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
+    if dist.enabled:
+        rows = torch.from_numpy(probs.reshape(len(mine), num_classes)).to(device)
+        probs = distributed.gather_strided_rows(rows, len(keys)).cpu().numpy()
     metrics = classification_metrics(probs, labels, class_names)
     settings = {"store": str(store.root), "views": list(views), "temporal_clips": temporal_clips,
                 "frames": frames, "bf16": bf16, "num_videos": len(keys)}

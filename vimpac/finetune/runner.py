@@ -224,12 +224,13 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     model_dir, evaluation = None, None
     if dist.is_main:
         model_dir = model.save_pretrained(run_dir / RUN_MODEL_DIR)
-        if val_store is not None:
-            ev = evaluate_classifier(model, val_store, settings["frames"], settings["temporal_clips"],
-                                     settings["spatial_crops"], trainer.device, cfg.precision == "bf16",
-                                     progress=cfg.progress)
+    if val_store is not None:  # every rank scores its share of the videos
+        ev = evaluate_classifier(model, val_store, settings["frames"], settings["temporal_clips"],
+                                 settings["spatial_crops"], trainer.device, cfg.precision == "bf16",
+                                 progress=cfg.progress)
+        evaluation = ev.metrics.summary()
+        if dist.is_main:
             write_evaluation(ev, run_dir / "eval")
-            evaluation = ev.metrics.summary()
     distributed.barrier()
     return FinetuneSummary(result.status, result.step, run_dir, model_dir, evaluation)
 

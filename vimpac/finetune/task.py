@@ -6,9 +6,10 @@ and a random temporal crop of T frames ([PAD] past the end of short videos).
 
 Order: videos are visited in a fresh permutation every epoch (every video once per epoch, as a
 data loader with shuffling would), the permutation seeded by (seed, epoch). The global sample
-position of (step, micro_step, rank, j) fixes which video a sample is, and the view and crop
-come from a generator seeded by (seed, step, micro_step, rank), so a resumed run sees exactly
-the batches of the uninterrupted one, and N ranks together see the batches of one process.
+position of (step, micro_step, rank, j) fixes which video a sample is, and its view and crop
+come from a generator seeded by (seed, position), so a resumed run sees exactly the batches of
+the uninterrupted one, and N ranks together see the batches of one process with the same
+samples per update (however they are split into ranks, micro-batches and accumulation steps).
 
 Validation: the multi-view protocol of `vimpac.finetune.evaluate` on the validation store,
 each rank scoring its share of the videos; confusion matrices are summed across ranks.
@@ -31,6 +32,9 @@ from vimpac.engine.trainer import derive_seed
 from vimpac.finetune.errors import FinetuneError
 from vimpac.finetune.evaluate import evaluation_views, labelled_videos, metrics_from_confusion, predict_videos
 from vimpac.finetune.metrics import top_k_correct
+
+
+_SAMPLE_SEED_TAG = 0xC409  # keeps a sample's seed apart from the epoch orders' (seed, epoch, 0x5EED)
 
 
 @dataclass(frozen=True)
@@ -86,11 +90,12 @@ class FinetuneTask:
         return int(self._epoch_order(epoch)[offset])
 
     def batch(self, step: int, micro_step: int, dist: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng(derive_seed(self.seed, step, micro_step, dist.rank))
         first = ((step * self.grad_accum_steps + micro_step) * dist.world_size + dist.rank) * self.batch_size
         tokens = np.empty((self.batch_size, self.frames, *self.store.grid), dtype=np.int64)
         labels = np.empty(self.batch_size, dtype=np.int64)
         for j in range(self.batch_size):
+            # Per sample, not per (step, micro_step, rank): the draws must not depend on the split.
+            rng = np.random.default_rng(derive_seed(self.seed, first + j, _SAMPLE_SEED_TAG))
             video = self.video_at(first + j)
             view = int(rng.integers(len(self.views)))
             start = random_clip_start(rng, self._frames[video][view], self.frames)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -188,8 +189,10 @@ def _run_pretrain(args: argparse.Namespace) -> int:
             cfg.train, device=resolve_device(args.device or cfg.train.device)))
         if args.print_config:
             cfg.train.validate()
-            cfg = resolve_config(TokenStore.open(args.store), cfg, world_size=1)
-            print(json.dumps(to_dict(cfg), indent=2))
+            # For the processes torchrun starts (gradient accumulation depends on them), from rank 0.
+            cfg = resolve_config(TokenStore.open(args.store), cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+            if os.environ.get("RANK", "0") == "0":
+                print(json.dumps(to_dict(cfg), indent=2))
             return 0
         result = run_pretraining(args.store, args.out, cfg, resume=args.resume, init_from=args.init_from)
     except (ConfigError, PretrainError, StoreError, ModelError, CheckpointError) as exc:

@@ -43,6 +43,10 @@ def run_pretraining(store_path: str | Path, run_dir: str | Path, cfg: PretrainCo
               "init_from": str(Path(init_from).resolve()) if init_from is not None else None, **to_dict(cfg)}
     if resume and config_path.exists():
         previous = _as_recorded_now(json.loads(config_path.read_text()), record)
+        if previous.get("effective_batch") is not None and previous["effective_batch"] == record["effective_batch"]:
+            # Derived from effective_batch and the number of processes, which may change: the
+            # trainer checks that the samples per update stay the same.
+            previous["train"] = {**previous["train"], "grad_accum_steps": record["train"]["grad_accum_steps"]}
         changed = _changed_settings(previous, record)
         if changed:
             raise PretrainError(f"{config_path}: --resume with different settings: {changed}; "
