@@ -136,9 +136,13 @@ def test_stop_and_resume_repeats_the_losses(stores):
         run_finetune(ft_config(tmp_path, out=str(tmp_path / "part")))
     with pytest.raises(FinetuneError, match="different settings"):
         run_finetune(ft_config(tmp_path, out=str(tmp_path / "part"), lr=5e-4, resume=True))
-    resumed = run_finetune(ft_config(tmp_path, out=str(tmp_path / "part"), resume=True))
+    # The run folder moved (a cluster's scratch space) and the store spelled relative to another folder.
+    (tmp_path / "part").rename(tmp_path / "moved")
+    moved = ft_config(tmp_path, out=str(tmp_path / "moved"), resume=True,
+                      train_store=str(tmp_path / "val" / ".." / "train"))
+    resumed = run_finetune(moved)
     assert resumed.status == "finished"
-    assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")
+    assert train_losses(tmp_path / "moved") == train_losses(tmp_path / "full")
     assert len(train_losses(tmp_path / "full")) == 6
 
 
@@ -180,6 +184,7 @@ def test_a_fine_tuned_model_as_starting_point_gets_a_new_zero_head(tmp_path):
     (dict(lr=-1.0), "lr: expected a finite number >= 0"),
     (dict(log_every=0), "log_every: expected an integer >= 1"),
     (dict(precision="fp16"), "fp16 needs a CUDA device"),
+    (dict(val_store=None, val_every=2), "--val-every 2: periodic validation needs --val-store"),
 ])
 def test_impossible_options_are_refused_before_anything_is_written(stores, changes, message):
     from vimpac.config import ConfigError
@@ -221,3 +226,22 @@ def test_recipe_lr_follows_the_size_of_the_pretrained_model(tmp_path):
     assert lr(pretrained=str(tmp_path / "pt"), preset="large-half") == 1e-4
     assert lr(preset="large-half") == 5e-5 and lr(preset="small") == 1e-4  # from scratch
     assert lr(pretrained=str(tmp_path / "large"), lr=3e-4) == 3e-4
+
+
+def test_cli_takes_deterministic_and_reports_divergence_in_one_line(stores, monkeypatch, capsys):
+    from vimpac.cli import main
+    from vimpac.engine.trainer import TrainingDiverged
+    from vimpac.finetune import runner
+
+    seen = {}
+
+    def diverge(cfg):
+        seen["deterministic"] = cfg.deterministic
+        raise TrainingDiverged("5 consecutive steps (up to step 7) had a non-finite loss or gradient norm")
+
+    monkeypatch.setattr(runner, "run_finetune", diverge)
+    code = main(["finetune", "--train-store", str(stores / "train"), "--pretrained", str(stores / "pt"),
+                 "--out", str(stores / "run"), "--deterministic", "--no-progress"])
+    assert code == 4 and seen == {"deterministic": True}
+    assert capsys.readouterr().err.strip() == \
+        "vimpac finetune: 5 consecutive steps (up to step 7) had a non-finite loss or gradient norm"

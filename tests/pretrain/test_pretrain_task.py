@@ -354,6 +354,25 @@ def test_pretrain_command_errors_and_exit_codes(store_path, tmp_path, capsys):
     assert "holds a fine-tuning run" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("error:Detected call of:UserWarning")  # skipped updates still step the schedule
+def test_a_diverged_pretraining_exits_4_with_one_line(store_path, tmp_path, capsys, monkeypatch):
+    from vimpac.cli import main
+
+    real_loss = PretrainTask.loss
+
+    def nan_loss(self, model, batch):
+        loss, metrics = real_loss(self, model, batch)
+        return loss * float("nan"), metrics
+
+    monkeypatch.setattr(PretrainTask, "loss", nan_loss)
+    code = main(["pretrain", "--store", str(store_path), "--out", str(tmp_path / "nan"), *MICRO_MODEL,
+                 "data.frames=4", "train.batch_size=4", "train.progress=false", "train.total_steps=10",
+                 "train.max_nonfinite_steps=3"])
+    err = capsys.readouterr().err
+    assert code == 4 and "Traceback" not in err
+    assert err.startswith("vimpac pretrain: 3 consecutive steps") and "non-finite" in err
+
+
 def test_print_config_shows_the_settings_resolved_against_the_store(store_path, capsys):
     import json
 

@@ -22,11 +22,13 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import re
 import os
 import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Protocol
@@ -284,7 +286,11 @@ class Trainer:
                     self.scaler.update()
                     self.optimizer.zero_grad(set_to_none=True)
                     window.add_step(grad_norm, metrics)
-                self.scheduler.step()
+                with warnings.catch_warnings():
+                    # A skipped update still advances the schedule (it counts steps); torch warns
+                    # when that happens before the first optimizer.step(), which is intended here.
+                    warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+                    self.scheduler.step()
                 self.step += 1
                 if bar is not None:
                     bar.update(1)

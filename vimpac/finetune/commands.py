@@ -57,6 +57,9 @@ def _register_finetune(subparsers) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (torch.use_deterministic_algorithms): with fp32, a resumed run "
+                        "repeats the uninterrupted one's numbers on GPU too (slower)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--max-minutes", type=float)
@@ -154,10 +157,15 @@ def _run_finetune(args: argparse.Namespace) -> int:
     from vimpac.engine import distributed
     from vimpac.finetune.runner import config_from_args, run_finetune
 
+    from vimpac.engine.trainer import TrainingDiverged
+
     try:
         summary = run_finetune(config_from_args(**vars(args)))
     except _input_errors() as exc:
         return _fail("finetune", exc)
+    except TrainingDiverged as exc:
+        print(f"vimpac finetune: {exc}", file=sys.stderr)
+        return 4
     code = {"finished": 0, "interrupted": 130}.get(summary.status, 3)  # 3: the time limit; resume it
     if not distributed.current().is_main:  # under torchrun, one summary
         return code

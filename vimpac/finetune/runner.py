@@ -23,9 +23,21 @@ from vimpac.config import to_dict
 from vimpac.finetune.errors import FinetuneError
 from vimpac.finetune.recipes import get_recipe
 
-# Fields that may change between a run and its resumption (everything else must match).
+# Fields that may change between a run and its resumption (everything else must match). `out`
+# names the folder being resumed, wherever it now is (moved, or spelled another way).
 _RESUMABLE_CHANGES = ("resume", "max_minutes", "progress", "progress_lines", "device", "val_store", "log_every",
-                      "checkpoint_every")
+                      "checkpoint_every", "out")
+# Paths that match when they name the same file or folder (relative then, absolute now, ...).
+_PATH_FIELDS = ("train_store", "pretrained")
+
+
+def _same_path(before: Any, now: Any) -> bool:
+    if not isinstance(before, str) or not isinstance(now, str):
+        return False
+    try:
+        return Path(before).resolve() == Path(now).resolve() or Path(before).samefile(now)
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,8 @@ def _check_options(cfg: FinetuneConfig) -> None:
             raise FinetuneError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
     if cfg.epochs is not None and not (math.isfinite(cfg.epochs) and cfg.epochs > 0):
         raise FinetuneError(f"--epochs: expected a positive finite number, got {cfg.epochs}")
+    if cfg.val_every and cfg.val_store is None:
+        raise FinetuneError(f"--val-every {cfg.val_every}: periodic validation needs --val-store")
 
 
 def _check_resume(run_dir: Path, cfg: FinetuneConfig) -> None:
@@ -153,7 +167,8 @@ def _check_resume(run_dir: Path, cfg: FinetuneConfig) -> None:
     if cfg.resume and has_checkpoint and saved.is_file():
         before = json.loads(saved.read_text())["config"]
         now = to_dict(cfg)
-        changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and before.get(k) != now[k])
+        changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and before.get(k) != now[k]
+                         and not (k in _PATH_FIELDS and _same_path(before.get(k), now[k])))
         if changed:
             raise FinetuneError(f"{saved}: --resume with different settings {changed}; "
                                 f"the run used {[(k, before.get(k)) for k in changed]}")

@@ -175,6 +175,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     from vimpac.devices import resolve_device
     from vimpac.engine import distributed
     from vimpac.engine.checkpoint import CheckpointError
+    from vimpac.engine.trainer import TrainingDiverged
     from vimpac.model.errors import ModelError
     from vimpac.pretrain.config import build_pretrain_config
     from vimpac.pretrain.errors import PretrainError
@@ -198,6 +199,9 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     except (ConfigError, PretrainError, StoreError, ModelError, CheckpointError) as exc:
         print(f"vimpac pretrain: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"vimpac pretrain: {exc}", file=sys.stderr)
+        return 4
     code = {"finished": 0, "interrupted": 130}.get(result.status, 3)  # 3: the time limit
     if not distributed.current().is_main:  # under torchrun, one summary
         return code
