@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -67,13 +68,33 @@ def test_validation_videos_are_held_out(store_path):
     assert len(task.val_entries) + len(task.train_entries) == store.num_videos
 
 
+@pytest.fixture(scope="module")
+def frame_index_store(tmp_path_factory):
+    """Videos of 30 frames at 4 fps whose every token is its frame number, so a clip shows its start."""
+    videos = [np.broadcast_to(np.arange(30, dtype=np.uint16)[:, None, None], (30, 2, 2)).copy() for _ in range(8)]
+    return write_store(tmp_path_factory.mktemp("frame_index_store"), videos, CODES, fps=4.0)
+
+
+@pytest.mark.parametrize("seconds, frames", [(0, 0), (0.1, 0), (1, 4), (2.4, 10)])
+def test_max_distance_is_seconds_at_the_store_fps(frame_index_store, seconds, frames):
+    # Table 10: d_max in seconds between the two positive clips; 0 samples the same clip twice.
+    store = TokenStore.open(frame_index_store)
+    cfg = resolve_config(store, config("data.val_fraction=0", f"data.max_distance_seconds={seconds}"), 1)
+    task = PretrainTask(store, cfg)
+    distances = []
+    for step in range(60):
+        starts = task.batch(step, 0, DistInfo()).tokens[:, 0, 0, 0]
+        distances += (starts[:4] - starts[4:]).abs().tolist()
+    assert max(distances) == frames
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model_from_store=false", "model.codebook_size=64"], "model.codebook_size=64 but the store's tokenizer has 32"),
     (["model_from_store=false", "model.codebook_size=32", "model.height=8"], "token grid is 4x4"),
     (["data.frames=11"], "data.frames=11 but the longest video has 10 frames"),
     (["effective_batch=10"], "effective_batch=10 is not divisible by train.batch_size"),
     (["data.frames=0"], "data.frames: expected a positive number of frames, got 0"),
-    (["data.max_distance_seconds=-1"], "data.max_distance_seconds: expected seconds > 0"),
+    (["data.max_distance_seconds=-1"], "data.max_distance_seconds: expected seconds >= 0"),
     (["data.val_fraction=1.5"], r"data.val_fraction: expected a fraction in \[0, 1\)"),
 ])
 def test_inconsistent_settings_fail_before_any_work(store_path, overrides, message):

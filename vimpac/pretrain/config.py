@@ -26,7 +26,7 @@ from vimpac.pretrain.masking import MaskingConfig
 class PretrainDataConfig:
     frames: int = 5  # T: frames per clip
     view: str = "s1.00_center"  # pre-training uses resized, centre-cropped frames only (no augmentation)
-    max_distance_seconds: Optional[float] = None  # d_max between the two positive clips (Table 10); None = inf
+    max_distance_seconds: Optional[float] = None  # d_max between the two clips' starts (Table 10); None = inf, 0 = same clip
     contrastive_unmasked: bool = False  # contrastive loss on unmasked inputs (Table 12's "CL-Mask" off)
     val_fraction: float = 0.05  # videos held out for periodic validation (chosen by a hash of the key)
     val_batches: int = 4

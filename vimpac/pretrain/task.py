@@ -213,8 +213,10 @@ def _check_data_settings(cfg: PretrainConfig) -> None:
     if isinstance(data.frames, bool) or not isinstance(data.frames, int) or data.frames < 1:
         raise PretrainError(f"data.frames: expected a positive number of frames, got {data.frames!r}")
     distance = data.max_distance_seconds
-    if distance is not None and not (math.isfinite(distance) and distance > 0):
-        raise PretrainError(f"data.max_distance_seconds: expected seconds > 0, or null for no limit, got {distance!r}")
+    # 0 is the paper's d_max = 0 row of Table 10: the same clip twice.
+    if distance is not None and not (math.isfinite(distance) and distance >= 0):
+        raise PretrainError(f"data.max_distance_seconds: expected seconds >= 0 (0: the same clip twice), "
+                            f"or null for no limit, got {distance!r}")
     if not 0.0 <= data.val_fraction < 1.0:
         raise PretrainError(f"data.val_fraction: expected a fraction in [0, 1), got {data.val_fraction!r}")
     if data.val_batches < 1:
