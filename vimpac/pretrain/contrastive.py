@@ -24,6 +24,7 @@ losses equals that loss). Ranks must hold the same number of videos.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -53,10 +54,14 @@ class ObjectiveConfig:
     normalize: bool = True
 
     def __post_init__(self) -> None:
-        if not self.alpha >= 0.0:
-            raise ConfigError(f"objective.alpha: expected a weight >= 0, got {self.alpha!r}")
-        if not self.temperature > 0.0:
-            raise ConfigError(f"objective.temperature: expected a value > 0, got {self.temperature!r}")
+        # An infinite weight or temperature makes every loss inf or nan, and every update is then
+        # skipped as non-finite; the paper's "alpha = inf*" row is masked_token=false.
+        if not (math.isfinite(self.alpha) and self.alpha >= 0.0):
+            raise ConfigError(f"objective.alpha: expected a finite weight >= 0, got {self.alpha!r} "
+                              "(for contrastive learning alone, the paper's 'alpha = inf*', set "
+                              "objective.masked_token=false)")
+        if not (math.isfinite(self.temperature) and self.temperature > 0.0):
+            raise ConfigError(f"objective.temperature: expected a finite value > 0, got {self.temperature!r}")
         if not self.masked_token and self.alpha == 0.0:
             raise ConfigError("objective: masked_token=false and alpha=0 leave no loss to optimise")
 
