@@ -96,6 +96,7 @@ def test_max_distance_is_seconds_at_the_store_fps(frame_index_store, seconds, fr
     (["data.frames=0"], "data.frames: expected a positive number of frames, got 0"),
     (["data.max_distance_seconds=-1"], "data.max_distance_seconds: expected seconds >= 0"),
     (["data.val_fraction=1.5"], r"data.val_fraction: expected a fraction in \[0, 1\)"),
+    (["data.view=s1.25_center"], r"has no view 's1.25_center' \(data.view\); it has \['s1.00_center'\]"),
 ])
 def test_inconsistent_settings_fail_before_any_work(store_path, overrides, message):
     with pytest.raises(PretrainError, match=message):

@@ -181,6 +181,8 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 def check_settings(store: TokenStore, cfg: PretrainConfig, world_size: int) -> None:
     """Refuse, before any work, settings the store or the batch arithmetic cannot satisfy."""
     _check_data_settings(cfg)
+    if cfg.data.view not in store.views:
+        raise PretrainError(f"{store.root}: has no view {cfg.data.view!r} (data.view); it has {list(store.views)}")
     model = cfg.model
     h, w = store.grid
     if not cfg.model_from_store:
