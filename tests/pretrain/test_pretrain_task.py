@@ -68,6 +68,22 @@ def test_validation_videos_are_held_out(store_path):
     assert len(task.val_entries) + len(task.train_entries) == store.num_videos
 
 
+@pytest.mark.parametrize("overrides, world_size, keys", [
+    (["data.val_fraction=0.01"], 1, {"mask_acc", "mask_loss", "majority_acc"}),  # one held-out video
+    (["train.batch_size=1"], 2, {"mask_acc", "mask_loss", "majority_acc", "cl_acc", "cl_loss"}),
+])
+def test_validation_runs_with_one_held_out_video_or_one_video_per_rank(store_path, overrides, world_size, keys):
+    # Both used to skip validation silently (no val/ rows): the contrastive loss needs two videos.
+    store = TokenStore.open(store_path)
+    task = PretrainTask(store, resolve_config(store, config(*overrides), world_size))
+    torch.manual_seed(0)
+    model = VimpacForPretraining(task.cfg.model).eval()
+    with torch.no_grad():
+        values = task.validate(model, DistInfo())
+    assert keys <= set(values) and set(values) & {"cl_acc", "cl_loss"} == keys & {"cl_acc", "cl_loss"}
+    assert 0.0 <= values["mask_acc"] <= 1.0 and values["mask_ratio"] > 0
+
+
 @pytest.fixture(scope="module")
 def frame_index_store(tmp_path_factory):
     """Videos of 30 frames at 4 fps whose every token is its frame number, so a clip shows its start."""

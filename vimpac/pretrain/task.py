@@ -111,8 +111,12 @@ class PretrainTask:
         return PretrainBatch(tokens.to(to), masked.inputs.to(to), masked.labels.to(to), masked.mask.to(to))
 
     # ------------------------------------------------------------------ losses
-    def loss(self, model: nn.Module, batch: PretrainBatch, distributed: bool | None = None):
+    def loss(self, model: nn.Module, batch: PretrainBatch, distributed: bool | None = None,
+             contrastive: bool = True):
+        """`contrastive=False` leaves the contrastive loss out (validation on a single video)."""
         objective = self.cfg.objective
+        if not contrastive and objective.contrastive:
+            objective = dataclasses.replace(objective, alpha=0.0)
         out = model(batch.inputs, predict_mask=batch.mask if objective.masked_token else None)
         clips = batch.tokens.shape[0]
         not_pad = batch.tokens != self.vocab.pad_id
@@ -141,20 +145,24 @@ class PretrainTask:
         """Losses and accuracies on held-out videos with fixed clips and masks (the same at
         every call, so curves are comparable), plus the accuracy of always predicting the most
         frequent code: the floor a useful masked-token model must clear."""
-        if len(self.val_entries) == 0:
+        objective = self.cfg.objective
+        # The contrastive metrics need two videos; with one held-out video (a small store) the
+        # masked-token metrics are still measured.
+        contrastive = objective.contrastive and len(self.val_entries) >= 2
+        if len(self.val_entries) == 0 or not (contrastive or objective.masked_token):
             return {}
         batch_size = self.cfg.train.batch_size
+        if contrastive:  # e.g. batch_size 1 per rank under torchrun
+            batch_size = max(batch_size, 2)
         sums: dict[str, float] = {}
         batches = 0
         majority = self.most_frequent_code
         for i in range(self.cfg.data.val_batches):
             rng = np.random.default_rng(derive_seed(self.cfg.train.seed, -1, i))
             entries = rng.choice(self.val_entries, size=min(batch_size, len(self.val_entries)), replace=False)
-            if len(entries) < 2 and self.cfg.objective.contrastive:
-                break
             generator = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, -2, i))
             batch = self._make_batch(entries, rng, generator)
-            _, metrics = self.loss(model, batch, distributed=False)
+            _, metrics = self.loss(model, batch, distributed=False, contrastive=contrastive)
             labels = batch.labels[batch.mask]
             metrics["majority_acc"] = (labels == majority).float().mean() if labels.numel() else 0.0
             for key, value in metrics.items():
