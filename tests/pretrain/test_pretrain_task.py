@@ -84,6 +84,28 @@ def test_validation_runs_with_one_held_out_video_or_one_video_per_rank(store_pat
     assert 0.0 <= values["mask_acc"] <= 1.0 and values["mask_ratio"] > 0
 
 
+@pytest.mark.parametrize("overrides, inputs_seen", [
+    (["objective.masked_token=false", "data.contrastive_unmasked=true"], ["tokens"]),  # Tables 7 / 16, CL only
+    (["data.contrastive_unmasked=true"], ["inputs", "tokens"]),  # Table 12: MP masked, CL unmasked
+    ([], ["inputs"]),  # both losses on the same masked input (Sec. 3.3)
+])
+def test_contrastive_unmasked_forwards(store_path, overrides, inputs_seen):
+    store = TokenStore.open(store_path)
+    task = PretrainTask(store, resolve_config(store, config(*overrides), 1))
+    batch = task.batch(0, 0, DistInfo())
+    torch.manual_seed(0)
+    model = VimpacForPretraining(task.cfg.model)
+    seen = []
+
+    def record(tokens, predict_mask=None):
+        seen.append("tokens" if torch.equal(tokens, batch.tokens) else "inputs")
+        return VimpacForPretraining.forward(model, tokens, predict_mask)
+
+    # Contrastive learning alone on unmasked inputs ran a wasted forward on the masked inputs first.
+    _, metrics = task.loss(record, batch)
+    assert seen == inputs_seen and "cl_loss" in metrics
+
+
 @pytest.fixture(scope="module")
 def frame_index_store(tmp_path_factory):
     """Videos of 30 frames at 4 fps whose every token is its frame number, so a clip shows its start."""

@@ -42,7 +42,9 @@ from vimpac.pretrain.masking import IGNORE_INDEX
 class ObjectiveConfig:
     """Which losses pre-training optimises and how they are weighted.
 
-    masked_token: include L_mask (False = the paper's contrastive-only row, "alpha = inf*").
+    masked_token: include L_mask. False with data.contrastive_unmasked=true is the paper's
+                  contrastive-only row (Table 7, Table 16's "alpha = inf*"); False alone is
+                  Table 12's contrastive learning on masked inputs.
     alpha:        weight of the contrastive loss; 0 switches it off (Table 16's alpha = 0).
     temperature:  gamma of InfoNCE; the total loss multiplies L_cl by it, as the original does.
     normalize:    L2-normalise the features before the dot products (the authors' code).
@@ -55,11 +57,11 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         # An infinite weight or temperature makes every loss inf or nan, and every update is then
-        # skipped as non-finite; the paper's "alpha = inf*" row is masked_token=false.
+        # skipped as non-finite. The paper's "alpha = inf*" row is masked_token=false on unmasked inputs.
         if not (math.isfinite(self.alpha) and self.alpha >= 0.0):
             raise ConfigError(f"objective.alpha: expected a finite weight >= 0, got {self.alpha!r} "
                               "(for contrastive learning alone, the paper's 'alpha = inf*', set "
-                              "objective.masked_token=false)")
+                              "objective.masked_token=false data.contrastive_unmasked=true)")
         if not (math.isfinite(self.temperature) and self.temperature > 0.0):
             raise ConfigError(f"objective.temperature: expected a finite value > 0, got {self.temperature!r}")
         if not self.masked_token and self.alpha == 0.0:

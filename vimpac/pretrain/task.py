@@ -117,7 +117,10 @@ class PretrainTask:
         objective = self.cfg.objective
         if not contrastive and objective.contrastive:
             objective = dataclasses.replace(objective, alpha=0.0)
-        out = model(batch.inputs, predict_mask=batch.mask if objective.masked_token else None)
+        unmasked_contrastive = objective.contrastive and self.cfg.data.contrastive_unmasked
+        if objective.masked_token or not unmasked_contrastive:
+            # Contrastive learning alone on unmasked inputs (Tables 7 / 16) needs only the forward below.
+            out = model(batch.inputs, predict_mask=batch.mask if objective.masked_token else None)
         clips = batch.tokens.shape[0]
         not_pad = batch.tokens != self.vocab.pad_id
         metrics: dict[str, float | torch.Tensor] = {
@@ -130,9 +133,7 @@ class PretrainTask:
             mask_loss, mask_acc = masked_token_loss(out.mlm_logits, batch.labels[batch.mask])
             metrics.update(mask_loss=mask_loss.detach(), mask_acc=mask_acc)
         if objective.contrastive:
-            projection = out.cls_projection
-            if self.cfg.data.contrastive_unmasked:
-                projection = model(batch.tokens).cls_projection
+            projection = model(batch.tokens).cls_projection if unmasked_contrastive else out.cls_projection
             half = clips // 2
             result = symmetric_info_nce(projection[:half], projection[half:], objective.temperature,
                                         objective.normalize, distributed=distributed)
