@@ -167,3 +167,13 @@ def test_total_loss_switches():
         ObjectiveConfig(masked_token=False, alpha=0.0)
     with pytest.raises(ConfigError, match="temperature"):
         build_config(ObjectiveConfig, overrides=["temperature=0"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("alpha=inf", "objective.alpha: expected a finite weight >= 0, got inf .*objective.masked_token=false"),
+    ("temperature=inf", "objective.temperature: expected a finite value > 0, got inf"),
+])
+def test_objective_refuses_infinite_weights(override, message):
+    # They made every loss inf / nan: each update was skipped and the run "finished" untrained.
+    with pytest.raises(ConfigError, match=message):
+        build_config(ObjectiveConfig, overrides=[override])

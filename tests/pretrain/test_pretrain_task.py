@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -67,14 +68,73 @@ def test_validation_videos_are_held_out(store_path):
     assert len(task.val_entries) + len(task.train_entries) == store.num_videos
 
 
+@pytest.mark.parametrize("overrides, world_size, keys", [
+    (["data.val_fraction=0.01"], 1, {"mask_acc", "mask_loss", "majority_acc"}),  # one held-out video
+    (["train.batch_size=1"], 2, {"mask_acc", "mask_loss", "majority_acc", "cl_acc", "cl_loss"}),
+])
+def test_validation_runs_with_one_held_out_video_or_one_video_per_rank(store_path, overrides, world_size, keys):
+    # Both used to skip validation silently (no val/ rows): the contrastive loss needs two videos.
+    store = TokenStore.open(store_path)
+    task = PretrainTask(store, resolve_config(store, config(*overrides), world_size))
+    torch.manual_seed(0)
+    model = VimpacForPretraining(task.cfg.model).eval()
+    with torch.no_grad():
+        values = task.validate(model, DistInfo())
+    assert keys <= set(values) and set(values) & {"cl_acc", "cl_loss"} == keys & {"cl_acc", "cl_loss"}
+    assert 0.0 <= values["mask_acc"] <= 1.0 and values["mask_ratio"] > 0
+
+
+@pytest.mark.parametrize("overrides, inputs_seen", [
+    (["objective.masked_token=false", "data.contrastive_unmasked=true"], ["tokens"]),  # Tables 7 / 16, CL only
+    (["data.contrastive_unmasked=true"], ["inputs", "tokens"]),  # Table 12: MP masked, CL unmasked
+    ([], ["inputs"]),  # both losses on the same masked input (Sec. 3.3)
+])
+def test_contrastive_unmasked_forwards(store_path, overrides, inputs_seen):
+    store = TokenStore.open(store_path)
+    task = PretrainTask(store, resolve_config(store, config(*overrides), 1))
+    batch = task.batch(0, 0, DistInfo())
+    torch.manual_seed(0)
+    model = VimpacForPretraining(task.cfg.model)
+    seen = []
+
+    def record(tokens, predict_mask=None):
+        seen.append("tokens" if torch.equal(tokens, batch.tokens) else "inputs")
+        return VimpacForPretraining.forward(model, tokens, predict_mask)
+
+    # Contrastive learning alone on unmasked inputs ran a wasted forward on the masked inputs first.
+    _, metrics = task.loss(record, batch)
+    assert seen == inputs_seen and "cl_loss" in metrics
+
+
+@pytest.fixture(scope="module")
+def frame_index_store(tmp_path_factory):
+    """Videos of 30 frames at 4 fps whose every token is its frame number, so a clip shows its start."""
+    videos = [np.broadcast_to(np.arange(30, dtype=np.uint16)[:, None, None], (30, 2, 2)).copy() for _ in range(8)]
+    return write_store(tmp_path_factory.mktemp("frame_index_store"), videos, CODES, fps=4.0)
+
+
+@pytest.mark.parametrize("seconds, frames", [(0, 0), (0.1, 0), (1, 4), (2.4, 10)])
+def test_max_distance_is_seconds_at_the_store_fps(frame_index_store, seconds, frames):
+    # Table 10: d_max in seconds between the two positive clips; 0 samples the same clip twice.
+    store = TokenStore.open(frame_index_store)
+    cfg = resolve_config(store, config("data.val_fraction=0", f"data.max_distance_seconds={seconds}"), 1)
+    task = PretrainTask(store, cfg)
+    distances = []
+    for step in range(60):
+        starts = task.batch(step, 0, DistInfo()).tokens[:, 0, 0, 0]
+        distances += (starts[:4] - starts[4:]).abs().tolist()
+    assert max(distances) == frames
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model_from_store=false", "model.codebook_size=64"], "model.codebook_size=64 but the store's tokenizer has 32"),
     (["model_from_store=false", "model.codebook_size=32", "model.height=8"], "token grid is 4x4"),
     (["data.frames=11"], "data.frames=11 but the longest video has 10 frames"),
     (["effective_batch=10"], "effective_batch=10 is not divisible by train.batch_size"),
     (["data.frames=0"], "data.frames: expected a positive number of frames, got 0"),
-    (["data.max_distance_seconds=-1"], "data.max_distance_seconds: expected seconds > 0"),
+    (["data.max_distance_seconds=-1"], "data.max_distance_seconds: expected seconds >= 0"),
     (["data.val_fraction=1.5"], r"data.val_fraction: expected a fraction in \[0, 1\)"),
+    (["data.view=s1.25_center"], r"has no view 's1.25_center' \(data.view\); it has \['s1.00_center'\]"),
 ])
 def test_inconsistent_settings_fail_before_any_work(store_path, overrides, message):
     with pytest.raises(PretrainError, match=message):

@@ -26,8 +26,10 @@ from vimpac.pretrain.masking import MaskingConfig
 class PretrainDataConfig:
     frames: int = 5  # T: frames per clip
     view: str = "s1.00_center"  # pre-training uses resized, centre-cropped frames only (no augmentation)
-    max_distance_seconds: Optional[float] = None  # d_max between the two positive clips (Table 10); None = inf
-    contrastive_unmasked: bool = False  # contrastive loss on unmasked inputs (Table 12's "CL-Mask" off)
+    max_distance_seconds: Optional[float] = None  # d_max between the two clips' starts (Table 10); None = inf, 0 = same clip
+    # Contrastive loss on unmasked inputs (Table 12's "CL-Mask" off). With objective.masked_token=false
+    # it is the paper's contrastive-only pre-training (Table 7's CL row, Table 16's "alpha = inf*").
+    contrastive_unmasked: bool = False
     val_fraction: float = 0.05  # videos held out for periodic validation (chosen by a hash of the key)
     val_batches: int = 4
 

@@ -24,6 +24,7 @@ losses equals that loss). Ranks must hold the same number of videos.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -41,7 +42,9 @@ from vimpac.pretrain.masking import IGNORE_INDEX
 class ObjectiveConfig:
     """Which losses pre-training optimises and how they are weighted.
 
-    masked_token: include L_mask (False = the paper's contrastive-only row, "alpha = inf*").
+    masked_token: include L_mask. False with data.contrastive_unmasked=true is the paper's
+                  contrastive-only row (Table 7, Table 16's "alpha = inf*"); False alone is
+                  Table 12's contrastive learning on masked inputs.
     alpha:        weight of the contrastive loss; 0 switches it off (Table 16's alpha = 0).
     temperature:  gamma of InfoNCE; the total loss multiplies L_cl by it, as the original does.
     normalize:    L2-normalise the features before the dot products (the authors' code).
@@ -53,10 +56,14 @@ class ObjectiveConfig:
     normalize: bool = True
 
     def __post_init__(self) -> None:
-        if not self.alpha >= 0.0:
-            raise ConfigError(f"objective.alpha: expected a weight >= 0, got {self.alpha!r}")
-        if not self.temperature > 0.0:
-            raise ConfigError(f"objective.temperature: expected a value > 0, got {self.temperature!r}")
+        # An infinite weight or temperature makes every loss inf or nan, and every update is then
+        # skipped as non-finite. The paper's "alpha = inf*" row is masked_token=false on unmasked inputs.
+        if not (math.isfinite(self.alpha) and self.alpha >= 0.0):
+            raise ConfigError(f"objective.alpha: expected a finite weight >= 0, got {self.alpha!r} "
+                              "(for contrastive learning alone, the paper's 'alpha = inf*', set "
+                              "objective.masked_token=false data.contrastive_unmasked=true)")
+        if not (math.isfinite(self.temperature) and self.temperature > 0.0):
+            raise ConfigError(f"objective.temperature: expected a finite value > 0, got {self.temperature!r}")
         if not self.masked_token and self.alpha == 0.0:
             raise ConfigError("objective: masked_token=false and alpha=0 leave no loss to optimise")
 

@@ -111,9 +111,16 @@ class PretrainTask:
         return PretrainBatch(tokens.to(to), masked.inputs.to(to), masked.labels.to(to), masked.mask.to(to))
 
     # ------------------------------------------------------------------ losses
-    def loss(self, model: nn.Module, batch: PretrainBatch, distributed: bool | None = None):
+    def loss(self, model: nn.Module, batch: PretrainBatch, distributed: bool | None = None,
+             contrastive: bool = True):
+        """`contrastive=False` leaves the contrastive loss out (validation on a single video)."""
         objective = self.cfg.objective
-        out = model(batch.inputs, predict_mask=batch.mask if objective.masked_token else None)
+        if not contrastive and objective.contrastive:
+            objective = dataclasses.replace(objective, alpha=0.0)
+        unmasked_contrastive = objective.contrastive and self.cfg.data.contrastive_unmasked
+        if objective.masked_token or not unmasked_contrastive:
+            # Contrastive learning alone on unmasked inputs (Tables 7 / 16) needs only the forward below.
+            out = model(batch.inputs, predict_mask=batch.mask if objective.masked_token else None)
         clips = batch.tokens.shape[0]
         not_pad = batch.tokens != self.vocab.pad_id
         metrics: dict[str, float | torch.Tensor] = {
@@ -126,9 +133,7 @@ class PretrainTask:
             mask_loss, mask_acc = masked_token_loss(out.mlm_logits, batch.labels[batch.mask])
             metrics.update(mask_loss=mask_loss.detach(), mask_acc=mask_acc)
         if objective.contrastive:
-            projection = out.cls_projection
-            if self.cfg.data.contrastive_unmasked:
-                projection = model(batch.tokens).cls_projection
+            projection = model(batch.tokens).cls_projection if unmasked_contrastive else out.cls_projection
             half = clips // 2
             result = symmetric_info_nce(projection[:half], projection[half:], objective.temperature,
                                         objective.normalize, distributed=distributed)
@@ -141,20 +146,24 @@ class PretrainTask:
         """Losses and accuracies on held-out videos with fixed clips and masks (the same at
         every call, so curves are comparable), plus the accuracy of always predicting the most
         frequent code: the floor a useful masked-token model must clear."""
-        if len(self.val_entries) == 0:
+        objective = self.cfg.objective
+        # The contrastive metrics need two videos; with one held-out video (a small store) the
+        # masked-token metrics are still measured.
+        contrastive = objective.contrastive and len(self.val_entries) >= 2
+        if len(self.val_entries) == 0 or not (contrastive or objective.masked_token):
             return {}
         batch_size = self.cfg.train.batch_size
+        if contrastive:  # e.g. batch_size 1 per rank under torchrun
+            batch_size = max(batch_size, 2)
         sums: dict[str, float] = {}
         batches = 0
         majority = self.most_frequent_code
         for i in range(self.cfg.data.val_batches):
             rng = np.random.default_rng(derive_seed(self.cfg.train.seed, -1, i))
             entries = rng.choice(self.val_entries, size=min(batch_size, len(self.val_entries)), replace=False)
-            if len(entries) < 2 and self.cfg.objective.contrastive:
-                break
             generator = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, -2, i))
             batch = self._make_batch(entries, rng, generator)
-            _, metrics = self.loss(model, batch, distributed=False)
+            _, metrics = self.loss(model, batch, distributed=False, contrastive=contrastive)
             labels = batch.labels[batch.mask]
             metrics["majority_acc"] = (labels == majority).float().mean() if labels.numel() else 0.0
             for key, value in metrics.items():
@@ -181,6 +190,8 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 def check_settings(store: TokenStore, cfg: PretrainConfig, world_size: int) -> None:
     """Refuse, before any work, settings the store or the batch arithmetic cannot satisfy."""
     _check_data_settings(cfg)
+    if cfg.data.view not in store.views:
+        raise PretrainError(f"{store.root}: has no view {cfg.data.view!r} (data.view); it has {list(store.views)}")
     model = cfg.model
     h, w = store.grid
     if not cfg.model_from_store:
@@ -213,8 +224,10 @@ def _check_data_settings(cfg: PretrainConfig) -> None:
     if isinstance(data.frames, bool) or not isinstance(data.frames, int) or data.frames < 1:
         raise PretrainError(f"data.frames: expected a positive number of frames, got {data.frames!r}")
     distance = data.max_distance_seconds
-    if distance is not None and not (math.isfinite(distance) and distance > 0):
-        raise PretrainError(f"data.max_distance_seconds: expected seconds > 0, or null for no limit, got {distance!r}")
+    # 0 is the paper's d_max = 0 row of Table 10: the same clip twice.
+    if distance is not None and not (math.isfinite(distance) and distance >= 0):
+        raise PretrainError(f"data.max_distance_seconds: expected seconds >= 0 (0: the same clip twice), "
+                            f"or null for no limit, got {distance!r}")
     if not 0.0 <= data.val_fraction < 1.0:
         raise PretrainError(f"data.val_fraction: expected a fraction in [0, 1), got {data.val_fraction!r}")
     if data.val_batches < 1:
