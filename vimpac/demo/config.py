@@ -10,7 +10,9 @@ from vimpac.config import ConfigError
 PRETRAIN_VARIANTS: dict[str, tuple[str, ...]] = {
     "mp_cl": (),  # VIMPAC: block-masked token prediction + contrastive
     "mp_only": ("objective.alpha=0",),  # Table 7, MP only
-    "cl_only": ("objective.masked_token=false",),  # Table 7, CL only
+    # Table 7's CL-only row: contrastive learning alone, on unmasked inputs (its numbers are
+    # Table 12's MP-off / CL-Mask-off row); masked_token=false alone would contrast masked clips.
+    "cl_only": ("objective.masked_token=false", "data.contrastive_unmasked=true"),
     "iid_mp": ("masking.strategy=iid", "objective.alpha=0"),  # Table 8, i.i.d. masking (MP only)
 }
 
