@@ -369,6 +369,16 @@ def test_a_run_folder_with_checkpoints_is_not_overwritten(store_path, tmp_path, 
     assert "--resume: no checkpoint in" in capsys.readouterr().err
 
 
+def test_resume_of_an_attempt_without_a_checkpoint_starts_anew_with_the_new_settings(store_path, tmp_path, capsys):
+    # An attempt that stopped before its first checkpoint (killed; or refused, as a view the store
+    # lacked used to be) leaves pretrain.json; a job script's rerun passes --resume.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "pretrain.json").write_text(json.dumps({"train": {"batch_size": 2}}))
+    run_pretraining(store_path, tmp_path / "run", config("train.total_steps=1"), resume=True)
+    assert "--resume: no checkpoint in" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "pretrain.json").read_text())["train"]["batch_size"] == 4
+
+
 def test_resume_accepts_the_store_spelled_another_way(store_path, tmp_path, monkeypatch):
     steps = ["train.total_steps=2"]
     run_pretraining(store_path, tmp_path / "run", config(*steps, "train.max_minutes=0"))

@@ -12,7 +12,7 @@ import torch
 from vimpac.config import to_dict
 from vimpac.devices import resolve_device
 from vimpac.engine import distributed
-from vimpac.engine.checkpoint import check_run_folder
+from vimpac.engine.checkpoint import check_run_folder, latest_checkpoint
 from vimpac.engine.sync_batchnorm import GatheredBatchNorm1d, synchronize_batchnorm
 from vimpac.engine.trainer import Trainer, TrainResult
 from vimpac.io import atomic_write_json
@@ -41,7 +41,9 @@ def run_pretraining(store_path: str | Path, run_dir: str | Path, cfg: PretrainCo
     # Absolute, so that a resume from another working folder (or spelled otherwise) matches.
     record = {"store": str(Path(store_path).resolve()), "tokenizer_id": store.meta.tokenizer_id,
               "init_from": str(Path(init_from).resolve()) if init_from is not None else None, **to_dict(cfg)}
-    if resume and config_path.exists():
+    # Only a run with a checkpoint is continued; an attempt that stopped before its first one
+    # starts anew (as `--resume` promises), with the settings given now.
+    if resume and config_path.exists() and latest_checkpoint(run_dir) is not None:
         previous = _as_recorded_now(json.loads(config_path.read_text()), record)
         if previous.get("effective_batch") is not None and previous["effective_batch"] == record["effective_batch"]:
             # Derived from effective_batch and the number of processes, which may change: the
