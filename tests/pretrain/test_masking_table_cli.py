@@ -27,6 +27,15 @@ def test_text_table_marks_the_closest_count(capsys):
     lines = [line for line in out.splitlines() if line.strip().startswith("5 ")]
     assert len(lines) == 2
     assert "14.45*" in lines[0] and "15.24*" in lines[1]
+    assert "outside the block counts shown" not in out
+
+
+def test_a_closest_count_outside_the_columns_is_named(capsys):
+    assert main(["masking-table", "--frames", "5", "--sizes", "128", "--blocks", "4-8", "--target", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "*" not in out.split("\n\n")[1]  # the table itself: no column holds the closest count
+    assert "Closest to 30% outside the block counts shown:" in out
+    assert "T=5   S=128  12 blocks: 29.96" in out
 
 
 def test_blocks_auto_and_list(capsys):

@@ -97,6 +97,15 @@ def _format_table(rows, downsample: int, target: float, estimates: dict) -> str:
             cells.append(f"{'':>7}" if row is None else f"{100 * row.ratio:6.2f}{'*' if row.closest else ' '}")
         side = S // downsample
         lines.append(f"{T:>3} {S:>5} {f'{side}x{side}':>7} | " + " ".join(cells))
+    # A size whose closest count is not a column gets no *: say which count it is.
+    outside = [(T, S) for T, S in sizes if not any(row.closest for row in rows if (row.T, row.S) == (T, S))]
+    if outside:
+        lines += ["", f"Closest to {100 * target:g}% outside the block counts shown:"]
+        for T, S in outside:
+            from vimpac.pretrain.masking import masking_table
+
+            (best,) = masking_table([T], [S], "auto", downsample, target)
+            lines.append(f"  T={T:<3} S={S:<4} {best.blocks} blocks: {100 * best.ratio:.2f}")
     if estimates:
         lines += ["", "Monte Carlo check (sampler): exact vs estimate +- standard error, in %"]
         for (T, S, n), (mean, stderr) in estimates.items():
