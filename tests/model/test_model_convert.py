@@ -116,6 +116,17 @@ def test_args_file_must_be_a_namespace_and_weights_only(tmp_path):
         convert_original(folder, tmp_path / "ours")
 
 
+def test_args_pickle_declaring_a_huge_length_is_a_clear_error(tmp_path):
+    """12 bytes (BINBYTES8 declaring 1 TiB) that make the unpickler allocate before it reads:
+    a CheckpointError, not a MemoryError traceback."""
+    write_release(tmp_path / "release", "tiny_t_hw")
+    (tmp_path / "release" / "args.pickle").write_bytes(b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b".")
+    with pytest.raises(CheckpointError, match="args.pickle: not a plain pickled argparse.Namespace"):
+        load_args(tmp_path / "release" / "args.pickle")
+    assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "ours")]) == 1
+    assert not (tmp_path / "ours").exists()
+
+
 def test_ignore_args_needs_a_layout(tmp_path):
     write_release(tmp_path / "release", "tiny_t_hw")
     (tmp_path / "release" / "args.pickle").unlink()

@@ -79,8 +79,12 @@ def load_args(path: str | Path) -> argparse.Namespace:
         args = SafeNamespaceUnpickler(io.BytesIO(data)).load()
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError) as exc:
-        raise CheckpointError(f"{path}: not a plain pickled argparse.Namespace ({exc}); "
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError,
+            MemoryError) as exc:
+        # MemoryError: a length-prefixed opcode (BINBYTES8, BINUNICODE8) may declare a huge size,
+        # which the unpickler allocates before it reads; a 12-byte file can ask for a terabyte.
+        raise CheckpointError(f"{path}: not a plain pickled argparse.Namespace "
+                              f"({exc or type(exc).__name__}); "
                               "pass the architecture explicitly and skip the file (--ignore-args)") from None
     if not isinstance(args, argparse.Namespace):
         raise CheckpointError(f"{path}: expected a pickled argparse.Namespace, got {type(args).__name__}")
