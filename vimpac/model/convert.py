@@ -127,6 +127,8 @@ def infer_config(state: Mapping[str, torch.Tensor], args: argparse.Namespace | N
         codebook_size=int(rows) - 5, dim=int(dim), layers=len(layer_ids),
         halve_att=width != dim, halve_mlp=need(first + "mlp.c_fc.weight").shape[0] == 2 * dim,
         pre_ln=pre_ln,
+        # The authors' pre-activation attention blocks add their output to the *normalized* input.
+        pre_ln_residual="normalized" if pre_ln else "input",
         max_frames=need(pos + "temporal_pos_embedding").shape[0],
         height=need(pos + "height_pos_embedding").shape[0],
         width=need(pos + "width_pos_embedding").shape[0],
