@@ -72,6 +72,8 @@ def test_reconstruct_refuses_a_tokenizer_other_than_the_runs(recon_run, capsys):
     ("--fps", "inf", "argument --fps: expected a number, got 'inf'"),
     ("--start", "-1", "argument --start: expected a number >= 0"),
     ("--ratio", "1.5", "argument --ratio: expected a ratio in (0, 1)"),
+    ("--device", "bogus", "--device: expected cpu, cuda or cuda:N, got 'bogus'"),
+    ("--device", "cuda:99", "--device: 'cuda:99' asked, but"),  # no such GPU here, with or without CUDA
 ])
 def test_reconstruct_option_values_are_checked_up_front(recon_run, capsys, option, value, expected):
     root, video, _, _ = recon_run

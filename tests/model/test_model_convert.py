@@ -11,10 +11,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model_testlib import FIXTURES, fixture_state_dict, load_fixture
 from vimpac.cli import main
-from vimpac.model import CheckpointError, VimpacForClassification, VimpacForPretraining
+from vimpac.model import CheckpointError, ModelConfig, VimpacBackbone, VimpacForClassification, VimpacForPretraining
 from vimpac.model.convert import convert_original, load_args
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -114,6 +115,68 @@ def test_args_file_must_be_a_namespace_and_weights_only(tmp_path):
     torch.save({"w": np.arange(3)}, folder / "classifier.pt")   # a numpy array needs a non-weights global
     with pytest.raises(CheckpointError, match="classifier.pt: cannot load as a weights-only state dict"):
         convert_original(folder, tmp_path / "ours")
+
+
+def test_pre_ln_checkpoint_keeps_the_originals_normalized_residual(tmp_path):
+    """The authors' pre-activation attention block returns LN(x) + dense(context), adding to the
+    *normalized* input (its MultiPatternAttention.forward reassigns x = LayerNorm(x) first); a
+    converted pre-LN checkpoint must compute that, not the textbook x + dense(context).
+
+    With every value projection zeroed all attention contexts are 0, so the original's forward
+    reduces to a few lines: per block x <- LN(x) + dense.bias, per MLP x <- x + mlp(LN(x))."""
+    cfg = ModelConfig(codebook_size=32, dim=128, layers=2, heads=2, layout="T,H|W", pre_ln=True,
+                      max_frames=2, height=3, width=3, dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    backbone = VimpacBackbone(cfg)  # only a source of correctly named, correctly shaped weights
+    state = {}
+    for key, value in backbone.state_dict().items():
+        zero = ".attention.value." in key
+        state["backbone." + key] = torch.zeros_like(value) if zero else torch.randn_like(value) * 0.3
+    state["cls_fc.weight"], state["cls_fc.bias"] = torch.randn(3, 128), torch.randn(3)
+    folder = tmp_path / "release"
+    folder.mkdir()
+    torch.save(state, folder / "classifier.pt")
+    args = argparse.Namespace(model="efflayoutT,H|W", pos_emb="hw_separation", pre_activation=True,
+                              dropout=0.1, last_dropout=0.0)
+    (folder / "args.pickle").write_bytes(pickle.dumps(args))
+    assert main(["convert-original", str(folder), str(tmp_path / "ours")]) == 0
+    clf = VimpacForClassification.from_pretrained(tmp_path / "ours").eval()
+
+    def w(key: str) -> torch.Tensor:
+        return state["backbone." + key]
+
+    def ln(h: torch.Tensor, name: str) -> torch.Tensor:
+        return F.layer_norm(h, (128,), w(name + ".weight"), w(name + ".bias"), eps=1e-12)
+
+    tokens = torch.randint(0, 32, (2, 2, 3, 3), generator=torch.Generator().manual_seed(1))
+    pos = "positional_embedding."
+    x = (w("embedding.weight")[tokens] + w(pos + "temporal_pos_embedding")[:, None, None]
+         + w(pos + "height_pos_embedding")[None, :, None] + w(pos + "width_pos_embedding")[None, None, :])
+    cls = (w("cls_param") + w(pos + "cls_pos_embedding")[0]).expand(2, -1)
+    for i in range(2):
+        layer = f"transformer.resblocks.{i}."
+        for j in range(2):
+            block = f"{layer}attention_blocks.{j}."
+            cls, x = (ln(h, block + "LayerNorm") + w(block + "dense.bias") for h in (cls, x))
+        def mlp(h: torch.Tensor) -> torch.Tensor:
+            hidden = F.gelu(F.linear(ln(h, layer + "ln"), w(layer + "mlp.c_fc.weight"), w(layer + "mlp.c_fc.bias")))
+            return F.linear(hidden, w(layer + "mlp.c_proj.weight"), w(layer + "mlp.c_proj.bias"))
+        cls, x = cls + mlp(cls), x + mlp(x)
+    expected = F.linear(ln(cls, "ln_post"), state["cls_fc.weight"], state["cls_fc.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(clf(tokens), expected, **TOL)
+    assert clf.config.pre_ln and clf.config.pre_ln_residual == "normalized"
+
+
+def test_args_pickle_declaring_a_huge_length_is_a_clear_error(tmp_path):
+    """12 bytes (BINBYTES8 declaring 1 TiB) that make the unpickler allocate before it reads:
+    a CheckpointError, not a MemoryError traceback."""
+    write_release(tmp_path / "release", "tiny_t_hw")
+    (tmp_path / "release" / "args.pickle").write_bytes(b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b".")
+    with pytest.raises(CheckpointError, match="args.pickle: not a plain pickled argparse.Namespace"):
+        load_args(tmp_path / "release" / "args.pickle")
+    assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "ours")]) == 1
+    assert not (tmp_path / "ours").exists()
 
 
 def test_ignore_args_needs_a_layout(tmp_path):

@@ -110,15 +110,18 @@ def reference_block(block: AttentionBlock, cls: torch.Tensor, x: torch.Tensor, p
         x_ctx_parts.append(x_ctx)
     cls_ctx, x_ctx = torch.cat(cls_ctx_parts, -1), torch.cat(x_ctx_parts, -1)
     if block.pre_ln:
-        return cls + block.dense(cls_ctx), x + block.dense(x_ctx)
+        # The authors' pre-activation code adds to the normalized input ("normalized").
+        cls_res, x_res = (cls_in, x_in) if block.normalized_residual else (cls, x)
+        return cls_res + block.dense(cls_ctx), x_res + block.dense(x_ctx)
     return block.output.LayerNorm(cls + block.output.dense(cls_ctx)), block.output.LayerNorm(x + block.output.dense(x_ctx))
 
 
 @pytest.mark.parametrize("layout", ["T,H|W", "T,HxW", "TxHxW", "H|W|TxW"])
-@pytest.mark.parametrize("pre_ln", [False, True])
-def test_fused_blocks_match_naive_reference(layout, pre_ln):
+@pytest.mark.parametrize("pre_ln, residual", [(False, "input"), (True, "input"), (True, "normalized")])
+def test_fused_blocks_match_naive_reference(layout, pre_ln, residual):
     torch.manual_seed(1)
-    cfg = tiny_config(layout=layout, pre_ln=pre_ln, heads=6, dim=48, max_frames=2, height=3, width=4)
+    cfg = tiny_config(layout=layout, pre_ln=pre_ln, pre_ln_residual=residual, heads=6, dim=48, max_frames=2,
+                      height=3, width=4)
     backbone = VimpacBackbone(cfg).eval()
     for p in backbone.parameters():  # non-trivial biases / norms so a dropped term shows
         torch.nn.init.normal_(p, std=0.3)
@@ -193,3 +196,5 @@ def test_layout_grammar():
             parse_layout(bad)
     with pytest.raises(ModelError, match="splits heads=3"):
         tiny_config(heads=3, dim=48).validate()
+    with pytest.raises(ModelError, match="'pre_ln_residual': expected one of"):
+        tiny_config(pre_ln=True, pre_ln_residual="raw").validate()

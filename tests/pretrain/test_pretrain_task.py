@@ -484,3 +484,14 @@ def test_a_run_recorded_before_init_from_was_recorded_resumes_with_it(store_path
     result = run_pretraining(store_path, run_dir, config("train.total_steps=2"), resume=True,
                              init_from=tmp_path / "init")
     assert result.status == "finished" and result.step == 2
+
+
+def test_a_run_recorded_before_pre_ln_residual_existed_resumes(store_path, tmp_path):
+    import json
+
+    run_pretraining(store_path, tmp_path, config("train.total_steps=2", "train.max_minutes=0"))
+    record = json.loads((tmp_path / "pretrain.json").read_text())
+    del record["model"]["pre_ln_residual"]  # as written before the field was added; its default is that behaviour
+    (tmp_path / "pretrain.json").write_text(json.dumps(record))
+    result = run_pretraining(store_path, tmp_path, config("train.total_steps=2"), resume=True)
+    assert result.status == "finished" and result.step == 2

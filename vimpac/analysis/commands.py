@@ -120,10 +120,13 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     from vimpac.analysis.errors import AnalysisError
     from vimpac.analysis.reconstruct import (check_tokenizer, load_video_clip, reconstruct_clip, resolve_model_folder,
                                              save_reconstruction)
+    from vimpac.devices import check_device
     from vimpac.model.vimpac import VimpacForPretraining
     from vimpac.tokenizer.base import load_tokenizer
 
     def work() -> int:
+        # Before loading anything: a bad or absent device would otherwise surface as a torch traceback.
+        check_device(args.device, "--device")
         out = _check_out_dir(args.out)
         folder = resolve_model_folder(args.checkpoint)
         model = VimpacForPretraining.from_pretrained(folder, map_location=args.device)

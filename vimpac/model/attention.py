@@ -82,18 +82,20 @@ class AttentionBlock(nn.Module):
     """One comma-separated group of the layout: parallel attentions + one shared output.
 
     Post-LN (default): x <- LN(x + dropout(dense(concat(contexts)))).
-    Pre-LN: x <- x + dropout(dense(concat(contexts of LN(x)))); the original names the norm
-    `LayerNorm` and the projection `dense` directly on the block in this mode. Its dense maps
-    the attention width (D/2 with halve_att) back to D; the original used D -> D there, which is
-    why pre-LN + halve_att crashed in it.
+    Pre-LN: x <- x + dropout(dense(concat(contexts of LN(x)))), or with
+    `normalized_residual` LN(x) + dropout(dense(...)) as the authors' pre-activation code
+    computes it. The original names the norm `LayerNorm` and the projection `dense` directly on
+    the block in this mode. Its dense maps the attention width (D/2 with halve_att) back to D;
+    the original used D -> D there, which is why pre-LN + halve_att crashed in it.
     """
 
     def __init__(self, dim: int, width: int, heads: int, spec: BlockSpec, *, pre_ln: bool,
-                 dropout: float, attention_dropout: float) -> None:
+                 dropout: float, attention_dropout: float, normalized_residual: bool = False) -> None:
         super().__init__()
         parts = len(spec.attentions)
         self.spec = spec
         self.pre_ln = pre_ln
+        self.normalized_residual = normalized_residual
         self.attention_dropout = attention_dropout
         self.attentions = nn.ModuleList(
             AxisAttention(dim, width // parts, heads // parts, a) for a in spec.attentions
@@ -125,7 +127,8 @@ class AttentionBlock(nn.Module):
         ctx_cls, ctx_x = ScatterRows.apply(rows, *contexts)
 
         if self.pre_ln:
-            return cls + self.dropout(self.dense(ctx_cls)), x + self.dropout(self.dense(ctx_x))
+            cls_res, x_res = (cls_in, x_in) if self.normalized_residual else (cls, x)
+            return cls_res + self.dropout(self.dense(ctx_cls)), x_res + self.dropout(self.dense(ctx_x))
         return self.output(ctx_cls, cls), self.output(ctx_x, x)
 
     def _fused_qkv(self, device_type: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,7 +72,8 @@ class ResidualLayer(nn.Module):
         self.pre_ln = cfg.pre_ln
         self.attention_blocks = nn.ModuleList(
             AttentionBlock(cfg.dim, cfg.attention_width, cfg.heads, block, pre_ln=cfg.pre_ln,
-                           dropout=cfg.dropout, attention_dropout=cfg.attention_dropout)
+                           dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
+                           normalized_residual=cfg.pre_ln_residual == "normalized")
             for block in parse_layout(cfg.layout)
         )
         self.mlp = MLP(cfg.dim, cfg.mlp_width, cfg.dropout)

@@ -20,6 +20,10 @@ from vimpac.model.layout import parse_layout
 from vimpac.tokens import Vocab
 
 
+# Values of `ModelConfig.pre_ln_residual`.
+PRE_LN_RESIDUALS = ("input", "normalized")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     # Vocabulary: K codes of the frame tokenizer; the embedding has K + 5 rows (vimpac.tokens).
@@ -31,6 +35,11 @@ class ModelConfig:
     layout: str = "T,H|W"
     # Post-LN (BERT style, the paper's default) or pre-LN (ViT style, with a final LayerNorm).
     pre_ln: bool = False
+    # Pre-LN only, the residual of each attention block: "input" is x + f(LN(x)) (ViT / GPT);
+    # "normalized" is LN(x) + f(LN(x)), what the authors' pre-activation code computes (its
+    # attention blocks add their output to the normalized input). `vimpac convert-original`
+    # sets "normalized" for their pre-LN checkpoints. The MLP block is x + mlp(LN(x)) in both.
+    pre_ln_residual: str = "input"
     # Large-Half: attention width D/2 (head dim halves) and MLP width 2D instead of 4D.
     halve_att: bool = False
     halve_mlp: bool = False
@@ -82,6 +91,9 @@ class ModelConfig:
             value = getattr(self, name)
             if not 0.0 <= float(value) < 1.0:
                 raise ModelError(f"model config field {name!r}: expected a probability in [0, 1), got {value!r}")
+        if self.pre_ln_residual not in PRE_LN_RESIDUALS:
+            raise ModelError(f"model config field 'pre_ln_residual': expected one of {list(PRE_LN_RESIDUALS)}, "
+                             f"got {self.pre_ln_residual!r}")
         if self.attention_width % self.heads:
             raise ModelError(f"model config: attention width {self.attention_width} (dim {self.dim}"
                              f"{', halved' if self.halve_att else ''}) is not divisible by heads={self.heads}")

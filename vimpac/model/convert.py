@@ -79,8 +79,12 @@ def load_args(path: str | Path) -> argparse.Namespace:
         args = SafeNamespaceUnpickler(io.BytesIO(data)).load()
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError) as exc:
-        raise CheckpointError(f"{path}: not a plain pickled argparse.Namespace ({exc}); "
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError,
+            MemoryError) as exc:
+        # MemoryError: a length-prefixed opcode (BINBYTES8, BINUNICODE8) may declare a huge size,
+        # which the unpickler allocates before it reads; a 12-byte file can ask for a terabyte.
+        raise CheckpointError(f"{path}: not a plain pickled argparse.Namespace "
+                              f"({exc or type(exc).__name__}); "
                               "pass the architecture explicitly and skip the file (--ignore-args)") from None
     if not isinstance(args, argparse.Namespace):
         raise CheckpointError(f"{path}: expected a pickled argparse.Namespace, got {type(args).__name__}")
@@ -123,6 +127,8 @@ def infer_config(state: Mapping[str, torch.Tensor], args: argparse.Namespace | N
         codebook_size=int(rows) - 5, dim=int(dim), layers=len(layer_ids),
         halve_att=width != dim, halve_mlp=need(first + "mlp.c_fc.weight").shape[0] == 2 * dim,
         pre_ln=pre_ln,
+        # The authors' pre-activation attention blocks add their output to the *normalized* input.
+        pre_ln_residual="normalized" if pre_ln else "input",
         max_frames=need(pos + "temporal_pos_embedding").shape[0],
         height=need(pos + "height_pos_embedding").shape[0],
         width=need(pos + "width_pos_embedding").shape[0],

@@ -102,6 +102,9 @@ def _as_recorded_now(previous: dict, record: dict) -> dict:
         previous["store"] = str(Path(previous["store"]).resolve())
     if "init_from" not in previous and record.get("init_from") is not None:
         previous["init_from"], previous["model"] = record["init_from"], record["model"]
+    if isinstance(previous.get("model"), dict) and "pre_ln_residual" not in previous["model"]:
+        # Recorded before the field existed; those runs used its default.
+        previous["model"] = {**previous["model"], "pre_ln_residual": "input"}
     return previous
 
 
