@@ -331,6 +331,22 @@ def test_missing_files_are_retried_once_they_exist(dataset):
     assert TokenStore.open(root / "store").keys() == ["v00", "v01", "v03", "v04"]
 
 
+def test_a_video_downloaded_with_another_container_extension_is_found(dataset):
+    """Kinetics / HowTo100M lists name x.mp4 while a YouTube download may be x.webm or x.mkv."""
+    root, annotations = dataset
+    expected = run(root, annotations, root / "store_mp4")
+    (root / "videos" / "v01.mp4").rename(root / "videos" / "v01.mkv")
+    (root / "videos" / "v03.mp4").rename(root / "videos" / "v03.webm")
+    found = run(root, annotations, root / "store")
+    assert found.failures == expected.failures  # only the corrupt v02, no not_found
+    same, other = TokenStore.open(root / "store_mp4"), TokenStore.open(root / "store")
+    assert other.keys() == same.keys() == ["v00", "v01", "v03", "v04"]
+    for key in ("v01", "v03"):
+        for view in VIEWS.split(","):
+            np.testing.assert_array_equal(other.tokens(other.index_of(key, view)),
+                                          same.tokens(same.index_of(key, view)))
+
+
 def test_a_run_from_a_wrong_video_root_is_finished_from_the_right_one(dataset):
     """Every video failed as missing; the rerun with the right root said "nothing to do"."""
     root, annotations = dataset

@@ -394,6 +394,7 @@ def tokenize_videos(
     `interrupted` leave it off, and then Ctrl-C raises KeyboardInterrupt as usual (committed
     videos are kept either way).
     """
+    from vimpac.video.reader import resolve_video_path
     from vimpac.video.views import resolve_views
 
     started = time.perf_counter()
@@ -449,10 +450,11 @@ def tokenize_videos(
         if record.key in done:
             report.already_done += 1
         elif record.key in failed_before and not retry_failed and not _now_found(
-                failed_before[record.key], video_root / record.path):
+                failed_before[record.key], resolve_video_path(video_root / record.path)):
             report.skipped_failed += 1
         else:
-            jobs.append(DecodeJob(index, record.key, record.label, record.path, str(video_root / record.path),
+            jobs.append(DecodeJob(index, record.key, record.label, record.path,
+                                  str(resolve_video_path(video_root / record.path)),
                                   float(fps), int(size), view_specs, int(min_frames)))
 
     if jobs:

@@ -747,6 +747,21 @@ def scan_videos(
     return infos, errors
 
 
+def resolve_video_path(path: str | os.PathLike) -> Path:
+    """`path`, or, when no file is there, the file beside it with the same name and another video
+    extension (the first in `VIDEO_EXTENSIONS` order): downloads of the YouTube-based datasets
+    (Kinetics, HowTo100M, ...) come as .mp4, .webm or .mkv, whatever the annotation list names.
+    `path` itself when neither exists, so that the error names the file the list asked for."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for extension in VIDEO_EXTENSIONS:
+        candidate = path.with_suffix(extension)
+        if candidate.suffix.lower() != path.suffix.lower() and candidate.is_file():
+            return candidate
+    return path
+
+
 def find_video_files(folder: str | os.PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Path]:
     """Files under `folder` (recursively) whose extension is a video extension, sorted.
 
