@@ -222,6 +222,43 @@ def test_a_decoder_process_that_dies_fails_only_its_video(dataset):
             assert r.views["s1.00_center"].shape == (4, 32, 32, 3)
 
 
+def test_a_script_without_main_guard_fails_no_video(dataset):
+    """A script calling tokenize_videos(workers=1) at top level, without a `__main__` guard: the
+    spawned decoder re-runs that call and dies on start-up. That used to commit every video as a
+    "crash" failure (so the corrected script's rerun skipped them all); now the run stops with an
+    error naming the guard, and nothing is marked as failed."""
+    import os
+    import subprocess
+    import sys
+
+    root, annotations = dataset
+    script = root / "tokenize_script.py"
+    script.write_text(
+        "from store_helpers import PaletteTokenizer\n"
+        "from vimpac.data.annotations import load_annotations\n"
+        "from vimpac.store import tokenize_videos\n"
+        f"annotations = load_annotations('auto', {str(root / 'list.txt')!r})\n"
+        f"tokenize_videos(annotations, {str(root / 'videos')!r}, PaletteTokenizer(), fps=4, size=32,\n"
+        f"                views='s1.00_center', out_dir={str(root / 'store')!r}, workers=1, progress=False)\n")
+    tests_store = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_store.parents[1]), str(tests_store)]),
+           "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    # The exception's line (the interpreter may print resource-tracker warnings after it).
+    error_lines = [line for line in result.stderr.splitlines()
+                   if line.startswith("vimpac.store.errors.StoreError: ")]
+    assert error_lines, result.stderr
+    error_line = error_lines[-1]
+    assert error_line.startswith("vimpac.store.errors.StoreError: decoding: worker processes die")
+    assert 'if __name__ == "__main__":' in error_line
+
+    report = run(root, annotations, root / "store", views="s1.00_center")  # the guarded rerun
+    assert report.skipped_failed == 0 and report.encoded_videos == 4
+    assert [f["error"] for f in report.failures] == ["decode"]  # only the corrupt file
+
+
 # ------------------------------------------------------------------ the annotation list on resume
 
 

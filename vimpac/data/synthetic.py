@@ -52,6 +52,7 @@ from vimpac.data.synthetic_render import (
     background_sources,
 )
 from vimpac.io import atomic_write_json, atomic_write_text
+from vimpac.workers import WORKERS_DIE_ON_START, worker_can_start
 
 __all__ = [
     "CLASS_NAMES",
@@ -346,6 +347,8 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: bool, desc: str,
                     try:
                         results.append(future.result())
                     except BrokenProcessPool as exc:
+                        if not _worker_starts():
+                            raise SyntheticError(f"{desc}: {WORKERS_DIE_ON_START}") from exc
                         raise SyntheticError(
                             f"{desc}: a worker process died (out of memory, or killed). The videos written "
                             "so far are whole and kept: run the same command again to make the rest"
@@ -358,6 +361,13 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: bool, desc: str,
     finally:
         bar.close()
     return results
+
+
+def _worker_starts() -> bool:
+    """Whether a fresh worker process starts at all: one that dies on start-up means a calling
+    script without a `__main__` guard, not a video that ran out of memory."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as probe:
+        return worker_can_start(probe)
 
 
 def _manifest(cfg: SyntheticConfig) -> dict[str, Any]:

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--out", help="output folder (default: demo_out, or demo_out_quick with --quick)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: every stage in a few minutes")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: every stage in about a minute (30-90 s on 2 cores)")
     parser.add_argument("--seeds", help="comma-separated seeds for every pre-training / fine-tuning run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="demo settings (see vimpac/demo/config.py)")

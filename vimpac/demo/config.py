@@ -77,7 +77,7 @@ class DemoConfig:
 
 DEMO_PRESETS: dict[str, DemoConfig] = {
     "full": DemoConfig(),
-    # Every stage, tiny sizes: finishes in a few minutes; used by the test suite.
+    # Every stage, tiny sizes: finishes in about a minute; used by the test suite.
     "quick": DemoConfig(synthetic_preset="tiny", train_per_class=4, val_per_class=2, uncurated_videos=2,
                         tokenizer_steps=40, pretrain_steps=12, pretrain_batch=4, finetune_steps=12,
                         finetune_batch=8, model_overrides=("dim=64", "layers=2", "heads=2", "cls_head_hidden=128"),

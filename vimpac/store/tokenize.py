@@ -62,6 +62,7 @@ from vimpac.store.format import (
 from vimpac.store.writer import (
     DEFAULT_SHARD_BYTES, EncodedVideo, FailedVideo, RankWriter, compact_store, write_failures_report,
 )
+from vimpac.workers import WORKERS_DIE_ON_START, worker_can_start
 
 
 # ------------------------------------------------------------------------------ report
@@ -222,8 +223,15 @@ def _decode_pool(workers: int, context: Any) -> ProcessPoolExecutor:
 
 def _decode_alone(job: DecodeJob, decode: Callable[[DecodeJob], DecodedVideo],
                   context: Any) -> DecodedVideo:
-    """Decode `job` in a process of its own; its death becomes a failure of this video."""
+    """Decode `job` in a process of its own; its death becomes a failure of this video.
+
+    A process that dies before it takes any task is not this video's fault (a script without a
+    `__main__` guard kills every worker so): that stops the run instead of committing every
+    video as a permanent "crash" failure, which a rerun would skip.
+    """
     with _decode_pool(1, context) as solo:
+        if not worker_can_start(solo):
+            raise StoreError(f"decoding: {WORKERS_DIE_ON_START}; no video was marked as failed for it")
         try:
             return solo.submit(decode, job).result()
         except BrokenProcessPool:
