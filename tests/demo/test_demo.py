@@ -66,6 +66,13 @@ def test_bad_demo_setting_is_a_clear_error(tmp_path, capsys):
     assert "frames: expected int" in capsys.readouterr().err
 
 
+def test_seeds_given_twice_is_refused(tmp_path, capsys):
+    # `--seeds 2` used to win over `seeds=0,1` silently.
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "seeds=0,1", "--seeds", "2"]) == 2
+    assert "both set the seeds" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_an_interrupted_training_stage_stops_the_demo_without_marking_it_done(tmp_path, monkeypatch):
     from vimpac.demo import pipeline
     from vimpac.demo.config import DEMO_PRESETS

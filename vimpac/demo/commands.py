@@ -43,6 +43,11 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     if args.seeds:
+        given = [o for o in overrides if o.split("=", 1)[0].strip() == "seeds"]
+        if given:
+            print(f"vimpac demo: --seeds {args.seeds} and {given[0]} both set the seeds; give one of them",
+                  file=sys.stderr)
+            return 2
         overrides.append(f"seeds={args.seeds}")
     if args.threads is not None:
         overrides.append(f"threads={args.threads}")  # the demo sets torch's threads per stage from its config
