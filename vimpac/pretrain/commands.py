@@ -96,7 +96,7 @@ def _format_table(rows, downsample: int, target: float, estimates: dict) -> str:
             row = by_key.get((T, S, n))
             cells.append(f"{'':>7}" if row is None else f"{100 * row.ratio:6.2f}{'*' if row.closest else ' '}")
         side = S // downsample
-        lines.append(f"{T:>3} {S:>5} {f'{side}x{side}':>7} | " + " ".join(cells))
+        lines.append((f"{T:>3} {S:>5} {f'{side}x{side}':>7} | " + " ".join(cells)).rstrip())
     # A size whose closest count is not a column gets no *: say which count it is.
     outside = [(T, S) for T, S in sizes if not any(row.closest for row in rows if (row.T, row.S) == (T, S))]
     if outside:
