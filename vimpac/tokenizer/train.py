@@ -42,8 +42,8 @@ from vimpac.config import ConfigError, to_dict
 from vimpac.devices import check_device, resolve_device
 from vimpac.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from vimpac.io import atomic_write_json
-from vimpac.signals import stop_on_signals
 from vimpac.machine import machine_info
+from vimpac.signals import stop_on_signals
 from vimpac.tokenizer.base import TokenizerError, check_output_folder, write_tokenizer_folder
 from vimpac.tokenizer.vqvae import VQVAE, VQVAEConfig, VQVAETokenizer, frames_to_pixels, psnr_db
 
