@@ -380,3 +380,20 @@ def test_progress_lines_without_the_bar(tmp_path, capsys):
     assert " left" not in lines[-1]
     make_trainer(tmp_path / "quiet", steps=4).fit()
     assert "quiet]" not in capsys.readouterr().out
+
+
+def test_fp16_runs_stop_on_repeated_non_finite_losses_but_not_on_gradient_overflows(tmp_path):
+    # fp16 (CUDA only) runs with a GradScaler, which skips steps whose gradients overflow while it
+    # finds its scale. A non-finite *loss* is no overflow of the scaled gradients: such a run used
+    # to skip every step to the end, never stopping. A CPU GradScaler stands in for CUDA's.
+    trainer = make_trainer(tmp_path / "nan", steps=20, nan_steps=tuple(range(7, 20)), max_nonfinite_steps=3)
+    trainer.scaler = torch.amp.GradScaler("cpu")
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
+        trainer.fit()
+    assert latest_checkpoint(tmp_path / "nan").name == "step-00000005"
+    # Gradients that overflow at a huge scale: skipped and counted, the scale lowered, no stop.
+    trainer = make_trainer(tmp_path / "overflow", steps=8, max_nonfinite_steps=1, deterministic=False)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
+    result = trainer.fit()
+    assert result.status == "finished" and result.skipped_steps >= 1
+    assert trainer.scaler.get_scale() < 2.0 ** 127

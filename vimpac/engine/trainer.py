@@ -272,10 +272,15 @@ class Trainer:
                 if bad:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.skipped_steps += 1
-                    consecutive_bad += 1
                     if self.scaler.is_enabled():
                         self.scaler.update()  # fp16 overflow: GradScaler lowers its scale and we go on
-                    if consecutive_bad >= cfg.max_nonfinite_steps and not self.scaler.is_enabled():
+                        # Overflowing gradients are GradScaler's search for a scale and do not count;
+                        # a non-finite loss is computed before any scaling, so no scale can fix it.
+                        loss_bad = distributed.any_rank(not losses_finite, self.device)
+                        consecutive_bad = consecutive_bad + 1 if loss_bad else 0
+                    else:
+                        consecutive_bad += 1
+                    if consecutive_bad >= cfg.max_nonfinite_steps:
                         raise TrainingDiverged(
                             f"{consecutive_bad} consecutive steps (up to step {self.step}) had a non-finite "
                             f"loss or gradient norm; stopping without writing a checkpoint. Lower the learning "
