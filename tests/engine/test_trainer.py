@@ -397,3 +397,17 @@ def test_fp16_runs_stop_on_repeated_non_finite_losses_but_not_on_gradient_overfl
     result = trainer.fit()
     assert result.status == "finished" and result.skipped_steps >= 1
     assert trainer.scaler.get_scale() < 2.0 ** 127
+
+
+def test_resume_continues_with_the_saved_gradient_scale(tmp_path):
+    # fp16 (CUDA only): the GradScaler's scale and growth tracker go into the checkpoint. A CPU
+    # GradScaler stands in for CUDA's.
+    trainer = make_trainer(tmp_path, steps=5, deterministic=False)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
+    trainer.fit()
+    saved = trainer.scaler.state_dict()
+    assert saved["scale"] < 2.0 ** 127  # it backed off from the overflowing start
+    resumed = make_trainer(tmp_path, steps=10, deterministic=False)
+    resumed.scaler = torch.amp.GradScaler("cpu")
+    assert resumed.resume()
+    assert resumed.scaler.state_dict() == saved

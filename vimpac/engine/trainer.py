@@ -207,6 +207,10 @@ class Trainer:
         self._check_samples_per_update(state, path)
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        if self.scaler.is_enabled() and state.get("grad_scaler"):
+            # fp16: the scale found so far. A fresh scaler would start at 2^16 again and skip the
+            # updates that overflow on the way down, which an uninterrupted run does not.
+            self.scaler.load_state_dict(state["grad_scaler"])
         self._window.load_state(state.get("log_window"))
         self.logger.truncate_after(self.step)
         return True
@@ -409,6 +413,7 @@ class Trainer:
             state = {"skipped_steps": self.skipped_steps, "data_position": {"step": self.step},
                      "world_size": self.dist.world_size, "batch_size": self.cfg.batch_size,
                      "grad_accum_steps": self.cfg.grad_accum_steps, "log_window": self._window.state(),
+                     "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                      "config": self.run_config}
             path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state,
                                    keep_last=self.cfg.keep_checkpoints)
