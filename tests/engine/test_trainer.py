@@ -70,6 +70,32 @@ def test_in_process_resume_matches_uninterrupted(tmp_path):
     assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")
 
 
+def test_deterministic_runs_fix_the_cublas_workspace(tmp_path, monkeypatch):
+    # Without CUBLAS_WORKSPACE_CONFIG, torch.use_deterministic_algorithms(warn_only=True) only
+    # warns that cuBLAS is not deterministic: a --deterministic GPU run was not repeatable.
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    make_trainer(tmp_path, steps=1)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's choice is kept
+    make_trainer(tmp_path, steps=1)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_deterministic_resume_matches_uninterrupted(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*CUBLAS_WORKSPACE_CONFIG.*")
+        make_trainer(tmp_path / "full", steps=20, device="cuda").fit()
+        make_trainer(tmp_path / "part", steps=20, device="cuda", max_minutes=0.0).fit()
+        resumed = make_trainer(tmp_path / "part", steps=20, device="cuda")
+        assert resumed.resume() and resumed.step == 1
+        resumed.fit()
+    assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")
+
+
 def test_resume_logs_the_same_rows_when_a_log_window_spans_the_interruption(tmp_path):
     # Rows every 4 steps; the interrupted run stops after step 1, inside the first window.
     make_trainer(tmp_path / "full", steps=12, log_every=4).fit()

@@ -177,6 +177,10 @@ class Trainer:
         self.dist = distributed.init_distributed(cfg.device)
         self.device = distributed.rank_device(cfg.device, self.dist)
         if cfg.deterministic:
+            # cuBLAS repeats its results only with a fixed workspace, read when its first handle is
+            # made (before the model's first matmul); without it torch merely warns (warn_only) and
+            # a resumed GPU run need not repeat the uninterrupted one. No effect on CPU.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps,
