@@ -14,12 +14,30 @@
 # Needs torch, numpy, safetensors, tqdm, pytest (the device image has them); vimpac is imported
 # from this checkout, not installed. PyAV is not needed: only test files with GPU tests are
 # collected. Wheels carried in .whl/ are installed first (see /work/.library/device/README.md).
+# The python is $PYTHON, else the first of .venv/bin/python and python3 whose torch sees CUDA (the
+# .venv's torch is a CPU build; the device image's python3 has the CUDA one); with none it stops at once.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 mkdir -p "$OUT"
+sees_device() {  # python: its torch can run on $DEVICE
+    [ "${DEVICE%%:*}" != cuda ] || "$1" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null
+}
+# The repository's .venv holds a CPU-only torch (torch 2.13+cpu from the Makefile): on a GPU machine
+# where it was carried along, the python3 with the CUDA build is taken instead.
+if [ -z "${PYTHON:-}" ]; then
+    for candidate in .venv/bin/python python3; do
+        if command -v "$candidate" >/dev/null && sees_device "$candidate"; then PYTHON=$candidate; break; fi
+    done
+fi
+if [ -z "${PYTHON:-}" ] || ! sees_device "$PYTHON"; then
+    # Stop now: the GPU tests would all skip (pytest exits 0) and every benchmark would fail.
+    echo "gpu_check: no python here whose torch sees a CUDA device (tried ${PYTHON:-.venv/bin/python, python3}); on" \
+         "the GPU machine run it with the python3 that holds the CUDA build of torch (PYTHON=...), or pass DEVICE=cpu" \
+         | tee "$OUT/machine.txt" >&2
+    exit 1
+fi
 # The device tool stops a command after 10 minutes: finish inside BUDGET_SECONDS (default 540 s),
 # each benchmark bounded by BENCH_SECONDS and by what is left, so a hang loses only itself.
 deadline=$((SECONDS + ${BUDGET_SECONDS:-540}))

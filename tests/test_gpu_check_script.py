@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,3 +33,18 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     step_log = (out / "step_quick.log").read_text()
     assert "tiny preset" in step_log and "bf16 eager fused" in step_log
     assert (out / "machine.txt").exists()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_torch_without_cuda_is_refused_before_the_tests(tmp_path):
+    # Before: every GPU test was skipped (pytest exit 0) and each benchmark then failed with a
+    # traceback, minutes of a GPU lease spent on a run that measured nothing.
+    out = tmp_path / "out"
+    env = {**os.environ, "DEVICE": "cuda", "OUT": str(out), "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 1
+    assert "no python here whose torch sees a CUDA device" in result.stderr
+    assert "no python here whose torch sees a CUDA device" in (out / "machine.txt").read_text()
+    assert not (out / "gpu_tests.log").exists()

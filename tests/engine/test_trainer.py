@@ -70,6 +70,32 @@ def test_in_process_resume_matches_uninterrupted(tmp_path):
     assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")
 
 
+def test_deterministic_runs_fix_the_cublas_workspace(tmp_path, monkeypatch):
+    # Without CUBLAS_WORKSPACE_CONFIG, torch.use_deterministic_algorithms(warn_only=True) only
+    # warns that cuBLAS is not deterministic: a --deterministic GPU run was not repeatable.
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    make_trainer(tmp_path, steps=1)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's choice is kept
+    make_trainer(tmp_path, steps=1)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_deterministic_resume_matches_uninterrupted(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*CUBLAS_WORKSPACE_CONFIG.*")
+        make_trainer(tmp_path / "full", steps=20, device="cuda").fit()
+        make_trainer(tmp_path / "part", steps=20, device="cuda", max_minutes=0.0).fit()
+        resumed = make_trainer(tmp_path / "part", steps=20, device="cuda")
+        assert resumed.resume() and resumed.step == 1
+        resumed.fit()
+    assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")
+
+
 def test_resume_logs_the_same_rows_when_a_log_window_spans_the_interruption(tmp_path):
     # Rows every 4 steps; the interrupted run stops after step 1, inside the first window.
     make_trainer(tmp_path / "full", steps=12, log_every=4).fit()
@@ -380,3 +406,34 @@ def test_progress_lines_without_the_bar(tmp_path, capsys):
     assert " left" not in lines[-1]
     make_trainer(tmp_path / "quiet", steps=4).fit()
     assert "quiet]" not in capsys.readouterr().out
+
+
+def test_fp16_runs_stop_on_repeated_non_finite_losses_but_not_on_gradient_overflows(tmp_path):
+    # fp16 (CUDA only) runs with a GradScaler, which skips steps whose gradients overflow while it
+    # finds its scale. A non-finite *loss* is no overflow of the scaled gradients: such a run used
+    # to skip every step to the end, never stopping. A CPU GradScaler stands in for CUDA's.
+    trainer = make_trainer(tmp_path / "nan", steps=20, nan_steps=tuple(range(7, 20)), max_nonfinite_steps=3)
+    trainer.scaler = torch.amp.GradScaler("cpu")
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
+        trainer.fit()
+    assert latest_checkpoint(tmp_path / "nan").name == "step-00000005"
+    # Gradients that overflow at a huge scale: skipped and counted, the scale lowered, no stop.
+    trainer = make_trainer(tmp_path / "overflow", steps=8, max_nonfinite_steps=1, deterministic=False)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
+    result = trainer.fit()
+    assert result.status == "finished" and result.skipped_steps >= 1
+    assert trainer.scaler.get_scale() < 2.0 ** 127
+
+
+def test_resume_continues_with_the_saved_gradient_scale(tmp_path):
+    # fp16 (CUDA only): the GradScaler's scale and growth tracker go into the checkpoint. A CPU
+    # GradScaler stands in for CUDA's.
+    trainer = make_trainer(tmp_path, steps=5, deterministic=False)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
+    trainer.fit()
+    saved = trainer.scaler.state_dict()
+    assert saved["scale"] < 2.0 ** 127  # it backed off from the overflowing start
+    resumed = make_trainer(tmp_path, steps=10, deterministic=False)
+    resumed.scaler = torch.amp.GradScaler("cpu")
+    assert resumed.resume()
+    assert resumed.scaler.state_dict() == saved

@@ -245,3 +245,33 @@ def test_cli_takes_deterministic_and_reports_divergence_in_one_line(stores, monk
     assert code == 4 and seen == {"deterministic": True}
     assert capsys.readouterr().err.strip() == \
         "vimpac finetune: 5 consecutive steps (up to step 7) had a non-finite loss or gradient norm"
+
+
+def test_device_auto_is_resolved_and_batches_go_where_the_trainer_puts_the_model(stores, monkeypatch):
+    # The task used to get --device as typed: "auto" crashed in torch.device("auto"), and under
+    # torchrun a "cuda:0" sent every rank's batches to GPU 0 while the trainer put each rank's
+    # model on its LOCAL_RANK GPU (and picked gloo instead of NCCL for "auto").
+    from vimpac.engine import distributed
+    from vimpac.engine.trainer import Trainer
+
+    chosen = {}
+    real_init = distributed.init_distributed
+
+    def spy_init(device="cpu"):
+        chosen["init"] = device
+        return real_init(device)
+
+    devices = {}
+    real_trainer_init = Trainer.__init__
+
+    def spy_trainer_init(self, model, task, cfg, *args, **kwargs):
+        real_trainer_init(self, model, task, cfg, *args, **kwargs)
+        devices["task"], devices["trainer"] = task.device, self.device
+
+    monkeypatch.setattr(distributed, "init_distributed", spy_init)
+    monkeypatch.setattr(Trainer, "__init__", spy_trainer_init)
+    summary = run_finetune(ft_config(stores, device="auto", steps=1, val_every=1, temporal_clips=1))
+    assert summary.status == "finished"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert chosen["init"] == expected
+    assert devices["task"] == devices["trainer"] and devices["trainer"].type == expected

@@ -177,6 +177,10 @@ class Trainer:
         self.dist = distributed.init_distributed(cfg.device)
         self.device = distributed.rank_device(cfg.device, self.dist)
         if cfg.deterministic:
+            # cuBLAS repeats its results only with a fixed workspace, read when its first handle is
+            # made (before the model's first matmul); without it torch merely warns (warn_only) and
+            # a resumed GPU run need not repeat the uninterrupted one. No effect on CPU.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps,
@@ -207,6 +211,10 @@ class Trainer:
         self._check_samples_per_update(state, path)
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        if self.scaler.is_enabled() and state.get("grad_scaler"):
+            # fp16: the scale found so far. A fresh scaler would start at 2^16 again and skip the
+            # updates that overflow on the way down, which an uninterrupted run does not.
+            self.scaler.load_state_dict(state["grad_scaler"])
         self._window.load_state(state.get("log_window"))
         self.logger.truncate_after(self.step)
         return True
@@ -272,10 +280,15 @@ class Trainer:
                 if bad:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.skipped_steps += 1
-                    consecutive_bad += 1
                     if self.scaler.is_enabled():
                         self.scaler.update()  # fp16 overflow: GradScaler lowers its scale and we go on
-                    if consecutive_bad >= cfg.max_nonfinite_steps and not self.scaler.is_enabled():
+                        # Overflowing gradients are GradScaler's search for a scale and do not count;
+                        # a non-finite loss is computed before any scaling, so no scale can fix it.
+                        loss_bad = distributed.any_rank(not losses_finite, self.device)
+                        consecutive_bad = consecutive_bad + 1 if loss_bad else 0
+                    else:
+                        consecutive_bad += 1
+                    if consecutive_bad >= cfg.max_nonfinite_steps:
                         raise TrainingDiverged(
                             f"{consecutive_bad} consecutive steps (up to step {self.step}) had a non-finite "
                             f"loss or gradient norm; stopping without writing a checkpoint. Lower the learning "
@@ -404,6 +417,7 @@ class Trainer:
             state = {"skipped_steps": self.skipped_steps, "data_position": {"step": self.step},
                      "world_size": self.dist.world_size, "batch_size": self.cfg.batch_size,
                      "grad_accum_steps": self.cfg.grad_accum_steps, "log_window": self._window.state(),
+                     "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                      "config": self.run_config}
             path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state,
                                    keep_last=self.cfg.keep_checkpoints)

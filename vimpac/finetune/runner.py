@@ -177,6 +177,7 @@ def _check_resume(run_dir: Path, cfg: FinetuneConfig) -> None:
 def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     import torch
 
+    from vimpac.devices import check_device, resolve_device
     from vimpac.engine import distributed
     from vimpac.engine.trainer import TrainConfig, Trainer
     from vimpac.finetune.evaluate import class_names_of, evaluate_classifier, write_evaluation
@@ -189,7 +190,12 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     _check_options(cfg)
     _check_resume(run_dir, cfg)
     train_store, val_store = _open_stores(cfg)
-    dist = distributed.init_distributed(cfg.device)
+    # "auto" resolved before the process group is joined (it picks NCCL for CUDA), and the batches
+    # go where the trainer puts the model: this rank's GPU under torchrun, also for "cuda:0".
+    device = resolve_device(cfg.device)
+    check_device(device, "--device")
+    dist = distributed.init_distributed(device)
+    rank_device = distributed.rank_device(device, dist)
     settings = resolve_settings(cfg, train_store.num_videos, dist.world_size)
     class_names = class_names_of(train_store)
     num_classes = len(class_names)
@@ -210,7 +216,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
         total_steps=settings["steps"], batch_size=settings["batch_size"], grad_accum_steps=cfg.grad_accum_steps,
         lr=settings["lr"], weight_decay=settings["weight_decay"], betas=settings["betas"], eps=settings["eps"],
         warmup_ratio=settings["warmup_ratio"], clip_grad_norm=settings["clip_grad_norm"],
-        precision=cfg.precision, deterministic=cfg.deterministic, seed=cfg.seed, device=cfg.device,
+        precision=cfg.precision, deterministic=cfg.deterministic, seed=cfg.seed, device=device,
         log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, val_every=cfg.val_every,
         max_minutes=cfg.max_minutes, progress=cfg.progress, progress_lines=cfg.progress_lines,
         validate_at_end=False)  # the full multi-view evaluation below replaces the periodic one
@@ -222,7 +228,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     task = FinetuneTask(
         train_store, settings["frames"], settings["batch_size"], cfg.grad_accum_steps,
         train_views=training_views(train_store.views, settings["flip"]), label_smoothing=cfg.label_smoothing,
-        seed=cfg.seed, device=cfg.device, val_store=val_store if cfg.val_every > 0 else None,
+        seed=cfg.seed, device=rank_device, val_store=val_store if cfg.val_every > 0 else None,
         validation=ValidationSettings(settings["val_temporal_clips"], settings["spatial_crops"]),
         val_bf16=cfg.precision == "bf16")
     record = {"config": to_dict(cfg), "resolved": settings, "model": to_dict(model.config),
