@@ -159,19 +159,27 @@ class VimpacBackbone(nn.Module):
         return self.drop(cls), self.drop(x)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_tokens(tokens)
+        self._check_shape(tokens)
         key_pad = tokens == self.pad_id
-        # No mask lets SDPA pick its fastest kernel (same numbers). Under torch.compile the test
-        # would split the graph at a data-dependent branch, so the mask is always kept there.
-        if not torch.compiler.is_compiling() and not bool(key_pad.any()):
-            key_pad = None
+        # Under torch.compile these data-dependent tests would split the graph: the id check is an
+        # eager-mode convenience there, and the PAD mask is always kept.
+        if not torch.compiler.is_compiling() and tokens.numel():
+            # One device-to-host copy for both tests (on a GPU each is a synchronisation).
+            has_pad, low, high = torch.stack([key_pad.any().to(tokens.dtype), tokens.min(), tokens.max()]).tolist()
+            if low < 0 or high >= self.config.num_rows:
+                # Otherwise an IndexError deep in the embedding on CPU, and on a GPU a device-side
+                # assert that also leaves the CUDA context unusable.
+                raise ModelError(f"backbone input: token ids must lie in [0, {self.config.num_rows}) "
+                                 f"({self.config.codebook_size} codes + 5 specials), got [{low}, {high}]")
+            if not has_pad:
+                key_pad = None  # no mask lets SDPA pick its fastest kernel (same numbers)
         cls, x = self.embed(tokens)
         cls, x = self.transformer(cls, x, key_pad)
         if self.config.pre_ln:
             cls, x = self.ln_post(cls), self.ln_post(x)
         return cls, x
 
-    def _check_tokens(self, tokens: torch.Tensor) -> None:
+    def _check_shape(self, tokens: torch.Tensor) -> None:
         cfg = self.config
         if tokens.dim() != 4 or tokens.dtype not in (torch.int64, torch.int32):
             raise ModelError(f"backbone input: expected integer tokens (B, T, H, W), got "
@@ -182,12 +190,6 @@ class VimpacBackbone(nn.Module):
                 f"backbone input: {frames} x {height} x {width} tokens exceed the positional tables "
                 f"({cfg.max_frames} x {cfg.height} x {cfg.width}); build the model with larger "
                 "max_frames / height / width (loading a checkpoint interpolates the tables)")
-        if not tokens.is_cuda and tokens.numel() and not torch.compiler.is_compiling():
-            # On CPU a bad id would otherwise surface as an opaque IndexError deep in the embedding.
-            low, high = int(tokens.min()), int(tokens.max())
-            if low < 0 or high >= cfg.num_rows:
-                raise ModelError(f"backbone input: token ids must lie in [0, {cfg.num_rows}) "
-                                 f"({cfg.codebook_size} codes + 5 specials), got [{low}, {high}]")
 
 
 def pool_tokens(hiddens: torch.Tensor) -> torch.Tensor:
