@@ -91,6 +91,15 @@ def test_fp16_on_cpu_is_refused():
         DalleTokenizer(SMALL, precision="fp16")
 
 
+@pytest.mark.parametrize("native_bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_precision_uses_fp16_on_gpus_that_only_emulate_bf16(monkeypatch, native_bf16, expected):
+    tok = _tokenizer(precision="auto")
+    assert tok._fast_dtype() == torch.bfloat16  # CPU: bf16 (fp16 there is ~200x slower)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16)
+    tok.device = torch.device("cuda")  # as on a V100 / T4 (only the choice is checked here)
+    assert tok._fast_dtype() == expected
+
+
 def test_folder_errors_name_the_file(tmp_path):
     folder = tmp_path / "tok"
     with pytest.raises(TokenizerError, match="tokenizer.json: not found"):

@@ -390,7 +390,7 @@ class DalleTokenizer(FrameTokenizer):
 
     `precision`: "fp32" reproduces the reference exactly; "bf16" (CPU or CUDA) and "fp16"
     (CUDA only) run the convolutions under autocast with channels-last activations; "auto"
-    picks bf16. `logit_precision` says how the fast path treats the encoder's logit layer,
+    picks bf16, or fp16 on a GPU without native bf16 (V100, T4). `logit_precision` says how the fast path treats the encoder's logit layer,
     whose argmax over 8192 codes is sensitive to rounding:
     "fp32" runs it in fp32 as the original does on CUDA (~20% of the bf16 encoder's CPU time);
     "rescore" (default) runs it in bf16 and re-scores each position's top 4 codes in fp32,
@@ -541,6 +541,9 @@ class DalleTokenizer(FrameTokenizer):
             return None
         if self.precision == "fp16":
             return torch.float16
+        if self.precision == "auto" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported(
+                including_emulation=False):
+            return torch.float16  # GPUs before Ampere (V100, T4) only emulate bf16, slowly; fp16 as OpenAI's code
         return torch.bfloat16
 
     def _context(self) -> contextlib.AbstractContextManager:
