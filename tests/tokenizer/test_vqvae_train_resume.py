@@ -13,18 +13,14 @@ from pathlib import Path
 import pytest
 
 from vimpac.cli import main
-from vimpac.video.writer import write_video
-from vqvae_test_frames import fast_train_args, render_video
+from vqvae_test_frames import fast_train_args, write_clips
 
 STEPS = 12
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clips")
-    for i in range(3):
-        write_video(folder / f"video{i}.mp4", render_video(8, 48, seed=i), fps=4)
-    return folder
+    return write_clips(tmp_path_factory.mktemp("clips"))
 
 
 @pytest.fixture(scope="module")

@@ -58,3 +58,12 @@ def fast_train_args(steps: int) -> list[str]:
     plumbing, not of the quality."""
     return ["--size", "32", "--fps", "4", "--steps", str(steps), "--batch-size", "8", "--codebook-size", "16",
             "--set", "width=8", "--set", "code_dim=8", "--quiet"]
+
+
+def write_clips(folder, count: int = 3):
+    """`count` 8-frame 48x48 videos folder/video{i}.mp4 at 4 fps (distinct seeds); returns folder."""
+    from vimpac.video.writer import write_video
+
+    for i in range(count):
+        write_video(folder / f"video{i}.mp4", render_video(8, 48, seed=i), fps=4)
+    return folder
