@@ -3,7 +3,6 @@ package's outputs; pickles that try to run code are refused before anything runs
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import zipfile
