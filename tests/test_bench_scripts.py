@@ -1,0 +1,30 @@
+"""What the scripts in bench/ compute and report (without timing anything heavy)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench_module(name: str) -> ModuleType:
+    """bench/<name>.py imported as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pretrain_step_compares_clips_per_second_with_the_authors_small_step():
+    """The "vs authors" column was 7.5 s / s-per-step whatever the step: a 32-clip step (gpu_check.sh's
+    small_32clips) did 8x the authors' 4 clips and was reported 8x too slow, and a tiny or large-half
+    model was compared with their small one."""
+    step = bench_module("bench_pretrain_step")
+    assert step.vs_authors("small", 4, 2.5) == "3.00x"     # the benchmark's own step: 7.5 s / 2.5 s
+    assert step.vs_authors("small", 32, 20.0) == "3.00x"   # 8x the clips in 8x the time: the same speed
+    assert step.vs_authors("tiny", 4, 2.5) == "-"
+    assert step.vs_authors("large-half", 4, 2.5) == "-"
