@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -28,3 +29,24 @@ def test_pretrain_step_compares_clips_per_second_with_the_authors_small_step():
     assert step.vs_authors("small", 32, 20.0) == "3.00x"   # 8x the clips in 8x the time: the same speed
     assert step.vs_authors("tiny", 4, 2.5) == "-"
     assert step.vs_authors("large-half", 4, 2.5) == "-"
+
+
+def test_store_benchmark_exits_non_zero_when_a_variant_cannot_run(monkeypatch, tmp_path, capsys):
+    """bench_store.py printed "skipped <variant>" for a tokenizer that failed to build and exited 0,
+    so run_all.py (`make bench`) counted the run as a success."""
+    import vimpac.tokenizer.dalle
+    from vimpac.tokenizer.vqvae import VQVAETokenizer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken tokenizer")
+
+    monkeypatch.setattr(VQVAETokenizer, "from_config", broken)
+    monkeypatch.setattr(vimpac.tokenizer.dalle, "DalleTokenizer", broken)
+    monkeypatch.setattr(sys, "argv", ["bench_store.py", "--videos", "5", "--reads", "10", "--e2e-videos", "1",
+                                      "--no-dalle"])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    store = bench_module("bench_store")
+    assert store.main() == 1
+    out = capsys.readouterr().out
+    assert "skipped VQ-VAE (default config), 0 workers: RuntimeError: broken tokenizer" in out
+    assert "FAILED variants: VQ-VAE (default config), 0 workers" in out
