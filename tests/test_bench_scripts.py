@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -50,3 +52,19 @@ def test_store_benchmark_exits_non_zero_when_a_variant_cannot_run(monkeypatch, t
     out = capsys.readouterr().out
     assert "skipped VQ-VAE (default config), 0 workers: RuntimeError: broken tokenizer" in out
     assert "FAILED variants: VQ-VAE (default config), 0 workers" in out
+
+
+def test_run_all_knows_every_script_in_bench():
+    run_all = bench_module("run_all")
+    scripts = {p.name for p in (REPO / "bench").glob("*.py")}
+    assert scripts == set(run_all.BENCHMARKS) | set(run_all.NOT_RUN)
+
+
+def test_run_all_refuses_to_skip_a_script_it_does_not_list(monkeypatch, capsys):
+    """A benchmark in bench/ but not in run_all.py's list was never run by `make bench`, silently."""
+    run_all = bench_module("run_all")
+    monkeypatch.setattr(run_all, "BENCHMARKS", tuple(n for n in run_all.BENCHMARKS if n != "bench_store.py"))
+    monkeypatch.setattr(run_all.subprocess, "call", lambda *args, **kwargs: pytest.fail("ran a benchmark"))
+    monkeypatch.setattr(sys, "argv", ["run_all.py"])
+    assert run_all.main() == 2
+    assert "bench_store.py, in neither BENCHMARKS nor NOT_RUN" in capsys.readouterr().err
