@@ -68,3 +68,29 @@ def test_run_all_refuses_to_skip_a_script_it_does_not_list(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["run_all.py"])
     assert run_all.main() == 2
     assert "bench_store.py, in neither BENCHMARKS nor NOT_RUN" in capsys.readouterr().err
+
+
+def test_parallel_runs_stops_the_other_run_when_one_fails():
+    """When one of two side-by-side runs failed, bench_parallel_runs.py exited and left the other
+    one training (into its deleted temporary folder, beside whatever run_all.py started next)."""
+    parallel = bench_module("bench_parallel_runs")
+    started = []
+    popen = parallel.subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    failing = [sys.executable, "-c", "import sys; sys.exit('no store')"]
+    sleeping = [sys.executable, "-c", "import time; time.sleep(60)"]
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(parallel.subprocess, "Popen", recording_popen)
+            with pytest.raises(SystemExit, match="run failed: no store"):
+                parallel.timed([failing, sleeping])
+        assert started[1].poll() is not None, "the other run is still going"
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
