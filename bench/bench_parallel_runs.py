@@ -58,10 +58,18 @@ def timed(commands: list[list[str]]) -> float:
     """Wall time of running `commands` at the same time."""
     start = time.perf_counter()
     processes = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in commands]
-    for process in processes:
-        _, err = process.communicate()
-        if process.returncode:
-            raise SystemExit(f"run failed: {err.decode()[-2000:]}")
+    try:
+        for process in processes:
+            _, err = process.communicate()
+            if process.returncode:
+                raise SystemExit(f"run failed: {err.decode()[-2000:]}")
+    finally:
+        # A failed run ends the benchmark: its partner must not train on, into a deleted folder,
+        # beside the next benchmark of run_all.py.
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     return time.perf_counter() - start
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -132,13 +133,15 @@ def make_videos(folder: Path, count: int) -> list:
     return records
 
 
-def bench_e2e(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, float, int]]:
+def bench_e2e(args: argparse.Namespace, tmp: Path) -> tuple[list[tuple[str, float, float, int]], list[str]]:
+    """(name, videos/s, frames/s, frames) per variant, and the variants that could not run."""
     from vimpac.store.tokenize import tokenize_videos
     from vimpac.tokenizer.vqvae import VQVAEConfig, VQVAETokenizer
 
     videos = tmp / "videos"
     records = make_videos(videos, args.e2e_videos)
     torch.manual_seed(0)
+    failed: list[str] = []
     variants = [("VQ-VAE (default config), 0 workers", lambda: VQVAETokenizer.from_config(VQVAEConfig()), 0),
                 ("VQ-VAE (default config), 2 workers", lambda: VQVAETokenizer.from_config(VQVAEConfig()), 2)]
     try:
@@ -150,6 +153,7 @@ def bench_e2e(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, flo
             variants.append(("dVAE full size (bf16), 2 workers", lambda: DalleTokenizer(DALLE_PRESETS["official"]), 2))
     except ImportError as exc:
         print(f"DALL-E tokenizer not available: {exc}")
+        failed.append("dVAE variants")
     results = []
     for n, (name, make, workers) in enumerate(variants):
         try:
@@ -157,6 +161,7 @@ def bench_e2e(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, flo
             tokenizer.tokenizer_id  # noqa: B018  (fails early if the tokenizer cannot be identified)
         except Exception as exc:  # a benchmark reports a broken variant and goes on
             print(f"skipped {name}: {type(exc).__name__}: {exc}")
+            failed.append(name)
             continue
         out = tmp / f"e2e-{n}"
         report = tokenize_videos(records, videos, tokenizer, fps=4, size=128, views="center", out_dir=out,
@@ -164,10 +169,10 @@ def bench_e2e(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, flo
         assert report.encoded_videos == len(records) and not report.failures, report.summary()
         results.append((name, report.videos_per_s, report.frames_per_s, report.encoded_frames))
         shutil.rmtree(out)
-    return results
+    return results, failed
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=2000, help="videos in the clip-read store")
     parser.add_argument("--reads", type=int, default=200_000, help="random clips to read per variant")
@@ -178,6 +183,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp_name:
         tmp = Path(tmp_name)
         torch.set_num_threads(1)
+        failed: list[str] = []
         reads = bench_reads(args, tmp)
         base = reads[0][1]
         print(f"\nrandom {CLIP}-frame clip reads, 1 process, 1 thread ({args.reads} reads each):")
@@ -189,10 +195,15 @@ def main() -> None:
             print(f"\nend to end, {args.e2e_videos} videos x 16 frames (4 s at 4 fps), 128 px, center view "
                   f"(torch threads {torch.get_num_threads()}):")
             print(f"{'variant':44s} {'videos/s':>9s} {'frames/s':>9s}")
-            for name, vps, fps, frames in bench_e2e(args, tmp):
+            results, failed = bench_e2e(args, tmp)
+            for name, vps, fps, frames in results:
                 print(f"{name:44s} {vps:9.2f} {fps:9.1f}")
     print(f"\nmachine after: load average {load_average_1m()}")
+    if failed:  # reported and gone on, but run_all.py (`make bench`) must see it
+        print(f"FAILED variants: {', '.join(failed)}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -31,6 +31,12 @@ BENCHMARKS = (
     "bench_copy_baseline.py",
     "bench_parallel_runs.py",
 )
+# The other scripts in bench/, with why they are not run here. A script in neither list stops
+# run_all.py before it starts: a new benchmark left out of BENCHMARKS was skipped without a word.
+NOT_RUN = {
+    "run_all.py": "this script",
+    "bench_pretrain_ab.py": "an A/B of the working tree against a chosen commit: run it by hand with --baseline",
+}
 
 
 def main() -> int:
@@ -39,6 +45,11 @@ def main() -> int:
     args = parser.parse_args()
     chosen = args.only.split(",") if args.only else BENCHMARKS
     here = Path(__file__).parent
+    unlisted = sorted(p.name for p in here.glob("*.py") if p.name not in BENCHMARKS and p.name not in NOT_RUN)
+    if unlisted and not args.only:
+        print(f"error: {here} holds {', '.join(unlisted)}, in neither BENCHMARKS nor NOT_RUN of {Path(__file__).name}; "
+              "add each to one of them", file=sys.stderr)
+        return 2
     failed = []
     for name in chosen:
         print(f"\n===== {name} =====", flush=True)

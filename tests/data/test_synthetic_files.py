@@ -238,3 +238,39 @@ def test_cli_size_error_says_what_is_accepted(tmp_path: Path, capsys: pytest.Cap
         err = capsys.readouterr().err
         assert "--size" in err and "even and >= 32" in err and size in err
     assert not (tmp_path / "out").exists()
+
+
+def test_workers_exit_when_make_synthetic_is_killed(tmp_path: Path) -> None:
+    """kill -9 of `vimpac make-synthetic` left its spawned workers waiting forever for work
+    (re-parented to PID 1, ~100 MB each); one busy with a video went on writing it."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from process_helpers import descendants, wait_gone
+
+    out = tmp_path / "bench"
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vimpac.cli", "make-synthetic", "--out", str(out), "--preset", "tiny",
+         "--classes", "moving_right", "--train-per-class", "500", "--uncurated-videos", "0", "--workers", "2",
+         "--no-progress"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob("videos/*/*.mp4")):  # written by the workers: they are at work
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "no video within 60 s"
+            time.sleep(0.01)
+        workers = descendants(process.pid)
+        assert len(workers) >= 2
+        process.kill()
+        process.wait(timeout=10)
+        assert wait_gone(workers, 15) == set(), "make-synthetic's workers outlived it"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)

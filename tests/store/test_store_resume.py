@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from process_helpers import descendants, wait_gone
 from store_helpers import make_dataset
 from vimpac.cli import main as cli_main
 from vimpac.store import TokenStore
@@ -96,33 +97,6 @@ def test_kill_9_then_resume_gives_the_uninterrupted_store(reference, capsys):
     assert "nothing to do" in capsys.readouterr().out
 
 
-def descendants(pid: int) -> set[int]:
-    """Ids of the living processes below `pid` (from /proc; psutil is not installed)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")".
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        return False
-
-
 def start_and_signal(root: Path, out: Path, sig: int) -> tuple[subprocess.Popen, set[int], str]:
     """Start tokenize with a decoding worker, send `sig` to the main process after its first
     commit; return the process, the processes it had started, and its stderr."""
@@ -143,13 +117,6 @@ def start_and_signal(root: Path, out: Path, sig: int) -> tuple[subprocess.Popen,
     except BaseException:
         os.killpg(process.pid, signal.SIGKILL)
         raise
-
-
-def wait_gone(pids: set[int], seconds: float) -> set[int]:
-    deadline = time.monotonic() + seconds
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return {pid for pid in pids if alive(pid)}
 
 
 def test_decoding_workers_exit_when_the_main_process_is_killed(reference):

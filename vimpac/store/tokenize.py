@@ -43,7 +43,6 @@ import os
 import posixpath
 import signal
 import sys
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -62,7 +61,7 @@ from vimpac.store.format import (
 from vimpac.store.writer import (
     DEFAULT_SHARD_BYTES, EncodedVideo, FailedVideo, RankWriter, compact_store, write_failures_report,
 )
-from vimpac.workers import WORKERS_DIE_ON_START, worker_can_start
+from vimpac.workers import WORKERS_DIE_ON_START, exit_with_parent, worker_can_start
 
 
 # ------------------------------------------------------------------------------ report
@@ -238,13 +237,10 @@ def _decode_alone(job: DecodeJob, decode: Callable[[DecodeJob], DecodedVideo],
             return DecodedVideo(job, None, FailedVideo(job.record, job.key, job.rel_path, CRASH_REASON, "crash"))
 
 
-PARENT_POLL_S = 0.5
-
-
 def _worker_init(parent_pid: int) -> None:
     # A worker waits for jobs on a pipe whose write end it holds itself, so it never sees EOF:
     # without these it outlived a SIGKILLed main process forever (holding its memory).
-    _exit_with_parent(parent_pid)
+    exit_with_parent(parent_pid)
     # The main process decides what an interrupt means (it finishes and commits the decoded
     # videos); Ctrl-C reaches the whole process group, and a worker dying of it would be
     # taken for a decoder crash.
@@ -256,25 +252,6 @@ def _worker_init(parent_pid: int) -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Make this process exit as soon as `parent_pid` (its parent) is gone."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):  # no libc by that name: the watchdog still works
-            import ctypes
-
-            PR_SET_PDEATHSIG = 1
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before the line above took effect
-        os._exit(1)
-
-    def watchdog() -> None:  # portable fallback: orphans are re-parented, so the parent id changes
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_S)
-        os._exit(1)
-
-    threading.Thread(target=watchdog, name="exit-with-parent", daemon=True).start()
 
 
 # ------------------------------------------------------------------------------ encoding
