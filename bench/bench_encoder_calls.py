@@ -92,7 +92,7 @@ def main() -> None:
                              capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(f"  {way}: done", flush=True)
-    print(f"\n| way | encoder batch sizes seen | RSS after 1st call MiB | RSS at end MiB | growth MiB | frames/s |")
+    print("\n| way | encoder batch sizes seen | RSS after 1st call MiB | RSS at end MiB | growth MiB | frames/s |")
     print("|---|---|--:|--:|--:|--:|")
     for r in rows:
         print(f"| {r['way']} | {len(r['sizes'])}: {r['sizes']} | {r['rss_first']:.0f} | {r['rss_end']:.0f} | "
