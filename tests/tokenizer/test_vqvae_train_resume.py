@@ -119,3 +119,28 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(clips, tmp_path):
     assert 3 <= step < steps
     state = json.loads((out / "checkpoints" / f"step-{step:08d}" / "state.json").read_text())
     assert state["step"] == step and not (out / "tokenizer.json").exists()
+
+
+def test_checkpoints_of_another_kind_of_run_are_refused_and_kept(clips, tmp_path, capsys):
+    # A folder holding a pre-training run's checkpoints/ (same layout, no tokenizer record):
+    # "write-into" (the API's default, the demo's) deleted them as if they were an interrupted
+    # tokenizer training, and the command told the user to --resume them.
+    import dataclasses
+
+    from vimpac.tokenizer.train import DataConfig, TokenizerTrainingError, TrainConfig, train_tokenizer_from_videos
+    from vimpac.tokenizer.vqvae import VQVAE_PRESETS
+
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoints" / "step-00000100"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.json").write_text(json.dumps({"step": 100, "world_size": 1, "config": {}}))
+    (run / "checkpoints" / "latest").write_text("step-00000100\n")
+    model_cfg = dataclasses.replace(VQVAE_PRESETS["tiny"], codebook_size=16, width=8, code_dim=8)
+    with pytest.raises(TokenizerTrainingError, match="holds checkpoints of another kind of run"):
+        train_tokenizer_from_videos([clips], run, model_cfg, TrainConfig(steps=2, batch_size=8),
+                                    DataConfig(size=32, fps=4), progress=False)
+    for resume in ([], ["--resume"]):
+        assert main(["train-tokenizer", str(clips), "--out", str(run), *resume, *fast_train_args(STEPS)]) == 2
+        err = capsys.readouterr().err
+        assert "holds checkpoints of another kind of run" in err and "pass --resume" not in err
+    assert (checkpoint / "state.json").is_file() and not (run / "tokenizer.json").exists()

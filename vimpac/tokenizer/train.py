@@ -380,6 +380,16 @@ def _check_same_run(checkpoint: Path, saved: dict[str, Any], now: dict[str, Any]
             "original settings and videos, or start anew in another --out")
 
 
+def _is_tokenizer_training(checkpoint: Path) -> bool:
+    """Whether `checkpoint` was written by `train_vqvae` (its state.json holds the run record and
+    the frame sampler's state), not by a pre-training or fine-tuning run of the same layout."""
+    try:
+        state = json.loads((checkpoint / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "run" in state and "sampler_rng" in state
+
+
 def _saved_run(checkpoint: Path) -> dict[str, Any]:
     try:
         return json.loads((checkpoint / "state.json").read_text())["run"]
@@ -490,6 +500,11 @@ def train_tokenizer_from_videos(
     if existing_out not in ("refuse", "replace", "write-into"):
         raise ValueError(f"existing_out: expected 'refuse', 'replace' or 'write-into', got {existing_out!r}")
     interrupted = latest_checkpoint(out_dir)
+    if interrupted is not None and not _is_tokenizer_training(interrupted):
+        # Another run's checkpoints (a pre-training run's folder, say): never ours to continue or delete.
+        raise TokenizerTrainingError(
+            f"{out_dir}: holds checkpoints of another kind of run ({interrupted} has no tokenizer training record); "
+            "choose another --out")
     if interrupted is not None and not resume:
         if existing_out == "write-into":
             shutil.rmtree(Path(out_dir) / CHECKPOINT_FOLDER)  # the caller asked for a fresh run here
