@@ -144,3 +144,29 @@ def test_checkpoints_of_another_kind_of_run_are_refused_and_kept(clips, tmp_path
         err = capsys.readouterr().err
         assert "holds checkpoints of another kind of run" in err and "pass --resume" not in err
     assert (checkpoint / "state.json").is_file() and not (run / "tokenizer.json").exists()
+
+
+def test_resume_takes_the_same_videos_named_from_another_folder(clips, uninterrupted, tmp_path, monkeypatch):
+    # Started as `train-tokenizer clips/ ...` in the videos' parent folder, resumed by a job script
+    # with the absolute path: the frames are the same, but the recorded paths differed and the
+    # resume was refused ("other settings or frames (training_videos: ...)").
+    import vimpac.tokenizer.train as train
+
+    out = tmp_path / "tok"
+    real_psnr, calls = train.psnr_db, []
+
+    def crash_at_step_5(mse):
+        calls.append(mse)
+        if len(calls) == 5:
+            raise RuntimeError("simulated crash")
+        return real_psnr(mse)
+
+    monkeypatch.chdir(clips.parent)
+    monkeypatch.setattr(train, "psnr_db", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(["train-tokenizer", clips.name, "--out", str(out), "--checkpoint-every", "2", *fast_train_args(STEPS)])
+    monkeypatch.setattr(train, "psnr_db", real_psnr)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-tokenizer", str(clips), "--out", str(out), "--resume", *fast_train_args(STEPS)]) == 0
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["tokenizer_id"] == uninterrupted["tokenizer_id"]

@@ -372,12 +372,24 @@ def train_vqvae(
 def _check_same_run(checkpoint: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
     """A resumed training must see the settings and frames it was started with, or its steps
     would not be the ones an uninterrupted run takes (the time budget may change)."""
+    # Paths as absolute ones: the same videos named from another working folder (or spelled
+    # otherwise) are the same run; checkpoints from before this kept the paths as given.
+    saved, now = (_with_resolved_videos(record) for record in (saved, now))
     changed = _differences(saved, now)
     if changed:
         listed = "; ".join(f"{key}: {_short(old)} then, {_short(new)} now" for key, old, new in changed[:3])
         raise TokenizerTrainingError(
             f"{checkpoint}: this training was started with other settings or frames ({listed}); rerun with the "
             "original settings and videos, or start anew in another --out")
+
+
+def _resolved(paths: Sequence[str | os.PathLike]) -> list[str]:
+    return [str(Path(path).resolve()) for path in paths]
+
+
+def _with_resolved_videos(record: dict[str, Any]) -> dict[str, Any]:
+    videos = record.get("training_videos")
+    return {**record, "training_videos": _resolved(videos)} if isinstance(videos, list) else record
 
 
 def _is_tokenizer_training(checkpoint: Path) -> bool:
@@ -556,7 +568,7 @@ def train_tokenizer_from_videos(
 
     run_record = {
         "settings": settings,
-        "training_videos": train_pool.videos,
+        "training_videos": _resolved(train_pool.videos),
         "training_frames": {"shape": list(train_frames.shape), "crc32": zlib.crc32(np.ascontiguousarray(train_frames))},
     }
     if interrupted is not None and resume:
