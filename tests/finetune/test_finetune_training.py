@@ -146,6 +146,21 @@ def test_stop_and_resume_repeats_the_losses(stores):
     assert len(train_losses(tmp_path / "full")) == 6
 
 
+
+def test_resume_from_another_working_folder(stores, monkeypatch):
+    # Started with relative paths, resumed by a job script from elsewhere with absolute ones:
+    # finetune.json kept the paths as typed and read them against the new folder, so the same
+    # store and model were refused as "different settings ['pretrained', 'train_store']".
+    tmp_path = stores
+    monkeypatch.chdir(tmp_path)
+    relative = dict(train_store="train", val_store="val", pretrained="pt", steps=2)
+    part = run_finetune(ft_config(tmp_path, out="part", max_minutes=0.0, **relative))
+    assert part.status == "time_limit"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resumed = run_finetune(ft_config(tmp_path, out=str(tmp_path / "part"), steps=2, resume=True))
+    assert resumed.status == "finished"
+
 def test_finetune_cli_learns_the_class_token(stores, capsys):
     tmp_path = stores
     code = main(["finetune", "--train-store", str(tmp_path / "train"), "--val-store", str(tmp_path / "val"),

@@ -119,3 +119,54 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(clips, tmp_path):
     assert 3 <= step < steps
     state = json.loads((out / "checkpoints" / f"step-{step:08d}" / "state.json").read_text())
     assert state["step"] == step and not (out / "tokenizer.json").exists()
+
+
+def test_checkpoints_of_another_kind_of_run_are_refused_and_kept(clips, tmp_path, capsys):
+    # A folder holding a pre-training run's checkpoints/ (same layout, no tokenizer record):
+    # "write-into" (the API's default, the demo's) deleted them as if they were an interrupted
+    # tokenizer training, and the command told the user to --resume them.
+    import dataclasses
+
+    from vimpac.tokenizer.train import DataConfig, TokenizerTrainingError, TrainConfig, train_tokenizer_from_videos
+    from vimpac.tokenizer.vqvae import VQVAE_PRESETS
+
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoints" / "step-00000100"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.json").write_text(json.dumps({"step": 100, "world_size": 1, "config": {}}))
+    (run / "checkpoints" / "latest").write_text("step-00000100\n")
+    model_cfg = dataclasses.replace(VQVAE_PRESETS["tiny"], codebook_size=16, width=8, code_dim=8)
+    with pytest.raises(TokenizerTrainingError, match="holds checkpoints of another kind of run"):
+        train_tokenizer_from_videos([clips], run, model_cfg, TrainConfig(steps=2, batch_size=8),
+                                    DataConfig(size=32, fps=4), progress=False)
+    for resume in ([], ["--resume"]):
+        assert main(["train-tokenizer", str(clips), "--out", str(run), *resume, *fast_train_args(STEPS)]) == 2
+        err = capsys.readouterr().err
+        assert "holds checkpoints of another kind of run" in err and "pass --resume" not in err
+    assert (checkpoint / "state.json").is_file() and not (run / "tokenizer.json").exists()
+
+
+def test_resume_takes_the_same_videos_named_from_another_folder(clips, uninterrupted, tmp_path, monkeypatch):
+    # Started as `train-tokenizer clips/ ...` in the videos' parent folder, resumed by a job script
+    # with the absolute path: the frames are the same, but the recorded paths differed and the
+    # resume was refused ("other settings or frames (training_videos: ...)").
+    import vimpac.tokenizer.train as train
+
+    out = tmp_path / "tok"
+    real_psnr, calls = train.psnr_db, []
+
+    def crash_at_step_5(mse):
+        calls.append(mse)
+        if len(calls) == 5:
+            raise RuntimeError("simulated crash")
+        return real_psnr(mse)
+
+    monkeypatch.chdir(clips.parent)
+    monkeypatch.setattr(train, "psnr_db", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(["train-tokenizer", clips.name, "--out", str(out), "--checkpoint-every", "2", *fast_train_args(STEPS)])
+    monkeypatch.setattr(train, "psnr_db", real_psnr)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-tokenizer", str(clips), "--out", str(out), "--resume", *fast_train_args(STEPS)]) == 0
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["tokenizer_id"] == uninterrupted["tokenizer_id"]

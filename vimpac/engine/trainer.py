@@ -22,8 +22,8 @@ import contextlib
 import dataclasses
 import hashlib
 import math
-import re
 import os
+import re
 import signal
 import sys
 import threading

@@ -28,7 +28,18 @@ from vimpac.finetune.recipes import get_recipe
 _RESUMABLE_CHANGES = ("resume", "max_minutes", "progress", "progress_lines", "device", "val_store", "log_every",
                       "checkpoint_every", "out")
 # Paths that match when they name the same file or folder (relative then, absolute now, ...).
+# finetune.json records them absolute, so that a resume from another working folder matches.
 _PATH_FIELDS = ("train_store", "pretrained")
+
+
+def _recorded_config(cfg: FinetuneConfig) -> dict[str, Any]:
+    """`cfg` as finetune.json records it: the path fields absolute (a relative one would be read
+    against whatever folder a later `--resume` runs in)."""
+    record = to_dict(cfg)
+    for name in _PATH_FIELDS:
+        if record[name] is not None:
+            record[name] = str(Path(record[name]).resolve())
+    return record
 
 
 def _same_path(before: Any, now: Any) -> bool:
@@ -231,7 +242,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
         seed=cfg.seed, device=rank_device, val_store=val_store if cfg.val_every > 0 else None,
         validation=ValidationSettings(settings["val_temporal_clips"], settings["spatial_crops"]),
         val_bf16=cfg.precision == "bf16")
-    record = {"config": to_dict(cfg), "resolved": settings, "model": to_dict(model.config),
+    record = {"config": _recorded_config(cfg), "resolved": settings, "model": to_dict(model.config),
               "num_classes": num_classes, "class_names": class_names, "train_views": list(task.views)}
     if dist.is_main:
         atomic_write_json(run_dir / "finetune.json", record)

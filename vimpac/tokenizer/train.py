@@ -372,12 +372,34 @@ def train_vqvae(
 def _check_same_run(checkpoint: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
     """A resumed training must see the settings and frames it was started with, or its steps
     would not be the ones an uninterrupted run takes (the time budget may change)."""
+    # Paths as absolute ones: the same videos named from another working folder (or spelled
+    # otherwise) are the same run; checkpoints from before this kept the paths as given.
+    saved, now = (_with_resolved_videos(record) for record in (saved, now))
     changed = _differences(saved, now)
     if changed:
         listed = "; ".join(f"{key}: {_short(old)} then, {_short(new)} now" for key, old, new in changed[:3])
         raise TokenizerTrainingError(
             f"{checkpoint}: this training was started with other settings or frames ({listed}); rerun with the "
             "original settings and videos, or start anew in another --out")
+
+
+def _resolved(paths: Sequence[str | os.PathLike]) -> list[str]:
+    return [str(Path(path).resolve()) for path in paths]
+
+
+def _with_resolved_videos(record: dict[str, Any]) -> dict[str, Any]:
+    videos = record.get("training_videos")
+    return {**record, "training_videos": _resolved(videos)} if isinstance(videos, list) else record
+
+
+def _is_tokenizer_training(checkpoint: Path) -> bool:
+    """Whether `checkpoint` was written by `train_vqvae` (its state.json holds the run record and
+    the frame sampler's state), not by a pre-training or fine-tuning run of the same layout."""
+    try:
+        state = json.loads((checkpoint / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "run" in state and "sampler_rng" in state
 
 
 def _saved_run(checkpoint: Path) -> dict[str, Any]:
@@ -490,6 +512,11 @@ def train_tokenizer_from_videos(
     if existing_out not in ("refuse", "replace", "write-into"):
         raise ValueError(f"existing_out: expected 'refuse', 'replace' or 'write-into', got {existing_out!r}")
     interrupted = latest_checkpoint(out_dir)
+    if interrupted is not None and not _is_tokenizer_training(interrupted):
+        # Another run's checkpoints (a pre-training run's folder, say): never ours to continue or delete.
+        raise TokenizerTrainingError(
+            f"{out_dir}: holds checkpoints of another kind of run ({interrupted} has no tokenizer training record); "
+            "choose another --out")
     if interrupted is not None and not resume:
         if existing_out == "write-into":
             shutil.rmtree(Path(out_dir) / CHECKPOINT_FOLDER)  # the caller asked for a fresh run here
@@ -541,7 +568,7 @@ def train_tokenizer_from_videos(
 
     run_record = {
         "settings": settings,
-        "training_videos": train_pool.videos,
+        "training_videos": _resolved(train_pool.videos),
         "training_frames": {"shape": list(train_frames.shape), "crc32": zlib.crc32(np.ascontiguousarray(train_frames))},
     }
     if interrupted is not None and resume:
