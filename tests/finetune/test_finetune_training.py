@@ -290,3 +290,18 @@ def test_device_auto_is_resolved_and_batches_go_where_the_trainer_puts_the_model
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert chosen["init"] == expected
     assert devices["task"] == devices["trainer"] and devices["trainer"].type == expected
+
+
+def test_resume_may_split_the_update_otherwise_but_not_change_it(stores):
+    # A 2-process run resumed on one process takes --grad-accum 2; here one process, batch 4 -> 2 x 2.
+    # Without dropout (its masks depend on the batch shape) the updates are the same up to rounding.
+    full = run_finetune(ft_config(stores, out=str(stores / "full"), dropout=0.0))
+    part = run_finetune(ft_config(stores, out=str(stores / "part"), max_minutes=0.0, dropout=0.0))
+    assert part.status == "time_limit"
+    with pytest.raises(CheckpointError, match="samples per update"):
+        run_finetune(ft_config(stores, out=str(stores / "part"), resume=True, batch_size=2, dropout=0.0))
+    resumed = run_finetune(ft_config(stores, out=str(stores / "part"), resume=True, batch_size=2,
+                                     grad_accum_steps=2, dropout=0.0))
+    assert resumed.status == "finished" and resumed.steps == full.steps
+    for (step, loss), (step_full, loss_full) in zip(train_losses(stores / "part"), train_losses(stores / "full")):
+        assert step == step_full and loss == pytest.approx(loss_full, rel=1e-5)

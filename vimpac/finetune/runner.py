@@ -26,7 +26,12 @@ from vimpac.finetune.recipes import get_recipe
 # Fields that may change between a run and its resumption (everything else must match). `out`
 # names the folder being resumed, wherever it now is (moved, or spelled another way).
 _RESUMABLE_CHANGES = ("resume", "max_minutes", "progress", "progress_lines", "device", "val_store", "log_every",
-                      "checkpoint_every", "out")
+                      "checkpoint_every", "out",
+                      # How an update's samples are split into processes x batch x accumulation steps may
+                      # change (e.g. a 2-GPU run resumed on one with --grad-accum 2): the trainer refuses
+                      # another number of samples per update, and a sample's video, view and crop follow
+                      # from its position in the update, so the updates stay the same.
+                      "batch_size", "grad_accum_steps")
 # Paths that match when they name the same file or folder (relative then, absolute now, ...).
 # finetune.json records them absolute, so that a resume from another working folder matches.
 _PATH_FIELDS = ("train_store", "pretrained")
