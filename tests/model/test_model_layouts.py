@@ -198,3 +198,5 @@ def test_layout_grammar():
         tiny_config(heads=3, dim=48).validate()
     with pytest.raises(ModelError, match="'pre_ln_residual': expected one of"):
         tiny_config(pre_ln=True, pre_ln_residual="raw").validate()
+    with pytest.raises(ModelError, match="applies to pre-LN models only"):
+        tiny_config(pre_ln=False, pre_ln_residual="normalized").validate()

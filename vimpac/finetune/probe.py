@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -130,7 +130,7 @@ def _labelled(features: FeatureSet, name: str) -> FeatureSet:
                       features.class_names)
 
 
-def check_same_classes(train_names, val_names) -> None:
+def check_same_classes(train_names: Sequence[str] | None, val_names: Sequence[str] | None) -> None:
     """Label i must name the same class in both sets (when both name their classes): otherwise
     a probe compares ids that mean different classes and its accuracy means nothing."""
     if train_names is not None and val_names is not None and list(train_names) != list(val_names):

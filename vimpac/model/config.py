@@ -94,6 +94,9 @@ class ModelConfig:
         if self.pre_ln_residual not in PRE_LN_RESIDUALS:
             raise ModelError(f"model config field 'pre_ln_residual': expected one of {list(PRE_LN_RESIDUALS)}, "
                              f"got {self.pre_ln_residual!r}")
+        if self.pre_ln_residual != "input" and not self.pre_ln:
+            raise ModelError(f"model config field 'pre_ln_residual': {self.pre_ln_residual!r} applies to pre-LN "
+                             "models only (pre_ln=true); a post-LN block has no such choice")
         if self.attention_width % self.heads:
             raise ModelError(f"model config: attention width {self.attention_width} (dim {self.dim}"
                              f"{', halved' if self.halve_att else ''}) is not divisible by heads={self.heads}")

@@ -79,6 +79,8 @@ def _run_masking_table(args: argparse.Namespace) -> int:
 
 
 def _format_table(rows, downsample: int, target: float, estimates: dict) -> str:
+    from vimpac.pretrain.masking import masking_table
+
     counts = sorted({row.blocks for row in rows})
     sizes = list(dict.fromkeys((row.T, row.S) for row in rows))
     by_key = {(row.T, row.S, row.blocks): row for row in rows}
@@ -102,8 +104,6 @@ def _format_table(rows, downsample: int, target: float, estimates: dict) -> str:
     if outside:
         lines += ["", f"Closest to {100 * target:g}% outside the block counts shown:"]
         for T, S in outside:
-            from vimpac.pretrain.masking import masking_table
-
             (best,) = masking_table([T], [S], "auto", downsample, target)
             lines.append(f"  T={T:<3} S={S:<4} {best.blocks} blocks: {100 * best.ratio:.2f}")
     if estimates:

@@ -119,7 +119,7 @@ def _run_train_tokenizer(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every, stop_on_signal=True,
         )
     except TokenizerTrainingInterrupted as exc:
-        print(f"{exc}; rerun with --resume to continue", file=sys.stderr)
+        print(f"vimpac train-tokenizer: {exc}; rerun with --resume to continue", file=sys.stderr)
         return exit_code(exc.signal_name)
     except (ConfigError, TokenizerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
