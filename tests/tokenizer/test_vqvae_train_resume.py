@@ -30,6 +30,21 @@ def uninterrupted(clips, tmp_path_factory):
     return json.loads((out / "train_report.json").read_text())
 
 
+def crash_at_step(step: int):
+    """A stand-in for train.psnr_db (called once per training step) that raises in step `step`."""
+    import vimpac.tokenizer.train as train
+
+    real_psnr, calls = train.psnr_db, []
+
+    def psnr_or_crash(mse):
+        calls.append(mse)
+        if len(calls) == step:
+            raise RuntimeError("simulated crash")
+        return real_psnr(mse)
+
+    return psnr_or_crash
+
+
 def _history_losses(report):
     return [(row["step"], row["loss"], row["psnr"], row["ppl"]) for row in report["training"]["history"]]
 
@@ -38,18 +53,10 @@ def test_a_crashed_training_resumes_to_the_uninterrupted_result(clips, uninterru
     out = tmp_path / "tok"
     import vimpac.tokenizer.train as train
 
-    real_psnr, calls = train.psnr_db, []
-
-    def crash_at_step_7(mse):  # called once per training step
-        calls.append(mse)
-        if len(calls) == 7:
-            raise RuntimeError("simulated crash")
-        return real_psnr(mse)
-
-    monkeypatch.setattr(train, "psnr_db", crash_at_step_7)
+    monkeypatch.setattr(train, "psnr_db", crash_at_step(7))
     with pytest.raises(RuntimeError, match="simulated crash"):
         main(["train-tokenizer", str(clips), "--out", str(out), "--checkpoint-every", "4", *fast_train_args(STEPS)])
-    monkeypatch.setattr(train, "psnr_db", real_psnr)
+    monkeypatch.undo()
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000004"
     assert not (out / "tokenizer.json").exists()
 
@@ -65,15 +72,7 @@ def test_interrupted_training_needs_resume_and_the_same_settings(clips, tmp_path
     out = tmp_path / "tok"
     import vimpac.tokenizer.train as train
 
-    real_psnr, calls = train.psnr_db, []
-
-    def crash_at_step_3(mse):
-        calls.append(mse)
-        if len(calls) == 3:
-            raise RuntimeError("simulated crash")
-        return real_psnr(mse)
-
-    monkeypatch.setattr(train, "psnr_db", crash_at_step_3)
+    monkeypatch.setattr(train, "psnr_db", crash_at_step(3))
     with pytest.raises(RuntimeError):
         main(["train-tokenizer", str(clips), "--out", str(out), "--checkpoint-every", "1", *fast_train_args(STEPS)])
     monkeypatch.undo()
@@ -153,19 +152,11 @@ def test_resume_takes_the_same_videos_named_from_another_folder(clips, uninterru
     import vimpac.tokenizer.train as train
 
     out = tmp_path / "tok"
-    real_psnr, calls = train.psnr_db, []
-
-    def crash_at_step_5(mse):
-        calls.append(mse)
-        if len(calls) == 5:
-            raise RuntimeError("simulated crash")
-        return real_psnr(mse)
-
     monkeypatch.chdir(clips.parent)
-    monkeypatch.setattr(train, "psnr_db", crash_at_step_5)
+    monkeypatch.setattr(train, "psnr_db", crash_at_step(5))
     with pytest.raises(RuntimeError, match="simulated crash"):
         main(["train-tokenizer", clips.name, "--out", str(out), "--checkpoint-every", "2", *fast_train_args(STEPS)])
-    monkeypatch.setattr(train, "psnr_db", real_psnr)
+    monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     assert main(["train-tokenizer", str(clips), "--out", str(out), "--resume", *fast_train_args(STEPS)]) == 0
     report = json.loads((out / "train_report.json").read_text())
