@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from vimpac.video.writer import write_video
+from vimpac.video.writer import encode_frames, write_video
 
 BLOCK = 32
 ROWS, COLS = 2, 4
@@ -54,11 +54,7 @@ def write_webm(path: Path, frames: np.ndarray, fps: int) -> Path:
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.options = {"deadline": "realtime", "cpu-used": "8"}
         stream.codec_context.gop_size = fps  # several clusters, as in real files
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        encode_frames(container, stream, frames)
     return path
 
 

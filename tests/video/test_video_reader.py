@@ -20,6 +20,7 @@ from vimpac.video.reader import (
     read_video_at_fps,
     sample_times,
 )
+from vimpac.video.writer import encode_frames
 
 
 def _write_mpeg4_with_b_frames(path, frames, fps, fmt="mp4", codec_tag=None, gop=30):
@@ -33,11 +34,7 @@ def _write_mpeg4_with_b_frames(path, frames, fps, fmt="mp4", codec_tag=None, gop
         stream.bit_rate = 4_000_000
         stream.codec_context.max_b_frames = 2
         stream.codec_context.gop_size = gop
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        encode_frames(container, stream, frames)
     return path
 
 

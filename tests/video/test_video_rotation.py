@@ -9,6 +9,7 @@ import pytest
 
 from vimpac.cli import main
 from vimpac.video.reader import VideoReader, probe_video, read_video_at_fps
+from vimpac.video.writer import encode_frames
 
 WIDTH, HEIGHT = 64, 32
 
@@ -23,11 +24,7 @@ def _write_rotated(path, degrees_ccw: int, frames: int = 8) -> None:
         stream = container.add_stream("libx264", rate=8)
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         stream.set_display_rotation(degrees_ccw)
-        for _ in range(frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        encode_frames(container, stream, np.repeat(image[None], frames, axis=0))
 
 
 def _marker(frame: np.ndarray) -> tuple[int, int]:

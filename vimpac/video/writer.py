@@ -54,9 +54,16 @@ def write_video(
                 stream.bit_rate = 4_000_000
             if gop_size is not None:
                 stream.codec_context.gop_size = gop_size
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+            encode_frames(container, stream, frames)
     return path
+
+
+def encode_frames(container: av.container.OutputContainer, stream: av.video.stream.VideoStream,
+                  frames: np.ndarray) -> None:
+    """Encode uint8 RGB `frames` (T, H, W, 3) on `stream` and mux every packet, the encoder's
+    delayed ones included (for callers that set up other containers or codecs themselves)."""
+    for frame in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
