@@ -40,3 +40,19 @@ def wait_gone(pids: set[int], seconds: float) -> set[int]:
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     return {pid for pid in pids if alive(pid)}
+
+
+def script_error_line(script: Path, cwd: Path, pythonpath: list[Path], exception: str) -> str:
+    """Run `script` with `pythonpath` (one thread) and return the line of the uncaught `exception`
+    (its qualified name) it must fail with; the interpreter may print resource-tracker warnings
+    after that line, so the last line starting with it is taken."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath)), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0, result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"{exception}: ")]
+    assert lines, result.stderr
+    return lines[-1]

@@ -181,9 +181,7 @@ def test_a_script_without_main_guard_is_told_so(tmp_path):
     """A script calling generate_benchmark(workers=2) at top level (no `__main__` guard, as the
     docs' snippet once was): every spawned worker re-runs that call and dies on start-up. This
     was reported as "a worker process died (out of memory, or killed)"; it now names the guard."""
-    import os
-    import subprocess
-    import sys
+    from process_helpers import script_error_line
 
     script = tmp_path / "make_benchmark.py"
     script.write_text(
@@ -191,16 +189,8 @@ def test_a_script_without_main_guard_is_told_so(tmp_path):
         "cfg = SyntheticConfig(classes=('moving_right',), train_per_class=2, val_per_class=0, num_frames=8,\n"
         "                      height=32, width=32, uncurated_videos=0)\n"
         f"generate_benchmark({str(tmp_path / 'bench')!r}, cfg, progress=False, workers=2)\n")
-    repo = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode != 0
-    # The exception's line (the interpreter may print resource-tracker warnings after it).
-    error_lines = [line for line in result.stderr.splitlines()
-                   if line.startswith("vimpac.data.synthetic.SyntheticError: ")]
-    assert error_lines, result.stderr
-    error_line = error_lines[-1]
+    error_line = script_error_line(script, tmp_path, [Path(__file__).resolve().parents[2]],
+                                   "vimpac.data.synthetic.SyntheticError")
     assert error_line.startswith("vimpac.data.synthetic.SyntheticError: synthetic videos: worker processes die")
     assert 'if __name__ == "__main__":' in error_line and "out of memory (" not in error_line
 

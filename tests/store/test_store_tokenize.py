@@ -227,9 +227,7 @@ def test_a_script_without_main_guard_fails_no_video(dataset):
     spawned decoder re-runs that call and dies on start-up. That used to commit every video as a
     "crash" failure (so the corrected script's rerun skipped them all); now the run stops with an
     error naming the guard, and nothing is marked as failed."""
-    import os
-    import subprocess
-    import sys
+    from process_helpers import script_error_line
 
     root, annotations = dataset
     script = root / "tokenize_script.py"
@@ -241,16 +239,8 @@ def test_a_script_without_main_guard_fails_no_video(dataset):
         f"tokenize_videos(annotations, {str(root / 'videos')!r}, PaletteTokenizer(), fps=4, size=32,\n"
         f"                views='s1.00_center', out_dir={str(root / 'store')!r}, workers=1, progress=False)\n")
     tests_store = Path(__file__).resolve().parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_store.parents[1]), str(tests_store)]),
-           "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode != 0
-    # The exception's line (the interpreter may print resource-tracker warnings after it).
-    error_lines = [line for line in result.stderr.splitlines()
-                   if line.startswith("vimpac.store.errors.StoreError: ")]
-    assert error_lines, result.stderr
-    error_line = error_lines[-1]
+    error_line = script_error_line(script, root, [tests_store.parents[1], tests_store],
+                                   "vimpac.store.errors.StoreError")
     assert error_line.startswith("vimpac.store.errors.StoreError: decoding: worker processes die")
     assert 'if __name__ == "__main__":' in error_line
 
