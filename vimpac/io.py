@@ -84,8 +84,14 @@ def output_file_problem(path: str | os.PathLike) -> str | None:
     path = Path(path)
     if path.is_dir():
         return f"{path}: is a folder; expected a file path"
-    parent = path.absolute().parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    return creation_problem(path)
+
+
+def creation_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` (a file or folder that does not exist yet) cannot be created: the nearest
+    existing folder above it is a file, or cannot be written; None when it can."""
+    path = Path(path)
+    existing = next(p for p in path.absolute().parents if p.exists())
     if not existing.is_dir():
         return f"{path}: cannot be created, {existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from vimpac.io import creation_problem
+
 
 class TokenizerError(ValueError):
     """A tokenizer folder or file is missing, malformed or unsafe; the message names it."""
@@ -101,11 +103,9 @@ def check_output_folder(out_dir: str | Path, overwrite: bool, ignore: Sequence[s
     if out_dir.exists() and not out_dir.is_dir():
         raise TokenizerError(f"{out_dir}: exists and is not a folder; expected a new or empty tokenizer folder")
     if not out_dir.exists():
-        existing = next(p for p in out_dir.absolute().parents if p.exists())
-        if not existing.is_dir():
-            raise TokenizerError(f"{out_dir}: cannot be created, {existing} is a file, not a folder")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise TokenizerError(f"{out_dir}: cannot be created, no permission to write in {existing}")
+        problem = creation_problem(out_dir)
+        if problem:
+            raise TokenizerError(problem)
         return False
     entries = sorted(p.name for p in out_dir.iterdir() if p.name not in ignore)
     if not entries:
