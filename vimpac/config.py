@@ -43,6 +43,15 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     return cls(**kwargs)
 
 
+def record_differences(before: Any, now: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, before, now) for every leaf where two recorded settings (nested dicts, as
+    `to_dict` and JSON give them) differ, in key order."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(before) | set(now), key=str)
+                for d in record_differences(before.get(k), now.get(k), f"{key}.{k}" if key else str(k))]
+    return [] if before == now else [(key, before, now)]
+
+
 def apply_overrides(cfg: T, overrides: Mapping[str, Any] | Sequence[str]) -> T:
     """Return a copy of `cfg` with `overrides` applied ('a.b=value' strings or a mapping)."""
     if not isinstance(overrides, Mapping):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from vimpac.config import to_dict
+from vimpac.config import record_differences, to_dict
 from vimpac.devices import resolve_device
 from vimpac.engine import distributed
 from vimpac.engine.checkpoint import check_run_folder, latest_checkpoint
@@ -117,17 +117,10 @@ def _unsync(model: torch.nn.Module) -> VimpacForPretraining:
     return plain
 
 
-def _changed_settings(previous: dict, current: dict, prefix: str = "") -> list[str]:
+def _changed_settings(previous: dict, current: dict) -> list[str]:
     """Setting paths that differ, ignoring ones that may change on resume."""
     may_change = {"train.total_steps", "train.log_every", "train.checkpoint_every", "train.progress",
                   "train.max_minutes", "train.val_every", "train.keep_checkpoints", "train.device",
                   "train.validate_at_end", "train.progress_lines"}
-    changed = []
-    for key in sorted(set(previous) | set(current)):
-        path = f"{prefix}{key}"
-        a, b = previous.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += _changed_settings(a, b, path + ".")
-        elif a != b and path not in may_change:
-            changed.append(f"{path}: {a!r} -> {b!r}")
-    return changed
+    return [f"{path}: {a!r} -> {b!r}" for path, a, b in record_differences(previous, current)
+            if path not in may_change]

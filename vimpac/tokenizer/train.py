@@ -38,7 +38,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from vimpac.config import ConfigError, to_dict
+from vimpac.config import ConfigError, record_differences, to_dict
 from vimpac.devices import check_device, resolve_device
 from vimpac.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from vimpac.io import atomic_write_json
@@ -375,7 +375,7 @@ def _check_same_run(checkpoint: Path, saved: dict[str, Any], now: dict[str, Any]
     # Paths as absolute ones: the same videos named from another working folder (or spelled
     # otherwise) are the same run; checkpoints from before this kept the paths as given.
     saved, now = (_with_resolved_videos(record) for record in (saved, now))
-    changed = _differences(saved, now)
+    changed = record_differences(saved, now)
     if changed:
         listed = "; ".join(f"{key}: {_short(old)} then, {_short(new)} now" for key, old, new in changed[:3])
         raise TokenizerTrainingError(
@@ -408,14 +408,6 @@ def _saved_run(checkpoint: Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TokenizerTrainingError(f"{checkpoint / 'state.json'}: cannot read the training record "
                                      f"({type(exc).__name__}: {exc})") from exc
-
-
-def _differences(saved: Any, now: Any, key: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, saved, now) for every leaf where two JSON-like records differ."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        return [d for k in sorted(set(saved) | set(now), key=str)
-                for d in _differences(saved.get(k), now.get(k), f"{key}.{k}" if key else str(k))]
-    return [] if saved == now else [(key, saved, now)]
 
 
 def _short(value: Any) -> str:
