@@ -161,6 +161,23 @@ def test_resume_refuses_a_checkpoint_of_another_number_of_processes(tmp_path):
     assert resumed.resume() and resumed.fit().status == "finished"
 
 
+def test_a_refused_resume_leaves_the_model_as_it_was(tmp_path):
+    make_trainer(tmp_path, steps=5, max_minutes=0.0).fit()
+    _record_in_checkpoint(tmp_path, world_size=2)
+    trainer = make_trainer(tmp_path, steps=5)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="samples per update"):
+        trainer.resume()
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_a_damaged_optimizer_file_is_a_checkpoint_error_naming_it(tmp_path):
+    make_trainer(tmp_path, steps=5, max_minutes=0.0).fit()
+    (latest_checkpoint(tmp_path) / "optimizer.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match=r"optimizer\.safetensors: cannot load into the optimizer"):
+        make_trainer(tmp_path, steps=5).resume()
+
+
 def test_a_checkpoint_records_the_samples_per_update(tmp_path):
     make_trainer(tmp_path, steps=2, grad_accum_steps=3).fit()
     state = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())

@@ -5,6 +5,7 @@ args pickle is refused without running its code."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 
@@ -23,7 +24,6 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 
 def released_args(fx_name: str) -> argparse.Namespace:
     """The pretrain.py options that produced the fixture (its config_json lists them)."""
-    import json
     cli = json.loads(str(load_fixture(fx_name)["config_json"]))["pretrain_cli_equivalent"]
     return argparse.Namespace(model=cli["model"], pos_emb=cli["pos_emb"], layers=cli["layers"],
                               hid_dim=cli["hid_dim"], clip_len=cli["clip_len"], vocab_size=cli["vocab_size"],
@@ -166,6 +166,23 @@ def test_pre_ln_checkpoint_keeps_the_originals_normalized_residual(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(clf(tokens), expected, **TOL)
     assert clf.config.pre_ln and clf.config.pre_ln_residual == "normalized"
+
+
+@pytest.mark.parametrize("converted, pre_ln, expected", [
+    (True, True, "normalized"),   # convert-original before pre_ln_residual existed
+    (False, True, "input"),       # our own pre-LN runs of that time trained with the input residual
+    (True, False, "input"),
+])
+def test_folders_written_before_pre_ln_residual_load_with_what_they_were_trained(tmp_path, converted, pre_ln,
+                                                                              expected):
+    cfg = ModelConfig(codebook_size=32, dim=32, layers=1, heads=2, pre_ln=pre_ln, max_frames=2, height=3, width=3,
+                      pre_ln_residual="normalized" if pre_ln else "input")
+    folder = VimpacForPretraining(cfg).save_pretrained(tmp_path / "model",
+                                                       **({"converted_from": "/release"} if converted else {}))
+    meta = json.loads((folder / "config.json").read_text())
+    del meta["model"]["pre_ln_residual"]
+    (folder / "config.json").write_text(json.dumps(meta))
+    assert VimpacForPretraining.from_pretrained(folder).config.pre_ln_residual == expected
 
 
 def test_args_pickle_declaring_a_huge_length_is_a_clear_error(tmp_path):

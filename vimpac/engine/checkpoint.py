@@ -124,6 +124,19 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """The JSON state of checkpoint `path` (step, counters, the run's settings), without
+    touching any model: callers check it fits the run before loading weights."""
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read state.json: {exc}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path / 'state.json'}: expected a JSON object, got {type(state).__name__}")
+    return state
+
+
 def load_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -133,10 +146,7 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model / optimizer / scheduler / RNG from `path`; returns the JSON state."""
     path = Path(path)
-    try:
-        state = json.loads((path / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: cannot read state.json: {exc}") from exc
+    state = read_checkpoint_state(path)
     try:
         missing, unexpected = load_model(unwrap(model), str(path / "model.safetensors"), strict=False)
     except Exception as exc:  # safetensors raises several types for bad files
@@ -145,12 +155,19 @@ def load_checkpoint(
         raise CheckpointError(f"{path / 'model.safetensors'}: does not fit the model "
                               f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     if optimizer is not None:
-        tensors = load_file(str(path / "optimizer.safetensors"))
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+        try:
+            tensors = load_file(str(path / "optimizer.safetensors"))
+            optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+        except Exception as exc:  # a damaged file, or a checkpoint of another optimizer / model
+            raise CheckpointError(f"{path / 'optimizer.safetensors'}: cannot load into the optimizer: {exc}") from exc
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     if restore_rng:
-        _restore_torch_rng(load_file(str(path / "rng.safetensors")))
+        try:
+            rng = load_file(str(path / "rng.safetensors"))
+        except Exception as exc:
+            raise CheckpointError(f"{path / 'rng.safetensors'}: cannot read: {exc}") from exc
+        _restore_torch_rng(rng)
         random.setstate(_tuple_state(state["python_rng"]))
         np.random.set_state(tuple(state["numpy_rng"][:1]) + (np.array(state["numpy_rng"][1], dtype=np.uint32),)
                             + tuple(state["numpy_rng"][2:]))

@@ -40,7 +40,7 @@ from vimpac.config import ConfigError
 from vimpac.devices import check_device, resolve_device
 from vimpac.engine import distributed
 from vimpac.engine.checkpoint import (CHECKPOINT_PREFIX, CheckpointError, latest_checkpoint, load_checkpoint,
-                                      save_checkpoint, unwrap)
+                                      read_checkpoint_state, save_checkpoint, unwrap)
 from vimpac.engine.distributed import DistInfo
 from vimpac.engine.metrics import MetricsLogger
 from vimpac.engine.optim import build_optimizer, warmup_linear_decay
@@ -207,8 +207,9 @@ class Trainer:
         self._check_ranks_resume_together(path)
         if path is None:
             return False
+        # Checked before any weight is loaded: a refused resume leaves the model as it was.
+        self._check_samples_per_update(read_checkpoint_state(path), path)
         state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
-        self._check_samples_per_update(state, path)
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         if self.scaler.is_enabled() and state.get("grad_scaler"):

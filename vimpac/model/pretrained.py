@@ -73,8 +73,14 @@ def read_model_config(folder: str | Path) -> tuple[str, ModelConfig, dict[str, A
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not supported "
                               f"(this vimpac reads {FORMAT_VERSION})")
+    model_fields = meta.get("model")
+    if (isinstance(model_fields, dict) and "converted_from" in meta and model_fields.get("pre_ln")
+            and "pre_ln_residual" not in model_fields):
+        # Converted before the field existed: the authors' pre-LN blocks add each sublayer's
+        # output to the normalized input, which is what their weights were trained with.
+        model_fields = {**model_fields, "pre_ln_residual": "normalized"}
     try:
-        cfg = from_dict(ModelConfig, meta.get("model"), where=f"{path}: model")
+        cfg = from_dict(ModelConfig, model_fields, where=f"{path}: model")
         cfg.validate()
     except (ConfigError, ModelError) as exc:
         raise CheckpointError(str(exc)) from None
