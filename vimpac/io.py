@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 
 @contextlib.contextmanager
@@ -97,6 +99,58 @@ def creation_problem(path: str | os.PathLike) -> str | None:
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{path}: cannot be created, no permission to write in {existing}"
     return None
+
+
+def output_folder_problem(out_dir: str | os.PathLike, marker: str, what: str, overwrite: bool,
+                          ignore: Sequence[str] = ()) -> str | None:
+    """Why a new `what` (a tokenizer, a model folder) cannot be written to `out_dir`, or None.
+
+    Fine: a new folder that can be created, an empty one, and, with `overwrite`, one that holds
+    a `what` (has its `marker` file; `write_folder(..., replace=True)` then swaps it whole).
+    Refused: a file, a folder below a file, a non-empty folder without `marker` (it may not be
+    ours to delete, even with `overwrite`), and an existing `what` without `overwrite` (runs and
+    stores may reference it). Entries named in `ignore` (a resumed training's checkpoints) do
+    not count."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        return f"{out_dir}: exists and is not a folder; expected a new or empty {what} folder"
+    if not out_dir.exists():
+        return creation_problem(out_dir)
+    entries = sorted(p.name for p in out_dir.iterdir() if p.name not in ignore)
+    if not entries:
+        return None
+    listed = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
+    if marker not in entries:
+        return f"{out_dir}: not empty ({listed}) and not a {what} folder; choose a new or empty folder"
+    if not overwrite:
+        return f"{out_dir}: already holds a {what} ({listed}); pass --overwrite to replace the whole folder, or choose a new one"
+    return None
+
+
+def write_folder(out_dir: str | os.PathLike, replace: bool, write: Callable[[Path], None]) -> None:
+    """Call `write(folder)` to fill `out_dir`; with `replace`, swap the old folder out only once
+    the new one is complete, so an interruption leaves the old contents whole and nothing of them
+    (a train_report.json, a demo's DONE.json) stays behind to describe the new ones."""
+    out_dir = Path(out_dir)
+    if not replace:
+        write(out_dir)
+        return
+    # os.mkdir (not mkdtemp, which makes 0700) gives the staging folder umask permissions.
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    staging, retired = (out_dir.parent / f".{out_dir.name}.{kind}-{token}" for kind in ("new", "old"))
+    os.mkdir(staging)
+    try:
+        write(staging)
+        os.replace(out_dir, retired)
+        try:
+            os.replace(staging, out_dir)
+        except BaseException:
+            os.replace(retired, out_dir)
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def describe_os_error(exc: OSError) -> str:

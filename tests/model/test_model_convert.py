@@ -205,3 +205,27 @@ def test_ignore_args_needs_a_layout(tmp_path):
         convert_original(tmp_path / "release", tmp_path / "ours", ignore_args=True)
     assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "ours"),
                  "--ignore-args", "--set", "layout=T,H|W"]) == 0
+
+
+def test_convert_refuses_to_overwrite_a_model_folder_without_overwrite(tmp_path, capsys):
+    write_release(tmp_path / "release", "tiny_t_hw")
+    out = tmp_path / "ours"
+    assert main(["convert-original", str(tmp_path / "release"), str(out)]) == 0
+    (out / "notes.txt").write_text("a note of the old model")
+    weights = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["convert-original", str(tmp_path / "release"), str(out)]) == 1
+    assert "already holds a model (config.json, model.safetensors, notes.txt); pass --overwrite" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == weights
+    # With --overwrite the whole folder is replaced: nothing of the old model stays to describe the new one.
+    assert main(["convert-original", str(tmp_path / "release"), str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_convert_refuses_a_folder_that_is_not_a_model_even_with_overwrite(tmp_path, capsys):
+    write_release(tmp_path / "release", "tiny_t_hw")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "videos.txt").write_text("x.mp4\n")
+    assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "data"), "--overwrite"]) == 1
+    assert "not empty (videos.txt) and not a model folder" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["videos.txt"]

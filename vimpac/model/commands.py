@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "+ OUT_DIR/model.safetensors.",
     )
     convert.add_argument("ckpt_dir", help="released checkpoint folder (classifier.pt, args.pickle)")
-    convert.add_argument("out_dir", help="output folder for config.json + model.safetensors")
+    convert.add_argument("out_dir", help="output folder for config.json + model.safetensors (new or empty)")
+    convert.add_argument("--overwrite", action="store_true",
+                         help="replace OUT_DIR when it already holds a model folder (the whole folder is replaced)")
     convert.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a model config field (e.g. layout=T,H|W heads=8); repeatable")
     convert.add_argument("--ignore-args", action="store_true",
@@ -57,7 +59,8 @@ def _run_convert(args: argparse.Namespace) -> int:
             # Type-check the overrides against ModelConfig before touching any file.
             typed = to_dict(apply_overrides(ModelConfig(), overrides))
             overrides = {key: typed[key] for key in overrides}
-        out = convert_original(args.ckpt_dir, args.out_dir, overrides, ignore_args=args.ignore_args)
+        out = convert_original(args.ckpt_dir, args.out_dir, overrides, ignore_args=args.ignore_args,
+                               overwrite=args.overwrite)
     except (ModelError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import torch
 
+from vimpac.io import output_folder_problem, write_folder
 from vimpac.model.config import ModelConfig
 from vimpac.model.errors import CheckpointError, ModelError
 from vimpac.model.layout import canonical_layout
@@ -172,12 +173,19 @@ def infer_config(state: Mapping[str, torch.Tensor], args: argparse.Namespace | N
     raise CheckpointError(f"{source}: neither a pre-training (mlm_head.*) nor a fine-tuned (cls_fc.*) checkpoint")
 
 
-def convert_original(ckpt_dir: str | Path, out_dir: str | Path,
-                     overrides: Mapping[str, Any] | None = None, ignore_args: bool = False) -> Path:
-    """Convert a released checkpoint folder into our format (config.json + model.safetensors)."""
-    from vimpac.model.pretrained import load_weights
+def convert_original(ckpt_dir: str | Path, out_dir: str | Path, overrides: Mapping[str, Any] | None = None,
+                     ignore_args: bool = False, overwrite: bool = False) -> Path:
+    """Convert a released checkpoint folder into our format (config.json + model.safetensors).
+
+    OUT_DIR must be new or empty; with `overwrite`, a model folder there (a config.json) is
+    replaced as a whole once the new one is written. Any other non-empty folder is refused."""
+    from vimpac.model.pretrained import CONFIG_FILE, load_weights
     from vimpac.model.vimpac import VimpacForClassification, VimpacForPretraining
 
+    problem = output_folder_problem(out_dir, CONFIG_FILE, "model", overwrite)
+    if problem:  # before the minutes a large checkpoint takes to read
+        raise CheckpointError(problem)
+    replace = (Path(out_dir) / CONFIG_FILE).exists()
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise CheckpointError(f"{ckpt_dir}: not a folder; expected the released checkpoint folder "
@@ -198,4 +206,5 @@ def convert_original(ckpt_dir: str | Path, out_dir: str | Path,
     else:
         model = VimpacForPretraining(cfg)
     load_weights(model, state, str(state_path))
-    return model.save_pretrained(out_dir, converted_from=str(ckpt_dir.resolve()))
+    write_folder(out_dir, replace, lambda folder: model.save_pretrained(folder, converted_from=str(ckpt_dir.resolve())))
+    return Path(out_dir)

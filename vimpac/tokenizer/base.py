@@ -9,17 +9,14 @@ a store made with one tokenizer is never read as if made with another.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from vimpac.io import creation_problem
+from vimpac.io import output_folder_problem
 
 
 class TokenizerError(ValueError):
@@ -91,56 +88,10 @@ def load_tokenizer(folder: str | Path, device: str | torch.device = "cpu") -> Fr
 
 
 def check_output_folder(out_dir: str | Path, overwrite: bool, ignore: Sequence[str] = ()) -> bool:
-    """Check, before any work, that a tokenizer can be written to `out_dir`.
-
-    Returns True when `out_dir` holds a tokenizer that `overwrite` allows replacing (write with
-    `write_tokenizer_folder(..., replace=True)`), False when it is new or empty. Refuses a file,
-    a folder below a file, a non-empty folder that is not a tokenizer (it may not be ours to
-    delete), and an existing tokenizer without `overwrite` (a token store may reference it).
-    Entries named in `ignore` (a resumed training's checkpoints) do not count.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TokenizerError(f"{out_dir}: exists and is not a folder; expected a new or empty tokenizer folder")
-    if not out_dir.exists():
-        problem = creation_problem(out_dir)
-        if problem:
-            raise TokenizerError(problem)
-        return False
-    entries = sorted(p.name for p in out_dir.iterdir() if p.name not in ignore)
-    if not entries:
-        return False
-    listed = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
-    if "tokenizer.json" not in entries:
-        raise TokenizerError(f"{out_dir}: not empty ({listed}) and not a tokenizer folder; "
-                             "choose a new or empty folder")
-    if not overwrite:
-        raise TokenizerError(f"{out_dir}: already holds a tokenizer ({listed}); pass --overwrite to replace "
-                             "the whole folder, or choose a new one")
-    return True
-
-
-def write_tokenizer_folder(out_dir: str | Path, replace: bool, write: Callable[[Path], None]) -> None:
-    """Call `write(folder)` to fill `out_dir`; with `replace`, swap the old folder out only once
-    the new one is complete, so an interruption leaves the old tokenizer whole and nothing of it
-    (a train_report.json, a demo's DONE.json) stays behind to describe the new one."""
-    out_dir = Path(out_dir)
-    if not replace:
-        write(out_dir)
-        return
-    # os.mkdir (not mkdtemp, which makes 0700) gives the staging folder umask permissions.
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
-    staging, retired = (out_dir.parent / f".{out_dir.name}.{kind}-{token}" for kind in ("new", "old"))
-    os.mkdir(staging)
-    try:
-        write(staging)
-        os.replace(out_dir, retired)
-        try:
-            os.replace(staging, out_dir)
-        except BaseException:
-            os.replace(retired, out_dir)
-            raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
+    """Check, before any work, that a tokenizer can be written to `out_dir` (see
+    `io.output_folder_problem`). True when it holds a tokenizer that `overwrite` allows
+    replacing (write with `io.write_folder(..., replace=True)`), False when it is new or empty."""
+    problem = output_folder_problem(out_dir, "tokenizer.json", "tokenizer", overwrite, ignore)
+    if problem:
+        raise TokenizerError(problem)
+    return (Path(out_dir) / "tokenizer.json").exists()

@@ -34,8 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vimpac.config import ConfigError, from_dict, to_dict
-from vimpac.io import atomic_path, atomic_write_json
-from vimpac.tokenizer.base import FrameTokenizer, TokenizerError, check_output_folder, write_tokenizer_folder
+from vimpac.io import atomic_path, atomic_write_json, write_folder
+from vimpac.tokenizer.base import FrameTokenizer, TokenizerError, check_output_folder
 
 LOGIT_LAPLACE_EPS = 0.1
 GROUP_COUNT = 4  # a fixed class constant in the `dall_e` package, not a constructor argument
@@ -669,5 +669,5 @@ def convert_official_pickles(encoder_pkl: str | Path, decoder_pkl: str | Path, o
     replace = check_output_folder(out_dir, overwrite)
     tokenizer = load_official_pickles(encoder_pkl, decoder_pkl, precision="fp32")
     source = {"encoder": Path(encoder_pkl).name, "decoder": Path(decoder_pkl).name}
-    write_tokenizer_folder(out_dir, replace, lambda folder: tokenizer.save_pretrained(folder, source=source))
+    write_folder(out_dir, replace, lambda folder: tokenizer.save_pretrained(folder, source=source))
     return tokenizer

@@ -41,10 +41,10 @@ import torch
 from vimpac.config import ConfigError, record_differences, to_dict
 from vimpac.devices import check_device, resolve_device
 from vimpac.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from vimpac.io import atomic_write_json
+from vimpac.io import atomic_write_json, write_folder
 from vimpac.machine import machine_info
 from vimpac.signals import stop_on_signals
-from vimpac.tokenizer.base import TokenizerError, check_output_folder, write_tokenizer_folder
+from vimpac.tokenizer.base import TokenizerError, check_output_folder
 from vimpac.tokenizer.vqvae import VQVAE, VQVAEConfig, VQVAETokenizer, frames_to_pixels, psnr_db
 
 REPORT_FILE = "train_report.json"
@@ -595,7 +595,7 @@ def train_tokenizer_from_videos(
         tokenizer.save_pretrained(folder)
         atomic_write_json(folder / REPORT_FILE, report)
 
-    write_tokenizer_folder(out_dir, replace, write)
+    write_folder(out_dir, replace, write)
     # Only now: a kill before this point leaves the checkpoints to resume from.
     shutil.rmtree(Path(out_dir) / CHECKPOINT_FOLDER, ignore_errors=True)
     log(
