@@ -14,8 +14,10 @@ random clips (5 frames at 2 FPS, random start; clip frames delivered per second)
   * reader_threads:  reused VideoReader with FFmpeg's own threading (threads=None)
 
 views (the paper's 12 spatial views at S = 128 of 2-FPS frames; input frames per second)
-  * batched:   make_views(frames, 128, "all12"): one batched resize per scale
+  * batched:   make_views(frames, 128, "all12"): one batched resize per scale (uint8 kernel)
   * per_frame: the same, one make_views call per frame (what a naive loop would do)
+  * float32:   the same as batched, resizing a float32 copy and rounding back (the textbook
+               route, and ours before 2026-11-26)
 
     .venv/bin/python bench/bench_decode.py [--clips 20] [--repeats 3]
 """
@@ -25,13 +27,17 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import av
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from vimpac.machine import best_of, machine_line
 from vimpac.video.reader import VideoReader, read_clip, read_video_at_fps
 from vimpac.video.samples import available_sample_clips
+from vimpac.video import views as views_module
 from vimpac.video.views import make_views
 from vimpac.video.writer import write_video
 
@@ -52,6 +58,18 @@ def synthetic_video(path: Path, size: int, seconds: float = 10.0, fps: int = 30)
         image += rng.normal(0, 4, image.shape)
         frames[t] = np.clip(image, 0, 255).astype(np.uint8)
     return write_video(path, frames, fps=fps, codec="h264", gop_size=120)
+
+
+def float32_resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    with torch.inference_mode():
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def make_views_float32(frames: np.ndarray, size: int, views: str) -> dict[str, np.ndarray]:
+    with mock.patch.object(views_module, "resize_frames", float32_resize):
+        return make_views(frames, size, views)
 
 
 def pyav_sequential(path: Path) -> int:
@@ -123,15 +141,17 @@ def main() -> None:
                 f"{frames / t_threads:,.0f} fps ({t_reused / t_threads:.2f}x) |"
             )
 
-        print("\n## views: all12 at S=128 from 2-FPS frames (input frames per second; ratio vs per_frame)")
-        print("| video | frames | batched | per_frame |")
-        print("|---|---|---|---|")
+        print("\n## views: all12 at S=128 from 2-FPS frames (input frames per second; ratio vs float32)")
+        print("| video | frames | batched | per_frame | float32 |")
+        print("|---|---|---|---|---|")
         for name, path in videos.items():
             frames = read_video_at_fps(path, 2)
             t_batched = best_of(lambda: make_views(frames, 128, "all12"), args.repeats)
             t_single = best_of(lambda: [make_views(f[None], 128, "all12") for f in frames], args.repeats)
+            t_float = best_of(lambda: make_views_float32(frames, 128, "all12"), args.repeats)
             n = len(frames)
-            print(f"| {name} | {n} | {n / t_batched:,.1f} fps ({t_single / t_batched:.2f}x) | {n / t_single:,.1f} fps |")
+            print(f"| {name} | {n} | {n / t_batched:,.1f} fps ({t_float / t_batched:.1f}x) | "
+                  f"{n / t_single:,.1f} fps ({t_float / t_single:.1f}x) | {n / t_float:,.1f} fps |")
 
 
 if __name__ == "__main__":

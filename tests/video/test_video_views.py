@@ -129,6 +129,21 @@ def test_resize_is_antialiased_and_keeps_flat_colours():
     assert np.abs(small[:, 2:-2, 2:-2].astype(int) - 128).max() <= 2
 
 
+def test_resize_matches_a_float_antialiased_resize_within_one_level():
+    """The uint8 kernel against the textbook route (float32 copy, resize, round), down and up."""
+    import torch
+    import torch.nn.functional as F
+
+    frames = np.random.default_rng(0).integers(0, 256, (3, 45, 80, 3), dtype=np.uint8)
+    for height, width in ((18, 32), (90, 160), (45, 33)):
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        expected = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        got = resize_frames(frames, height, width)
+        assert got.shape == expected.shape and got.dtype == np.uint8
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
 def test_bad_frames_are_rejected():
     with pytest.raises(ValueError, match="uint8"):
         make_views(np.zeros((2, 8, 8, 3), np.float32), 8, "center")
