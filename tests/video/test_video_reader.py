@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import av
@@ -286,3 +287,39 @@ def test_mp4_cut_inside_a_gop_starts_at_its_first_shown_frame(index_video, tmp_p
         wanted = np.array([89, 0, 45, 0, 12, 60])
         np.testing.assert_array_equal(video.read_frames(wanted), shown[wanted])
     np.testing.assert_array_equal(decode_indices(read_video_at_fps(path, 2)), 10 + np.arange(0, 90, 12.5).astype(int))
+
+
+def _ffmpeg_fps_filter(path, fps):
+    """The frames FFmpeg's `fps` filter (the authors' `ffmpeg -vf fps=...`) makes of a video."""
+    out = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        graph = av.filter.Graph()
+        source, fps_filter, sink = graph.add_buffer(template=stream), graph.add("fps", f"fps={fps}"), graph.add("buffersink")
+        source.link_to(fps_filter)
+        fps_filter.link_to(sink)
+        graph.configure()
+
+        def drain():
+            while True:
+                try:
+                    out.append(graph.pull().to_ndarray(format="rgb24"))
+                except (av.error.BlockingIOError, av.error.EOFError):
+                    return
+
+        for frame in container.decode(stream):
+            graph.push(frame)
+            drain()
+        graph.push(None)
+        drain()
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("source_fps,count", [(30, 37), (30, 46), (25, 60)])
+def test_docs_ffmpeg_fps_filter_is_our_sampling_half_a_period_later(index_video, source_fps, count):
+    # docs/video.md tells how the authors' ffmpeg sampling relates to ours; pin it.
+    path = index_video("h264", fps=source_fps, count=count, gop=None)
+    ffmpeg = decode_indices(_ffmpeg_fps_filter(path, 2))
+    duration = count / source_fps
+    assert len(ffmpeg) == round(duration * 2) and len(read_video_at_fps(path, 2)) == math.ceil(duration * 2)
+    np.testing.assert_array_equal(ffmpeg, decode_indices(read_clip(path, 2, len(ffmpeg), start_time=0.25)))

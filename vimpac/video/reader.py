@@ -12,8 +12,10 @@ way everywhere:
 * **Sampling** at `target_fps` takes the times t_k = start_time + k / target_fps that lie before
   the end of the video (t_k < duration), and time t shows **the last frame whose timestamp is
   <= t** (with a 1 microsecond tolerance for float round-off), exactly like a player would.
-  (The authors' ffmpeg `fps` filter rounds timestamps onto the output grid instead, so it can
-  pick a neighbouring frame when the source rate is not a multiple of the target, e.g. 25 -> 2.)
+  (The authors' ffmpeg `fps` filter rounds every timestamp to the nearest output slot and keeps
+  the last frame of each: output k is the last frame before (k + 1/2) / target_fps, half a
+  sampling period later than ours, e.g. frames 7, 22, 37 instead of 0, 15, 30 for 30 -> 2 FPS;
+  and it gives round(duration * target_fps) frames, where we give ceil.)
 
 `VideoReader` opens a file once, demuxes it (reading packets, no decoding) to build the exact
 PTS table and keyframe list, and then serves many requests: for a set of wanted frames it
