@@ -26,12 +26,13 @@ def tiny_model_config(**changes) -> ModelConfig:
 
 
 def make_store(root: Path, num_videos: int = 12, num_classes: int = 3, views=NOFLIP6, frames=(3, 9),
-               seed: int = 0, tokenizer_id: str = "tok-test", class_token: bool = True) -> Path:
+               seed: int = 0, tokenizer_id: str = "tok-test", class_token: bool = True, grid=GRID,
+               fps: float = 2.0) -> Path:
     """A store of random tokens; with `class_token`, every frame of a class-c video starts with
     token c in its top-left cell, so the labels are learnable."""
     rng = np.random.default_rng(seed)
     meta = StoreMeta(tokenizer_id=tokenizer_id, tokenizer_kind="test", codebook_size=CODEBOOK, downsample=8,
-                     fps=2.0, size=8 * GRID[0], grid=GRID, views=tuple(views), source="finetune test",
+                     fps=fps, size=8 * grid[0], grid=tuple(grid), views=tuple(views), source="finetune test",
                      class_names=tuple(f"class{c}" for c in range(num_classes)))
     root.mkdir(parents=True, exist_ok=True)
     (root / "store.json").write_text(json.dumps(meta.to_json()))
@@ -41,7 +42,7 @@ def make_store(root: Path, num_videos: int = 12, num_classes: int = 3, views=NOF
         length = int(rng.integers(frames[0], frames[1] + 1))
         per_view = {}
         for view in views:
-            tokens = rng.integers(num_classes, CODEBOOK, size=(length, *GRID))
+            tokens = rng.integers(num_classes, CODEBOOK, size=(length, *grid))
             if class_token:
                 tokens[:, 0, 0] = label
             per_view[view] = tokens

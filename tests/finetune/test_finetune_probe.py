@@ -132,3 +132,18 @@ def test_probe_refuses_stores_whose_class_names_differ(tmp_path, capsys):
     renamed.class_names = [f"c{i}" for i in reversed(range(CLASSES))]
     with pytest.raises(FinetuneError, match="class names differ"):
         knn_evaluate(named, renamed)
+
+
+@pytest.mark.parametrize("field,other", [("fps", dict(fps=4.0)), ("size", dict(grid=(6, 6)))])
+def test_probe_refuses_stores_of_another_fps_or_frame_size(tmp_path, capsys, field, other):
+    # k-NN between features of 2 fps training clips and 4 fps validation clips compared unlike
+    # things: the probe ran and reported a meaningless accuracy. Another frame size ended in a
+    # shape error from inside the model.
+    VimpacForPretraining(tiny_model_config()).save_pretrained(tmp_path / "pt")
+    train = make_store(tmp_path / "train", num_videos=6, seed=1)
+    val = make_store(tmp_path / "val", num_videos=6, seed=2, **other)
+    code = main(["probe", "--checkpoint", str(tmp_path / "pt"), "--train-store", str(train), "--val-store", str(val),
+                 "--frames", "4", "--temporal-clips", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(val) in err and f"{field}=" in err and len(err.strip().splitlines()) == 1

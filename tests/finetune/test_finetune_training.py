@@ -209,6 +209,15 @@ def test_impossible_options_are_refused_before_anything_is_written(stores, chang
     assert not (stores / "run").exists()
 
 
+def test_a_validation_store_of_another_fps_is_refused_before_anything_is_written(stores):
+    # A val store tokenized at 4 fps for a model trained on 2 fps clips: every evaluation clip of
+    # T frames spanned half the time the model learned on, and the accuracy dropped silently.
+    make_store(stores / "val4", num_videos=6, seed=2, fps=4.0)
+    with pytest.raises(FinetuneError, match="val4: sampled at 4 fps, the training store at 2 fps"):
+        run_finetune(ft_config(stores, val_store=str(stores / "val4")))
+    assert not (stores / "run").exists()
+
+
 def test_resume_without_a_checkpoint_says_it_starts_anew_and_folders_of_pretraining_are_refused(stores, capsys):
     run_finetune(ft_config(stores, steps=1, resume=True))
     assert "--resume: no checkpoint in" in capsys.readouterr().err

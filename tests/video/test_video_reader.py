@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import av
@@ -245,3 +246,80 @@ def test_threaded_decoding_is_just_as_exact(index_video, threads):
     np.testing.assert_array_equal(decode_indices(read_frames(path, wanted, threads=threads)), wanted)
     with pytest.raises(ValueError, match="threads"):
         VideoReader(path, threads=0)
+
+
+def _cut_with_stream_copy(source, path, skip_frames):
+    """What `ffmpeg -ss START -i source -c copy path` writes when START is inside a GOP: every
+    packet kept (the GOP's head is needed to decode the first shown frame), timestamps shifted
+    so that the cut starts at 0, and an MP4 edit list that hides the frames before it (FFmpeg
+    flags their packets "discard")."""
+    with av.open(str(source)) as src, av.open(str(path), "w", format="mp4") as out:
+        in_stream = src.streams.video[0]
+        out_stream = out.add_stream_from_template(in_stream)
+        shift = round(skip_frames / (in_stream.average_rate * in_stream.time_base))
+        for packet in src.demux(in_stream):
+            if packet.dts is None:
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = out_stream
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("codec", ["h264", "mpeg4"])
+def test_mp4_cut_inside_a_gop_starts_at_its_first_shown_frame(index_video, tmp_path, codec):
+    # The frames before the edit list's start were counted as frames of the video, though the
+    # decoder never returns them: every read that needed frame 0 failed ("frame 0 cannot be
+    # decoded (decoding starts at frame 10)"), so `tokenize` lost the whole video, and time 0
+    # was 10 frames before the cut.
+    source = index_video(codec, fps=25, count=100, gop=50)
+    path = _cut_with_stream_copy(source, tmp_path / f"cut_{codec}.mp4", skip_frames=10)
+    with av.open(str(path)) as container:
+        assert any(p.is_discard for p in container.demux(video=0))  # really an edit-list cut
+    with av.open(str(path)) as container:
+        shown = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    np.testing.assert_array_equal(decode_indices(shown), np.arange(10, 100))  # what FFmpeg shows
+    with VideoReader(path) as video:
+        assert video.num_frames == 90 and video.info.num_frames == 90
+        assert video.info.duration == pytest.approx(90 / 25)
+        np.testing.assert_array_equal(video.read_frames(np.arange(90)), shown)
+        wanted = np.array([89, 0, 45, 0, 12, 60])
+        np.testing.assert_array_equal(video.read_frames(wanted), shown[wanted])
+    np.testing.assert_array_equal(decode_indices(read_video_at_fps(path, 2)), 10 + np.arange(0, 90, 12.5).astype(int))
+
+
+def _ffmpeg_fps_filter(path, fps):
+    """The frames FFmpeg's `fps` filter (the authors' `ffmpeg -vf fps=...`) makes of a video."""
+    out = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        graph = av.filter.Graph()
+        source, fps_filter, sink = graph.add_buffer(template=stream), graph.add("fps", f"fps={fps}"), graph.add("buffersink")
+        source.link_to(fps_filter)
+        fps_filter.link_to(sink)
+        graph.configure()
+
+        def drain():
+            while True:
+                try:
+                    out.append(graph.pull().to_ndarray(format="rgb24"))
+                except (av.error.BlockingIOError, av.error.EOFError):
+                    return
+
+        for frame in container.decode(stream):
+            graph.push(frame)
+            drain()
+        graph.push(None)
+        drain()
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("source_fps,count", [(30, 37), (30, 46), (25, 60)])
+def test_docs_ffmpeg_fps_filter_is_our_sampling_half_a_period_later(index_video, source_fps, count):
+    # docs/video.md tells how the authors' ffmpeg sampling relates to ours; pin it.
+    path = index_video("h264", fps=source_fps, count=count, gop=None)
+    ffmpeg = decode_indices(_ffmpeg_fps_filter(path, 2))
+    duration = count / source_fps
+    assert len(ffmpeg) == round(duration * 2) and len(read_video_at_fps(path, 2)) == math.ceil(duration * 2)
+    np.testing.assert_array_equal(ffmpeg, decode_indices(read_clip(path, 2, len(ffmpeg), start_time=0.25)))

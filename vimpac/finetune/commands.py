@@ -223,7 +223,9 @@ def _run_probe(args: argparse.Namespace) -> int:
     try:
         check_device(args.device, "--device")
         train = TokenStore.open(args.train_store)
-        val = TokenStore.open(args.val_store, expect_tokenizer_id=train.meta.tokenizer_id)
+        # Features of clips of another time span or frame size would not be comparable.
+        val = TokenStore.open(args.val_store, expect_tokenizer_id=train.meta.tokenizer_id,
+                              expect_fps=train.meta.fps, expect_size=train.meta.size)
         for store in (train, val):  # before minutes of feature extraction
             if not (store.labels >= 0).any():
                 raise FinetuneError(f"{store.root}: no labelled videos; a probe needs labels in both stores")

@@ -105,6 +105,7 @@ class FinetuneSummary:
 
 def _open_stores(cfg: FinetuneConfig):
     from vimpac.store import TokenStore
+    from vimpac.store.format import same_fps
 
     train = TokenStore.open(cfg.train_store)
     val = None
@@ -113,6 +114,10 @@ def _open_stores(cfg: FinetuneConfig):
                               expect_codebook_size=train.meta.codebook_size)
         if val.grid != train.grid:
             raise FinetuneError(f"{cfg.val_store}: token grid {val.grid} differs from the training store's {train.grid}")
+        if not same_fps(val.meta.fps, train.meta.fps):
+            # A clip of T frames would span another stretch of time than the model learned on.
+            raise FinetuneError(f"{cfg.val_store}: sampled at {val.meta.fps:g} fps, the training store at "
+                                f"{train.meta.fps:g} fps; tokenize both with one --fps")
     return train, val
 
 

@@ -12,8 +12,10 @@ way everywhere:
 * **Sampling** at `target_fps` takes the times t_k = start_time + k / target_fps that lie before
   the end of the video (t_k < duration), and time t shows **the last frame whose timestamp is
   <= t** (with a 1 microsecond tolerance for float round-off), exactly like a player would.
-  (The authors' ffmpeg `fps` filter rounds timestamps onto the output grid instead, so it can
-  pick a neighbouring frame when the source rate is not a multiple of the target, e.g. 25 -> 2.)
+  (The authors' ffmpeg `fps` filter rounds every timestamp to the nearest output slot and keeps
+  the last frame of each: output k is the last frame before (k + 1/2) / target_fps, half a
+  sampling period later than ours, e.g. frames 7, 22, 37 instead of 0, 15, 30 for 30 -> 2 FPS;
+  and it gives round(duration * target_fps) frames, where we give ceil.)
 
 `VideoReader` opens a file once, demuxes it (reading packets, no decoding) to build the exact
 PTS table and keyframe list, and then serves many requests: for a set of wanted frames it
@@ -443,6 +445,10 @@ class VideoReader:
             raise VideoDecodeError(path, "the video stream has no time base")
         pts_list: list[int] = []
         key_pts: list[int] = []
+        # Packets before the start of an MP4 edit list (what `ffmpeg -ss ... -c copy` writes: the
+        # cut begins mid-GOP, so the GOP's head is kept for decoding but flagged "discard"). The
+        # decoder drops their frames, as players and FFmpeg do; they are not frames of the video.
+        discarded_pts: list[int] = []
         first_dts: int | None = None  # the stream's earliest decode timestamp, see _seek_and_decode
         # Guard against a demuxer that stops advancing on a crafted file: every real packet
         # consumes file bytes, so more packets than bytes (plus slack for flush packets) means
@@ -459,9 +465,12 @@ class VideoReader:
                 pts = packet.pts if packet.pts is not None else packet.dts
                 if pts is None:
                     raise VideoDecodeError(path, "packets carry no timestamps; cannot address frames exactly")
-                pts_list.append(pts)
                 if packet.dts is not None and (first_dts is None or packet.dts < first_dts):
                     first_dts = packet.dts
+                if packet.is_discard:
+                    discarded_pts.append(pts)
+                    continue
+                pts_list.append(pts)
                 if packet.is_keyframe:
                     key_pts.append(pts)
         except VideoError:
@@ -473,12 +482,13 @@ class VideoReader:
         pts = np.sort(np.asarray(pts_list, dtype=np.int64))
         if np.any(np.diff(pts) == 0):
             raise VideoDecodeError(path, "two frames share one timestamp (corrupt file)")
-        declared = int(stream.frames or 0)
-        if declared > len(pts):
+        declared = int(stream.frames or 0)  # counts the discarded packets too
+        if declared > len(pts) + len(discarded_pts):
             raise VideoDecodeError(
                 path, f"truncated: the container declares {declared} frames but only {len(pts)} are present"
             )
         self._pts = pts
+        self._discarded_pts = frozenset(discarded_pts)
         self._start_seek_ts = int(min(pts[0], first_dts)) if first_dts is not None else int(pts[0])
         self._time_base = Fraction(stream.time_base)
         self._times = (pts - pts[0]).astype(np.float64) * float(self._time_base)
@@ -657,6 +667,8 @@ class VideoReader:
                 pts = frame.pts
                 if pts is None:
                     raise VideoDecodeError(self.path, "the decoder returned a frame without a timestamp")
+                if pts in self._discarded_pts:  # a decoder that outputs them anyway: not shown
+                    continue
                 index = int(np.searchsorted(self._pts, pts))
                 if index >= len(self._pts) or self._pts[index] != pts:
                     raise VideoDecodeError(self.path, f"decoded a frame with unknown timestamp {pts}")
