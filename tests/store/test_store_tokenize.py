@@ -333,6 +333,21 @@ def test_one_video_under_two_spellings_is_refused(dataset):
     assert not (root / "store").exists()
 
 
+def test_two_videos_under_one_key_are_refused_before_anything_is_written(dataset):
+    # Records built in code (the list readers refuse duplicate keys): the store is indexed by
+    # key, so the second video was tokenized and then dropped from the manifest, and the rerun
+    # was refused with "is record 0 in the store but record 1 in this annotation list".
+    from vimpac.data.annotations import AnnotationSet, VideoRecord
+
+    root, annotations = dataset
+    clash = AnnotationSet(records=[VideoRecord(path="v00.mp4", label=0, key="clip"),
+                                   VideoRecord(path="v01.mp4", label=1, key="clip")],
+                          class_names=annotations.class_names, source="test")
+    with pytest.raises(StoreError, match=r"records 0 \('v00.mp4'\) and 1 \('v01.mp4'\) have the same key 'clip'"):
+        run(root, clash, root / "store")
+    assert not (root / "store").exists()
+
+
 def test_bad_fps_video_root_and_out_are_refused_before_anything_is_written(dataset):
     root, annotations = dataset
     for fps in (float("nan"), float("inf"), 0.0):
