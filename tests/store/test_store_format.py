@@ -258,6 +258,25 @@ def test_shards_roll_over_at_the_size_limit(tmp_path):
     assert verify_store(root).ok
 
 
+def test_a_resume_with_a_committed_shard_missing_is_refused_and_overwrites_nothing(tmp_path):
+    """A committed shard lost on the way (a partial copy to another machine, a deleted file):
+    the resumed writer rolled over into that shard name again and wrote new videos at the
+    offsets the manifest gives the lost ones, which then read other videos' tokens."""
+    rng = np.random.default_rng(7)
+    videos = [random_video(rng, i, frames=4) for i in range(4)]
+    root = new_store(tmp_path / "store")
+    write_videos(root, videos[:2], per_commit=1, shard_bytes=90)  # one video per shard
+    lost = root / SHARD_DIR / "r000-0001.tok"
+    lost.unlink()
+    with pytest.raises(StoreError, match=r"r000-0001.tok: shard named by the manifest is missing"):
+        write_videos(root, videos[2:], per_commit=1, shard_bytes=90)
+    assert not lost.exists()
+    assert any("r000-0001.tok: shard named by the manifest is missing" in p for p in verify_store(root).problems)
+    # The refused writer let go of the rank's lock: the same process may try again.
+    with pytest.raises(StoreError, match="is missing"):
+        write_videos(root, videos[2:], per_commit=1, shard_bytes=90)
+
+
 def test_out_of_range_tokens_are_refused(tmp_path):
     root = new_store(tmp_path / "store")
     bad = EncodedVideo(0, "bad", 0, {name: np.full((1, *GRID), 100) for name in VIEWS})
