@@ -191,6 +191,32 @@ def test_a_full_disk_names_the_file_and_says_a_rerun_resumes(tmp_path, monkeypat
     assert verify_store(root).ok and TokenStore.open(root).keys() == [v.key for v in videos]
 
 
+def test_opening_while_the_writer_merges_its_parts_reads_the_merged_manifest(tmp_path, monkeypatch):
+    """A reader (a training job started as tokenizing ends) that listed the parts just before
+    the run merged them into manifest.json and deleted them failed with 'cannot read manifest:
+    No such file or directory' for a store that was fine."""
+    from vimpac.store import format as format_module
+
+    rng = np.random.default_rng(8)
+    videos = [random_video(rng, i, frames=2) for i in range(4)]
+    root = new_store(tmp_path / "store")
+    write_videos(root, videos, per_commit=1)
+    list_parts = format_module.list_parts
+    merged = []
+
+    def list_then_merge(folder):
+        listed = list_parts(folder)
+        if not merged:  # the writer's final merge runs right after the reader listed the parts
+            merged.append(True)
+            compact_store(root)
+        return listed
+
+    monkeypatch.setattr(format_module, "list_parts", list_then_merge)
+    store = TokenStore.open(root)
+    assert merged and not list_parts(root)
+    assert store.keys() == [v.key for v in videos]
+
+
 def test_second_writer_for_the_same_rank_is_refused(tmp_path):
     root = new_store(tmp_path / "store")
     committed, _ = load_manifest(root)
