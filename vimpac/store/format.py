@@ -38,7 +38,9 @@ from vimpac.store.errors import StoreError
 FORMAT_NAME = "vimpac-token-store"
 FORMAT_VERSION = 1
 TOKEN_DTYPE = np.dtype("<u2")
-MAX_CODEBOOK = int(np.iinfo(np.uint16).max) + 1
+# Token ids 0..K-1 and the [PAD] id K + 1 that `TokenStore.clip` fills past a video's end must
+# fit uint16.
+MAX_CODEBOOK = int(np.iinfo(np.uint16).max) - 1
 
 META_FILE = "store.json"
 MANIFEST_FILE = "manifest.json"

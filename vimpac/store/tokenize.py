@@ -563,7 +563,8 @@ def _meta_for_run(tokenizer: Any, fps: float, size: int, view_names: tuple[str, 
     downsample = int(getattr(tokenizer, "downsample", 8))
     codebook = int(tokenizer.codebook_size)
     if codebook > MAX_CODEBOOK:
-        raise StoreError(f"tokenizer codebook_size {codebook} does not fit uint16 tokens (max {MAX_CODEBOOK})")
+        raise StoreError(f"tokenizer codebook_size {codebook} does not fit uint16 tokens (max {MAX_CODEBOOK}: the ids "
+                         "and the [PAD] id, codebook_size + 1, must fit)")
     if not math.isfinite(fps) or fps <= 0:
         raise StoreError(f"fps must be a finite number > 0, got {fps}")
     if size <= 0 or size % downsample:
