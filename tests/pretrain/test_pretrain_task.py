@@ -68,6 +68,17 @@ def test_validation_videos_are_held_out(store_path):
     assert len(task.val_entries) + len(task.train_entries) == store.num_videos
 
 
+def test_setting_up_reads_the_key_list_once_not_once_per_video(store_path, monkeypatch):
+    # store.keys() copies the list; a copy per video made the set-up quadratic (80k videos: 90 s).
+    store = TokenStore.open(store_path)
+    cfg = resolve_config(store, config(), 1)
+    calls = []
+    keys = store.keys
+    monkeypatch.setattr(store, "keys", lambda: calls.append(1) or keys())
+    PretrainTask(store, cfg)
+    assert store.num_videos > 2 and len(calls) == 1
+
+
 @pytest.mark.parametrize("overrides, world_size, keys", [
     (["data.val_fraction=0.01"], 1, {"mask_acc", "mask_loss", "majority_acc"}),  # one held-out video
     (["train.batch_size=1"], 2, {"mask_acc", "mask_loss", "majority_acc", "cl_acc", "cl_loss"}),

@@ -191,6 +191,32 @@ def test_a_full_disk_names_the_file_and_says_a_rerun_resumes(tmp_path, monkeypat
     assert verify_store(root).ok and TokenStore.open(root).keys() == [v.key for v in videos]
 
 
+def test_opening_while_the_writer_merges_its_parts_reads_the_merged_manifest(tmp_path, monkeypatch):
+    """A reader (a training job started as tokenizing ends) that listed the parts just before
+    the run merged them into manifest.json and deleted them failed with 'cannot read manifest:
+    No such file or directory' for a store that was fine."""
+    from vimpac.store import format as format_module
+
+    rng = np.random.default_rng(8)
+    videos = [random_video(rng, i, frames=2) for i in range(4)]
+    root = new_store(tmp_path / "store")
+    write_videos(root, videos, per_commit=1)
+    list_parts = format_module.list_parts
+    merged = []
+
+    def list_then_merge(folder):
+        listed = list_parts(folder)
+        if not merged:  # the writer's final merge runs right after the reader listed the parts
+            merged.append(True)
+            compact_store(root)
+        return listed
+
+    monkeypatch.setattr(format_module, "list_parts", list_then_merge)
+    store = TokenStore.open(root)
+    assert merged and not list_parts(root)
+    assert store.keys() == [v.key for v in videos]
+
+
 def test_second_writer_for_the_same_rank_is_refused(tmp_path):
     root = new_store(tmp_path / "store")
     committed, _ = load_manifest(root)
@@ -256,6 +282,25 @@ def test_shards_roll_over_at_the_size_limit(tmp_path):
     for video in videos:
         np.testing.assert_array_equal(store.tokens(store.index_of(video.key, "center")), video.views["center"])
     assert verify_store(root).ok
+
+
+def test_a_resume_with_a_committed_shard_missing_is_refused_and_overwrites_nothing(tmp_path):
+    """A committed shard lost on the way (a partial copy to another machine, a deleted file):
+    the resumed writer rolled over into that shard name again and wrote new videos at the
+    offsets the manifest gives the lost ones, which then read other videos' tokens."""
+    rng = np.random.default_rng(7)
+    videos = [random_video(rng, i, frames=4) for i in range(4)]
+    root = new_store(tmp_path / "store")
+    write_videos(root, videos[:2], per_commit=1, shard_bytes=90)  # one video per shard
+    lost = root / SHARD_DIR / "r000-0001.tok"
+    lost.unlink()
+    with pytest.raises(StoreError, match=r"r000-0001.tok: shard named by the manifest is missing"):
+        write_videos(root, videos[2:], per_commit=1, shard_bytes=90)
+    assert not lost.exists()
+    assert any("r000-0001.tok: shard named by the manifest is missing" in p for p in verify_store(root).problems)
+    # The refused writer let go of the rank's lock: the same process may try again.
+    with pytest.raises(StoreError, match="is missing"):
+        write_videos(root, videos[2:], per_commit=1, shard_bytes=90)
 
 
 def test_out_of_range_tokens_are_refused(tmp_path):

@@ -333,6 +333,34 @@ def test_one_video_under_two_spellings_is_refused(dataset):
     assert not (root / "store").exists()
 
 
+def test_two_videos_under_one_key_are_refused_before_anything_is_written(dataset):
+    # Records built in code (the list readers refuse duplicate keys): the store is indexed by
+    # key, so the second video was tokenized and then dropped from the manifest, and the rerun
+    # was refused with "is record 0 in the store but record 1 in this annotation list".
+    from vimpac.data.annotations import AnnotationSet, VideoRecord
+
+    root, annotations = dataset
+    clash = AnnotationSet(records=[VideoRecord(path="v00.mp4", label=0, key="clip"),
+                                   VideoRecord(path="v01.mp4", label=1, key="clip")],
+                          class_names=annotations.class_names, source="test")
+    with pytest.raises(StoreError, match=r"records 0 \('v00.mp4'\) and 1 \('v01.mp4'\) have the same key 'clip'"):
+        run(root, clash, root / "store")
+    assert not (root / "store").exists()
+
+
+def test_a_codebook_whose_pad_id_does_not_fit_uint16_is_refused_before_anything_is_written(dataset):
+    # 65535 codes were accepted, and then every clip that needed padding ([PAD] = 65536) failed
+    # in training with "OverflowError: Python integer 65536 out of bounds for uint16".
+    class LargeCodebook(PaletteTokenizer):
+        codebook_size = 65535
+
+    root, annotations = dataset
+    with pytest.raises(StoreError, match=r"codebook_size 65535 does not fit uint16 tokens \(max 65534"):
+        tokenize_videos(annotations, root / "videos", LargeCodebook(), 4, 32, "center", root / "store",
+                        workers=0, progress=False)
+    assert not (root / "store").exists()
+
+
 def test_bad_fps_video_root_and_out_are_refused_before_anything_is_written(dataset):
     root, annotations = dataset
     for fps in (float("nan"), float("inf"), 0.0):

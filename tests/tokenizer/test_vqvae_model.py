@@ -71,6 +71,10 @@ def test_bad_inputs_raise_clear_errors():
         tok.decode(torch.full((1, 2, 2), 32))
     with pytest.raises(ConfigError, match="channel_mult"):
         VQVAE(VQVAEConfig(channel_mult=(1, 2)))
+    # The store keeps ids and [PAD] (codebook_size + 1) as uint16.
+    assert VQVAEConfig(codebook_size=65534).validate()
+    with pytest.raises(ConfigError, match=r"codebook_size must fit uint16 token stores \(<= 65534\), got 65535"):
+        VQVAEConfig(codebook_size=65535).validate()
 
 
 def test_ema_update_matches_hand_computation():

@@ -66,12 +66,15 @@ class PretrainTask:
         if cfg.data.view not in store.views:
             raise PretrainError(f"{store.root}: has no view {cfg.data.view!r} (data.view); it has {list(store.views)}")
         entry_of = {}
-        for video, key in enumerate(store.keys()):
+        # One copy of the key list: `store.keys()` copies it, and a copy per video made this
+        # quadratic (90 s for 80k videos).
+        all_keys = store.keys()
+        for video, key in enumerate(all_keys):
             views = store.entries_of(key)
             if cfg.data.view in views:
                 entry_of[video] = views[cfg.data.view]
         self.entries = np.array([entry_of[v] for v in sorted(entry_of)], dtype=np.int64)
-        keys = [store.keys()[v] for v in sorted(entry_of)]
+        keys = [all_keys[v] for v in sorted(entry_of)]
         train, val = split_train_val(keys, cfg.data.val_fraction)
         self.train_entries, self.val_entries = self.entries[train], self.entries[val]
         if len(self.train_entries) == 0:

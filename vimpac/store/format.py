@@ -38,7 +38,9 @@ from vimpac.store.errors import StoreError
 FORMAT_NAME = "vimpac-token-store"
 FORMAT_VERSION = 1
 TOKEN_DTYPE = np.dtype("<u2")
-MAX_CODEBOOK = int(np.iinfo(np.uint16).max) + 1
+# Token ids 0..K-1 and the [PAD] id K + 1 that `TokenStore.clip` fills past a video's end must
+# fit uint16.
+MAX_CODEBOOK = int(np.iinfo(np.uint16).max) - 1
 
 META_FILE = "store.json"
 MANIFEST_FILE = "manifest.json"
@@ -345,13 +347,26 @@ def list_parts(root: Path) -> list[Path]:
 
 
 def load_manifest(root: Path) -> tuple[Manifest, list[Path]]:
-    """The merged view of manifest.json and all parts, and the part files that went into it."""
-    pieces = []
-    parts = list_parts(root)
-    if (root / MANIFEST_FILE).exists():
-        merged = read_manifest_file(root / MANIFEST_FILE)
-        if not parts:  # a finished store: manifest.json is already merged and ordered
-            return merged, parts
-        pieces.append(merged)
-    pieces.extend(read_manifest_file(p) for p in parts)
-    return merge_manifests(pieces), parts
+    """The merged view of manifest.json and all parts, and the part files that went into it.
+
+    A run that finishes merges its parts into manifest.json and then deletes them; a part that
+    vanished between listing and reading is therefore in the manifest.json written since, and
+    the store is read again.
+    """
+    for _attempt in range(10):
+        pieces = []
+        parts = list_parts(root)
+        if (root / MANIFEST_FILE).exists():
+            merged = read_manifest_file(root / MANIFEST_FILE)
+            if not parts:  # a finished store: manifest.json is already merged and ordered
+                return merged, parts
+            pieces.append(merged)
+        try:
+            pieces.extend(read_manifest_file(p) for p in parts)
+        except StoreError:
+            if all(p.exists() for p in parts):
+                raise
+            continue
+        return merge_manifests(pieces), parts
+    raise StoreError(f"{root / PART_DIR}: manifest parts kept vanishing while being read (a run merging "
+                     "them?); try again")

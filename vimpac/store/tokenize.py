@@ -466,14 +466,22 @@ def tokenize_videos(
 
 def _check_distinct_files(records: Sequence[Any]) -> None:
     """Two records naming one file under different spellings ("./a.mp4", "a.mp4") would get two
-    keys and tokenize the video twice."""
+    keys and tokenize the video twice. Two files under one key (records built in code; the list
+    readers refuse them) would both be tokenized, the second then dropped from the manifest,
+    which is indexed by key, and the rerun refused."""
     seen: dict[str, int] = {}
+    keys: dict[str, int] = {}
     for index, record in enumerate(records):
         normal = os.path.normpath(record.path)
         first = seen.setdefault(normal, index)
         if first != index:
             raise StoreError(f"annotation list: records {first} ({records[first].path!r}) and {index} "
                              f"({record.path!r}) name the same video file; list each video once")
+        first = keys.setdefault(record.key, index)
+        if first != index:
+            raise StoreError(f"annotation list: records {first} ({records[first].path!r}) and {index} "
+                             f"({record.path!r}) have the same key {record.key!r}; the store needs a "
+                             "unique key per video")
 
 
 def _check_committed_match_list(root: Path, committed: Manifest, records: Sequence[Any]) -> None:
@@ -555,7 +563,8 @@ def _meta_for_run(tokenizer: Any, fps: float, size: int, view_names: tuple[str, 
     downsample = int(getattr(tokenizer, "downsample", 8))
     codebook = int(tokenizer.codebook_size)
     if codebook > MAX_CODEBOOK:
-        raise StoreError(f"tokenizer codebook_size {codebook} does not fit uint16 tokens (max {MAX_CODEBOOK})")
+        raise StoreError(f"tokenizer codebook_size {codebook} does not fit uint16 tokens (max {MAX_CODEBOOK}: the ids "
+                         "and the [PAD] id, codebook_size + 1, must fit)")
     if not math.isfinite(fps) or fps <= 0:
         raise StoreError(f"fps must be a finite number > 0, got {fps}")
     if size <= 0 or size % downsample:

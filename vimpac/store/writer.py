@@ -72,10 +72,12 @@ class RankWriter:
         self._lock = self._acquire_lock()
         try:
             self._check_not_stale(committed)
+            # Inside the try: a refused start must release the lock, or a retry from the same
+            # Python process is told that another process is writing this rank.
+            self._shard_index, self._file = self._recover(committed)
         except BaseException:
             os.close(self._lock)
             raise
-        self._shard_index, self._file = self._recover(committed)
         seqs = [parse_part_name(p.name) for p in list_parts(root)]
         self._next_seq = 1 + max((s for r, s in seqs if r == rank), default=-1)
 
@@ -126,6 +128,13 @@ class RankWriter:
             parsed = parse_shard_name(path.name)
             if parsed and parsed[0] == self.rank:
                 own[parsed[1]] = path
+        # A lost shard would be created anew by a roll-over, and new videos written at the
+        # offsets the manifest gives its committed ones.
+        for name, end in sorted(ends.items()):
+            parsed = parse_shard_name(name)
+            if end > 0 and parsed is not None and parsed[0] == self.rank and parsed[1] not in own:
+                raise StoreError(f"{self.root / SHARD_DIR / name}: shard named by the manifest is missing; "
+                                 "the store is damaged: restore the file, or tokenize into a new --out folder")
         for index, path in own.items():
             committed_end = ends.get(path.name, 0)
             if path.stat().st_size < committed_end:

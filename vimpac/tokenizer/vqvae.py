@@ -77,8 +77,8 @@ class VQVAEConfig:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.ema_epsilon < 0 or self.commitment_beta < 0 or self.dead_code_steps < 0:
             problems.append("ema_epsilon, commitment_beta and dead_code_steps must be >= 0")
-        if self.codebook_size > 65535:
-            problems.append(f"codebook_size must fit uint16 token stores (<= 65535), got {self.codebook_size}")
+        if self.codebook_size > 65534:  # the ids and [PAD] (codebook_size + 1) in a uint16 token store
+            problems.append(f"codebook_size must fit uint16 token stores (<= 65534), got {self.codebook_size}")
         if problems:
             raise ConfigError("VQVAEConfig: " + "; ".join(problems))
         return self
