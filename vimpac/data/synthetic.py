@@ -74,7 +74,8 @@ __all__ = [
 ]
 
 #: Bump when rendering changes what a seed produces; a folder made by another version is refused.
-RENDER_VERSION = 1
+#: 2: the camera of an uncurated video goes on across an event without a cut (it jumped).
+RENDER_VERSION = 2
 MANIFEST_NAME = "synthetic.json"
 SPLIT_IDS = {"train": 0, "val": 1, "uncurated": 2}
 
@@ -206,7 +207,7 @@ def render_video(class_name: str, rng: np.random.Generator, cfg: SyntheticConfig
     For a reversed pair (a, b), `render_video(b, rng)` is `render_video(a, rng)[::-1]` for the
     same generator state: both draw the same parameters and b is played backwards.
     """
-    frames, _ = render_event(
+    frames, _, _ = render_event(
         class_name, rng, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
         backgrounds=cfg.backgrounds, noise_std=cfg.noise_std, camera_jitter=cfg.camera_jitter,
         distractor_prob=cfg.distractor_prob,
@@ -249,16 +250,19 @@ def uncurated_schedule(index: int, cfg: SyntheticConfig) -> list[UncuratedEvent]
 
 
 def render_uncurated(index: int, cfg: SyntheticConfig) -> np.ndarray:
-    """Uncurated video `index`: its events one after another, (frames, H, W, 3) uint8."""
+    """Uncurated video `index`: its events one after another, (frames, H, W, 3) uint8. An event
+    without a cut goes on in the same scene: same background, the camera where it was."""
     parts = []
-    plate = None
+    plate = camera = None
     for part, event in enumerate(uncurated_schedule(index, cfg), start=1):
         rng = video_rng(cfg.seed, "uncurated", index, part=part)
-        frames, plate = render_event(
+        frames, plate, offsets = render_event(
             event.class_name, rng, num_frames=event.end - event.start, height=cfg.height, width=cfg.width,
             backgrounds=cfg.backgrounds, noise_std=cfg.noise_std, camera_jitter=cfg.camera_jitter,
             distractor_prob=cfg.distractor_prob, plate=None if event.cut else plate,
+            camera=None if event.cut else camera,
         )
+        camera = offsets[-1]
         parts.append(frames)
     return np.concatenate(parts, axis=0)
 
