@@ -607,6 +607,20 @@ def generate_benchmark(
     )
 
 
+def remove_uncurated_lists(out_dir: str | os.PathLike) -> list[str]:
+    """Delete uncurated.txt and uncurated_events.json that an earlier run wrote into `out_dir`,
+    for a run that makes no uncurated videos: lists left in place would describe videos that
+    its settings do not produce. Their videos stay on disk, unlisted, like the clips of a run
+    with fewer clips per class. Returns the names of the files deleted."""
+    removed = []
+    for name in ("uncurated.txt", "uncurated_events.json"):
+        path = Path(out_dir) / name
+        if path.is_file():
+            path.unlink()
+            removed.append(name)
+    return removed
+
+
 def generate_uncurated(
     out_dir: str | os.PathLike, cfg: SyntheticConfig, progress: bool = True, workers: int | None = None
 ) -> SyntheticSummary:
