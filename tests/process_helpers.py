@@ -1,11 +1,20 @@
 """Processes a test started, seen from /proc (psutil is not installed): which are still alive
-below a process, e.g. the worker processes of a run the test killed."""
+below a process, e.g. the worker processes of a run the test killed; and waiting on what they
+do (a file appearing, a result arriving) rather than for a fixed time.
+
+The waits poll their condition and return as soon as it holds, so their limit (PATIENCE) costs
+nothing in a normal run; it is far beyond one so that a loaded 2-core CI machine, where starting
+torch in three processes can take a minute, fails only on a real hang. A failed wait says what
+it was waiting for, and a process that ended first fails it at once with its exit code.
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 
 def descendants(pid: int) -> set[int]:
@@ -35,7 +44,50 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_gone(pids: set[int], seconds: float) -> set[int]:
+PATIENCE = 600.0  # seconds
+
+
+def wait_until(condition: Callable[[], bool], waiting_for: str, process: subprocess.Popen | None = None,
+               output: Callable[[], str] | None = None, seconds: float = PATIENCE, poll: float = 0.02) -> None:
+    """Return once `condition()` holds; fail naming `waiting_for` when `seconds` pass or when
+    `process` (the one expected to bring the condition about) ends first. `output()`, if given,
+    is added to the failure (e.g. the end of the process's log); a `process` still running at
+    the deadline is killed first, so that `output` may read its pipes to the end."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if process is not None and process.poll() is not None and not condition():
+            reason = f"the process ended (exit code {process.returncode}) before {waiting_for}"
+            raise AssertionError(reason + (f"; its output:\n{output()}" if output else ""))
+        if time.monotonic() > deadline:
+            if process is not None:
+                process.kill()
+            reason = f"waited {seconds:.0f} s for {waiting_for}"
+            raise AssertionError(reason + (f"; output:\n{output()}" if output else ""))
+        time.sleep(poll)
+
+
+def results_of(queue: Any, processes: list[Any], count: int, seconds: float = PATIENCE) -> list[Any]:
+    """The `count` results that spawned `processes` put on `queue`, after which each must exit
+    with code 0. A process that fails (e.g. one rank of a gloo group that then leaves the other
+    waiting forever) fails this at once, naming it."""
+    import queue as queue_module
+
+    deadline = time.monotonic() + seconds
+    results: list[Any] = []
+    while len(results) < count:
+        try:
+            results.append(queue.get(timeout=0.2))
+        except queue_module.Empty:
+            failed = [f"{p.name} (exit code {p.exitcode})" for p in processes if p.exitcode not in (None, 0)]
+            assert not failed, f"{', '.join(failed)} failed; {len(results)} of {count} results had come"
+            assert time.monotonic() < deadline, f"waited {seconds:.0f} s for {count} results; {len(results)} came"
+    for p in processes:
+        p.join(timeout=max(1.0, deadline - time.monotonic()))
+        assert p.exitcode == 0, f"{p.name} exited with code {p.exitcode} (None: still running) after its result"
+    return results
+
+
+def wait_gone(pids: set[int], seconds: float = PATIENCE) -> set[int]:
     deadline = time.monotonic() + seconds
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -46,7 +98,6 @@ def script_error_line(script: Path, cwd: Path, pythonpath: list[Path], exception
     """Run `script` with `pythonpath` (one thread) and return the line of the uncaught `exception`
     (its qualified name) it must fail with; the interpreter may print resource-tracker warnings
     after that line, so the last line starting with it is taken."""
-    import subprocess
     import sys
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath)), "OMP_NUM_THREADS": "1"}

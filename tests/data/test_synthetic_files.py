@@ -136,6 +136,24 @@ def test_cli_prints_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert _decode(tmp_path / "videos/moving_up/moving_up_train_0000.mp4").shape == (6, 32, 32, 3)
 
 
+def test_a_rerun_without_uncurated_videos_drops_the_earlier_runs_lists(tmp_path: Path, capsys) -> None:
+    """`--uncurated-videos 0` into a folder where a run had written uncurated videos left
+    uncurated.txt / uncurated_events.json listing them, though the manifest now says 0."""
+    args = ["make-synthetic", "--out", str(tmp_path), "--preset", "tiny", "--classes", "moving_up", "--train-per-class",
+            "1", "--val-per-class", "0", "--seconds", "1", "--fps", "4", "--size", "32x32", "--backgrounds", "noise",
+            "--uncurated-seconds", "5", "--workers", "1", "--no-progress"]
+    assert main([*args, "--uncurated-videos", "1"]) == 0
+    assert (tmp_path / "uncurated.txt").read_text() == "uncurated/uncurated_0000.mp4\n"
+    capsys.readouterr()
+    assert main([*args, "--uncurated-videos", "0"]) == 0
+    assert not (tmp_path / "uncurated.txt").exists() and not (tmp_path / "uncurated_events.json").exists()
+    assert json.loads((tmp_path / "synthetic.json").read_text())["config"]["uncurated_videos"] == 0
+    assert "removed uncurated.txt and uncurated_events.json of an earlier run" in capsys.readouterr().err
+    assert (tmp_path / "uncurated" / "uncurated_0000.mp4").is_file()  # a video is never deleted
+    assert main([*args, "--uncurated-videos", "1"]) == 0  # and a later run lists it again
+    assert (tmp_path / "uncurated.txt").read_text() == "uncurated/uncurated_0000.mp4\n"
+
+
 def test_cli_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["make-synthetic", "--out", str(tmp_path), "--classes", "moving_sideways", "--no-progress"]) == 2
     assert "moving_sideways" in capsys.readouterr().err
@@ -238,9 +256,8 @@ def test_workers_exit_when_make_synthetic_is_killed(tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
-    import time
 
-    from process_helpers import descendants, wait_gone
+    from process_helpers import descendants, wait_gone, wait_until
 
     out = tmp_path / "bench"
     repo = Path(__file__).resolve().parents[2]
@@ -251,16 +268,14 @@ def test_workers_exit_when_make_synthetic_is_killed(tmp_path: Path) -> None:
          "--no-progress"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while not list(out.glob("videos/*/*.mp4")):  # written by the workers: they are at work
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "no video within 60 s"
-            time.sleep(0.01)
+        # Videos are written by the workers: once one is there, they are at work.
+        wait_until(lambda: bool(list(out.glob("videos/*/*.mp4"))), "the first video", process,
+                   output=lambda: process.communicate()[1].decode()[-2000:])
         workers = descendants(process.pid)
         assert len(workers) >= 2
         process.kill()
-        process.wait(timeout=10)
-        assert wait_gone(workers, 15) == set(), "make-synthetic's workers outlived it"
+        process.wait()
+        assert wait_gone(workers) == set(), "make-synthetic's workers outlived it"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)

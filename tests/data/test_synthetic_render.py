@@ -145,6 +145,38 @@ def test_uncurated_schedule_covers_the_video() -> None:
     assert np.array_equal(video, render_uncurated(0, cfg))
 
 
+def _camera_move(a: np.ndarray, b: np.ndarray, reach: int) -> tuple[int, int]:
+    """The (dy, dx) with b[y, x] == a[y + dy, x + dx] on most pixels: how far the camera moved
+    from frame a to frame b. Exact on a noise-free background, which is a crop of one plate."""
+    h, w = a.shape[:2]
+    matches = {}
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            crop_a = a[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+            crop_b = b[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
+            matches[dy, dx] = np.mean(np.all(crop_a == crop_b, axis=-1))
+    best = max(matches, key=matches.get)
+    assert matches[best] > 0.8, matches[best]  # the background, all but the objects, lines up
+    return best
+
+
+def test_the_camera_goes_on_across_events_without_a_cut() -> None:
+    """Each event drew a new camera offset, so the whole scene jumped (up to 2 x the shake
+    margin) where one event followed another in front of the same background."""
+    cfg = SyntheticConfig(height=48, width=48, backgrounds="noise", noise_std=0.0, distractor_prob=0.0,
+                          camera_jitter=0.1, cut_prob=0.0, uncurated_seconds=12.0, event_seconds=(1.0, 1.5))
+    margin = round(cfg.camera_jitter * cfg.height)
+    video = render_uncurated(0, cfg)
+    events = uncurated_schedule(0, cfg)
+    assert len(events) >= 6 and not any(e.cut for e in events[1:])
+    # Frame to frame, within an event or across the start of one, the camera moves a step of
+    # its random walk (a pixel or two), never a jump.
+    moves = {start: _camera_move(video[start - 1], video[start], 2 * margin) for start in range(1, len(video))}
+    assert max(max(abs(dy), abs(dx)) for dy, dx in moves.values()) <= 2, \
+        {e.start: moves[e.start] for e in events[1:]}
+    assert any(move != (0, 0) for move in moves.values())  # the camera does move
+
+
 @pytest.mark.parametrize(
     "changes,field",
     [({"classes": ("moving_sideways",)}, "classes"), ({"height": 33}, "height"), ({"num_frames": 2}, "num_frames"),

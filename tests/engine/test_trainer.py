@@ -22,6 +22,7 @@ from vimpac.engine.optim import build_optimizer, warmup_linear_decay
 from vimpac.engine.trainer import Trainer, TrainConfig, TrainingDiverged
 
 sys.path.insert(0, str(Path(__file__).parent))
+from process_helpers import PATIENCE, descendants, results_of, wait_gone, wait_until  # noqa: E402
 from toy_training import ToyModel, ToyTask, make_trainer  # noqa: E402
 
 TOY_SCRIPT = Path(__file__).parent / "toy_training.py"
@@ -216,24 +217,24 @@ def test_cuda_without_a_gpu_is_refused_before_training(tmp_path):
 def test_kill_9_then_resume_gives_the_same_loss_sequence(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run([sys.executable, str(TOY_SCRIPT), str(full), "--steps", "30"], check=True, env=env)
+    # 60 steps: at 0.05 s a step the killed run is >= 2 s from its end when the kill lands.
+    subprocess.run([sys.executable, str(TOY_SCRIPT), str(full), "--steps", "60"], check=True, env=env)
 
-    proc = subprocess.Popen([sys.executable, str(TOY_SCRIPT), str(killed), "--steps", "30", "--sleep", "0.05"],
+    proc = subprocess.Popen([sys.executable, str(TOY_SCRIPT), str(killed), "--steps", "60", "--sleep", "0.05"],
                             env=env)
-    deadline = time.time() + 60
-    while time.time() < deadline:  # kill after the step-10 checkpoint, mid-way to the next one
-        ckpt = latest_checkpoint(killed)
-        if ckpt is not None and ckpt.name >= "step-00000010":
-            break
-        time.sleep(0.02)
-    time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert latest_checkpoint(killed) is not None and latest_checkpoint(killed).name < "step-00000030"
+    try:
+        # kill after the step-10 checkpoint, mid-way to the next one
+        wait_until(lambda: (latest_checkpoint(killed) or Path()).name >= "step-00000010",
+                   "the step-10 checkpoint", proc)
+        time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert latest_checkpoint(killed).name < "step-00000060", "the run finished before it could be killed"
 
-    subprocess.run([sys.executable, str(TOY_SCRIPT), str(killed), "--steps", "30", "--resume"], check=True, env=env)
+    subprocess.run([sys.executable, str(TOY_SCRIPT), str(killed), "--steps", "60", "--resume"], check=True, env=env)
     assert train_losses(killed) == train_losses(full)
-    assert len(train_losses(killed)) == 30
+    assert len(train_losses(killed)) == 60
 
 
 def test_workers_of_a_killed_torchrun_stop_with_a_checkpoint(tmp_path):
@@ -242,32 +243,38 @@ def test_workers_of_a_killed_torchrun_stop_with_a_checkpoint(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    with open(tmp_path / "out.txt", "w") as out:
+    log = tmp_path / "out.txt"
+    with open(log, "w") as out:
         proc = subprocess.Popen([*torchrun, str(TOY_SCRIPT), str(tmp_path / "run"), "--steps", "300", "--sleep",
                                  "0.05"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while time.time() < deadline and latest_checkpoint(tmp_path / "run") is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    while time.time() < deadline and (tmp_path / "out.txt").read_text().count("interrupted") < 2:
-        time.sleep(0.1)
-    printed = (tmp_path / "out.txt").read_text()
+    try:
+        wait_until(lambda: latest_checkpoint(tmp_path / "run") is not None, "the first checkpoint", proc,
+                   output=lambda: log.read_text()[-2000:])
+        workers = descendants(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert wait_gone(workers) == set(), f"the workers trained on after torchrun's end:\n{log.read_text()[-2000:]}"
+    printed = log.read_text()
     assert printed.count("interrupted") == 2, printed[-2000:]  # both ranks' results
     assert "the launcher (pid " in printed
-    assert latest_checkpoint(tmp_path / "run").name < "step-00000100"
+    # Both ranks stopped at the step of the last checkpoint, well before the end of the run.
+    steps = {int(line.split()[1]) for line in printed.splitlines() if line.startswith("interrupted ")}
+    assert len(steps) == 1 and latest_checkpoint(tmp_path / "run").name == f"step-{steps.pop():08d}"
+    assert latest_checkpoint(tmp_path / "run").name < "step-00000300"
 
 
 def test_sigterm_writes_a_checkpoint_and_stops(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, str(TOY_SCRIPT), str(tmp_path), "--steps", "1000", "--sleep", "0.02"],
                             env=env, stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
+    try:
+        # The first metrics row is written inside the training loop, where the handler is in place.
+        wait_until(lambda: (tmp_path / "metrics.jsonl").exists(), "the first metrics row", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=PATIENCE)
+    finally:
+        proc.kill()
     status, step = out.split()[-2:]
     assert status == "interrupted" and 0 < int(step) < 1000
     assert latest_checkpoint(tmp_path).name == f"step-{int(step):08d}"
@@ -361,10 +368,7 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, str(tmp_path / "ddp"), queue)) for r in range(2)]
     for p in procs:
         p.start()
-    ddp_state = queue.get(timeout=120)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    [ddp_state] = results_of(queue, procs, count=1)
 
     torch.manual_seed(0)
     cfg = TrainConfig(total_steps=3, batch_size=8, lr=1e-2, log_every=1, checkpoint_every=100, progress=False)
@@ -404,10 +408,7 @@ def test_ddp_ranks_that_find_different_checkpoints_refuse_to_resume(tmp_path):
     procs = [ctx.Process(target=_resume_worker, args=(r, port, run_dirs, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    outcomes = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    outcomes = dict(results_of(queue, procs, count=len(procs)))
     for rank in (0, 1):
         assert "found different checkpoints to resume from (rank 0: step-00000001, rank 1: none)" in outcomes[rank]
         assert "must be on a file system they all share" in outcomes[rank]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from process_helpers import results_of
 from vimpac.cli import main
 from vimpac.data.clips import uniform_clip_starts
 from vimpac.finetune.errors import FinetuneError
@@ -117,10 +118,7 @@ def test_evaluate_under_torchrun_scores_each_video_once(tmp_path):
     procs = [ctx.Process(target=_evaluate_worker, args=(r, port, argv(tmp_path / "ddp"), queue)) for r in range(2)]
     for p in procs:
         p.start()
-    outcomes = {rank: rest for rank, *rest in (queue.get(timeout=120) for _ in procs)}
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    outcomes = {rank: rest for rank, *rest in results_of(queue, procs, count=len(procs))}
     keys = TokenStore.open(store_dir).keys()
     assert outcomes[0][:2] == [0, keys[0::2]] and outcomes[1][:2] == [0, keys[1::2]]
     assert "5 videos" in outcomes[0][2] and outcomes[1][2] == ""  # one report

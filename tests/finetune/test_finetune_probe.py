@@ -125,7 +125,9 @@ def test_probe_refuses_stores_whose_class_names_differ(tmp_path, capsys):
     code = main(["probe", "--checkpoint", str(tmp_path / "pt"), "--train-store", str(train), "--val-store", str(val),
                  "--frames", "4", "--temporal-clips", "1"])
     assert code == 2
-    assert "label 0 is 'class0' in training, 'class2' in validation" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"training store {train} and the validation store {val} differ" in err
+    assert "label 0 is 'class0' in training, 'class2' in validation" in err
     named = features(0, 4, True)
     named.class_names = [f"c{i}" for i in range(CLASSES)]
     renamed = features(1, 4, True)

@@ -218,6 +218,21 @@ def test_a_validation_store_of_another_fps_is_refused_before_anything_is_written
     assert not (stores / "run").exists()
 
 
+def test_a_validation_store_with_other_class_names_is_refused_naming_the_label(stores):
+    # Said only "VAL: class names differ from the training store's", not which label differs,
+    # while `vimpac probe` named it: both now go through one check.
+    meta = json.loads((stores / "val" / "store.json").read_text())
+    meta["class_names"] = list(reversed(meta["class_names"]))
+    (stores / "val" / "store.json").write_text(json.dumps(meta))
+    with pytest.raises(FinetuneError) as refused:
+        run_finetune(ft_config(stores))
+    message = str(refused.value)
+    assert f"training store {stores / 'train'} and the validation store {stores / 'val'} differ" in message
+    assert f"label 0 is {meta['class_names'][-1]!r} in training, {meta['class_names'][0]!r} in validation" in message
+    assert "tokenize --class-names" in message
+    assert not (stores / "run").exists()
+
+
 def test_resume_without_a_checkpoint_says_it_starts_anew_and_folders_of_pretraining_are_refused(stores, capsys):
     run_finetune(ft_config(stores, steps=1, resume=True))
     assert "--resume: no checkpoint in" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from process_helpers import results_of, wait_until
 from vimpac.engine.distributed import DistInfo, shutdown
 from vimpac.engine.checkpoint import CheckpointError
 from vimpac.engine.metrics import read_metrics
@@ -298,10 +299,7 @@ def test_ddp_two_processes_give_the_gradients_of_one_process(store_path):
     procs = [ctx.Process(target=_ddp_grads, args=(r, port, str(store_path), queue)) for r in range(2)]
     for p in procs:
         p.start()
-    ddp_grads = queue.get(timeout=180)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    [ddp_grads] = results_of(queue, procs, count=1)
 
     store, cfg = _contrastive_only(store_path)
     task = PretrainTask(store, cfg)
@@ -337,7 +335,6 @@ def test_pretrain_command_runs_and_reports_bad_settings(store_path, tmp_path, ca
 def test_kill_9_of_vimpac_pretrain_then_resume_matches_an_uninterrupted_run(store_path, tmp_path):
     import signal
     import subprocess
-    import time
 
     from vimpac.engine.checkpoint import latest_checkpoint
 
@@ -350,14 +347,12 @@ def test_kill_9_of_vimpac_pretrain_then_resume_matches_an_uninterrupted_run(stor
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(command(tmp_path / "full"), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        ckpt = latest_checkpoint(tmp_path / "killed")
-        if ckpt is not None and ckpt.name >= "step-00000008":
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        wait_until(lambda: (latest_checkpoint(tmp_path / "killed") or Path()).name >= "step-00000008",
+                   "the step-8 checkpoint", proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     stopped_at = latest_checkpoint(tmp_path / "killed").name
     assert stopped_at < "step-00000040", "the run finished before it could be killed"
     subprocess.run(command(tmp_path / "killed", "--resume"), check=True, env=env, capture_output=True)

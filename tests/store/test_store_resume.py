@@ -12,13 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from process_helpers import descendants, wait_gone
+from process_helpers import PATIENCE, descendants, wait_gone, wait_until
 from store_helpers import make_dataset
 from vimpac.cli import main as cli_main
 from vimpac.store import TokenStore
@@ -104,15 +103,12 @@ def start_and_signal(root: Path, out: Path, sig: int) -> tuple[subprocess.Popen,
                                env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not committed_parts(out):
-            assert process.poll() is None, "tokenize ended before its first commit"
-            assert time.monotonic() < deadline, "no commit within 120 s"
-            time.sleep(0.002)
+        wait_until(lambda: bool(committed_parts(out)), "tokenize's first commit", process,
+                   output=lambda: process.communicate()[1][-2000:], poll=0.002)
         children = descendants(process.pid)
         assert children, "the run should have a decoding worker"
         process.send_signal(sig)
-        _stdout, stderr = process.communicate(timeout=60)
+        _stdout, stderr = process.communicate(timeout=PATIENCE)
         return process, children, stderr
     except BaseException:
         os.killpg(process.pid, signal.SIGKILL)
@@ -126,7 +122,7 @@ def test_decoding_workers_exit_when_the_main_process_is_killed(reference):
     process, children, _ = start_and_signal(root, root / "sigkill", signal.SIGKILL)
     try:
         assert process.returncode == -signal.SIGKILL
-        assert wait_gone(children, 15) == set(), "decoding workers outlived the killed run"
+        assert wait_gone(children) == set(), "decoding workers outlived the killed run"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -142,7 +138,7 @@ def test_sigterm_stops_the_run_resumably(reference):
         assert process.returncode == 128 + signal.SIGTERM, stderr
         assert "stopped by SIGTERM" in stderr and "rerun the same command to resume" in stderr
         assert "Traceback" not in stderr
-        assert wait_gone(children, 15) == set()
+        assert wait_gone(children) == set()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)

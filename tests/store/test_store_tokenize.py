@@ -524,6 +524,21 @@ def test_tokenize_class_names_and_a_run_where_every_video_fails(dataset, palette
     assert "every video of this run failed (5); check --videos" in err
 
 
+def test_tokenize_takes_each_video_of_a_howto100m_csv_with_a_row_per_clip_once(tmp_path, palette_cli, capsys):
+    """A HowTo100M-style CSV with a row per clip lists a video several times: it was refused at
+    its second row, though the rows are the same unlabelled video."""
+    for video_id in ("vidA", "vidB"):
+        make_video(tmp_path / "videos" / f"{video_id}.mp4", seed=len(video_id))
+    (tmp_path / "clips.csv").write_text("video_id,start,end\nvidA,0,4\nvidA,4,8\nvidB,0,3\nvidA,8,9\n")
+    args = ["tokenize", "--videos", str(tmp_path / "videos"), "--list", str(tmp_path / "clips.csv"),
+            "--tokenizer", str(tmp_path), "--fps", "4", "--size", "32", "--out", str(tmp_path / "store"),
+            "--workers", "0", "--no-progress"]
+    assert cli_main(args) == 0
+    assert sorted(TokenStore.open(tmp_path / "store").keys()) == ["vidA", "vidB"]
+    assert ("note: " f"{tmp_path / 'clips.csv'}: 2 row(s) repeat a video listed on an earlier row (first: 'vidA' on "
+            "line 3, listed on line 2); each video is taken once, 2 videos in all") in capsys.readouterr().err
+
+
 def test_tokenize_kinetics_subset_val_and_class_names(tmp_path, palette_cli):
     """--subset val, --class-names, --layout reach the Kinetics reader."""
     rows = ["label,youtube_id,time_start,time_end,split"]

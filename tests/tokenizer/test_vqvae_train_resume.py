@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from process_helpers import PATIENCE, wait_until
 from vimpac.cli import main
 from vqvae_test_frames import fast_train_args, write_clips
 
@@ -105,11 +105,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(clips, tmp_path):
                             cwd=Path(__file__).resolve().parents[2])
     try:
         # A first checkpoint means the training loop, and its signal handler, are running.
-        deadline = time.monotonic() + 120
-        while not (out / "checkpoints" / "latest").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: (out / "checkpoints" / "latest").exists(), "the first checkpoint", proc,
+                   output=lambda: proc.communicate()[1][-2000:])
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=PATIENCE)
     finally:
         proc.kill()
     assert proc.returncode == 143, err

@@ -31,7 +31,7 @@ import json
 import os
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Literal, Sequence
 
@@ -86,11 +86,13 @@ class AnnotationSet:
     `class_names[i]` names label i. It is the dataset's vocabulary, so it stays filled for
     an unlabelled test split of a labelled dataset (SSV2 test) and is empty only when the
     dataset has no classes at all (HowTo100M, an unlabelled list without a class file).
+    `notes` say what the reader did that the user should know of (e.g. repeated rows merged).
     """
 
     records: list[VideoRecord]
     class_names: list[str]
     source: str  # e.g. "ucf101 split 1 train"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -736,12 +738,16 @@ def read_howto100m(csv_path: PathLike, extension: str = ".mp4") -> AnnotationSet
 
     HowTo100M is used for pre-training only, so the records are unlabelled; the path is
     "<video_id><extension>" (the released videos are mostly .mp4, some .webm: pass the
-    extension your download used).
+    extension your download used). HowTo100M_v1.csv has one row per video, but a file with a
+    row per clip or caption lists a video several times: its later rows would be the same
+    record, so each video is taken once (at its first row) and `notes` says how many rows
+    were merged.
     """
     if extension and not extension.startswith("."):
         raise ValueError(f"extension: expected a suffix starting with '.', got {extension!r}")
     records: list[VideoRecord] = []
-    keys = _KeyRegistry()
+    first_line_of: dict[str, int] = {}
+    repeats: list[tuple[str, int]] = []  # (video id, line) of each row naming a video listed earlier
     text = _read_text(csv_path)  # read once: the full csv has 1.2M rows
     first_line = next(_lines(csv_path, text), None)
     if first_line is None:
@@ -772,11 +778,20 @@ def read_howto100m(csv_path: PathLike, extension: str = ".mp4") -> AnnotationSet
     for number, video_id in entries:
         rel = f"{video_id}{extension}"
         rel = _check_relative_path(csv_path, number, rel)
-        keys.add(video_id, csv_path, number)
+        if video_id in first_line_of:
+            repeats.append((video_id, number))
+            continue
+        first_line_of[video_id] = number
         records.append(VideoRecord(path=rel, label=None, key=video_id))
     if not records:
         raise AnnotationError(csv_path, "no video ids; expected at least one")
-    return AnnotationSet(records=records, class_names=[], source=f"howto100m {Path(csv_path).name}")
+    notes = []
+    if repeats:
+        video_id, number = repeats[0]
+        notes.append(f"{csv_path}: {len(repeats)} row(s) repeat a video listed on an earlier row (first: "
+                     f"{video_id!r} on line {number}, listed on line {first_line_of[video_id]}); each video "
+                     f"is taken once, {len(records)} videos in all")
+    return AnnotationSet(records=records, class_names=[], source=f"howto100m {Path(csv_path).name}", notes=notes)
 
 
 # --------------------------------------------------------------------------------------------

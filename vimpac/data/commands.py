@@ -60,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_make_synthetic(args: argparse.Namespace) -> int:
     import dataclasses
+    from pathlib import Path
 
     from vimpac.config import ConfigError
     from vimpac.data.synthetic import (
@@ -69,6 +70,7 @@ def _run_make_synthetic(args: argparse.Namespace) -> int:
         check_output_folder,
         generate_benchmark,
         generate_uncurated,
+        remove_uncurated_lists,
     )
 
     base = SYNTHETIC_PRESETS[args.preset]
@@ -95,8 +97,13 @@ def _run_make_synthetic(args: argparse.Namespace) -> int:
         summary = generate_benchmark(args.out, cfg, progress=not args.no_progress, workers=args.workers)
         if cfg.uncurated_videos:
             summary = summary.merge(generate_uncurated(args.out, cfg, progress=not args.no_progress, workers=args.workers))
+        else:
+            removed = remove_uncurated_lists(args.out)
     except (ConfigError, SyntheticError, BackgroundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary.format_table())
+    if not cfg.uncurated_videos and removed:
+        print(f"note: removed {' and '.join(removed)} of an earlier run (--uncurated-videos 0); its videos stay in "
+              f"{Path(args.out) / 'uncurated'}, unlisted", file=sys.stderr)
     return 0

@@ -74,7 +74,8 @@ __all__ = [
 ]
 
 #: Bump when rendering changes what a seed produces; a folder made by another version is refused.
-RENDER_VERSION = 1
+#: 2: the camera of an uncurated video goes on across an event without a cut (it jumped).
+RENDER_VERSION = 2
 MANIFEST_NAME = "synthetic.json"
 SPLIT_IDS = {"train": 0, "val": 1, "uncurated": 2}
 
@@ -206,7 +207,7 @@ def render_video(class_name: str, rng: np.random.Generator, cfg: SyntheticConfig
     For a reversed pair (a, b), `render_video(b, rng)` is `render_video(a, rng)[::-1]` for the
     same generator state: both draw the same parameters and b is played backwards.
     """
-    frames, _ = render_event(
+    frames, _, _ = render_event(
         class_name, rng, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
         backgrounds=cfg.backgrounds, noise_std=cfg.noise_std, camera_jitter=cfg.camera_jitter,
         distractor_prob=cfg.distractor_prob,
@@ -249,16 +250,19 @@ def uncurated_schedule(index: int, cfg: SyntheticConfig) -> list[UncuratedEvent]
 
 
 def render_uncurated(index: int, cfg: SyntheticConfig) -> np.ndarray:
-    """Uncurated video `index`: its events one after another, (frames, H, W, 3) uint8."""
+    """Uncurated video `index`: its events one after another, (frames, H, W, 3) uint8. An event
+    without a cut goes on in the same scene: same background, the camera where it was."""
     parts = []
-    plate = None
+    plate = camera = None
     for part, event in enumerate(uncurated_schedule(index, cfg), start=1):
         rng = video_rng(cfg.seed, "uncurated", index, part=part)
-        frames, plate = render_event(
+        frames, plate, offsets = render_event(
             event.class_name, rng, num_frames=event.end - event.start, height=cfg.height, width=cfg.width,
             backgrounds=cfg.backgrounds, noise_std=cfg.noise_std, camera_jitter=cfg.camera_jitter,
             distractor_prob=cfg.distractor_prob, plate=None if event.cut else plate,
+            camera=None if event.cut else camera,
         )
+        camera = offsets[-1]
         parts.append(frames)
     return np.concatenate(parts, axis=0)
 
@@ -601,6 +605,20 @@ def generate_benchmark(
         splits=[_split_summary(split, [r for r in results if r.split == split], cfg.num_frames) for split, _ in splits],
         files=[MANIFEST_NAME, "classes.txt", "train.txt", "val.txt"],
     )
+
+
+def remove_uncurated_lists(out_dir: str | os.PathLike) -> list[str]:
+    """Delete uncurated.txt and uncurated_events.json that an earlier run wrote into `out_dir`,
+    for a run that makes no uncurated videos: lists left in place would describe videos that
+    its settings do not produce. Their videos stay on disk, unlisted, like the clips of a run
+    with fewer clips per class. Returns the names of the files deleted."""
+    removed = []
+    for name in ("uncurated.txt", "uncurated_events.json"):
+        path = Path(out_dir) / name
+        if path.is_file():
+            path.unlink()
+            removed.append(name)
+    return removed
 
 
 def generate_uncurated(

@@ -491,12 +491,14 @@ def _distractors(rng: np.random.Generator, stage: Stage, avoid: np.ndarray, prob
     return tracks
 
 
-def _shake(rng: np.random.Generator, num_frames: int, margin: int) -> np.ndarray:
-    """Per-frame integer camera offsets (T, 2) in [-margin, margin]: a clipped random walk."""
+def _shake(rng: np.random.Generator, num_frames: int, margin: int, start: np.ndarray | None = None) -> np.ndarray:
+    """Per-frame integer camera offsets (T, 2) in [-margin, margin]: a clipped random walk from
+    a random place, or one step on from `start` (the offset of the frame before)."""
     if margin == 0:
         return np.zeros((num_frames, 2), dtype=np.int64)
     steps = rng.normal(0.0, 0.6, size=(num_frames, 2))
-    walk = np.cumsum(steps, axis=0) + rng.uniform(-margin, margin, size=2)
+    origin = rng.uniform(-margin, margin, size=2)  # drawn either way: the draws after it stay the same
+    walk = np.cumsum(steps, axis=0) + (origin if start is None else start)
     return np.clip(np.round(walk), -margin, margin).astype(np.int64)
 
 
@@ -512,12 +514,16 @@ def render_event(
     camera_jitter: float = 0.02,
     distractor_prob: float = 0.3,
     plate: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Render one event of `class_name`: (frames (T, H, W, 3) uint8, the background plate used).
+    camera: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render one event of `class_name`: (frames (T, H, W, 3) uint8, the background plate used,
+    the camera offsets (T, 2) of the frames in the order shown).
 
-    Pass the returned plate back in to play another event in front of the same scene (the
-    uncurated videos do this between cuts). Random draws happen in the same order for both
-    classes of a reversed pair, so the same `rng` state gives mirror-image videos.
+    Pass the returned plate and the last camera offset back in to play another event in front
+    of the same scene, the camera going on from where it was (the uncurated videos do this
+    between cuts). Random draws happen in the same order for both classes of a reversed pair,
+    so the same `rng` state gives mirror-image videos (without `camera`: with it, both start
+    from that offset).
     """
     if class_name not in _CLASS_SOURCE:
         raise KeyError(f"unknown class {class_name!r}; known: {list(CLASS_NAMES)}")
@@ -529,7 +535,11 @@ def render_event(
     stage = Stage(num_frames, height, width)
     avoid = plate.mean(axis=(0, 1))
     tracks = _distractors(rng, stage, avoid, distractor_prob) + _SAMPLERS[forward](rng, stage, avoid)
-    offsets = _shake(rng, num_frames, margin)
+    offsets = _shake(rng, num_frames, margin, None if camera is None else np.asarray(camera))
+    if backwards and camera is not None:
+        # The frames are drawn in the forward class's order and reversed below: the walk that
+        # must start at `camera` in the order shown is drawn from its end.
+        offsets = offsets[::-1]
     sigma = np.float32(rng.uniform(0.0, noise_std)) if noise_std > 0 else np.float32(0.0)
 
     frames = np.empty((num_frames, height, width, 3), dtype=np.float32)
@@ -554,7 +564,8 @@ def render_event(
     video = frames.astype(np.uint8)
     if backwards:
         video = np.ascontiguousarray(video[::-1])
-    return video, plate
+        offsets = offsets[::-1]
+    return video, plate, offsets
 
 
 def default_workers() -> int:

@@ -229,7 +229,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         for store in (train, val):  # before minutes of feature extraction
             if not (store.labels >= 0).any():
                 raise FinetuneError(f"{store.root}: no labelled videos; a probe needs labels in both stores")
-        check_same_classes(train.class_names, val.class_names)
+        check_same_classes(train.class_names, val.class_names, args.train_store, args.val_store)
         backbone = load_backbone(args.checkpoint, frames=args.frames, grid=train.grid,
                                  expect_codebook_size=train.meta.codebook_size).to(args.device)
         kwargs = dict(frames=args.frames, temporal_clips=args.temporal_clips, device=args.device, bf16=args.bf16)

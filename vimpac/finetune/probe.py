@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
@@ -130,14 +131,18 @@ def _labelled(features: FeatureSet, name: str) -> FeatureSet:
                       features.class_names)
 
 
-def check_same_classes(train_names: Sequence[str] | None, val_names: Sequence[str] | None) -> None:
+def check_same_classes(train_names: Sequence[str] | None, val_names: Sequence[str] | None,
+                       train_store: str | Path | None = None, val_store: str | Path | None = None) -> None:
     """Label i must name the same class in both sets (when both name their classes): otherwise
-    a probe compares ids that mean different classes and its accuracy means nothing."""
+    a probe or a fine-tuning run's validation compares ids that mean different classes and its
+    accuracy means nothing. `train_store` / `val_store`, when given, are named in the error."""
     if train_names is not None and val_names is not None and list(train_names) != list(val_names):
         differ = next((i for i, (a, b) in enumerate(zip(train_names, val_names)) if a != b), None)
         detail = (f"label {differ} is {train_names[differ]!r} in training, {val_names[differ]!r} in validation"
                   if differ is not None else f"{len(train_names)} training vs {len(val_names)} validation classes")
-        raise FinetuneError(f"the training and validation class names differ ({detail}); "
+        which = (f"the class names of the training store {train_store} and the validation store {val_store}"
+                 if train_store is not None and val_store is not None else "the training and validation class names")
+        raise FinetuneError(f"{which} differ ({detail}); "
                             "use stores tokenized with the same class list (tokenize --class-names)")
 
 

@@ -204,6 +204,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     from vimpac.finetune.evaluate import class_names_of, evaluate_classifier, write_evaluation
     from vimpac.finetune.layer_decay import layerwise_param_groups
     from vimpac.finetune.loading import RUN_MODEL_DIR, build_classifier
+    from vimpac.finetune.probe import check_same_classes
     from vimpac.finetune.task import FinetuneTask, ValidationSettings
     from vimpac.io import atomic_write_json
 
@@ -223,8 +224,8 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     labels = [lab for lab in train_store.labels if lab >= 0]
     if labels and max(labels) >= num_classes:
         raise FinetuneError(f"{cfg.train_store}: label {max(labels)} but only {num_classes} class names")
-    if val_store is not None and val_store.class_names is not None and list(val_store.class_names) != class_names:
-        raise FinetuneError(f"{cfg.val_store}: class names differ from the training store's")
+    if val_store is not None:
+        check_same_classes(class_names, val_store.class_names, cfg.train_store, cfg.val_store)
 
     torch.manual_seed(cfg.seed)  # a from-scratch model's initialisation
     model = build_classifier(

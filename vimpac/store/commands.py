@@ -104,6 +104,8 @@ def run_tokenize(args: argparse.Namespace) -> int:
         if device.startswith("cuda") and dist.enabled and ":" not in device:
             device = f"cuda:{dist.local_rank}"
         annotations = load_annotations(fmt, args.list, **options)
+        for note in annotations.notes if dist.is_main else ():
+            print(f"vimpac tokenize: note: {note}", file=sys.stderr)
         tokenizer = load_tokenizer(args.tokenizer, device=device)
         report = tokenize_videos(
             annotations, args.videos, tokenizer, fps=args.fps, size=args.size, views=args.views,
