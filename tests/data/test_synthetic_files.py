@@ -147,11 +147,13 @@ def test_a_rerun_without_uncurated_videos_drops_the_earlier_runs_lists(tmp_path:
     capsys.readouterr()
     assert main([*args, "--uncurated-videos", "0"]) == 0
     assert not (tmp_path / "uncurated.txt").exists() and not (tmp_path / "uncurated_events.json").exists()
-    assert json.loads((tmp_path / "synthetic.json").read_text())["config"]["uncurated_videos"] == 0
+    manifest = json.loads((tmp_path / "synthetic.json").read_text())
+    assert manifest["config"]["uncurated_videos"] == 0 and "uncurated" not in manifest["files"]
     assert "removed uncurated.txt and uncurated_events.json of an earlier run" in capsys.readouterr().err
     assert (tmp_path / "uncurated" / "uncurated_0000.mp4").is_file()  # a video is never deleted
     assert main([*args, "--uncurated-videos", "1"]) == 0  # and a later run lists it again
     assert (tmp_path / "uncurated.txt").read_text() == "uncurated/uncurated_0000.mp4\n"
+    assert json.loads((tmp_path / "synthetic.json").read_text())["files"]["uncurated"] == "uncurated.txt"
 
 
 def test_cli_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

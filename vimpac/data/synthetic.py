@@ -387,7 +387,9 @@ def _manifest(cfg: SyntheticConfig) -> dict[str, Any]:
         "backgrounds": background_sources() if cfg.backgrounds == "photos" else [],
         "files": {
             "classes": "classes.txt", "train": "train.txt", "val": "val.txt",
-            "uncurated": "uncurated.txt", "uncurated_events": "uncurated_events.json",
+            # Only when there are uncurated videos: a run without them writes (and keeps) no lists.
+            **({"uncurated": "uncurated.txt", "uncurated_events": "uncurated_events.json"}
+               if cfg.uncurated_videos else {}),
         },
     }
 
