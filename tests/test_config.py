@@ -61,3 +61,21 @@ def test_dict_roundtrip():
     cfg = apply_overrides(Run(), ["optim.betas=0.5,0.6"])
     assert from_dict(Run, to_dict(cfg)) == cfg
     assert to_dict(cfg)["optim"]["betas"] == [0.5, 0.6]
+
+
+@pytest.mark.parametrize("override, guess", [
+    ("lr=1", "'optim.lr'"),                # a field of a section, given without the section
+    ("optim.lrr=1", "'optim.lr'"),         # a misspelt field
+    ("otpim.lr=1", "'optim.lr'"),          # a misspelt section
+    ("optim.beta=1", "'optim.betas'"),    # a near name
+])
+def test_unknown_fields_suggest_the_keys_that_exist(override, guess):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"unknown config field '{key}' \\(did you mean {guess}\\?\\)"):
+        apply_overrides(Run(), [override])
+
+
+def test_an_unknown_field_without_a_near_key_only_lists_the_fields():
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(Run(), ["zzz=1"])
+    assert "did you mean" not in str(info.value) and "'layers'" in str(info.value)
