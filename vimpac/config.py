@@ -80,12 +80,26 @@ def build_config(
         path = Path(yaml_path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+        except OSError as exc:
             raise ConfigError(f"{path}: cannot read YAML config: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from exc
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
-        cfg = apply_overrides(cfg, _flatten(data))
+        try:
+            cfg = apply_overrides(cfg, _flatten(data))
+        except ConfigError as exc:  # say which of the file and the command line holds the bad setting
+            raise ConfigError(f"{path}: {exc}") from exc
     return apply_overrides(cfg, overrides)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's report on one line (it spans several, with a caret under the spot)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())
 
 
 def _split_override(item: str) -> tuple[str, str]:
