@@ -1,5 +1,6 @@
 """The dataclass config machinery: presets, YAML files and key=value overrides."""
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -61,3 +62,39 @@ def test_dict_roundtrip():
     cfg = apply_overrides(Run(), ["optim.betas=0.5,0.6"])
     assert from_dict(Run, to_dict(cfg)) == cfg
     assert to_dict(cfg)["optim"]["betas"] == [0.5, 0.6]
+
+
+@pytest.mark.parametrize("override, guess", [
+    ("lr=1", "'optim.lr'"),                # a field of a section, given without the section
+    ("optim.lrr=1", "'optim.lr'"),         # a misspelt field
+    ("otpim.lr=1", "'optim.lr'"),          # a misspelt section
+    ("optim.beta=1", "'optim.betas'"),    # a near name
+])
+def test_unknown_fields_suggest_the_keys_that_exist(override, guess):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"unknown config field '{key}' \\(did you mean {guess}\\?\\)"):
+        apply_overrides(Run(), [override])
+
+
+def test_an_unknown_field_without_a_near_key_only_lists_the_fields():
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(Run(), ["zzz=1"])
+    assert "did you mean" not in str(info.value) and "'layers'" in str(info.value)
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_the_file_and_the_line(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("layers: 3\noptim:\n  lr: [0.1\n")
+    with pytest.raises(ConfigError) as info:
+        build_config(Run, PRESETS, "tiny", path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: not valid YAML: line ")
+
+
+def test_a_bad_setting_in_the_yaml_file_names_the_file(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("optim:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: optim.lr: expected float, got 'fast'$"):
+        build_config(Run, PRESETS, "tiny", path)
+    with pytest.raises(ConfigError, match="^optim.lr: expected float"):  # the same on the command line: no file
+        build_config(Run, PRESETS, "tiny", None, ["optim.lr=fast"])

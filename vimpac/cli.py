@@ -16,6 +16,7 @@ import os
 import sys
 
 from vimpac import __version__
+from vimpac.argtypes import positive_int
 
 # The areas in data-flow order; `vimpac --help` lists their subcommands in this order.
 COMMAND_MODULES = (
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(module_name).register(subparsers)
     for command in _leaf_commands(subparsers):
         command.add_argument(
-            "--threads", type=int, default=None, metavar="N",
+            "--threads", type=positive_int, default=None, metavar="N",
             help="torch CPU threads (default: torch's choice, one per core; on a machine shared with other "
                  "jobs 1 is often several times faster, as competing threads wait on each other)")
     return parser
@@ -72,8 +73,6 @@ def _parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | Non
 def _set_threads(threads: int | None) -> None:
     if threads is None:
         return
-    if threads < 1:
-        raise SystemExit(f"vimpac: --threads: expected a positive number, got {threads}")
     import torch
 
     torch.set_num_threads(threads)

@@ -11,6 +11,7 @@ the field's declared type, so a wrong value is an error that names the field.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -57,7 +58,7 @@ def apply_overrides(cfg: T, overrides: Mapping[str, Any] | Sequence[str]) -> T:
     if not isinstance(overrides, Mapping):
         overrides = dict(_split_override(item) for item in overrides)
     for dotted, value in overrides.items():
-        cfg = _set_path(cfg, dotted.split("."), value, dotted)
+        cfg = _set_path(cfg, dotted.split("."), value, dotted, root=cfg)
     return cfg
 
 
@@ -79,12 +80,26 @@ def build_config(
         path = Path(yaml_path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+        except OSError as exc:
             raise ConfigError(f"{path}: cannot read YAML config: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from exc
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
-        cfg = apply_overrides(cfg, _flatten(data))
+        try:
+            cfg = apply_overrides(cfg, _flatten(data))
+        except ConfigError as exc:  # say which of the file and the command line holds the bad setting
+            raise ConfigError(f"{path}: {exc}") from exc
     return apply_overrides(cfg, overrides)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's report on one line (it spans several, with a caret under the spot)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())
 
 
 def _split_override(item: str) -> tuple[str, str]:
@@ -104,18 +119,40 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _set_path(cfg: Any, path: list[str], value: Any, dotted: str) -> Any:
+def _set_path(cfg: Any, path: list[str], value: Any, dotted: str, root: Any) -> Any:
     if not dataclasses.is_dataclass(cfg):
         raise ConfigError(f"{dotted}: {type(cfg).__name__} has no fields")
     names = {f.name for f in dataclasses.fields(cfg)}
     head = path[0]
     if head not in names:
-        raise ConfigError(f"unknown config field {dotted!r}; {type(cfg).__name__} has {sorted(names)}")
+        guesses = _close_keys(dotted, _dotted_keys(root))
+        hint = f" (did you mean {' or '.join(map(repr, guesses))}?)" if guesses else ""
+        raise ConfigError(f"unknown config field {dotted!r}{hint}; {type(cfg).__name__} has {sorted(names)}")
     if len(path) > 1:
-        new_value = _set_path(getattr(cfg, head), path[1:], value, dotted)
+        new_value = _set_path(getattr(cfg, head), path[1:], value, dotted, root)
     else:
         new_value = _convert(value, typing.get_type_hints(type(cfg))[head], dotted)
     return dataclasses.replace(cfg, **{head: new_value})
+
+
+def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Every settable key of a (nested) dataclass instance: `train`, `train.lr`, ..."""
+    keys = []
+    for f in dataclasses.fields(cfg):
+        keys.append(prefix + f.name)
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _dotted_keys(value, f"{prefix}{f.name}.")
+    return keys
+
+
+def _close_keys(dotted: str, keys: list[str]) -> list[str]:
+    """Keys the user may have meant: the same last part in another section (`lr` -> `train.lr`),
+    then near spellings of the whole key (`trian.lr`, `train.lrr`)."""
+    last = dotted.rsplit(".", 1)[-1]
+    same_name = [k for k in keys if k.rsplit(".", 1)[-1] == last]
+    similar = difflib.get_close_matches(dotted, keys, n=3, cutoff=0.75)
+    return list(dict.fromkeys(same_name + similar))[:3]
 
 
 def _convert(value: Any, annotation: Any, where: str) -> Any:

@@ -192,7 +192,8 @@ def test_a_fine_tuned_model_as_starting_point_gets_a_new_zero_head(tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(grad_accum_steps=0), "grad_accum_steps: expected an integer >= 1, got 0"),
+    (dict(grad_accum_steps=0), "--grad-accum: expected a positive integer, got 0"),
+    (dict(steps=None, epochs=1.0, grad_accum_steps=0), "--grad-accum: expected a positive integer, got 0"),
     (dict(batch_size=0), "--batch-size: expected a positive integer, got 0"),
     (dict(layer_decay=0.0), r"--layer-decay: expected a factor in \(0, 1\]"),
     (dict(steps=None, epochs=float("inf")), "--epochs: expected a positive finite number, got inf"),

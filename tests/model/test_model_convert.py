@@ -99,7 +99,7 @@ def test_malicious_args_pickle_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
     assert not (tmp_path / "ours").exists()
     # The CLI reports it as an error (exit 1), not a traceback.
-    assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "ours")]) == 1
+    assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "ours")]) == 2
     assert not marker.exists()
     # Sanity check that the payload is live: plain pickle would have run it.
     pickle.loads(pickle.dumps(_RunsCode(str(marker))))
@@ -192,7 +192,7 @@ def test_args_pickle_declaring_a_huge_length_is_a_clear_error(tmp_path):
     (tmp_path / "release" / "args.pickle").write_bytes(b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b".")
     with pytest.raises(CheckpointError, match="args.pickle: not a plain pickled argparse.Namespace"):
         load_args(tmp_path / "release" / "args.pickle")
-    assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "ours")]) == 1
+    assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "ours")]) == 2
     assert not (tmp_path / "ours").exists()
 
 
@@ -214,7 +214,7 @@ def test_convert_refuses_to_overwrite_a_model_folder_without_overwrite(tmp_path,
     (out / "notes.txt").write_text("a note of the old model")
     weights = (out / "model.safetensors").read_bytes()
     capsys.readouterr()
-    assert main(["convert-original", str(tmp_path / "release"), str(out)]) == 1
+    assert main(["convert-original", str(tmp_path / "release"), str(out)]) == 2
     assert "already holds a model (config.json, model.safetensors, notes.txt); pass --overwrite" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == weights
     # With --overwrite the whole folder is replaced: nothing of the old model stays to describe the new one.
@@ -226,6 +226,6 @@ def test_convert_refuses_a_folder_that_is_not_a_model_even_with_overwrite(tmp_pa
     write_release(tmp_path / "release", "tiny_t_hw")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "videos.txt").write_text("x.mp4\n")
-    assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "data"), "--overwrite"]) == 1
+    assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "data"), "--overwrite"]) == 2
     assert "not empty (videos.txt) and not a model folder" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["videos.txt"]

@@ -47,4 +47,4 @@ def test_model_info_cli_json():
     assert report["config"]["layout"] == "T,H,W"
     assert report["parameters"]["backbone"] == parameter_counts(build_model_config("small", overrides=["layout=T,H,W"]))["backbone"]
     bad = subprocess.run([sys.executable, "-m", "vimpac", "model-info", "--preset", "huge"], capture_output=True, text=True)
-    assert bad.returncode == 1 and "unknown preset 'huge'" in bad.stderr
+    assert bad.returncode == 2 and "unknown preset 'huge'" in bad.stderr

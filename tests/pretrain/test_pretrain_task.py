@@ -461,6 +461,27 @@ def test_print_config_shows_the_settings_resolved_against_the_store(store_path, 
     assert printed["model"]["codebook_size"] == CODES and printed["model"]["max_frames"] == 4
 
 
+def test_config_file_comes_between_the_preset_and_the_overrides_and_print_config_output_is_one(
+        store_path, tmp_path, capsys):
+    """As docs/pretraining.md says: preset, then --config, then KEY=VALUE; --print-config's JSON
+    given back as --config resolves to the same settings."""
+    from vimpac.cli import main
+    from vimpac.pretrain.config import PRETRAIN_PRESETS
+
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("train:\n  lr: 0.01\n  seed: 5\nmasking.strategy: iid\n")
+    base = ["pretrain", "--store", str(store_path), "--out", "unused", "--print-config"]
+    assert main([*base, "--config", str(settings), *MICRO_MODEL, "data.frames=4", "train.lr=0.5"]) == 0
+    printed = capsys.readouterr().out
+    resolved = json.loads(printed)
+    assert (resolved["train"]["lr"], resolved["train"]["seed"], resolved["masking"]["strategy"]) == (0.5, 5, "iid")
+    assert resolved["train"]["total_steps"] == PRETRAIN_PRESETS["tiny"].train.total_steps  # not in the file
+
+    (tmp_path / "printed.json").write_text(printed)
+    assert main([*base, "--config", str(tmp_path / "printed.json")]) == 0
+    assert json.loads(capsys.readouterr().out) == resolved
+
+
 def test_print_config_under_torchrun_resolves_for_its_processes(store_path, capsys, monkeypatch):
     from vimpac.cli import main
 

@@ -170,6 +170,8 @@ def _check_options(cfg: FinetuneConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise FinetuneError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
+    if cfg.grad_accum_steps < 1:  # the number of updates per epoch divides by it
+        raise FinetuneError(f"--grad-accum: expected a positive integer, got {cfg.grad_accum_steps}")
     if cfg.epochs is not None and not (math.isfinite(cfg.epochs) and cfg.epochs > 0):
         raise FinetuneError(f"--epochs: expected a positive finite number, got {cfg.epochs}")
     if cfg.val_every and cfg.val_store is None:

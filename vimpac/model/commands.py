@@ -63,7 +63,7 @@ def _run_convert(args: argparse.Namespace) -> int:
                                overwrite=args.overwrite)
     except (ModelError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {out}/config.json and {out}/model.safetensors")
     return 0
 
@@ -78,7 +78,7 @@ def _run_model_info(args: argparse.Namespace) -> int:
         reports = [parameter_report(args.preset, layout, args.overrides) for layout in layouts]
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
         return 0
