@@ -159,11 +159,14 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _run_masks(args: argparse.Namespace) -> int:
-    from vimpac.analysis.masks import draw_masks, sample_masks
+    from vimpac.analysis.masks import check_mask_size, check_picture_size, draw_masks, sample_masks
     from vimpac.io import atomic_write_json
 
     def work() -> int:
         out = _check_out_dir(args.out)
+        # Before any work: a huge --cell, --grid or --frames would otherwise exhaust memory.
+        check_mask_size(args.frames, tuple(args.grid), args.blocks)
+        check_picture_size(args.samples, args.frames, tuple(args.grid), args.cell)
         samples = sample_masks(args.frames, tuple(args.grid), args.blocks, args.ratio, args.samples,
                                args.histogram_samples, args.seed)
         paths = draw_masks(samples, out, args.cell)
