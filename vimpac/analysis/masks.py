@@ -29,6 +29,7 @@ MASKED_RGB = (200, 30, 30)
 VISIBLE_RGB = (235, 235, 235)
 BLOCK_COLOR = "tab:red"
 IID_COLOR = "tab:blue"
+OUTPUT_FILES = ("block_masks.png", "iid_masks.png", "ratio_histogram.png", "masks.json")
 _GAP = 4
 """Pixels between the frames of a mask picture."""
 
