@@ -4,8 +4,8 @@ The engine logs one JSON object per event: {"step", "split": "train" | "val", me
 Metrics are grouped into panels by name, so pre-training and fine-tuning runs both plot
 without a list of known keys: names containing "loss", names ending in "acc" / containing
 "accuracy" or "top", and the learning rate "lr". Train curves are solid, val curves dashed
-with markers (val is logged rarely). Non-finite values (logged as the strings "nan" / "inf")
-are left out of the lines.
+with markers (val is logged rarely); a series of a single point is drawn as a marker.
+Non-finite values (logged as the strings "nan" / "inf") are left out of the lines.
 """
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ def plot_curves(run_dir: str | Path, out_dir: str | Path | None = None,
             steps, values = series[(split, key)]
             color = colors[names.index(key) % len(colors)]
             style = {"linestyle": "-"} if split == "train" else {"linestyle": "--", "marker": "o", "markersize": 3}
+            if len(steps) == 1:  # a line through one point draws nothing (a run shorter than log_every)
+                style = {**style, "marker": "o", "markersize": 4}
             ax.plot(steps, values, color=color, label=f"{split} {key}", **style)
         ax.set_title(panel.title)
         ax.set_xlabel("step")
