@@ -84,6 +84,21 @@ def test_reconstruct_option_values_are_checked_up_front(recon_run, capsys, optio
     assert not (root / "out_opts").exists()
 
 
+def test_reconstruct_of_a_video_shorter_than_the_clip_names_the_options(recon_run, capsys):
+    # bars.mp4 lasts 2 s: the default clip (the model's 4 frames at 1 FPS) does not fit in it.
+    root, video, _, _ = recon_run
+    code, err = run_cli(["analyze", "reconstruct", str(root / "run"), str(video), "--tokenizer", str(root / "tok_a"),
+                         "--out", str(root / "out_short")], capsys)
+    assert code == 2
+    assert f"{video}: too short" in err
+    assert "pass a smaller --frames (default: the model's max_frames), a higher --fps or an earlier --start" in err
+    assert not (root / "out_short").exists()
+    code, err = run_cli(["analyze", "reconstruct", str(root / "run"), str(video), "--tokenizer", str(root / "tok_a"),
+                         "--frames", "4", "--fps", "2", "--start", "1", "--out", str(root / "out_short")], capsys)
+    assert code == 2
+    assert "pass a smaller --frames, a higher --fps or an earlier --start" in err
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["analyze", "masks", "--cell", "-3"], "argument --cell: expected an integer >= 1, got '-3'"),
     (["analyze", "masks", "--cell", "0"], "argument --cell: expected an integer >= 1, got '0'"),

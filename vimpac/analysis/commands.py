@@ -130,6 +130,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     from vimpac.devices import check_device
     from vimpac.model.vimpac import VimpacForPretraining
     from vimpac.tokenizer.base import load_tokenizer
+    from vimpac.video.errors import VideoTooShortError
 
     def work() -> int:
         # Before loading anything: a bad or absent device would otherwise surface as a torch traceback.
@@ -153,7 +154,12 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
             raise AnalysisError(f"--size {size}: {grid} x {grid} tokens do not fit the model's "
                                 f"{cfg.height} x {cfg.width} grid; the largest size is "
                                 f"{min(cfg.height, cfg.width) * tokenizer.downsample}")
-        clip = load_video_clip(args.video, args.fps, frames, size, args.start)
+        try:
+            clip = load_video_clip(args.video, args.fps, frames, size, args.start)
+        except VideoTooShortError as exc:  # --frames defaults to max_frames: say which options make a shorter clip
+            default = " (default: the model's max_frames)" if args.frames is None else ""
+            raise AnalysisError(f"{exc}; pass a smaller --frames{default}, a higher --fps or an earlier "
+                                "--start") from None
         rec = reconstruct_clip(model, tokenizer, clip, args.strategy, args.ratio,
                                torch.Generator().manual_seed(args.seed))
         with staged_outputs(out, ours=OUTPUT_FILES.__contains__) as staging:  # the PNG and GIF of one run
