@@ -22,6 +22,8 @@ from vimpac.analysis.errors import AnalysisError
 from vimpac.analysis.images import pyplot, save_figure
 
 METRICS_FILE = "metrics.jsonl"
+NON_FINITE_STRINGS = ("nan", "inf", "-inf")
+"""How the engine's metrics logger writes non-finite floats (JSON has no NaN)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ def load_series(run_dir: str | Path, warn: Callable[[str], None] | None = None) 
     except UnicodeDecodeError as exc:
         raise AnalysisError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     series: Series = defaultdict(lambda: ([], []))
+    non_finite = 0
     lines = text.splitlines()
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -78,14 +81,19 @@ def load_series(run_dir: str | Path, warn: Callable[[str], None] | None = None) 
         if not isinstance(record, dict) or not isinstance(record.get("step"), int) or "split" not in record:
             raise AnalysisError(f"{path}:{number}: expected an object with an integer 'step' and a 'split'")
         for key, value in record.items():
+            if key != "step" and value in NON_FINITE_STRINGS:
+                non_finite += 1
             if key in ("step", "split") or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             if math.isfinite(value):
                 steps, values = series[(str(record["split"]), key)]
                 steps.append(record["step"])
                 values.append(float(value))
+            else:
+                non_finite += 1
     if not series:
-        raise AnalysisError(f"{path}: holds no numeric metrics to plot")
+        left_out = f" ({non_finite} non-finite values such as 'nan' left out: did the run diverge?)" if non_finite else ""
+        raise AnalysisError(f"{path}: holds no finite numeric metrics to plot{left_out}")
     return dict(series)
 
 
