@@ -84,16 +84,48 @@ def test_reconstruct_option_values_are_checked_up_front(recon_run, capsys, optio
     assert not (root / "out_opts").exists()
 
 
+def test_reconstruct_of_a_video_shorter_than_the_clip_names_the_options(recon_run, capsys):
+    # bars.mp4 lasts 2 s: the default clip (the model's 4 frames at 1 FPS) does not fit in it.
+    root, video, _, _ = recon_run
+    code, err = run_cli(["analyze", "reconstruct", str(root / "run"), str(video), "--tokenizer", str(root / "tok_a"),
+                         "--out", str(root / "out_short")], capsys)
+    assert code == 2
+    assert f"{video}: too short" in err
+    assert "pass a smaller --frames (default: the model's max_frames), a higher --fps or an earlier --start" in err
+    assert not (root / "out_short").exists()
+    code, err = run_cli(["analyze", "reconstruct", str(root / "run"), str(video), "--tokenizer", str(root / "tok_a"),
+                         "--frames", "4", "--fps", "2", "--start", "1", "--out", str(root / "out_short")], capsys)
+    assert code == 2
+    assert "pass a smaller --frames, a higher --fps or an earlier --start" in err
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["analyze", "masks", "--cell", "-3"], "argument --cell: expected an integer >= 1, got '-3'"),
     (["analyze", "masks", "--cell", "0"], "argument --cell: expected an integer >= 1, got '0'"),
     (["analyze", "masks", "--grid", "4", "0"], "argument --grid: expected an integer >= 1"),
     (["analyze", "masks", "--histogram-samples", "1"], "argument --histogram-samples: expected an integer >= 2"),
     (["analyze", "masks", "--ratio", "0"], "argument --ratio: expected a ratio in (0, 1)"),
+    # Sizes that would exhaust memory are refused before anything is sampled or drawn.
+    (["analyze", "masks", "--cell", "1000"], "a mask picture of --samples 4 x --frames 5 frames of --grid 16 x 16 "
+                                             "tokens at --cell 1000 pixels per token would be 80,024 x 64,020 pixels"),
+    (["analyze", "masks", "--grid", "224", "224"], "--grid 224 x 224 tokens at --cell 8"),
+    (["analyze", "masks", "--frames", "1", "--grid", "2000", "1"], "--frames 1 --grid 2000 1: 1 x 2000 x 1 tokens "
+                                                                   "per mask; expected at most 1024 along each axis"),
+    (["analyze", "masks", "--frames", "64", "--grid", "256", "256", "--cell", "1", "--samples", "1"],
+     "64 x 256 x 256 tokens per mask; expected at most 1024 along each axis and 1,048,576 in all"),
+    (["analyze", "masks", "--blocks", "5000"], "--blocks 5000: expected 'auto' or a block count from 1 to 4096"),
+    (["analyze", "masks", "--frames", "1000", "--grid", "1000", "1", "--cell", "1", "--samples", "1",
+      "--blocks", "4000"], "--blocks 4000: one mask of 4000 blocks over 1000 x 1000 x 1 tokens takes"),
     (["analyze", "copy-baseline", "--store", "s", "--show", "0"], "argument --show: expected an integer >= 1"),
     (["analyze", "copy-baseline", "--store", "s", "--videos", "0"], "argument --videos: expected an integer >= 1"),
 ])
-def test_masks_and_copy_baseline_option_values_are_checked(tmp_path, capsys, argv, expected):
+def test_masks_and_copy_baseline_option_values_are_checked(tmp_path, capsys, monkeypatch, argv, expected):
+    import vimpac.analysis.masks
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the options should have been refused before any mask was sampled")
+
+    monkeypatch.setattr(vimpac.analysis.masks, "block_mask", refuse)
     code, err = run_cli([*argv, "--out", str(tmp_path / "out")], capsys)
     assert code == 2
     assert expected in err

@@ -10,6 +10,7 @@ import torch
 from matplotlib.image import imread
 
 from vimpac.analysis.errors import AnalysisError
+import vimpac.analysis.masks
 from vimpac.analysis.masks import MASKED_RGB, VISIBLE_RGB, mask_picture, sample_masks
 from vimpac.cli import main
 from vimpac.pretrain.masking import induced_masking_ratio
@@ -83,3 +84,29 @@ def test_cli_writes_pictures_histogram_and_summary(tmp_path, capsys):
     red = (histogram[..., 0] > 180) & (histogram[..., 1] < 120) & (histogram[..., 2] < 120)
     blue = (histogram[..., 2] > 150) & (histogram[..., 0] < 100)
     assert red.sum() > 100 and blue.sum() > 100  # both histograms (and their expected-ratio lines) drawn
+
+
+def test_a_picture_over_the_pixel_bound_is_refused_before_drawing():
+    # 16 x 16 tokens at 260 pixels each: a 4,168 x 4,168 picture, just over 4,096 x 4,096.
+    masks = torch.zeros((1, 1, 16, 16), dtype=torch.bool)
+    with pytest.raises(AnalysisError, match=r"would be 4,168 x 4,168 pixels, over the 16,777,216 allowed"):
+        mask_picture(masks, cell=260)
+    image, _ = mask_picture(masks, cell=255)  # 4,088 x 4,088: drawn
+    assert image.shape == (4088, 4088, 3)
+
+
+def test_histogram_masks_are_drawn_in_bounded_batches(monkeypatch):
+    # One 16 x 64 x 64 mask with 7 blocks takes 7 x 16 x 64 + 16 x 64 x 64 intermediate values;
+    # 500 of them at once would take 36 M, and a larger grid or count without limit.
+    drawn = []
+
+    def recording_block_mask(batch, T, H, W, count, generator):
+        drawn.append((batch, count * T * H + T * H * W))
+        return real_block_mask(batch, T, H, W, count, generator)
+
+    real_block_mask = vimpac.analysis.masks.block_mask
+    monkeypatch.setattr(vimpac.analysis.masks, "block_mask", recording_block_mask)
+    samples = sample_masks(frames=16, grid=(64, 64), blocks=7, samples=1, histogram_samples=500)
+    assert samples.block_ratios.shape == samples.iid_ratios.shape == (500,)
+    assert sum(batch for batch, _ in drawn) == 1 + 500  # the pictured mask, then the histogram's
+    assert len(drawn) > 2 and all(batch * values <= 1 << 24 for batch, values in drawn)

@@ -63,6 +63,27 @@ def test_panels_without_data_are_left_out(tmp_path):
     assert (tmp_path / "out" / "curves.png").exists()
 
 
+def test_a_single_logged_step_is_drawn(tmp_path):
+    # A run shorter than log_every logs one train row: a line through one point would draw nothing.
+    run = tmp_path / "run"
+    write_metrics(run, [{"step": 5, "split": "train", "loss": 2.0}])
+    image = (imread(plot_curves(run))[..., :3] * 255).round().astype(np.uint8)
+    assert image.shape[:2] == (400, 550)
+    # Matplotlib centres a lone point in its axes; the legend (also blue) sits in a corner.
+    centre = image[150:250, 225:325]
+    assert pixels_near(centre, TAB_BLUE) >= 5
+
+
+def test_a_log_of_only_non_finite_values_says_so(tmp_path):
+    # A run that diverged from the start logs its losses as "nan" (JSON has no NaN).
+    run = tmp_path / "run"
+    write_metrics(run, [{"step": s, "split": "train", "loss": "nan", "mask_acc": "nan"} for s in (10, 20)]
+                  + [{"step": 20, "split": "val", "loss": "inf"}])
+    with pytest.raises(AnalysisError, match=r"no finite numeric metrics to plot \(5 non-finite values such as "
+                                            r"'nan' left out"):
+        plot_curves(run)
+
+
 def test_bad_logs_are_typed_errors_naming_the_file(tmp_path, capsys):
     with pytest.raises(AnalysisError, match="metrics.jsonl: not found"):
         load_series(tmp_path)

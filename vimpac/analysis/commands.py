@@ -89,7 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_copy_baseline(args: argparse.Namespace) -> int:
-    from vimpac.analysis.copy_baseline import CopyBaselineConfig, draw_setting, load_clips, run_copy_baseline
+    from vimpac.analysis.copy_baseline import (PICTURE_NAME, REPORT_FILE, CopyBaselineConfig, draw_setting,
+                                               load_clips, run_copy_baseline)
+    from vimpac.analysis.outputs import staged_outputs
     from vimpac.io import atomic_write_json
     from vimpac.store.reader import TokenStore
     from vimpac.tokenizer.base import load_tokenizer
@@ -101,14 +103,18 @@ def _run_copy_baseline(args: argparse.Namespace) -> int:
         store = TokenStore.open(args.store, expect_tokenizer_id=tokenizer.tokenizer_id if tokenizer else None)
         result = run_copy_baseline(load_clips(store, config.frames, config.videos, config.seed), config)
         report = {"store": str(store.root), **result.to_json(), "pictures": {}}
-        if tokenizer is not None:
-            for setting in result.settings:
-                path = draw_setting(tokenizer, result.clips, setting, out / f"copy_{setting.name}.png", args.show)
-                report["pictures"][setting.name] = str(path)
-        atomic_write_json(out / "copy_baseline.json", report)
+        # Pictures of an earlier run into the same folder (other ratios, or pictures this run does
+        # not draw) go: the folder holds this run's report and only the pictures it lists.
+        with staged_outputs(out, ours=PICTURE_NAME.fullmatch, report=REPORT_FILE) as staging:
+            if tokenizer is not None:
+                for setting in result.settings:
+                    name = f"copy_{setting.name}.png"
+                    draw_setting(tokenizer, result.clips, setting, staging / name, args.show)
+                    report["pictures"][setting.name] = str(out / name)
+            atomic_write_json(staging / REPORT_FILE, report)
         print(json.dumps(report, indent=2) if args.json else result.format_table())
         if not args.json:
-            print(f"report: {out / 'copy_baseline.json'}" + (f"; pictures: {out}/copy_*.png" if tokenizer else ""))
+            print(f"report: {out / REPORT_FILE}" + (f"; pictures: {out}/copy_*.png" if tokenizer else ""))
         return 0
 
     return _guarded("analyze copy-baseline", work)
@@ -118,11 +124,13 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     import torch
 
     from vimpac.analysis.errors import AnalysisError
-    from vimpac.analysis.reconstruct import (check_tokenizer, load_video_clip, reconstruct_clip, resolve_model_folder,
-                                             save_reconstruction)
+    from vimpac.analysis.outputs import staged_outputs
+    from vimpac.analysis.reconstruct import (OUTPUT_FILES, check_tokenizer, load_video_clip, reconstruct_clip,
+                                             resolve_model_folder, save_reconstruction)
     from vimpac.devices import check_device
     from vimpac.model.vimpac import VimpacForPretraining
     from vimpac.tokenizer.base import load_tokenizer
+    from vimpac.video.errors import VideoTooShortError
 
     def work() -> int:
         # Before loading anything: a bad or absent device would otherwise surface as a torch traceback.
@@ -146,10 +154,16 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
             raise AnalysisError(f"--size {size}: {grid} x {grid} tokens do not fit the model's "
                                 f"{cfg.height} x {cfg.width} grid; the largest size is "
                                 f"{min(cfg.height, cfg.width) * tokenizer.downsample}")
-        clip = load_video_clip(args.video, args.fps, frames, size, args.start)
+        try:
+            clip = load_video_clip(args.video, args.fps, frames, size, args.start)
+        except VideoTooShortError as exc:  # --frames defaults to max_frames: say which options make a shorter clip
+            default = " (default: the model's max_frames)" if args.frames is None else ""
+            raise AnalysisError(f"{exc}; pass a smaller --frames{default}, a higher --fps or an earlier "
+                                "--start") from None
         rec = reconstruct_clip(model, tokenizer, clip, args.strategy, args.ratio,
                                torch.Generator().manual_seed(args.seed))
-        png, gif = save_reconstruction(rec, out)
+        with staged_outputs(out, ours=OUTPUT_FILES.__contains__) as staging:  # the PNG and GIF of one run
+            png, gif = (out / path.name for path in save_reconstruction(rec, staging))
         print(f"{int(rec.mask.sum())} of {rec.mask.numel()} tokens masked ({args.strategy}); model predicted "
               f"{rec.accuracy:.1%} of them exactly")
         print(f"wrote {png} and {gif}")
@@ -159,16 +173,21 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _run_masks(args: argparse.Namespace) -> int:
-    from vimpac.analysis.masks import draw_masks, sample_masks
+    from vimpac.analysis.masks import OUTPUT_FILES, check_mask_size, check_picture_size, draw_masks, sample_masks
+    from vimpac.analysis.outputs import staged_outputs
     from vimpac.io import atomic_write_json
 
     def work() -> int:
         out = _check_out_dir(args.out)
+        # Before any work: a huge --cell, --grid or --frames would otherwise exhaust memory.
+        check_mask_size(args.frames, tuple(args.grid), args.blocks)
+        check_picture_size(args.samples, args.frames, tuple(args.grid), args.cell)
         samples = sample_masks(args.frames, tuple(args.grid), args.blocks, args.ratio, args.samples,
                                args.histogram_samples, args.seed)
-        paths = draw_masks(samples, out, args.cell)
         summary = samples.to_json()
-        atomic_write_json(out / "masks.json", {**summary, "pictures": {k: str(v) for k, v in paths.items()}})
+        with staged_outputs(out, ours=OUTPUT_FILES.__contains__, report="masks.json") as staging:
+            paths = {k: out / v.name for k, v in draw_masks(samples, staging, args.cell).items()}
+            atomic_write_json(staging / "masks.json", {**summary, "pictures": {k: str(v) for k, v in paths.items()}})
         print(f"{summary['num_blocks']} blocks at {args.frames} x {args.grid[0]} x {args.grid[1]}: expected ratio "
               f"{summary['expected_block_ratio']:.2%}, sampled {summary['block_ratio_mean']:.2%} "
               f"+- {summary['block_ratio_std']:.2%} (std over {summary['histogram_samples']} clips); "

@@ -16,6 +16,7 @@ about the same number of tokens. Both neighbourhoods are evaluated on the same s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +34,9 @@ from vimpac.tokenizer.base import FrameTokenizer
 STRATEGIES = ("block", "iid")
 UNFILLED_GRAY = 128
 """Pixel value painted over tokens that had no visible neighbour to copy from."""
+REPORT_FILE = "copy_baseline.json"
+PICTURE_NAME = re.compile(rf"copy_({'|'.join(STRATEGIES)})_\d{{2}}(\.\d{{1,4}})?\.png")
+"""The names `draw_setting` pictures get in the output folder (`copy_<SettingResult.name>.png`)."""
 
 
 @dataclass(frozen=True)

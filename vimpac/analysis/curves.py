@@ -4,8 +4,8 @@ The engine logs one JSON object per event: {"step", "split": "train" | "val", me
 Metrics are grouped into panels by name, so pre-training and fine-tuning runs both plot
 without a list of known keys: names containing "loss", names ending in "acc" / containing
 "accuracy" or "top", and the learning rate "lr". Train curves are solid, val curves dashed
-with markers (val is logged rarely). Non-finite values (logged as the strings "nan" / "inf")
-are left out of the lines.
+with markers (val is logged rarely); a series of a single point is drawn as a marker.
+Non-finite values (logged as the strings "nan" / "inf") are left out of the lines.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from vimpac.analysis.errors import AnalysisError
 from vimpac.analysis.images import pyplot, save_figure
 
 METRICS_FILE = "metrics.jsonl"
+NON_FINITE_STRINGS = ("nan", "inf", "-inf")
+"""How the engine's metrics logger writes non-finite floats (JSON has no NaN)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ def load_series(run_dir: str | Path, warn: Callable[[str], None] | None = None) 
     except UnicodeDecodeError as exc:
         raise AnalysisError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     series: Series = defaultdict(lambda: ([], []))
+    non_finite = 0
     lines = text.splitlines()
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -78,14 +81,19 @@ def load_series(run_dir: str | Path, warn: Callable[[str], None] | None = None) 
         if not isinstance(record, dict) or not isinstance(record.get("step"), int) or "split" not in record:
             raise AnalysisError(f"{path}:{number}: expected an object with an integer 'step' and a 'split'")
         for key, value in record.items():
+            if key != "step" and value in NON_FINITE_STRINGS:
+                non_finite += 1
             if key in ("step", "split") or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             if math.isfinite(value):
                 steps, values = series[(str(record["split"]), key)]
                 steps.append(record["step"])
                 values.append(float(value))
+            else:
+                non_finite += 1
     if not series:
-        raise AnalysisError(f"{path}: holds no numeric metrics to plot")
+        left_out = f" ({non_finite} non-finite values such as 'nan' left out: did the run diverge?)" if non_finite else ""
+        raise AnalysisError(f"{path}: holds no finite numeric metrics to plot{left_out}")
     return dict(series)
 
 
@@ -107,6 +115,8 @@ def plot_curves(run_dir: str | Path, out_dir: str | Path | None = None,
             steps, values = series[(split, key)]
             color = colors[names.index(key) % len(colors)]
             style = {"linestyle": "-"} if split == "train" else {"linestyle": "--", "marker": "o", "markersize": 3}
+            if len(steps) == 1:  # a line through one point draws nothing (a run shorter than log_every)
+                style = {**style, "marker": "o", "markersize": 4}
             ax.plot(steps, values, color=color, label=f"{split} {key}", **style)
         ax.set_title(panel.title)
         ax.set_xlabel("step")

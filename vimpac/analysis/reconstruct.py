@@ -28,6 +28,7 @@ from vimpac.pretrain.masking import apply_mask, auto_num_blocks, block_mask, iid
 from vimpac.tokenizer.base import FrameTokenizer
 
 ROW_LABELS = ("original", "tokenizer round trip", "masked", "model prediction")
+OUTPUT_FILES = ("reconstruction.png", "reconstruction.gif")
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def save_reconstruction(rec: Reconstruction, out_dir: str | Path, frame_ms: int 
     labels = list(ROW_LABELS)
     labels[-1] = f"{ROW_LABELS[-1]} ({rec.accuracy:.0%} exact)"
     image, _ = compose_grid(rec.rows(), labels)
-    png = save_png(out_dir / "reconstruction.png", image)
+    png = save_png(out_dir / OUTPUT_FILES[0], image)
     animation = [compose_grid([np.stack([row[t] for row in rec.rows()])])[0] for t in range(rec.original.shape[0])]
-    gif = save_gif(out_dir / "reconstruction.gif", animation, frame_ms)
+    gif = save_gif(out_dir / OUTPUT_FILES[1], animation, frame_ms)
     return png, gif
