@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
-from vimpac.io import _fsync_dir
+from vimpac.io import fsync_dir
 
 STAGING_PREFIX = ".vimpac-staging-"
 
@@ -51,4 +51,4 @@ def staged_outputs(out_dir: str | Path, ours: Callable[[str], bool], report: str
     for stale in sorted(out_dir.iterdir()):
         if stale.name not in written and stale.is_file() and ours(stale.name):
             stale.unlink()
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
