@@ -74,3 +74,15 @@ def test_option_values_are_checked_by_the_parser(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
     assert "expected 0 (off) or at least 2 samples" in capsys.readouterr().err
+
+
+def test_usable_device_resolves_auto_and_checks_the_rest():
+    import torch
+
+    from vimpac.config import ConfigError
+    from vimpac.devices import usable_device
+
+    assert usable_device("auto", "--device") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert usable_device("cpu", "--device") == "cpu"
+    with pytest.raises(ConfigError, match="--device: expected cpu, cuda or cuda:N, got 'tpu'"):
+        usable_device("tpu", "--device")

@@ -28,3 +28,10 @@ def check_device(device: str, where: str) -> None:
             raise ConfigError(f"{where}: {device!r} asked, but there are {torch.cuda.device_count()} CUDA devices")
     elif parsed.type != "cpu":
         raise ConfigError(f"{where}: expected cpu, cuda or cuda:N, got {device!r}")
+
+
+def usable_device(device: str, where: str) -> str:
+    """`device` with "auto" resolved, after checking that torch can use it here (`check_device`)."""
+    device = resolve_device(device)
+    check_device(device, where)
+    return device

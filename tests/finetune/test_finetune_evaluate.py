@@ -162,6 +162,15 @@ def test_evaluate_refuses_a_device_torch_cannot_use(tmp_path, capsys, device, me
     assert code == 2 and err.startswith("vimpac evaluate: --device: ") and message in err
 
 
+def test_evaluate_accepts_device_auto_like_pretrain_and_finetune(tmp_path):
+    # "auto" was refused as "expected cpu, cuda or cuda:N" by evaluate, probe, embed, tokenize and
+    # analyze reconstruct, while pretrain, finetune and train-tokenizer took it.
+    random_classifier().save_pretrained(tmp_path / "model")
+    store_dir = make_store(tmp_path / "s", num_videos=3)
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "model"), "--store", str(store_dir),
+                 "--out", str(tmp_path / "e"), "--device", "auto", "--temporal-clips", "1", "--no-progress"]) == 0
+
+
 def test_evaluate_cli_repeats_the_protocol_of_a_fine_tuning_run(tmp_path):
     # An ssv2-recipe run evaluates the center crop only (Table 4); `vimpac evaluate` on that run
     # used to average the 3 crops, so its numbers differed from the run's own eval/results.json.

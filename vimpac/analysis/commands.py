@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="i.i.d. ratio, or the target block masking picks its block count for (default: 0.15)")
     rec.add_argument("--out", default="analysis/reconstruct", metavar="DIR", help="output folder")
     rec.add_argument("--seed", type=int, default=0, help="seed of the mask")
-    rec.add_argument("--device", default="cpu", help="cpu or cuda")
+    rec.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     rec.set_defaults(run=_run_reconstruct)
 
     masks = sub.add_parser(
@@ -127,14 +127,14 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     from vimpac.analysis.outputs import staged_outputs
     from vimpac.analysis.reconstruct import (OUTPUT_FILES, check_tokenizer, load_video_clip, reconstruct_clip,
                                              resolve_model_folder, save_reconstruction)
-    from vimpac.devices import check_device
+    from vimpac.devices import usable_device
     from vimpac.model.vimpac import VimpacForPretraining
     from vimpac.tokenizer.base import load_tokenizer
     from vimpac.video.errors import VideoTooShortError
 
     def work() -> int:
         # Before loading anything: a bad or absent device would otherwise surface as a torch traceback.
-        check_device(args.device, "--device")
+        args.device = usable_device(args.device, "--device")
         out = _check_out_dir(args.out)
         folder = resolve_model_folder(args.checkpoint)
         model = VimpacForPretraining.from_pretrained(folder, map_location=args.device)

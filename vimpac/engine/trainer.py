@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from vimpac.config import ConfigError
-from vimpac.devices import check_device, resolve_device
+from vimpac.devices import resolve_device, usable_device
 from vimpac.engine import distributed
 from vimpac.engine.checkpoint import (CHECKPOINT_PREFIX, CheckpointError, latest_checkpoint, load_checkpoint,
                                       read_checkpoint_state, save_checkpoint, unwrap)
@@ -101,8 +101,7 @@ class TrainConfig:
             raise bad("max_minutes", "a number of minutes >= 0, or null for no limit")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise bad("precision", "fp32, bf16 or fp16")
-        device = resolve_device(self.device)
-        check_device(device, f"{prefix}device")
+        device = usable_device(self.device, f"{prefix}device")
         if self.precision == "fp16" and not device.startswith("cuda"):
             raise ConfigError(f"{prefix}precision: fp16 needs a CUDA device (fp16 on CPU is very slow); "
                               f"use bf16 or fp32 on {self.device!r}")

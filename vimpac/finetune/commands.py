@@ -55,7 +55,7 @@ def _register_finetune(subparsers) -> None:
     p.add_argument("--val-every", type=int, default=0, help="steps between validations (0: only at the end)")
     p.add_argument("--val-temporal-clips", type=int, help="clips for periodic validation")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (torch.use_deterministic_algorithms): with fp32, a resumed run "
@@ -90,7 +90,7 @@ def _register_evaluate(subparsers) -> None:
                    help="clips per forward pass; all views of one video always go together (3 crops x 10 clips "
                         "= 30), so a smaller value cannot split a video")
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(run=_run_evaluate)
 
@@ -112,7 +112,7 @@ def _register_probe(subparsers) -> None:
     p.add_argument("--frames", type=positive_int, metavar="T")
     p.add_argument("--temporal-clips", type=positive_int, default=4)
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--out", metavar="FILE.json", help="also write the result here")
     p.set_defaults(run=_run_probe)
 
@@ -132,7 +132,7 @@ def _register_embed(subparsers) -> None:
     p.add_argument("--tokens", action="store_true", help="also write token features (T, h, w, D) per video")
     p.add_argument("--batch-size", type=positive_int, default=32, help="clips per forward pass")
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(run=_run_embed)
 
@@ -178,14 +178,14 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from vimpac.devices import check_device
+    from vimpac.devices import usable_device
     from vimpac.engine import distributed
     from vimpac.finetune.evaluate import evaluate_classifier, write_evaluation
     from vimpac.finetune.loading import load_classifier, run_evaluation_settings
     from vimpac.store import TokenStore
 
     try:
-        check_device(args.device, "--device")
+        args.device = usable_device(args.device, "--device")
         store = TokenStore.open(args.store)
         model = load_classifier(args.checkpoint, frames=args.frames, grid=store.grid,
                                 expect_codebook_size=store.meta.codebook_size)
@@ -213,7 +213,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_probe(args: argparse.Namespace) -> int:
-    from vimpac.devices import check_device
+    from vimpac.devices import usable_device
     from vimpac.finetune.errors import FinetuneError
     from vimpac.finetune.loading import load_backbone
     from vimpac.finetune.probe import check_same_classes, extract_features, knn_evaluate, linear_probe_evaluate
@@ -221,7 +221,7 @@ def _run_probe(args: argparse.Namespace) -> int:
     from vimpac.store import TokenStore
 
     try:
-        check_device(args.device, "--device")
+        args.device = usable_device(args.device, "--device")
         train = TokenStore.open(args.train_store)
         # Features of clips of another time span or frame size would not be comparable.
         val = TokenStore.open(args.val_store, expect_tokenizer_id=train.meta.tokenizer_id,
@@ -249,14 +249,14 @@ def _run_probe(args: argparse.Namespace) -> int:
 
 
 def _run_embed(args: argparse.Namespace) -> int:
-    from vimpac.devices import check_device
+    from vimpac.devices import usable_device
     from vimpac.finetune.embed import check_size, embed_videos, embedding_files, write_embeddings
     from vimpac.finetune.loading import load_backbone
     from vimpac.tokenizer.base import load_tokenizer
 
     try:
         embedding_files(args.out)  # before minutes of decoding
-        check_device(args.device, "--device")
+        args.device = usable_device(args.device, "--device")
         tokenizer = load_tokenizer(args.tokenizer, device=args.device)
         check_size(args.size, tokenizer.downsample)
         grid = (args.size // tokenizer.downsample,) * 2

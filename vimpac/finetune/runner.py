@@ -200,7 +200,7 @@ def _check_resume(run_dir: Path, cfg: FinetuneConfig) -> None:
 def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     import torch
 
-    from vimpac.devices import check_device, resolve_device
+    from vimpac.devices import usable_device
     from vimpac.engine import distributed
     from vimpac.engine.trainer import TrainConfig, Trainer
     from vimpac.finetune.evaluate import class_names_of, evaluate_classifier, write_evaluation
@@ -216,8 +216,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     train_store, val_store = _open_stores(cfg)
     # "auto" resolved before the process group is joined (it picks NCCL for CUDA), and the batches
     # go where the trainer puts the model: this rank's GPU under torchrun, also for "cuda:0".
-    device = resolve_device(cfg.device)
-    check_device(device, "--device")
+    device = usable_device(cfg.device, "--device")
     dist = distributed.init_distributed(device)
     rank_device = distributed.rank_device(device, dist)
     settings = resolve_settings(cfg, train_store.num_videos, dist.world_size)

@@ -61,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tok.add_argument("--out", required=True, metavar="STORE", help="store folder (created, or resumed)")
     tok.add_argument("--workers", type=at_least(0), default=2, help="decoding processes (0: decode in the main process)")
     tok.add_argument("--batch-size", type=positive_int, default=64, help="frames per encoder call (all full but the last; one input shape for the encoder)")
-    tok.add_argument("--device", default="cpu", help="encoder device: cpu or cuda (cuda:LOCAL_RANK under torchrun)")
+    tok.add_argument("--device", default="cpu",
+                     help="encoder device: cpu (default), cuda, cuda:N or auto (cuda is cuda:LOCAL_RANK under torchrun)")
     tok.add_argument("--min-frames", type=positive_int, default=1, help="videos with fewer frames at --fps are listed as failed")
     tok.add_argument("--retry-failed", action="store_true",
                      help="retry videos that failed in an earlier run (a missing file is retried by itself once it exists)")
@@ -89,7 +90,7 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 def run_tokenize(args: argparse.Namespace) -> int:
     from vimpac.config import ConfigError
     from vimpac.data.annotations import AnnotationError, load_annotations
-    from vimpac.devices import check_device
+    from vimpac.devices import usable_device
     from vimpac.engine.distributed import init_distributed
     from vimpac.signals import exit_code
     from vimpac.store.errors import StoreError
@@ -98,7 +99,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
 
     device = args.device
     try:
-        check_device(device, "--device")
+        device = usable_device(device, "--device")
         fmt, options = _reader_options(args)
         dist = init_distributed("cpu")  # gloo: ranks only exchange barriers
         if device.startswith("cuda") and dist.enabled and ":" not in device:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from vimpac.config import ConfigError, record_differences, to_dict
-from vimpac.devices import check_device, resolve_device
+from vimpac.devices import usable_device
 from vimpac.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from vimpac.io import atomic_write_json, write_folder
 from vimpac.machine import machine_info
@@ -499,8 +499,7 @@ def train_tokenizer_from_videos(
     train_cfg.validate()
     model_cfg.validate()
     if isinstance(device, str):
-        device = resolve_device(device)
-        check_device(device, "--device")
+        device = usable_device(device, "--device")
     if existing_out not in ("refuse", "replace", "write-into"):
         raise ValueError(f"existing_out: expected 'refuse', 'replace' or 'write-into', got {existing_out!r}")
     interrupted = latest_checkpoint(out_dir)
