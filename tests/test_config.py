@@ -98,3 +98,17 @@ def test_a_bad_setting_in_the_yaml_file_names_the_file(tmp_path):
         build_config(Run, PRESETS, "tiny", path)
     with pytest.raises(ConfigError, match="^optim.lr: expected float"):  # the same on the command line: no file
         build_config(Run, PRESETS, "tiny", None, ["optim.lr=fast"])
+
+
+def test_a_yaml_section_with_every_key_commented_out_changes_nothing(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("layers: 3\noptim:\n  # lr: 0.01\n")
+    cfg = build_config(Run, PRESETS, "tiny", path)
+    assert (cfg.layers, cfg.optim) == (3, Optim())
+
+
+def test_a_text_field_set_to_null_is_refused_not_stored_as_the_text_none(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("name:\n")
+    with pytest.raises(ConfigError, match=r"name: expected a string, got null"):
+        build_config(Run, PRESETS, "tiny", path)

@@ -130,6 +130,8 @@ def _set_path(cfg: Any, path: list[str], value: Any, dotted: str, root: Any) -> 
         raise ConfigError(f"unknown config field {dotted!r}{hint}; {type(cfg).__name__} has {sorted(names)}")
     if len(path) > 1:
         new_value = _set_path(getattr(cfg, head), path[1:], value, dotted, root)
+    elif value is None and dataclasses.is_dataclass(getattr(cfg, head)):
+        return cfg  # a YAML section whose keys are all commented out (`train:`) changes nothing
     else:
         new_value = _convert(value, typing.get_type_hints(type(cfg))[head], dotted)
     return dataclasses.replace(cfg, **{head: new_value})
@@ -206,6 +208,8 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
         return number
     if annotation is str:
+        if value is None:  # `key:` / `key: null` in YAML; str(None) would be the text "None"
+            raise ConfigError(f"{where}: expected a string, got null")
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
