@@ -141,6 +141,8 @@ def _read_json(path: PathLike) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise AnnotationError(path, f"expected valid JSON ({exc.msg})", f"line {exc.lineno}") from None
+    except (ValueError, RecursionError) as exc:  # a number of > 4300 digits; nesting too deep to parse
+        raise AnnotationError(path, f"expected valid JSON ({exc})") from None
 
 
 def _line(number: int) -> str:

@@ -10,10 +10,10 @@ the authors' release with `vimpac convert-original`).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from vimpac.finetune.errors import FinetuneError
+from vimpac.io import parse_json
 from vimpac.model import ModelConfig, ModelError, VimpacBackbone, VimpacForClassification, build_model_config
 from vimpac.model.config import MODEL_PRESETS
 from vimpac.model.pretrained import CONFIG_FILE, load_weights, read_model_config, read_weights
@@ -48,7 +48,7 @@ def run_evaluation_settings(path: str | Path) -> dict[str, int]:
     if not record.is_file():
         return {}
     try:
-        resolved = json.loads(record.read_text())["resolved"]
+        resolved = parse_json(record.read_text())["resolved"]
         return {name: int(resolved[name]) for name in ("temporal_clips", "spatial_crops")}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FinetuneError(f"{record}: cannot read the run's resolved temporal_clips / spatial_crops "

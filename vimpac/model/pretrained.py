@@ -9,7 +9,6 @@ folder loads with `vimpac.model` alone - no training code needed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from vimpac.config import ConfigError, from_dict, to_dict
-from vimpac.io import atomic_path, atomic_write_json
+from vimpac.io import atomic_path, atomic_write_json, parse_json
 from vimpac.model.config import ModelConfig
 from vimpac.model.errors import CheckpointError, ModelError
 from vimpac.model.interpolate import resize_positional_tables
@@ -62,11 +61,11 @@ def read_model_config(folder: str | Path) -> tuple[str, ModelConfig, dict[str, A
     """(kind, ModelConfig, the whole config.json) of a model folder; errors name the file."""
     path = Path(folder) / CONFIG_FILE
     try:
-        meta = json.loads(path.read_text())
+        meta = parse_json(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not found; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE} "
                               "(written by save_pretrained or `vimpac convert-original`)") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8, nested too deeply
         raise CheckpointError(f"{path}: cannot read JSON: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: expected \"format\": \"{FORMAT}\", got {meta.get('format') if isinstance(meta, dict) else meta!r}")

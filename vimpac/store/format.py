@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from vimpac.io import parse_json
 from vimpac.store.errors import StoreError
 
 FORMAT_NAME = "vimpac-token-store"
@@ -214,10 +215,10 @@ def annotations_fingerprint(records: Sequence[Any], class_names: Sequence[str] |
 def read_meta(root: Path) -> StoreMeta:
     path = root / META_FILE
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_text())
     except FileNotFoundError:
         raise StoreError(f"{root}: not a token store ({META_FILE} not found)") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8, nested too deeply
         raise StoreError(f"{path}: cannot read: {exc}") from None
     return StoreMeta.from_json(data, str(path))
 
@@ -354,8 +355,8 @@ def merge_manifests(parts: Iterable[Manifest]) -> Manifest:
 
 def read_manifest_file(path: Path) -> Manifest:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = parse_json(path.read_text())
+    except (OSError, ValueError) as exc:
         raise StoreError(f"{path}: cannot read manifest: {exc}") from None
     return Manifest.from_json(data, str(path))
 
