@@ -61,3 +61,12 @@ def test_dict_roundtrip():
     cfg = apply_overrides(Run(), ["optim.betas=0.5,0.6"])
     assert from_dict(Run, to_dict(cfg)) == cfg
     assert to_dict(cfg)["optim"]["betas"] == [0.5, 0.6]
+
+
+@pytest.mark.parametrize("content", [b"[" * 5000, b"a: \xff\xfe\n", b"!!python/object/apply:os.system ['true']\n"],
+                         ids=["nested_too_deeply", "not_utf8", "python_object_tag"])
+def test_crafted_yaml_is_a_config_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"{path}: cannot read YAML config"):
+        build_config(Run, yaml_path=path)

@@ -79,8 +79,10 @@ def build_config(
         path = Path(yaml_path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read YAML config: {exc}") from exc
+        except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError) as exc:
+            # RecursionError: PyYAML builds nested collections recursively; a few kB of '[' overflow it.
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise ConfigError(f"{path}: cannot read YAML config: {reason}") from exc
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
         cfg = apply_overrides(cfg, _flatten(data))
