@@ -112,3 +112,12 @@ def test_a_text_field_set_to_null_is_refused_not_stored_as_the_text_none(tmp_pat
     path.write_text("name:\n")
     with pytest.raises(ConfigError, match=r"name: expected a string, got null"):
         build_config(Run, PRESETS, "tiny", path)
+
+
+@pytest.mark.parametrize("content", [b"[" * 5000, b"a: \xff\xfe\n", b"!!python/object/apply:os.system ['true']\n"],
+                         ids=["nested_too_deeply", "not_utf8", "python_object_tag"])
+def test_crafted_yaml_is_a_config_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: (cannot read YAML config|not valid YAML): "):
+        build_config(Run, yaml_path=path)

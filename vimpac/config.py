@@ -80,8 +80,10 @@ def build_config(
         path = Path(yaml_path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read YAML config: {exc}") from exc
+        except (OSError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: PyYAML builds nested collections recursively; a few kB of '[' overflow it.
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise ConfigError(f"{path}: cannot read YAML config: {reason}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from exc
         if not isinstance(data, Mapping):

@@ -57,6 +57,17 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def parse_json(text: str | bytes) -> Any:
+    """`json.loads` for files that may come from anyone: every failure is a ValueError. Besides
+    JSONDecodeError, a number of more than 4300 digits already is one; but nesting deeper than
+    Python's recursion limit (a few kilobytes of '[') raises RecursionError, which callers that
+    turn bad input into one line would let through as a traceback."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def current_umask() -> int:
     # Read without changing it (os.umask would briefly set a process-wide 0 under other threads).
     try:

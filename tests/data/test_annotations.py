@@ -211,6 +211,18 @@ def test_ucf101_malformed(tmp_path):
         read_ucf101(folder, 1, "train")
 
 
+@pytest.mark.parametrize("folder_name", ["..", "."])
+def test_ucf101_paths_cannot_leave_the_video_root(tmp_path, folder_name):
+    # Every other format refuses '..'; here a classInd.txt naming the class '..' let it through.
+    folder = tmp_path / "u"
+    write(folder / "classInd.txt", f"1 {folder_name}\n")
+    write(folder / "trainlist01.txt", f"{folder_name}/secret.avi 1\n")
+    write(folder / "testlist01.txt", f"{folder_name}/secret.avi\n")
+    for subset in ("train", "test"):
+        with pytest.raises(AnnotationError, match=rf"{subset}list01\.txt, line 1: expected '<Class>/<video>\.avi'"):
+            read_ucf101(folder, 1, subset)
+
+
 @pytest.mark.parametrize("fmt", ["auto", "ucf101"])
 def test_ucf101_list_file_and_conflicting_options_are_refused(tmp_path, fmt):
     # A tiny ucfTrainTestlist: the named file and the ones a conflicting option would pick

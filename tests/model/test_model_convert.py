@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -15,9 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from model_testlib import FIXTURES, fixture_state_dict, load_fixture
+from pickle_payloads import payloads
 from vimpac.cli import main
 from vimpac.model import CheckpointError, ModelConfig, VimpacBackbone, VimpacForClassification, VimpacForPretraining
-from vimpac.model.convert import convert_original, load_args
+from vimpac.model.convert import convert_original, load_args, load_original_state_dict
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -229,3 +231,26 @@ def test_convert_refuses_a_folder_that_is_not_a_model_even_with_overwrite(tmp_pa
     assert main(["convert-original", str(tmp_path / "release"), str(tmp_path / "data"), "--overwrite"]) == 2
     assert "not empty (videos.txt) and not a model folder" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["videos.txt"]
+
+
+@pytest.mark.parametrize("form", payloads("true"))
+def test_args_and_classifier_pickles_refuse_every_opcode_that_calls_a_global(tmp_path, form):
+    marker = tmp_path / "PWNED"
+    data = payloads(f"touch {marker}")[form]
+    pickle.loads(data)  # sanity: plain pickle runs it
+    assert marker.exists()
+    marker.unlink()
+    (tmp_path / "args.pickle").write_bytes(data)
+    with pytest.raises(CheckpointError, match="args.pickle: not a plain pickled argparse.Namespace .*refusing global"):
+        load_args(tmp_path / "args.pickle")
+    # classifier.pt: the same payload as the data.pkl of a torch.save archive, read weights-only.
+    torch.save({"w": torch.zeros(2)}, tmp_path / "classifier.pt")
+    with zipfile.ZipFile(tmp_path / "classifier.pt") as src:
+        members = {name: src.read(name) for name in src.namelist()}
+    members[next(n for n in members if n.endswith("data.pkl"))] = data
+    with zipfile.ZipFile(tmp_path / "classifier.pt", "w") as dst:
+        for name, member in members.items():
+            dst.writestr(name, member)
+    with pytest.raises(CheckpointError, match="classifier.pt: cannot load as a weights-only state dict"):
+        load_original_state_dict(tmp_path / "classifier.pt")
+    assert not marker.exists()

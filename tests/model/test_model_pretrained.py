@@ -81,11 +81,47 @@ def test_bad_folders_give_clear_errors(tmp_path):
     config_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="model.dim"):
         VimpacForPretraining.from_pretrained(tmp_path / "m")
-    meta["model"]["dim"] = 32   # builds, but the weights do not fit it
-    meta["model"]["heads"] = 2
+    meta["model"]["dim"] = 64
+    meta["model"]["halve_mlp"] = True   # builds, but the weights do not fit it
     config_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="shape mismatch"):
         VimpacForPretraining.from_pretrained(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="model.safetensors"):
         VimpacForPretraining.from_pretrained(tmp_path / "m")
+
+
+def _refuse_building(monkeypatch):
+    """Old code built the model before looking at the weights: with these configs that asks for
+    terabytes; fail fast instead."""
+    import vimpac.model.vimpac as vimpac_module
+
+    def built(*args, **kwargs):
+        raise AssertionError("a model was built from a config.json the weights do not match")
+    monkeypatch.setattr(vimpac_module, "VimpacBackbone", built)
+
+
+@pytest.mark.parametrize("field, value", [("dim", 10**6), ("layers", 10**5), ("codebook_size", 10**9),
+                                          ("max_frames", 10**8), ("width", 10**8), ("cls_head_hidden", 10**9),
+                                          ("cls_head_out", 10**9), ("cls_head_layers", 10**6)])
+def test_a_config_claiming_huge_sizes_is_refused_before_anything_is_built(tmp_path, monkeypatch, field, value):
+    VimpacForPretraining(tiny_config()).save_pretrained(tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    meta = json.loads(config_path.read_text())
+    meta["model"][field] = value
+    config_path.write_text(json.dumps(meta))
+    _refuse_building(monkeypatch)
+    with pytest.raises(CheckpointError, match=f"{config_path}: does not describe .*model.safetensors"):
+        VimpacForPretraining.from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize("num_classes", [10**10, "3", [3], None, True])
+def test_a_classifiers_num_classes_must_be_the_heads(tmp_path, monkeypatch, num_classes):
+    VimpacForClassification(tiny_config(), num_classes=3).save_pretrained(tmp_path / "clf")
+    config_path = tmp_path / "clf" / "config.json"
+    meta = json.loads(config_path.read_text())
+    meta["num_classes"] = num_classes
+    config_path.write_text(json.dumps(meta))
+    _refuse_building(monkeypatch)
+    with pytest.raises(CheckpointError, match=f"{config_path}: (field 'num_classes'|does not describe)"):
+        VimpacForClassification.from_pretrained(tmp_path / "clf")

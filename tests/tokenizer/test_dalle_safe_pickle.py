@@ -17,6 +17,8 @@ from vimpac.tokenizer.base import TokenizerError, load_tokenizer
 from vimpac.tokenizer.dalle import DalleTokenizer, convert_official_pickles, load_official_pickles
 from vimpac.tokenizer.safe_pickle import STANDARD_NN_MODULES, load_module_pickle
 
+from pickle_payloads import payloads
+
 
 def _dall_e():
     """The `dall_e` package (test-only dependency), or skip."""
@@ -160,7 +162,9 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, container, paylo
 
 def test_other_dangerous_globals_are_refused(tmp_path):
     for module, name in [("builtins", "eval"), ("subprocess", "Popen"), ("torch", "load"),
-                         ("functools", "partial"), ("dall_e.utils", "map_pixels")]:
+                         ("functools", "partial"), ("dall_e.utils", "map_pixels"),
+                         ("torch.storage", "_load_from_bytes"), ("torch._utils", "_rebuild_device_tensor_from_numpy"),
+                         ("torch.serialization", "load"), ("builtins", "getattr")]:
         data = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"q\x00."
         path = tmp_path / f"{name}.pkl"
         path.write_bytes(data)
@@ -195,3 +199,43 @@ def test_storage_missing_from_archive_is_reported(official_files, tmp_path):
                 dst.writestr(name, src.read(name))
     with pytest.raises(TokenizerError, match="missing storage"):
         load_official_pickles(broken, dec_pkl)
+
+
+@pytest.mark.parametrize("layout", ["torch_zip", "plain_pickle"])
+@pytest.mark.parametrize("form", payloads("true"))
+def test_every_opcode_that_calls_a_global_is_refused(tmp_path, layout, form):
+    marker = tmp_path / "PWNED"
+    data = payloads(f"touch {marker}")[form]
+    pickle.loads(data)  # sanity: plain pickle runs it
+    assert marker.exists()
+    marker.unlink()
+    path = tmp_path / "encoder.pkl"
+    if layout == "torch_zip":
+        torch.save({"w": torch.zeros(2)}, path)
+        with zipfile.ZipFile(path) as src:
+            members = {name: src.read(name) for name in src.namelist()}
+        members[next(n for n in members if n.endswith("data.pkl"))] = data
+        with zipfile.ZipFile(path, "w") as dst:
+            for name, member in members.items():
+                dst.writestr(name, member)
+    else:
+        path.write_bytes(data)
+    with pytest.raises(TokenizerError, match=f"{path}: refused to load global"):
+        load_module_pickle(path, ["dall_e.encoder.Encoder", *STANDARD_NN_MODULES])
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("layout", ["torch_zip", "plain_pickle"])
+@pytest.mark.parametrize("opcode", [b"\x8e", b"\x8d", b"\x96", b"\x95"])  # BINBYTES8, BINUNICODE8, BYTEARRAY8, FRAME
+def test_a_huge_declared_length_is_a_clear_error(tmp_path, layout, opcode):
+    """A few bytes declaring a petabyte, which the unpickler allocates before it reads: a
+    TokenizerError naming the file, not a MemoryError traceback."""
+    data = b"\x80\x05" + opcode + (1 << 50).to_bytes(8, "little") + b"x"
+    path = tmp_path / "encoder.pkl"
+    if layout == "torch_zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("archive/data.pkl", data)
+    else:
+        path.write_bytes(data)
+    with pytest.raises(TokenizerError, match=f"{path}: not a readable torch.save file"):
+        load_module_pickle(path, ["dall_e.encoder.Encoder"])

@@ -20,6 +20,7 @@ from typing import Callable
 
 from vimpac.analysis.errors import AnalysisError
 from vimpac.analysis.images import pyplot, save_figure
+from vimpac.io import parse_json
 
 METRICS_FILE = "metrics.jsonl"
 NON_FINITE_STRINGS = ("nan", "inf", "-inf")
@@ -71,13 +72,14 @@ def load_series(run_dir: str | Path, warn: Callable[[str], None] | None = None) 
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
+            record = parse_json(line)
+        except ValueError as exc:  # not JSON, a number of > 4300 digits, nested too deeply
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             if number == len(lines) and not text.endswith("\n"):
-                (warn or warnings.warn)(f"{path}:{number}: skipped the last line, cut short ({exc.msg}); "
+                (warn or warnings.warn)(f"{path}:{number}: skipped the last line, cut short ({reason}); "
                                         "the run is still writing it or stopped while writing it")
                 continue
-            raise AnalysisError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            raise AnalysisError(f"{path}:{number}: not valid JSON ({reason})") from None
         if not isinstance(record, dict) or not isinstance(record.get("step"), int) or "split" not in record:
             raise AnalysisError(f"{path}:{number}: expected an object with an integer 'step' and a 'split'")
         for key, value in record.items():

@@ -14,7 +14,6 @@ codes (the five special rows are excluded: they have no image).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +23,7 @@ import torch
 
 from vimpac.analysis.errors import AnalysisError
 from vimpac.analysis.images import compose_grid, highlight, save_gif, save_png
+from vimpac.io import parse_json
 from vimpac.pretrain.masking import apply_mask, auto_num_blocks, block_mask, iid_mask
 from vimpac.tokenizer.base import FrameTokenizer
 
@@ -72,8 +72,8 @@ def recorded_tokenizer_id(model_folder: str | Path) -> tuple[str, Path] | None:
         if not path.is_file():
             continue
         try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            record = parse_json(path.read_text())
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8, nested too deeply
             raise AnalysisError(f"{path}: not a readable run configuration ({exc})") from None
         tokenizer_id = record.get("tokenizer_id") if isinstance(record, dict) else None
         if tokenizer_id is None:

@@ -143,6 +143,8 @@ def _read_json(path: PathLike) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise AnnotationError(path, f"expected valid JSON ({exc.msg})", f"line {exc.lineno}") from None
+    except (ValueError, RecursionError) as exc:  # a number of > 4300 digits; nesting too deep to parse
+        raise AnnotationError(path, f"expected valid JSON ({exc})") from None
 
 
 def _line(number: int) -> str:
@@ -395,7 +397,8 @@ def read_ucf101(annotation_dir: PathLike, split: int, subset: Subset) -> Annotat
         elif len(fields) != 1:
             raise AnnotationError(list_path, f"expected '<Class>/<video>.avi' (no label in a test list), got {line!r}", where)
         parts = rel.split("/")
-        if len(parts) != 2 or not parts[0] or not parts[1]:
+        if len(parts) != 2 or not parts[0] or not parts[1] or not _is_relative_path(rel) or parts[0] == ".":
+            # '../x.avi' would leave the video root when classInd.txt names a class '..'.
             raise AnnotationError(list_path, f"expected '<Class>/<video>.avi', got {rel!r}", where)
         folder_label = by_name.get(parts[0], by_lower.get(parts[0].lower()))
         if folder_label is None:

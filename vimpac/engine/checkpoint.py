@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from vimpac.io import atomic_write_text, current_umask
+from vimpac.io import atomic_write_text, current_umask, parse_json
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -129,8 +129,8 @@ def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
     touching any model: callers check it fits the run before loading weights."""
     path = Path(path)
     try:
-        state = json.loads((path / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        state = parse_json((path / "state.json").read_text())
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8, nested too deeply
         raise CheckpointError(f"{path}: cannot read state.json: {exc}") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path / 'state.json'}: expected a JSON object, got {type(state).__name__}")

@@ -10,13 +10,14 @@ the authors' release with `vimpac convert-original`).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from vimpac.finetune.errors import FinetuneError
+from vimpac.io import parse_json
 from vimpac.model import ModelConfig, ModelError, VimpacBackbone, VimpacForClassification, build_model_config
 from vimpac.model.config import MODEL_PRESETS
-from vimpac.model.pretrained import CONFIG_FILE, load_weights, read_model_config, read_weights
+from vimpac.model.pretrained import (CONFIG_FILE, check_sizes_against_weights, load_weights, read_model_config,
+                                     read_weights)
 
 # Where `vimpac finetune` writes the final classifier and its resolved settings in a run folder.
 RUN_MODEL_DIR = "model"
@@ -48,7 +49,7 @@ def run_evaluation_settings(path: str | Path) -> dict[str, int]:
     if not record.is_file():
         return {}
     try:
-        resolved = json.loads(record.read_text())["resolved"]
+        resolved = parse_json(record.read_text())["resolved"]
         return {name: int(resolved[name]) for name in ("temporal_clips", "spatial_crops")}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FinetuneError(f"{record}: cannot read the run's resolved temporal_clips / spatial_crops "
@@ -111,9 +112,11 @@ def load_backbone(path: str | Path, frames: int | None = None, grid: tuple[int, 
     _, cfg, _ = read_model_config(folder)
     if expect_codebook_size is not None:
         _check_codebook(cfg, expect_codebook_size, folder)
+    all_weights = read_weights(folder)
+    check_sizes_against_weights(folder, cfg, all_weights)
     cfg = dataclasses.replace(cfg, **_size_changes(cfg, frames, grid))
     backbone = VimpacBackbone(cfg)
-    weights = {k[len("backbone."):]: v for k, v in read_weights(folder).items() if k.startswith("backbone.")}
+    weights = {k[len("backbone."):]: v for k, v in all_weights.items() if k.startswith("backbone.")}
     load_weights(backbone, weights, f"{folder / 'model.safetensors'} (backbone)")
     return backbone
 

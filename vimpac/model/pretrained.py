@@ -9,7 +9,7 @@ folder loads with `vimpac.model` alone - no training code needed.
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vimpac.config import ConfigError, from_dict, to_dict
-from vimpac.io import atomic_path, atomic_write_json
+from vimpac.io import atomic_path, atomic_write_json, parse_json
 from vimpac.model.config import ModelConfig
 from vimpac.model.errors import CheckpointError, ModelError
 from vimpac.model.interpolate import resize_positional_tables
@@ -62,11 +62,11 @@ def read_model_config(folder: str | Path) -> tuple[str, ModelConfig, dict[str, A
     """(kind, ModelConfig, the whole config.json) of a model folder; errors name the file."""
     path = Path(folder) / CONFIG_FILE
     try:
-        meta = json.loads(path.read_text())
+        meta = parse_json(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not found; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE} "
                               "(written by save_pretrained or `vimpac convert-original`)") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8, nested too deeply
         raise CheckpointError(f"{path}: cannot read JSON: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: expected \"format\": \"{FORMAT}\", got {meta.get('format') if isinstance(meta, dict) else meta!r}")
@@ -98,6 +98,49 @@ def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
+
+
+def check_sizes_against_weights(folder: str | Path, cfg: ModelConfig, weights: Mapping[str, torch.Tensor],
+                                contrastive_head: bool = False, num_classes: int | None = None) -> None:
+    """Before a model is built from a folder's config.json: the sizes that decide how much memory
+    it takes (vocabulary, width, depth, positional tables, heads) must be those of the tensors in
+    its model.safetensors. A config claiming dim=10**6 or layers=10**5 is then refused at once
+    instead of allocating terabytes, or building for hours, before the weights are found not to fit."""
+    expected = {
+        "backbone.embedding.weight": (cfg.num_rows, cfg.dim),
+        "backbone.positional_embedding.temporal_pos_embedding": (cfg.max_frames, cfg.dim),
+        "backbone.positional_embedding.height_pos_embedding": (cfg.height, cfg.dim),
+        "backbone.positional_embedding.width_pos_embedding": (cfg.width, cfg.dim),
+    }
+    if num_classes is not None:
+        expected["head.cls_fc.weight"] = (num_classes, cfg.dim)
+    problems = [f"{key}: config implies {shape}, file has {tuple(weights[key].shape) if key in weights else 'none'}"
+                for key, shape in expected.items() if key not in weights or tuple(weights[key].shape) != shape]
+    layers = {m.group(1) for k in weights if (m := re.match(r"backbone\.transformer\.resblocks\.(\d+)\.", k))}
+    if len(layers) != cfg.layers:
+        problems.append(f"layers: config says {cfg.layers}, file has {len(layers)}")
+    if contrastive_head:
+        linears = sorted(int(m.group(1)) for k in weights if (m := re.fullmatch(r"cls_head\.mlp\.linear_(\d+)\.weight", k)))
+        if linears != list(range(cfg.cls_head_layers)):
+            problems.append(f"cls_head_layers: config says {cfg.cls_head_layers}, file has {len(linears)}")
+        else:
+            for i in linears:
+                out = cfg.cls_head_out if i == linears[-1] else cfg.cls_head_hidden
+                if weights[f"cls_head.mlp.linear_{i}.weight"].shape[0] != out:
+                    problems.append(f"cls_head.mlp.linear_{i}: config implies {out} outputs, file has "
+                                    f"{weights[f'cls_head.mlp.linear_{i}.weight'].shape[0]}")
+    if problems:
+        raise CheckpointError(f"{Path(folder) / CONFIG_FILE}: does not describe {Path(folder) / WEIGHTS_FILE}: "
+                              + "; ".join(problems[:4]) + (f" (+{len(problems) - 4} more)" if len(problems) > 4 else ""))
+
+
+def stored_num_classes(folder: str | Path, meta: Mapping[str, Any]) -> int:
+    """The `num_classes` of a classifier folder's config.json, checked."""
+    value = meta.get("num_classes")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CheckpointError(f"{Path(folder) / CONFIG_FILE}: field 'num_classes' must be a positive integer "
+                              f"for a classification model, got {value!r}")
+    return value
 
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> list[str]:

@@ -25,7 +25,8 @@ from vimpac.model.backbone import VimpacBackbone
 from vimpac.model.config import ModelConfig
 from vimpac.model.errors import CheckpointError, ModelError
 from vimpac.model.heads import ClassificationHead, ContrastiveHead, MaskedTokenHead
-from vimpac.model.pretrained import load_weights, read_model_config, read_weights, save_model_folder
+from vimpac.model.pretrained import (check_sizes_against_weights, load_weights, read_model_config, read_weights,
+                                     save_model_folder, stored_num_classes)
 
 
 # The masked-token head runs on a multiple of this many rows (zero rows appended, their logits
@@ -88,8 +89,10 @@ class VimpacForPretraining(nn.Module):
         if kind != cls.kind:
             raise CheckpointError(f"{folder}: holds a {kind!r} model; VimpacForPretraining needs 'pretraining' "
                                   "(use VimpacForClassification.from_pretrained for classifiers)")
+        weights = read_weights(folder)
+        check_sizes_against_weights(folder, cfg, weights, contrastive_head=True)
         model = cls(_changed(cfg, config_changes, folder))
-        load_weights(model, read_weights(folder), str(Path(folder) / "model.safetensors"))
+        load_weights(model, weights, str(Path(folder) / "model.safetensors"))
         return model.to(map_location)
 
 
@@ -125,12 +128,14 @@ class VimpacForClassification(nn.Module):
         of a classifier folder too (fine-tuning a fine-tuned model on a new task). Positional
         tables are interpolated when `config_changes` give another max_frames / height / width."""
         kind, cfg, meta = read_model_config(folder)
-        cfg = _changed(cfg, config_changes, folder)
         weights = read_weights(folder)
+        stored_classes = stored_num_classes(folder, meta) if kind == cls.kind else None
+        keep_head = kind == cls.kind and not new_head and num_classes in (None, stored_classes)
+        check_sizes_against_weights(folder, cfg, weights, num_classes=stored_classes if keep_head else None)
+        cfg = _changed(cfg, config_changes, folder)
         source = str(Path(folder) / "model.safetensors")
         if kind == cls.kind:
-            stored_classes = int(meta.get("num_classes", 0))
-            if not new_head and (num_classes is None or num_classes == stored_classes):
+            if keep_head:
                 model = cls(cfg, stored_classes)
                 load_weights(model, weights, source)
                 return model.to(map_location)

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from vimpac.io import parse_json
 from vimpac.store.errors import StoreError
 
 FORMAT_NAME = "vimpac-token-store"
@@ -136,16 +137,16 @@ class StoreMeta:
             raise StoreError(f"{where}: unknown field(s) {unknown}")
         try:
             kwargs = dict(data)
-            kwargs["grid"] = tuple(int(v) for v in data["grid"])
-            kwargs["views"] = tuple(str(v) for v in data["views"])
+            kwargs["grid"] = tuple(int(v) for v in _json_list(data["grid"], "grid"))
+            kwargs["views"] = tuple(str(v) for v in _json_list(data["views"], "views"))
             kwargs["fps"] = float(data["fps"])
             kwargs["size"] = int(data["size"])
             kwargs["codebook_size"] = int(data["codebook_size"])
             kwargs["downsample"] = int(data["downsample"])
             if data.get("class_names") is not None:
-                kwargs["class_names"] = tuple(str(v) for v in data["class_names"])
+                kwargs["class_names"] = tuple(str(v) for v in _json_list(data["class_names"], "class_names"))
             if data.get("annotation_files") is not None:
-                kwargs["annotation_files"] = tuple(str(v) for v in data["annotation_files"])
+                kwargs["annotation_files"] = tuple(str(v) for v in _json_list(data["annotation_files"], "annotation_files"))
             meta = cls(**kwargs)
         except KeyError as exc:
             raise StoreError(f"{where}: missing field {exc.args[0]!r}") from None
@@ -153,6 +154,14 @@ class StoreMeta:
             raise StoreError(f"{where}: malformed field: {exc}") from None
         if len(meta.grid) != 2:
             raise StoreError(f"{where}: field 'grid' must be [h, w], got {list(meta.grid)}")
+        # Readers size their arrays by these: a negative grid reshapes tokens into nonsense, a
+        # codebook beyond uint16 cannot have been written (tokens are stored as uint16).
+        if min(meta.grid) < 1 or meta.size < 1 or meta.downsample < 1:
+            raise StoreError(f"{where}: fields 'grid', 'size' and 'downsample' must be positive, got grid "
+                             f"{list(meta.grid)}, size {meta.size}, downsample {meta.downsample}")
+        if not 1 <= meta.codebook_size <= MAX_CODEBOOK:
+            raise StoreError(f"{where}: field 'codebook_size' must be in 1..{MAX_CODEBOOK} (uint16 tokens), "
+                             f"got {meta.codebook_size}")
         if meta.dtype != TOKEN_DTYPE.str:
             raise StoreError(f"{where}: field 'dtype' is {meta.dtype!r}, expected {TOKEN_DTYPE.str!r}")
         return meta
@@ -208,10 +217,10 @@ def annotations_fingerprint(records: Sequence[Any], class_names: Sequence[str] |
 def read_meta(root: Path) -> StoreMeta:
     path = root / META_FILE
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_text())
     except FileNotFoundError:
         raise StoreError(f"{root}: not a token store ({META_FILE} not found)") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8, nested too deeply
         raise StoreError(f"{path}: cannot read: {exc}") from None
     return StoreMeta.from_json(data, str(path))
 
@@ -283,7 +292,7 @@ class Manifest:
                 video_key=[str(k) for k in videos["key"]],
                 video_label=[int(v) for v in videos["label"]],
                 video_record=[int(v) for v in videos["record"]],
-                failures=list(data.get("failures", [])),
+                failures=_json_list(data.get("failures", []), "failures"),
                 **{f"entry_{name}": [int(v) for v in entries[name]] for name in cls.ENTRY_COLUMNS},
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -297,7 +306,23 @@ class Manifest:
             raise StoreError(f"{where}: an entry names a video that the manifest does not list")
         if any(not 0 <= s < len(manifest.shards) for s in manifest.entry_shard):
             raise StoreError(f"{where}: an entry names a shard that the manifest does not list")
+        # Shards are opened as `shards/<name>`: only the names writers give (r000-0000.tok), so a
+        # manifest cannot point readers at '../..' or an absolute path (any file, or a FIFO that
+        # blocks the open forever) nor writers at files outside the store.
+        bad_shards = [name for name in manifest.shards if parse_shard_name(name) is None]
+        if bad_shards:
+            raise StoreError(f"{where}: shard name {bad_shards[0]!r} is not a shard file name "
+                             "like 'r000-0000.tok' (shards live in the store's shards/ folder)")
+        if not all(isinstance(failure, dict) for failure in manifest.failures):
+            raise StoreError(f"{where}: field 'failures' must be a list of objects")
         return manifest
+
+
+def _json_list(value: Any, name: str) -> list:
+    # list() of a string or an object would silently give its characters or keys.
+    if not isinstance(value, list):
+        raise TypeError(f"field {name!r} must be a list, got {type(value).__name__}")
+    return list(value)
 
 
 def merge_manifests(parts: Iterable[Manifest]) -> Manifest:
@@ -332,8 +357,8 @@ def merge_manifests(parts: Iterable[Manifest]) -> Manifest:
 
 def read_manifest_file(path: Path) -> Manifest:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = parse_json(path.read_text())
+    except (OSError, ValueError) as exc:
         raise StoreError(f"{path}: cannot read manifest: {exc}") from None
     return Manifest.from_json(data, str(path))
 

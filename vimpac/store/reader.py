@@ -61,7 +61,14 @@ class TokenStore:
         self._start: list[int] = [offset // TOKEN_DTYPE.itemsize for offset in m.entry_offset]
         self._shard: list[int] = list(m.entry_shard)
         self._maps: list[np.ndarray] = [self._map_shard(name) for name in m.shards]
+        num_views = len(meta.views)
         for i, (shard, start, frames) in enumerate(zip(self._shard, self._start, self._frames)):
+            offset, view = m.entry_offset[i], m.entry_view[i]
+            if frames < 0 or offset < 0 or offset % TOKEN_DTYPE.itemsize or not 0 <= view < num_views:
+                # Negative sizes would slice tokens from the wrong place without an error.
+                raise StoreError(f"{root}: manifest entry {i} ({m.video_key[m.entry_video[i]]}) has "
+                                 f"frames {frames}, byte offset {offset}, view {view}; expected frames >= 0, an "
+                                 f"even offset >= 0 and a view below {num_views}; run `vimpac store verify` for details")
             if start + frames * self._per_frame > self._maps[shard].shape[0]:
                 raise StoreError(f"{root / SHARD_DIR / m.shards[shard]}: entry {i} "
                                  f"({m.video_key[m.entry_video[i]]}) ends past the end of the shard; "

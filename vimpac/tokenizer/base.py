@@ -8,7 +8,6 @@ a store made with one tokenizer is never read as if made with another.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vimpac.io import output_folder_problem
+from vimpac.io import output_folder_problem, parse_json
 
 
 class TokenizerError(ValueError):
@@ -65,10 +64,10 @@ def load_tokenizer(folder: str | Path, device: str | torch.device = "cpu") -> Fr
         raise TokenizerError(f"{folder}: no such tokenizer folder; {FOLDER_CONTENTS}")
     config_path = folder / "tokenizer.json"
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config = parse_json(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TokenizerError(f"{config_path}: not found; {FOLDER_CONTENTS}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not JSON, not UTF-8, nested too deeply
         raise TokenizerError(f"{config_path}: not valid JSON: {exc}") from None
     except OSError as exc:  # a folder named tokenizer.json, no permission to read it, ...
         raise TokenizerError(f"{config_path}: cannot read: {exc.strerror or exc}") from None

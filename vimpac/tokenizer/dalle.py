@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vimpac.config import ConfigError, from_dict, to_dict
-from vimpac.io import atomic_path, atomic_write_json, write_folder
+from vimpac.io import atomic_path, atomic_write_json, parse_json, write_folder
 from vimpac.tokenizer.base import FrameTokenizer, TokenizerError, check_output_folder
 
 LOGIT_LAPLACE_EPS = 0.1
@@ -467,10 +467,10 @@ class DalleTokenizer(FrameTokenizer):
         folder = Path(folder)
         config_path, weights_path = folder / TOKENIZER_JSON, folder / WEIGHTS_FILE
         try:
-            meta = json.loads(config_path.read_text())
+            meta = parse_json(config_path.read_text())
         except FileNotFoundError:
             raise TokenizerError(f"{config_path}: not found; make the folder with `vimpac convert-dalle`") from None
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not JSON, not UTF-8, nested too deeply
             raise TokenizerError(f"{config_path}: not valid JSON: {exc}") from None
         if not isinstance(meta, dict) or meta.get("kind") != "dalle":
             raise TokenizerError(f"{config_path}: expected \"kind\": \"dalle\", got {meta.get('kind') if isinstance(meta, dict) else meta!r}")

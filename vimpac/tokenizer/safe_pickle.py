@@ -340,5 +340,7 @@ def load_module_pickle(path: str | Path, module_classes: Iterable[str]) -> Any:
     except TokenizerError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, zipfile.BadZipFile, struct.error, RuntimeError) as exc:
+            KeyError, zipfile.BadZipFile, struct.error, RuntimeError, MemoryError) as exc:
+        # MemoryError: a length-prefixed opcode (BINBYTES8, BINUNICODE8, FRAME) may declare a huge
+        # size, which the unpickler allocates before it reads; a 20-byte file can ask for a petabyte.
         raise TokenizerError(f"{path}: not a readable torch.save file ({type(exc).__name__}: {exc})") from None

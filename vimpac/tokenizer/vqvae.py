@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vimpac.config import ConfigError, from_dict, to_dict
-from vimpac.io import atomic_path, atomic_write_json
+from vimpac.io import atomic_path, atomic_write_json, parse_json
 from vimpac.tokenizer.base import FrameTokenizer, TokenizerError
 
 KIND = "vqvae"
@@ -439,10 +439,10 @@ class VQVAETokenizer(FrameTokenizer):
         folder = Path(folder)
         config_path = folder / CONFIG_FILE
         try:
-            meta = json.loads(config_path.read_text())
+            meta = parse_json(config_path.read_text())
         except FileNotFoundError:
             raise TokenizerError(f"{config_path}: not found") from None
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not JSON, not UTF-8, nested too deeply
             raise TokenizerError(f"{config_path}: not valid JSON: {exc}") from None
         if not isinstance(meta, dict) or meta.get("kind") != KIND:
             raise TokenizerError(f"{config_path}: expected \"kind\": \"{KIND}\", got {meta.get('kind') if isinstance(meta, dict) else meta!r}")
