@@ -323,3 +323,34 @@ def test_docs_ffmpeg_fps_filter_is_our_sampling_half_a_period_later(index_video,
     duration = count / source_fps
     assert len(ffmpeg) == round(duration * 2) and len(read_video_at_fps(path, 2)) == math.ceil(duration * 2)
     np.testing.assert_array_equal(ffmpeg, decode_indices(read_clip(path, 2, len(ffmpeg), start_time=0.25)))
+
+
+def test_the_last_gop_of_an_mpeg_ts_file_is_readable(index_video, tmp_path):
+    # Seeking an MPEG-TS file to a keyframe near its end left nothing to decode, and the reader
+    # gave up ("no frame decodes after seeking to frame 149") instead of starting a GOP earlier.
+    path = tmp_path / "index.ts"
+    _remux(index_video("h264", fps=25, count=150, gop=50), path, "mpegts")
+    with VideoReader(path) as video:
+        assert video.num_frames == 150 and video.keyframe_indices[-1] > 100
+        wanted = np.array([149, video.keyframe_indices[-1], 120, 0, 149])
+        np.testing.assert_array_equal(decode_indices(video.read_frames(wanted)), wanted)
+        for index in (149, video.keyframe_indices[-1]):
+            np.testing.assert_array_equal(decode_indices(video.read_frames([index])), [index])
+
+
+def _remux(source, path, fmt, drop_packets=0):
+    """`source` remuxed into `fmt` without its first `drop_packets` packets (decode order): with
+    some dropped, a stream that starts inside a GOP with nothing to hide its head, as a stream
+    copy into .mkv / .ts cut at a non-keyframe or a broadcast capture joined mid-GOP. Returns the
+    frame index of the first keyframe left, where players and FFmpeg start showing the video."""
+    with av.open(str(source)) as src, av.open(str(path), "w", format=fmt) as out:
+        in_stream = src.streams.video[0]
+        out_stream = out.add_stream_from_template(in_stream)
+        first_key = None
+        packets = [p for p in src.demux(in_stream) if p.dts is not None]
+        for packet in packets[drop_packets:]:
+            if packet.is_keyframe and first_key is None:
+                first_key = round(packet.pts * in_stream.time_base * in_stream.average_rate)
+            packet.stream = out_stream
+            out.mux(packet)
+    return first_key

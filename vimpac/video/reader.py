@@ -635,7 +635,8 @@ class VideoReader:
 
         `frames` yields (index, frame) in presentation order; `position` is one before the first
         frame it will yield. Demuxers seek by decode timestamps, so a seek can land one GOP
-        late; when the first decoded frame is past `target`, retry from an earlier keyframe.
+        late; when the first decoded frame is past `target`, or none decodes, retry from an
+        earlier keyframe.
         """
         slot = int(np.searchsorted(self._keyframes, target, side="right") - 1)
         while True:
@@ -651,7 +652,12 @@ class VideoReader:
             try:
                 first_index, first_frame = next(frames)
             except StopIteration:
-                raise VideoDecodeError(self.path, f"no frame decodes after seeking to frame {target}") from None
+                # An MPEG-TS seek to a keyframe near the end of the file can leave nothing to
+                # decode; an earlier keyframe gets there by decoding forward.
+                if slot == 0:
+                    raise VideoDecodeError(self.path, f"no frame decodes after seeking to frame {target}") from None
+                slot -= 1
+                continue
             if first_index <= target:
                 return _prepend(first_index, first_frame, frames), first_index - 1
             if slot == 0:
