@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import HEIGHT, WIDTH, decode_indices, has_b_frames, index_frames, write_webm
 
-from vimpac.video.errors import VideoTooShortError
+from vimpac.video.errors import VideoDecodeError, VideoTooShortError
 from vimpac.video.reader import (
     VideoInfo,
     VideoReader,
@@ -354,3 +354,42 @@ def _remux(source, path, fmt, drop_packets=0):
             packet.stream = out_stream
             out.mux(packet)
     return first_key
+
+
+@pytest.mark.parametrize("codec,fmt,suffix", [("h264", "matroska", "mkv"), ("h264", "mpegts", "ts"),
+                                              ("h264", "mp4", "mp4"), ("mpeg4", "matroska", "mkv")])
+def test_stream_starting_inside_a_gop_starts_at_its_first_keyframe(index_video, tmp_path, codec, fmt, suffix):
+    # Without an edit list the frames of the cut GOP were counted as frames of the video, though
+    # they cannot be decoded: every read that needed frame 0 failed ("frame 0 cannot be decoded
+    # (decoding starts at frame 38)"), so `tokenize` lost the whole video.
+    source = index_video(codec, fps=25, count=100, gop=50)
+    path = tmp_path / f"cut_{codec}.{suffix}"
+    first_key = _remux(source, path, fmt, drop_packets=10)
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+        declared = container.streams.video[0].frames
+    assert not packets[0].is_keyframe and not any(p.is_discard for p in packets) and first_key > 10
+    # FFmpeg's own decode: the H.264 decoder drops the frames before the keyframe, the MPEG-4 one
+    # returns them as smears of the missing references; from the keyframe on, the video's frames.
+    with av.open(str(path)) as container:
+        decoded = [f for f in container.decode(video=0)]
+    key_pts = min(p.pts for p in packets if p.is_keyframe)
+    shown = np.stack([f.to_ndarray(format="rgb24") for f in decoded if f.pts >= key_pts])
+    if codec == "h264":
+        assert len(shown) == len(decoded)
+    np.testing.assert_array_equal(decode_indices(shown), np.arange(first_key, 100))
+    count = 100 - first_key
+    with VideoReader(path) as video:
+        # MP4 declares all 90 packets as frames; the check against truncation counts the hidden ones.
+        assert declared in (0, len(packets)) and video.num_frames == count and video.info.num_frames == count
+        assert video.info.duration == pytest.approx(count / 25)
+        np.testing.assert_array_equal(video.read_frames(np.arange(count)), shown)
+        wanted = np.array([count - 1, 0, count // 2, 0, 3])
+        np.testing.assert_array_equal(video.read_frames(wanted), shown[wanted])
+    np.testing.assert_array_equal(decode_indices(read_video_at_fps(path, 5)), first_key + np.arange(0, count, 5))
+    if suffix != "ts":  # MPEG-TS declares neither a frame count nor a duration to check against
+        data = path.read_bytes()
+        truncated = tmp_path / f"truncated.{suffix}"
+        truncated.write_bytes(data[:len(data) * 6 // 10])
+        with pytest.raises(VideoDecodeError, match="truncated"):
+            VideoReader(truncated)
