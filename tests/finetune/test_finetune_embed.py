@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vimpac.cli import main
+from vimpac.data.clips import uniform_clip_starts
 from vimpac.finetune.embed import embed_tokens
 from vimpac.model import VimpacForPretraining, build_model_config
 from vimpac.tokenizer.vqvae import VQVAEConfig, VQVAETokenizer
@@ -23,9 +24,12 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("embed")
-    torch.manual_seed(0)
+    # Seed 0 gave a tokenizer that maps every frame of both sample clips to one code, so their
+    # features differed only through [PAD] frames; this one uses several codes.
+    torch.manual_seed(1)
     tokenizer = VQVAETokenizer.from_config(VQVAEConfig(width=8, channel_mult=(1, 1, 1), codebook_size=16, code_dim=8))
     tokenizer.save_pretrained(root / "tok")
+    torch.manual_seed(0)
     cfg = build_model_config(None, overrides={"codebook_size": 16, "dim": 32, "layers": 1, "heads": 2,
                                               "max_frames": 3, "height": 4, "width": 4, "cls_head_hidden": 16})
     VimpacForPretraining(cfg).save_pretrained(root / "model")
@@ -60,16 +64,35 @@ def test_embed_sample_clips_npy_and_safetensors(assets, tmp_path):
     np.testing.assert_allclose(loaded["cls/carphone_pristine"], matrix[0], rtol=1e-5, atol=1e-6)
 
 
-def test_cls_feature_is_the_mean_over_padded_clips(assets, tmp_path):
+def test_clips_cover_the_video_like_evaluation_without_running_past_its_end(assets):
+    # Consecutive clips with the last one padded: a 7-frame video at T = 3 got a third of its CLS
+    # feature from a clip of 1 real frame and 2 [PAD] frames (an 11-frame video at T = 10, half).
+    # Now its ceil(7 / 3) = 3 clips start where evaluation's would (0, 2, 4), all inside the video.
     model = VimpacForPretraining.from_pretrained(assets / "model").eval()
-    tokens = np.random.default_rng(0).integers(0, 16, size=(5, 4, 4))
+    tokens = np.random.default_rng(0).integers(0, 16, size=(7, 4, 4))
     cls, token_features = embed_tokens(model, tokens, with_tokens=True)
-    clips = np.full((2, 3, 4, 4), model.backbone.pad_id)
-    clips.reshape(6, 4, 4)[:5] = tokens
+    starts = uniform_clip_starts(7, 3, 3)
+    assert starts.tolist()[-1] == 7 - 3
+    clips = np.stack([tokens[s:s + 3] for s in starts])
     with torch.no_grad():
         direct, hiddens = model.backbone(torch.from_numpy(clips))
     np.testing.assert_allclose(cls, direct.mean(0).numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(token_features, hiddens.reshape(6, 4, 4, 32)[:5].numpy(), rtol=1e-5, atol=1e-6)
+    # A frame's token features: the mean over the clips that hold it (frames 2 and 4: two clips).
+    per_frame = [[hiddens[c, f - s] for c, s in enumerate(starts) if s <= f < s + 3] for f in range(7)]
+    expected = torch.stack([torch.stack(held).mean(0) for held in per_frame])
+    np.testing.assert_allclose(token_features, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_video_shorter_than_a_clip_is_one_padded_clip(assets):
+    model = VimpacForPretraining.from_pretrained(assets / "model").eval()
+    tokens = np.random.default_rng(0).integers(0, 16, size=(2, 4, 4))
+    cls, token_features = embed_tokens(model, tokens, with_tokens=True)
+    clip = np.full((1, 3, 4, 4), model.backbone.pad_id)
+    clip[0, :2] = tokens
+    with torch.no_grad():
+        direct, hiddens = model.backbone(torch.from_numpy(clip))
+    np.testing.assert_allclose(cls, direct[0].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(token_features, hiddens[0, :2].numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_embed_written_video_only_failures_exit_nonzero(assets, tmp_path):

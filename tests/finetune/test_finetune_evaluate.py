@@ -203,3 +203,39 @@ def test_evaluate_cli_names_an_unreadable_run_record_unless_the_protocol_is_give
             "--no-progress"]
     assert main(args) == 2 and "finetune.json: cannot read the run's resolved" in capsys.readouterr().err
     assert main(args + ["--temporal-clips", "1", "--spatial-crops", "1"]) == 0
+
+
+def test_evaluate_refuses_a_store_tokenized_unlike_the_runs_training_store(tmp_path, capsys):
+    # finetune.json did not record how the training store was tokenized, so a run trained on 2 fps
+    # clips was evaluated on a 4 fps store (each clip spanning half the time it learned on) and
+    # a store of another frame size with silently interpolated position tables.
+    train = make_store(tmp_path / "train", num_videos=3)
+    run = tmp_path / "run"
+    assert main(["finetune", "--train-store", str(train), "--from-scratch", "--preset", "tiny", "--recipe",
+                 "synthetic", "--out", str(run), "--frames", "4", "--steps", "1", "--batch-size", "2",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+
+    def evaluate(checkpoint, store) -> tuple[int, str]:
+        code = main(["evaluate", "--checkpoint", str(checkpoint), "--store", str(store), "--out", str(tmp_path / "e"),
+                     "--temporal-clips", "1", "--spatial-crops", "1", "--no-progress"])
+        return code, capsys.readouterr().err
+
+    others = [(dict(fps=4.0), "sampled at 4 fps, the fine-tuning run's training store at 2 fps"),
+              (dict(grid=(4, 4)), "frames of 32 px, the fine-tuning run's training store of 24 px"),
+              (dict(tokenizer_id="tok-other"), "tokenizer_id='tok-other', but 'tok-test' was expected")]
+    for i, (other, message) in enumerate(others):
+        store = make_store(tmp_path / f"other{i}", num_videos=3, **other)
+        for checkpoint in (run, run / "model"):
+            code, err = evaluate(checkpoint, store)
+            assert code == 2 and str(store) in err and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "e").exists()
+    assert evaluate(run, make_store(tmp_path / "same", num_videos=3, seed=5)) == (0, "")
+    # A run folder from before finetune.json recorded the training store: unknown, not checked.
+    record = json.loads((run / "finetune.json").read_text())
+    (run / "finetune.json").write_text(json.dumps({**record, "train_store_meta": {"fps": "2"}}))
+    code, err = evaluate(run, tmp_path / "same")
+    assert code == 2 and "finetune.json: cannot read the run's training store settings" in err
+    del record["train_store_meta"]
+    (run / "finetune.json").write_text(json.dumps(record))
+    assert evaluate(run, tmp_path / "other0")[0] == 0

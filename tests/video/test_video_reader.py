@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import HEIGHT, WIDTH, decode_indices, has_b_frames, index_frames, write_webm
 
-from vimpac.video.errors import VideoTooShortError
+from vimpac.video.errors import VideoDecodeError, VideoTooShortError
 from vimpac.video.reader import (
     VideoInfo,
     VideoReader,
@@ -323,3 +323,73 @@ def test_docs_ffmpeg_fps_filter_is_our_sampling_half_a_period_later(index_video,
     duration = count / source_fps
     assert len(ffmpeg) == round(duration * 2) and len(read_video_at_fps(path, 2)) == math.ceil(duration * 2)
     np.testing.assert_array_equal(ffmpeg, decode_indices(read_clip(path, 2, len(ffmpeg), start_time=0.25)))
+
+
+def test_the_last_gop_of_an_mpeg_ts_file_is_readable(index_video, tmp_path):
+    # Seeking an MPEG-TS file to a keyframe near its end left nothing to decode, and the reader
+    # gave up ("no frame decodes after seeking to frame 149") instead of starting a GOP earlier.
+    path = tmp_path / "index.ts"
+    _remux(index_video("h264", fps=25, count=150, gop=50), path, "mpegts")
+    with VideoReader(path) as video:
+        assert video.num_frames == 150 and video.keyframe_indices[-1] > 100
+        wanted = np.array([149, video.keyframe_indices[-1], 120, 0, 149])
+        np.testing.assert_array_equal(decode_indices(video.read_frames(wanted)), wanted)
+        for index in (149, video.keyframe_indices[-1]):
+            np.testing.assert_array_equal(decode_indices(video.read_frames([index])), [index])
+
+
+def _remux(source, path, fmt, drop_packets=0):
+    """`source` remuxed into `fmt` without its first `drop_packets` packets (decode order): with
+    some dropped, a stream that starts inside a GOP with nothing to hide its head, as a stream
+    copy into .mkv / .ts cut at a non-keyframe or a broadcast capture joined mid-GOP. Returns the
+    frame index of the first keyframe left, where players and FFmpeg start showing the video."""
+    with av.open(str(source)) as src, av.open(str(path), "w", format=fmt) as out:
+        in_stream = src.streams.video[0]
+        out_stream = out.add_stream_from_template(in_stream)
+        first_key = None
+        packets = [p for p in src.demux(in_stream) if p.dts is not None]
+        for packet in packets[drop_packets:]:
+            if packet.is_keyframe and first_key is None:
+                first_key = round(packet.pts * in_stream.time_base * in_stream.average_rate)
+            packet.stream = out_stream
+            out.mux(packet)
+    return first_key
+
+
+@pytest.mark.parametrize("codec,fmt,suffix", [("h264", "matroska", "mkv"), ("h264", "mpegts", "ts"),
+                                              ("h264", "mp4", "mp4"), ("mpeg4", "matroska", "mkv")])
+def test_stream_starting_inside_a_gop_starts_at_its_first_keyframe(index_video, tmp_path, codec, fmt, suffix):
+    # Without an edit list the frames of the cut GOP were counted as frames of the video, though
+    # they cannot be decoded: every read that needed frame 0 failed ("frame 0 cannot be decoded
+    # (decoding starts at frame 38)"), so `tokenize` lost the whole video.
+    source = index_video(codec, fps=25, count=100, gop=50)
+    path = tmp_path / f"cut_{codec}.{suffix}"
+    first_key = _remux(source, path, fmt, drop_packets=10)
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+        declared = container.streams.video[0].frames
+    assert not packets[0].is_keyframe and not any(p.is_discard for p in packets) and first_key > 10
+    # FFmpeg's own decode: the H.264 decoder drops the frames before the keyframe, the MPEG-4 one
+    # returns them as smears of the missing references; from the keyframe on, the video's frames.
+    with av.open(str(path)) as container:
+        decoded = [f for f in container.decode(video=0)]
+    key_pts = min(p.pts for p in packets if p.is_keyframe)
+    shown = np.stack([f.to_ndarray(format="rgb24") for f in decoded if f.pts >= key_pts])
+    if codec == "h264":
+        assert len(shown) == len(decoded)
+    np.testing.assert_array_equal(decode_indices(shown), np.arange(first_key, 100))
+    count = 100 - first_key
+    with VideoReader(path) as video:
+        # MP4 declares all 90 packets as frames; the check against truncation counts the hidden ones.
+        assert declared in (0, len(packets)) and video.num_frames == count and video.info.num_frames == count
+        assert video.info.duration == pytest.approx(count / 25)
+        np.testing.assert_array_equal(video.read_frames(np.arange(count)), shown)
+        wanted = np.array([count - 1, 0, count // 2, 0, 3])
+        np.testing.assert_array_equal(video.read_frames(wanted), shown[wanted])
+    np.testing.assert_array_equal(decode_indices(read_video_at_fps(path, 5)), first_key + np.arange(0, count, 5))
+    if suffix != "ts":  # MPEG-TS declares neither a frame count nor a duration to check against
+        data = path.read_bytes()
+        truncated = tmp_path / f"truncated.{suffix}"
+        truncated.write_bytes(data[:len(data) * 6 // 10])
+        with pytest.raises(VideoDecodeError, match="truncated"):
+            VideoReader(truncated)

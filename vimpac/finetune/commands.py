@@ -181,12 +181,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from vimpac.devices import usable_device
     from vimpac.engine import distributed
     from vimpac.finetune.evaluate import evaluate_classifier, write_evaluation
-    from vimpac.finetune.loading import load_classifier, run_evaluation_settings
-    from vimpac.store import TokenStore
+    from vimpac.finetune.loading import load_classifier, run_evaluation_settings, run_training_store
+    from vimpac.finetune.runner import open_store_like
 
     try:
         args.device = usable_device(args.device, "--device")
-        store = TokenStore.open(args.store)
+        # A fine-tuning run's classifier only on a store tokenized like its training store (same
+        # tokenizer, frame size and FPS); unknown for other model folders and older runs.
+        store = open_store_like(args.store, run_training_store(args.checkpoint),
+                                "the fine-tuning run's training store")
         model = load_classifier(args.checkpoint, frames=args.frames, grid=store.grid,
                                 expect_codebook_size=store.meta.codebook_size)
         # Unless given: the protocol the run itself was evaluated with (its recipe's), else the paper's 10 x 3.

@@ -7,11 +7,14 @@
     write_embeddings(emb, "features.safetensors")
 
 A video is decoded at `fps`, resized / center-cropped to `size` (the store's "s1.00_center"
-view) and tokenized; its frames are cut into consecutive clips of the model's T frames (the
-last one padded with [PAD]), the clips go through the backbone `batch_size` at a time (a long
-video's clips do not all have to fit in memory at once), and the CLS feature is the mean of the
-clips' CLS outputs. Token features (optional) are the
-clips' token outputs put back end to end and trimmed to the video: (T_video, h, w, D).
+view) and tokenized; it is covered with ceil(T_video / T) clips of the model's T frames, spread
+from the first to the last frame as multi-view evaluation spreads its clips (`uniform_clip_starts`:
+no clip runs past the end of a video of at least T frames, so none is mostly [PAD]; neighbouring
+clips overlap when T does not divide T_video; only a video shorter than T gets a padded clip). The
+clips go through the backbone `batch_size` at a time (a long video's clips do not all have to
+fit in memory at once), and the CLS feature is the mean of the clips' CLS outputs. Token
+features (optional) are the clips' token outputs put back at their frames, averaged where clips
+overlap: (T_video, h, w, D).
 A video that cannot be read is recorded in `failures` with the reason; the others go on.
 """
 
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vimpac.data.clips import take_clip, uniform_clip_starts
 from vimpac.finetune.errors import FinetuneError
 from vimpac.io import atomic_path, atomic_write_json, output_file_problem
 
@@ -69,24 +73,31 @@ def embed_tokens(model: nn.Module, tokens: np.ndarray, frames: int | None = None
     length = tokens.shape[0]
     if length == 0:
         raise FinetuneError("video has no frames at this fps")
-    num_clips = math.ceil(length / frames)
-    padded = np.full((num_clips * frames, *tokens.shape[1:]), backbone.pad_id, dtype=np.int64)
-    padded[:length] = tokens
-    clips = torch.from_numpy(padded.reshape(num_clips, frames, *tokens.shape[1:])).to(device)
+    # As few clips as cover every frame, placed like evaluation's: consecutive clips of T with
+    # the last one padded gave an 11-frame video at T = 10 half its feature from 1 real frame.
+    starts = [int(s) for s in uniform_clip_starts(length, frames, math.ceil(length / frames))]
+    tokens = np.asarray(tokens, dtype=np.int64)
+    clips = torch.from_numpy(np.stack([take_clip(tokens, s, frames, backbone.pad_id) for s in starts])).to(device)
     backbone.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    cls_outputs, token_outputs = [], []
-    for batch in clips.split(batch_size):
+    cls_outputs = []
+    token_sums, token_counts = None, torch.zeros(length)
+    for first, batch in zip(range(0, len(starts), batch_size), clips.split(batch_size)):
         with autocast:
             cls, hiddens = backbone(batch)
         cls_outputs.append(cls.float().cpu())
         if with_tokens:
-            token_outputs.append(hiddens.float().cpu())
+            hiddens = hiddens.float().cpu()  # (clips, T, h, w, D)
+            if token_sums is None:
+                token_sums = torch.zeros(length, *hiddens.shape[2:])
+            for start, clip_hiddens in zip(starts[first:], hiddens):
+                real = min(frames, length - start)  # a clip's [PAD] frames are no frames of the video
+                token_sums[start:start + real] += clip_hiddens[:real]
+                token_counts[start:start + real] += 1
     cls_feature = torch.cat(cls_outputs).mean(dim=0).numpy()
     token_features = None
     if with_tokens:
-        hiddens = torch.cat(token_outputs)
-        token_features = hiddens.reshape(num_clips * frames, *hiddens.shape[2:])[:length].numpy()
+        token_features = (token_sums / token_counts.view(-1, 1, 1, 1)).numpy()
     return cls_feature, token_features
 
 

@@ -38,15 +38,21 @@ def resolve_model_folder(path: str | Path) -> Path:
                         "`vimpac convert-original` or `vimpac finetune`")
 
 
-def run_evaluation_settings(path: str | Path) -> dict[str, int]:
-    """The multi-view settings (temporal_clips, spatial_crops) a fine-tuning run evaluated with,
-    when `path` is the run folder or its model/ folder; {} for any other model folder. So that
-    re-evaluating a run repeats its recipe's protocol (e.g. SSV2: the center crop only)."""
+def _run_record_path(path: str | Path) -> Path | None:
+    """finetune.json of the run whose folder (or model/ folder) `path` is; None for any other folder."""
     path = Path(path)
     record = path / RUN_RECORD
     if not record.is_file() and path.name == RUN_MODEL_DIR:
         record = path.parent / RUN_RECORD
-    if not record.is_file():
+    return record if record.is_file() else None
+
+
+def run_evaluation_settings(path: str | Path) -> dict[str, int]:
+    """The multi-view settings (temporal_clips, spatial_crops) a fine-tuning run evaluated with,
+    when `path` is the run folder or its model/ folder; {} for any other model folder. So that
+    re-evaluating a run repeats its recipe's protocol (e.g. SSV2: the center crop only)."""
+    record = _run_record_path(path)
+    if record is None:
         return {}
     try:
         resolved = parse_json(record.read_text())["resolved"]
@@ -54,6 +60,26 @@ def run_evaluation_settings(path: str | Path) -> dict[str, int]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FinetuneError(f"{record}: cannot read the run's resolved temporal_clips / spatial_crops "
                             f"({type(exc).__name__}: {exc}); pass --temporal-clips and --spatial-crops") from None
+
+
+def run_training_store(path: str | Path) -> dict:
+    """How the training store of the fine-tuning run at `path` (run folder or its model/ folder)
+    was tokenized: tokenizer_id, codebook_size, size, grid, fps (`runner.training_store_record`).
+    {} for any other model folder, and for a run recorded before finetune.json held it (unknown,
+    not checked)."""
+    record = _run_record_path(path)
+    if record is None:
+        return {}
+    try:
+        run = json.loads(record.read_text())
+        if not isinstance(run, dict) or "train_store_meta" not in run:
+            return {}
+        meta = run["train_store_meta"]
+        return {"tokenizer_id": str(meta["tokenizer_id"]), "codebook_size": int(meta["codebook_size"]),
+                "size": int(meta["size"]), "grid": [int(n) for n in meta["grid"]], "fps": float(meta["fps"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FinetuneError(f"{record}: cannot read the run's training store settings 'train_store_meta' "
+                            f"({type(exc).__name__}: {exc})") from None
 
 
 def size_preset_of(path: str | Path) -> str | None:

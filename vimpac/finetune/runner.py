@@ -103,21 +103,44 @@ class FinetuneSummary:
     evaluation: dict[str, Any] | None  # the final multi-view metrics (top1, top5, mean_class)
 
 
-def _open_stores(cfg: FinetuneConfig):
+def training_store_record(store) -> dict[str, Any]:
+    """How the training store was tokenized, as finetune.json records it ("train_store_meta"), so
+    that `vimpac evaluate` can refuse a store tokenized otherwise (`open_store_like`)."""
+    meta = store.meta
+    return {"tokenizer_id": meta.tokenizer_id, "codebook_size": meta.codebook_size, "size": meta.size,
+            "grid": list(store.grid), "fps": meta.fps}
+
+
+def open_store_like(path: str, reference: dict[str, Any], reference_name: str):
+    """The store at `path`, refused (FinetuneError / StoreError naming it and both values) when it
+    was tokenized unlike `reference`, a `training_store_record`: another tokenizer or codebook,
+    frame size, token grid or FPS. A field missing from `reference` (a run folder from before it
+    was recorded) is not checked."""
     from vimpac.store import TokenStore
     from vimpac.store.format import same_fps
+
+    store = TokenStore.open(path, expect_tokenizer_id=reference.get("tokenizer_id"),
+                            expect_codebook_size=reference.get("codebook_size"))
+    size, grid, fps = reference.get("size"), reference.get("grid"), reference.get("fps")
+    if size is not None and store.meta.size != size:
+        raise FinetuneError(f"{path}: frames of {store.meta.size} px, {reference_name} of {size} px; "
+                            "tokenize both with one --size")
+    if grid is not None and tuple(store.grid) != tuple(grid):
+        raise FinetuneError(f"{path}: token grid {tuple(store.grid)} differs from {reference_name}'s {tuple(grid)}")
+    if fps is not None and not same_fps(store.meta.fps, fps):
+        # A clip of T frames would span another stretch of time than the model learned on.
+        raise FinetuneError(f"{path}: sampled at {store.meta.fps:g} fps, {reference_name} at "
+                            f"{fps:g} fps; tokenize both with one --fps")
+    return store
+
+
+def _open_stores(cfg: FinetuneConfig):
+    from vimpac.store import TokenStore
 
     train = TokenStore.open(cfg.train_store)
     val = None
     if cfg.val_store:
-        val = TokenStore.open(cfg.val_store, expect_tokenizer_id=train.meta.tokenizer_id,
-                              expect_codebook_size=train.meta.codebook_size)
-        if val.grid != train.grid:
-            raise FinetuneError(f"{cfg.val_store}: token grid {val.grid} differs from the training store's {train.grid}")
-        if not same_fps(val.meta.fps, train.meta.fps):
-            # A clip of T frames would span another stretch of time than the model learned on.
-            raise FinetuneError(f"{cfg.val_store}: sampled at {val.meta.fps:g} fps, the training store at "
-                                f"{train.meta.fps:g} fps; tokenize both with one --fps")
+        val = open_store_like(cfg.val_store, training_store_record(train), "the training store")
     return train, val
 
 
@@ -255,7 +278,8 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
         validation=ValidationSettings(settings["val_temporal_clips"], settings["spatial_crops"]),
         val_bf16=cfg.precision == "bf16")
     record = {"config": _recorded_config(cfg), "resolved": settings, "model": to_dict(model.config),
-              "num_classes": num_classes, "class_names": class_names, "train_views": list(task.views)}
+              "num_classes": num_classes, "class_names": class_names, "train_views": list(task.views),
+              "train_store_meta": training_store_record(train_store)}
     if dist.is_main:
         atomic_write_json(run_dir / "finetune.json", record)
     trainer = Trainer(model, task, train_cfg, run_dir, run_config=record, param_groups=param_groups)

@@ -382,6 +382,39 @@ def _upright(array: np.ndarray, quarter_turns: int) -> np.ndarray:
     return np.rot90(array, quarter_turns) if quarter_turns else array
 
 
+def _first_decodable_pts(path: Path, stream_index: int) -> int | None:
+    """The timestamp of the first frame a decoder shows when it starts at the beginning of a
+    stream whose first packet is not a keyframe: the first frame it marks as a key or intra frame,
+    else (no such frame at all) the first frame it returns; None when nothing decodes.
+
+    Such a stream was cut or captured inside a GOP (`ffmpeg -ss X -i in.mp4 -c copy out.mkv`, a
+    broadcast capture): its leading frames reference a GOP that is not in the file. FFmpeg's H.264
+    decoder drops them, its MPEG-4 Part 2 decoder returns garbage; the pictures start at the
+    keyframe. A file whose first packet is merely not flagged as a keyframe decodes
+    an intra frame first, so nothing of it is hidden."""
+    container = _open_container(path)
+    try:
+        stream = container.streams[stream_index]
+        first = None
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:  # a leading packet without its references; FFmpeg goes on too
+                continue
+            for frame in frames:
+                if frame.pts is None:
+                    continue
+                if frame.key_frame or getattr(frame.pict_type, "name", frame.pict_type) == "I":
+                    return int(frame.pts)
+                if first is None:
+                    first = int(frame.pts)
+        return first
+    except av.FFmpegError:
+        return None
+    finally:
+        container.close()
+
+
 def _decode_first_frame(container, stream, path: Path) -> av.VideoFrame:
     try:
         for frame in container.decode(stream):
@@ -444,11 +477,13 @@ class VideoReader:
         if stream.time_base is None:
             raise VideoDecodeError(path, "the video stream has no time base")
         pts_list: list[int] = []
+        dts_list: list[int | None] = []  # of the same packets
         key_pts: list[int] = []
         # Packets before the start of an MP4 edit list (what `ffmpeg -ss ... -c copy` writes: the
         # cut begins mid-GOP, so the GOP's head is kept for decoding but flagged "discard"). The
         # decoder drops their frames, as players and FFmpeg do; they are not frames of the video.
         discarded_pts: list[int] = []
+        first_packet_is_key: bool | None = None
         first_dts: int | None = None  # the stream's earliest decode timestamp, see _seek_and_decode
         # Guard against a demuxer that stops advancing on a crafted file: every real packet
         # consumes file bytes, so more packets than bytes (plus slack for flush packets) means
@@ -467,16 +502,32 @@ class VideoReader:
                     raise VideoDecodeError(path, "packets carry no timestamps; cannot address frames exactly")
                 if packet.dts is not None and (first_dts is None or packet.dts < first_dts):
                     first_dts = packet.dts
+                if first_packet_is_key is None:  # the first in decode order, a discarded one too
+                    first_packet_is_key = bool(packet.is_keyframe)
                 if packet.is_discard:
                     discarded_pts.append(pts)
                     continue
                 pts_list.append(pts)
+                dts_list.append(packet.dts)
                 if packet.is_keyframe:
                     key_pts.append(pts)
         except VideoError:
             raise
         except Exception as exc:
             raise _translate_av_error(path, exc, "reading packets") from exc
+        if first_packet_is_key is False:
+            # A stream cut or captured inside a GOP without an edit list (.mkv / .ts): the frames
+            # before the first decodable one reference a GOP that is not in the file. Like the
+            # discarded packets above, they are not frames of the video, which starts there.
+            # Reads of frame 0 seek to its keyframe: the packets before it are of no use for
+            # decoding, and an MP4 refuses a seek before its first keyframe.
+            start = _first_decodable_pts(path, stream.index)
+            if start is not None and pts_list and start > min(pts_list):
+                discarded_pts.extend(p for p in pts_list if p < start)
+                kept = [(p, d) for p, d in zip(pts_list, dts_list) if p >= start]
+                pts_list = [p for p, _ in kept]
+                key_pts = [p for p in key_pts if p >= start]
+                first_dts = min((d for _, d in kept if d is not None), default=None)
         if not pts_list:
             raise VideoDecodeError(path, "the video stream has no frames" + _truncation_note(path))
         pts = np.sort(np.asarray(pts_list, dtype=np.int64))
@@ -635,7 +686,8 @@ class VideoReader:
 
         `frames` yields (index, frame) in presentation order; `position` is one before the first
         frame it will yield. Demuxers seek by decode timestamps, so a seek can land one GOP
-        late; when the first decoded frame is past `target`, retry from an earlier keyframe.
+        late; when the first decoded frame is past `target`, or none decodes, retry from an
+        earlier keyframe.
         """
         slot = int(np.searchsorted(self._keyframes, target, side="right") - 1)
         while True:
@@ -651,7 +703,12 @@ class VideoReader:
             try:
                 first_index, first_frame = next(frames)
             except StopIteration:
-                raise VideoDecodeError(self.path, f"no frame decodes after seeking to frame {target}") from None
+                # An MPEG-TS seek to a keyframe near the end of the file can leave nothing to
+                # decode; an earlier keyframe gets there by decoding forward.
+                if slot == 0:
+                    raise VideoDecodeError(self.path, f"no frame decodes after seeking to frame {target}") from None
+                slot -= 1
+                continue
             if first_index <= target:
                 return _prepend(first_index, first_frame, frames), first_index - 1
             if slot == 0:
