@@ -19,13 +19,24 @@ views (the paper's 12 spatial views at S = 128 of 2-FPS frames; input frames per
   * float32:   the same as batched, resizing a float32 copy and rounding back (the textbook
                route, and ours before 2026-11-26)
 
-    .venv/bin/python bench/bench_decode.py [--clips 20] [--repeats 3]
+long video (a generated 1280x720 H.264 video, `--long-seconds` long at 10 FPS, one keyframe a
+minute, decoded at 2 FPS into the center view at S = 128, each variant in a fresh process:
+seconds and growth of its peak resident memory, best of `--repeats`)
+  * whole:   make_views(read_video_at_fps(path, 2), ...): every sampled frame at full
+             resolution at once (`vimpac tokenize` until 2026-11-27)
+  * chunked: `vimpac tokenize`'s decode_video: VideoReader.iter_frames, 32 frames at a time
+
+    .venv/bin/python bench/bench_decode.py [--clips 20] [--repeats 3] [--long-seconds 120]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -77,14 +88,97 @@ def pyav_sequential(path: Path) -> int:
         return sum(1 for frame in container.decode(video=0) if frame.to_ndarray(format="rgb24") is not None)
 
 
+def long_synthetic_video(path: Path, seconds: float, width: int = 1280, height: int = 720, fps: int = 10) -> Path:
+    """A sliding colour texture with a bouncing square, encoded frame by frame (the whole video
+    would not fit in memory either); x264 settings of `write_video`, a keyframe a minute."""
+    y, x = np.mgrid[0:height, 0 : 2 * width].astype(np.float32)
+    texture = np.stack([128 + 100 * np.sin(x / 37.0), 128 + 100 * np.cos(y / 23.0),
+                        128 + 60 * np.sin((x + y) / 51.0)], axis=-1).astype(np.uint8)
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "23", "preset": "veryfast", "x264-params": "mbtree=0"}
+        stream.codec_context.gop_size = 60 * fps
+        for t in range(int(seconds * fps)):
+            offset = (7 * t) % width
+            image = np.ascontiguousarray(texture[:, offset : offset + width])
+            cx = int(width / 4 + width / 2 * abs(np.sin(t / 20.0)))
+            image[height // 3 : height // 2, cx - 60 : cx + 60] = (250, 40, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+# One variant of the long-video section in a fresh process, so that each has its own peak RSS.
+LONG_VIDEO_CHILD = """
+import hashlib, json, os, resource, sys, time
+import torch
+torch.set_num_threads(1)  # as in a tokenize decoding worker
+from vimpac.store.tokenize import DecodeJob, decode_video
+from vimpac.video.reader import read_video_at_fps
+from vimpac.video.views import make_views, resolve_views
+
+path, variant, fps, size = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+views = resolve_views("center")
+rss_before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+start = time.perf_counter()
+if variant == "whole":
+    result = make_views(read_video_at_fps(path, fps), size, views)
+else:
+    result = decode_video(DecodeJob(0, "v", None, "v.mp4", path, fps, size, views, 1)).views
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+view = result[views[0].name]
+print(json.dumps({"seconds": seconds, "peak_growth": peak - rss_before, "frames": len(view),
+                  "sha256": hashlib.sha256(view.tobytes()).hexdigest()}))
+"""
+
+
+def long_video_section(folder: Path, seconds: float, repeats: int) -> None:
+    started = time.perf_counter()
+    path = long_synthetic_video(folder / "long_720p.mp4", seconds)
+    with VideoReader(path) as video:
+        info, keyframes = video.info, len(video.keyframe_indices)
+    print(f"\n## long video: {info.width}x{info.height}, {info.num_frames} frames ({info.duration:.0f} s at "
+          f"{info.fps:g} FPS, {keyframes} keyframes; generated in {time.perf_counter() - started:.0f} s), "
+          f"sampled at 2 FPS into the center view at S = 128; each variant in a fresh process, taking turns, "
+          f"best of {repeats}")
+    runs: dict[str, list[dict]] = {"whole": [], "chunked": []}
+    for _ in range(max(1, repeats)):
+        for variant, results in runs.items():
+            done = subprocess.run([sys.executable, "-c", LONG_VIDEO_CHILD, str(path), variant, "2", "128"],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"long video, {variant}: exit {done.returncode}: {done.stderr.strip()[-2000:]}")
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print("| variant | sampled frames | those frames at full resolution | seconds | peak RSS growth | views sha256 |")
+    print("|---|---|---|---|---|---|")
+    for variant, results in runs.items():
+        frames = results[0]["frames"]
+        print(f"| {variant} | {frames} | {frames * info.width * info.height * 3 / 2**20:,.0f} MiB "
+              f"| {min(r['seconds'] for r in results):.1f} | {min(r['peak_growth'] for r in results) / 2**20:,.0f} MiB "
+              f"| {results[0]['sha256'][:12]} |")
+    digests = {r["sha256"] for results in runs.values() for r in results}
+    print("views identical:", "yes" if len(digests) == 1 else "NO")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=20, help="random clips per video and variant")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--long-seconds", type=float, default=120.0,
+                        help="length of the generated 720p video of the long-video section (0: skip it)")
+    parser.add_argument("--only-long", action="store_true", help="run only the long-video section")
     args = parser.parse_args()
 
     print("machine:", f"{machine_line()}; PyAV {av.__version__} (FFmpeg {av.library_versions['libavcodec']} libavcodec)")
     rng = np.random.default_rng(0)
+    if args.only_long:
+        with tempfile.TemporaryDirectory() as tmp:
+            long_video_section(Path(tmp), args.long_seconds, args.repeats)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         videos = dict(available_sample_clips())
         if not videos:
@@ -152,6 +246,9 @@ def main() -> None:
             n = len(frames)
             print(f"| {name} | {n} | {n / t_batched:,.1f} fps ({t_float / t_batched:.1f}x) | "
                   f"{n / t_single:,.1f} fps ({t_float / t_single:.1f}x) | {n / t_float:,.1f} fps |")
+
+        if args.long_seconds > 0:
+            long_video_section(Path(tmp), args.long_seconds, args.repeats)
 
 
 if __name__ == "__main__":

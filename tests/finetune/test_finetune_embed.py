@@ -7,14 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from memory_helpers import traced_peak, write_sliding_blocks
 
 from vimpac.cli import main
 from vimpac.data.clips import uniform_clip_starts
-from vimpac.finetune.embed import embed_tokens
+from vimpac.finetune.embed import embed_tokens, video_tokens
 from vimpac.model import VimpacForPretraining, build_model_config
 from vimpac.tokenizer.vqvae import VQVAEConfig, VQVAETokenizer
-from vimpac.video.reader import read_video_at_fps
+from vimpac.video.reader import DEFAULT_CHUNK_FRAMES, read_video_at_fps
 from vimpac.video.samples import available_sample_clips
+from vimpac.video.views import make_view, view_set
 from vimpac.video.writer import write_video
 
 CLIPS = available_sample_clips()
@@ -151,3 +153,23 @@ def test_unwritable_out_is_refused_before_any_video_is_read(assets, tmp_path, ca
 def test_size_not_a_multiple_of_the_downsampling_names_the_factor(assets, tmp_path, capsys):
     assert main(_embed_args(assets, tmp_path / "missing.mp4", tmp_path / "f.npy")[:-3] + ["--size", "30"]) == 2
     assert "multiple of the tokenizer's downsampling factor 8" in capsys.readouterr().err
+
+
+class _PixelTokenizer:
+    """Token = red level of every 8th pixel: enough to see which frames and views were encoded."""
+
+    def encode(self, frames):
+        return np.asarray(frames)[:, ::8, ::8, 0]
+
+
+def test_video_tokens_of_a_long_video_hold_one_chunk_at_full_resolution(tmp_path):
+    # The whole video at full resolution was decoded first: a long HD video did not fit in memory.
+    height, width, count = 240, 320, 160
+    path = write_sliding_blocks(tmp_path / "long.mp4", count, height, width, fps=20)
+    tokens, peak = traced_peak(lambda: video_tokens(path, _PixelTokenizer(), 20.0, 32))
+    expected = _PixelTokenizer().encode(make_view(read_video_at_fps(path, 20.0), 32, view_set("center")[0]))
+    np.testing.assert_array_equal(tokens, expected)
+    assert tokens.shape == (count, 4, 4)
+    frame_bytes = height * width * 3
+    assert peak < count * frame_bytes / 2
+    assert peak < (DEFAULT_CHUNK_FRAMES + 2) * frame_bytes + 2 * count * 32 * 32 * 3 + 2**20  # + view, tokens, slack

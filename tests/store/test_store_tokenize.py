@@ -5,16 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import av
+
 import numpy as np
 import pytest
 
+from memory_helpers import traced_peak, write_sliding_blocks
 from store_helpers import PaletteTokenizer, make_dataset, make_video
 from vimpac.cli import main as cli_main
 from vimpac.data.annotations import load_annotations
 from vimpac.store import StoreError, TokenStore, tokenize_videos
+from vimpac.store import tokenize as tokenize_module
 from vimpac.store.format import PART_DIR, SHARD_DIR
+from vimpac.store.tokenize import DecodeJob, decode_video
 from vimpac.video.reader import read_video_at_fps
 from vimpac.video.views import make_views, resolve_views
+from vimpac.video.writer import write_video
 
 VIEWS = "s1.00_center,s1.25_top_left_flip"
 
@@ -557,3 +563,49 @@ def test_tokenize_kinetics_subset_val_and_class_names(tmp_path, palette_cli):
     assert cli_main(args) == 0
     store = TokenStore.open(tmp_path / "val")
     assert store.class_names == ("a", "b", "c") and store.num_videos == 1  # not just ("a",)
+
+
+# ------------------------------------------------------------------------------ long videos
+
+
+@pytest.fixture(scope="module")
+def one_gop_video(tmp_path_factory):
+    """60 frames at 8 FPS, H.264 with B-frames and a single keyframe."""
+    rng = np.random.default_rng(5)
+    base = np.kron(rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
+    frames = np.stack([np.roll(base, shift=2 * t, axis=1) for t in range(60)])
+    path = write_video(tmp_path_factory.mktemp("long_gop") / "one_gop.mp4", frames, fps=8, gop_size=1000)
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+    assert sum(p.is_keyframe for p in packets) == 1
+    assert [p.pts for p in packets] != sorted(p.pts for p in packets)  # B-frames: stored out of order
+    return path
+
+
+@pytest.mark.parametrize("chunk_frames", [1, 6, 7, 1000])  # 30, 60 and 90 samples: divided by 6, not by 7
+@pytest.mark.parametrize("fps", [4, 8, 12])  # below, at and above the video's 8 FPS (repeated frames)
+def test_decoding_in_chunks_gives_the_views_of_the_whole_video(one_gop_video, monkeypatch, chunk_frames, fps):
+    monkeypatch.setattr(tokenize_module, "DECODE_CHUNK_FRAMES", chunk_frames)
+    views = resolve_views("all12")
+    decoded = decode_video(DecodeJob(0, "v", None, "v.mp4", str(one_gop_video), fps, 32, views, 1))
+    assert decoded.failure is None
+    expected = make_views(read_video_at_fps(one_gop_video, fps), 32, views)
+    assert list(decoded.views) == list(expected)
+    for name, frames in expected.items():
+        assert frames.shape[0] == round(7.5 * fps)
+        np.testing.assert_array_equal(decoded.views[name], frames)
+
+
+def test_decoding_holds_one_chunk_of_full_resolution_frames(tmp_path):
+    # read_video_at_fps held the whole video at full resolution: 7.5 GB per worker for a
+    # 10-minute 1080p video at 2 FPS, which the out-of-memory killer turned into "crash" failures.
+    height, width, count = 240, 320, 160
+    path = write_sliding_blocks(tmp_path / "long.mp4", count, height, width, fps=20)
+    job = DecodeJob(0, "long", None, "long.mp4", str(path), 20.0, 32, resolve_views("center"), 1)
+    decoded, peak = traced_peak(lambda: decode_video(job))
+    assert decoded.failure is None and decoded.views["s1.00_center"].shape == (count, 32, 32, 3)
+    frame_bytes = height * width * 3
+    assert peak < count * frame_bytes / 2  # far from the whole video
+    views_bytes = decoded.views["s1.00_center"].nbytes
+    # One chunk, the frame being converted, the output views, and slack for small objects.
+    assert peak < (tokenize_module.DECODE_CHUNK_FRAMES + 2) * frame_bytes + views_bytes + 2**20

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from memory_helpers import traced_peak, write_sliding_blocks
 
 from vimpac.cli import main
 from vimpac.tokenizer.base import load_tokenizer
-from vimpac.tokenizer.train import TokenizerTrainingError, TrainConfig, discover_videos, split_videos, train_vqvae
+from vimpac.tokenizer.train import (
+    TokenizerTrainingError, TrainConfig, _read_frames, discover_videos, split_videos, train_vqvae,
+)
 from vimpac.tokenizer.vqvae import VQVAEConfig, VQVAETokenizer
+from vimpac.video.reader import DEFAULT_CHUNK_FRAMES, VideoReader
+from vimpac.video.views import ViewSpec, make_view
 from vimpac.video.writer import write_video
 from vqvae_test_frames import fast_train_args, render_video
 
@@ -104,3 +110,21 @@ def test_max_minutes_stops_training_early():
     assert result.stopped_early and result.steps_done == 1
     with pytest.raises(TokenizerTrainingError, match="no training frames"):
         train_vqvae(frames[:0], cfg, TrainConfig(steps=1), progress=False)
+
+
+@pytest.mark.parametrize("max_frames", [7, 1000])  # evenly spaced samples of the 160, or all of them
+def test_training_frames_of_a_long_video_hold_one_chunk_at_full_resolution(tmp_path, max_frames):
+    # All kept frames were decoded at full resolution before resizing: a large
+    # max_frames_per_video of a long HD video did not fit in memory.
+    height, width, count = 240, 320, 160
+    path = write_sliding_blocks(tmp_path / "long.mp4", count, height, width, fps=20)
+    frames, peak = traced_peak(lambda: _read_frames(path, 20.0, 32, max_frames))
+    with VideoReader(path) as video:  # the sampling, spelled out
+        indices = video.frame_indices_at_fps(20.0)
+        if len(indices) > max_frames:
+            indices = indices[np.linspace(0, len(indices) - 1, max_frames).round().astype(int)]
+        expected = make_view(video.read_frames(indices), 32, ViewSpec(1.0, "center"))
+    np.testing.assert_array_equal(frames, expected)
+    assert len(frames) == min(max_frames, count)
+    frame_bytes = height * width * 3
+    assert peak < (DEFAULT_CHUNK_FRAMES + 2) * frame_bytes + frames.nbytes + 2**20

@@ -393,3 +393,60 @@ def test_stream_starting_inside_a_gop_starts_at_its_first_keyframe(index_video, 
         truncated.write_bytes(data[:len(data) * 6 // 10])
         with pytest.raises(VideoDecodeError, match="truncated"):
             VideoReader(truncated)
+
+
+# ----------------------------------------------------------------------------------------------
+# iter_frames: the frames of read_frames in chunks (long videos in bounded memory)
+
+
+@pytest.mark.parametrize("codec,gop", [("h264", 300), ("h264", 48), ("mpeg4_bframes", 30)])
+@pytest.mark.parametrize("target_fps", [2, 25, 60])  # below, at and above the video's 25 FPS
+def test_iter_frames_chunks_concatenate_to_read_frames(index_video, mpeg4_b_frames, codec, gop, target_fps):
+    path = mpeg4_b_frames if codec == "mpeg4_bframes" else index_video(codec, fps=25, count=150, gop=gop)
+    with VideoReader(path) as video:
+        indices = video.frame_indices_at_fps(target_fps)
+        whole = video.read_frames(indices)
+        for chunk_frames in (1, 7, len(indices) // 2, len(indices), len(indices) + 5):
+            chunks = list(video.iter_frames(indices, chunk_frames))
+            assert [len(c) for c in chunks[:-1]] == [chunk_frames] * (len(chunks) - 1)
+            assert 1 <= len(chunks[-1]) <= chunk_frames
+            np.testing.assert_array_equal(np.concatenate(chunks), whole)  # bit-identical pixels
+
+
+def test_iter_frames_of_a_single_gop_video_is_one_forward_pass(index_video):
+    # With one keyframe, a read_frames per chunk would decode the video from its start every time.
+    path = index_video("h264", fps=25, count=150, gop=300)
+    with VideoReader(path) as video:
+        assert list(video.keyframe_indices) == [0] and has_b_frames(path)
+        seeks = _spy_seeks(video)
+        chunks = list(video.iter_frames(np.arange(3, 150), 4))
+    assert seeks == [3]
+    np.testing.assert_array_equal(decode_indices(np.concatenate(chunks)), np.arange(3, 150))
+
+
+def test_iter_frames_skips_gops_between_chunks(index_video):
+    path = index_video("h264", fps=25, count=150, gop=48)
+    with VideoReader(path) as video:
+        last_key = int(video.keyframe_indices[-1])
+        seeks = _spy_seeks(video)
+        wanted = [1, 2, last_key + 1, 149]
+        chunks = list(video.iter_frames(wanted, 2))
+    assert seeks == [1, last_key + 1]
+    np.testing.assert_array_equal(decode_indices(np.concatenate(chunks)), wanted)
+
+
+def test_iter_frames_checks_its_arguments_at_the_call(index_video):
+    path = index_video("h264", fps=25, count=150, gop=48)
+    with VideoReader(path) as video:
+        with pytest.raises(ValueError, match="ascending"):
+            video.iter_frames([5, 3])
+        with pytest.raises(ValueError, match="chunk_frames"):
+            video.iter_frames([1, 2], 0)
+        with pytest.raises(ValueError, match=">= 0"):
+            video.iter_frames([-1, 2])
+        with pytest.raises(VideoTooShortError):
+            video.iter_frames([1, 150])
+        assert list(video.iter_frames([])) == []
+        # An abandoned iteration leaves the reader usable.
+        next(video.iter_frames(np.arange(150), 4))
+        np.testing.assert_array_equal(decode_indices(video.read_frames([149, 0])), [149, 0])

@@ -10,6 +10,7 @@ from vimpac.video.views import (
     crop_box,
     make_view,
     make_views,
+    make_views_of_chunks,
     resize_frames,
     resized_shape,
     resolve_views,
@@ -151,3 +152,24 @@ def test_bad_frames_are_rejected():
         make_views(np.zeros((2, 8, 8, 3), np.uint8), 0, "center")
     with pytest.raises(ValueError, match="cannot crop"):
         crop_box(10, 20, 16, "center")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 70, 100])  # dividing the 70 frames or not, > the resize batch
+def test_views_of_chunks_equal_the_views_of_all_frames(chunk):
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, size=(70, 36, 50, 3), dtype=np.uint8)
+    expected = make_views(frames, 24, "all12")
+    chunks = (frames[start : start + chunk] for start in range(0, len(frames), chunk))
+    got = make_views_of_chunks(chunks, len(frames), 24, "all12")
+    assert list(got) == list(expected)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_views_of_chunks_check_the_announced_count():
+    frames = np.zeros((6, 16, 16, 3), np.uint8)
+    assert make_views_of_chunks(iter(()), 0, 8, "center")["s1.00_center"].shape == (0, 8, 8, 3)
+    with pytest.raises(ValueError, match="6 frames, 7 were announced"):
+        make_views_of_chunks([frames[:3], frames[3:]], 7, 8, "center")
+    with pytest.raises(ValueError, match="more than the 5 frames"):
+        make_views_of_chunks([frames[:3], frames[3:]], 5, 8, "center")

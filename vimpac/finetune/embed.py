@@ -53,11 +53,14 @@ def video_keys(paths: Sequence[str | Path]) -> list[str]:
 
 def video_tokens(path: str | Path, tokenizer, fps: float, size: int) -> np.ndarray:
     """(T, size / 8, size / 8) int64 tokens of the center view of a video sampled at `fps`."""
-    from vimpac.video.reader import read_video_at_fps
-    from vimpac.video.views import make_view, view_set
+    from vimpac.video.reader import VideoReader
+    from vimpac.video.views import make_views_of_chunks, view_set
 
-    frames = read_video_at_fps(path, fps)
-    view = make_view(frames, size, view_set("center")[0])
+    center = view_set("center")[0]
+    # In chunks: a whole long video at full resolution would not fit in memory, its views do.
+    with VideoReader(path) as video:
+        indices = video.frame_indices_at_fps(fps)
+        view = make_views_of_chunks(video.iter_frames(indices), len(indices), size, [center])[center.name]
     return np.asarray(tokenizer.encode(view), dtype=np.int64)
 
 

@@ -4,10 +4,10 @@ Pipeline (one rank):
 
     worker processes (spawn)            main process
     ------------------------            ------------
-    read_video_at_fps(path, fps)   ->   FullBatchEncoder: queue every view's frames, encode each
-    make_views(frames, size, views)     full `batch_size` of them (one shape for the encoder)
-                                        RankWriter.commit(videos now complete)  (fsync shard, then
-                                        manifest part)
+    VideoReader.iter_frames        ->   FullBatchEncoder: queue every view's frames, encode each
+      (frames at the FPS, 32 at a       full `batch_size` of them (one shape for the encoder)
+      time) -> make_views of each       RankWriter.commit(videos now complete)  (fsync shard, then
+      chunk                             manifest part)
 
 Decoding runs ahead in a bounded window of `2 * workers` videos, so it overlaps encoding
 without holding the whole dataset in memory. Videos that fail to decode (any `VideoError`,
@@ -145,17 +145,24 @@ class DecodedVideo:
     failure: FailedVideo | None
 
 
+# Full-resolution frames a decoding worker holds at a time: the views of each chunk are made
+# before the next is decoded, so a 1-hour video costs its small views, not 7,200 HD frames.
+DECODE_CHUNK_FRAMES = 32
+
+
 def decode_video(job: DecodeJob) -> DecodedVideo:
     """Decode one video at the FPS and make its views (runs in a worker process)."""
     from vimpac.video.errors import VideoError, VideoTooShortError
-    from vimpac.video.reader import read_video_at_fps
-    from vimpac.video.views import make_views
+    from vimpac.video.reader import VideoReader
+    from vimpac.video.views import make_views_of_chunks
 
     try:
-        frames = read_video_at_fps(job.path, job.fps)
-        if frames.shape[0] < job.min_frames:
-            raise VideoTooShortError(job.path, job.min_frames, frames.shape[0])
-        views = make_views(frames, job.size, job.views)
+        with VideoReader(job.path) as video:
+            indices = video.frame_indices_at_fps(job.fps)
+            if len(indices) < job.min_frames:
+                raise VideoTooShortError(job.path, job.min_frames, len(indices))
+            chunks = video.iter_frames(indices, DECODE_CHUNK_FRAMES)
+            views = make_views_of_chunks(chunks, len(indices), job.size, job.views)
     except VideoError as exc:
         kind = getattr(exc, "kind", type(exc).__name__)
         failure = FailedVideo(job.record, job.key, job.rel_path, getattr(exc, "reason", str(exc)), kind)

@@ -219,18 +219,19 @@ def _read_frames(path: Path, fps: float, size: int, max_frames: int) -> np.ndarr
     """At most `max_frames` evenly spaced frames of `path` sampled at `fps`, as the paper's center
     view (shorter side resized to `size`, center crop): uint8 (T, size, size, 3).
 
-    Only the kept frames are decoded to RGB, so a long HD video never sits in memory at full
-    resolution. Raises `VideoError` for a bad file.
+    Only the kept frames are decoded to RGB, and only a chunk of them at a time is held at full
+    resolution (a large `max_frames` of HD frames would not fit in memory). Raises `VideoError`
+    for a bad file.
     """
     from vimpac.video.reader import VideoReader
-    from vimpac.video.views import ViewSpec, make_view
+    from vimpac.video.views import ViewSpec, make_views_of_chunks
 
+    center = ViewSpec(1.0, "center")
     with VideoReader(path) as video:
         indices = video.frame_indices_at_fps(fps)
         if len(indices) > max_frames:
             indices = indices[np.linspace(0, len(indices) - 1, max_frames).round().astype(int)]
-        frames = video.read_frames(indices)
-    return make_view(frames, size, ViewSpec(1.0, "center"))
+        return make_views_of_chunks(video.iter_frames(indices), len(indices), size, [center])[center.name]
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ way everywhere:
 PTS table and keyframe list, and then serves many requests: for a set of wanted frames it
 seeks to the keyframe at or before the first one and decodes forward, seeking again only when a
 later keyframe lies between the current position and the next wanted frame (decoding the
-frames in between would be wasted work). The module-level functions open a `VideoReader` for
-one request.
+frames in between would be wasted work); `iter_frames` hands the frames of that pass out in
+chunks, so a long video need not be held at full resolution. The module-level functions open a
+`VideoReader` for one request.
 
 Every failure is a `vimpac.video.errors.VideoError` that names the file and the reason.
 """
@@ -35,7 +36,7 @@ import stat
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -53,6 +54,9 @@ from vimpac.video.errors import (
 # A sampling time t shows frame i when time(i) <= t + TIME_TOLERANCE_S; absorbs float round-off
 # in start_time + k / fps (e.g. 0.5 * 30 = 14.999999...).
 TIME_TOLERANCE_S = 1e-6
+
+# Frames per chunk of `VideoReader.iter_frames`: at 1080p, 200 MB held at a time.
+DEFAULT_CHUNK_FRAMES = 32
 
 # FFmpeg demuxers that turn arbitrary text into "video" (ANSI art); a text file renamed to .mp4
 # must be reported as not-a-video, never decoded into frames.
@@ -644,9 +648,24 @@ class VideoReader:
 
     def _decode_sorted(self, wanted: np.ndarray, destinations: list[np.ndarray], total: int) -> np.ndarray:
         out: np.ndarray | None = None
+        for slot, array in enumerate(self._decoded_in_order(wanted)):
+            if out is None:
+                out = np.empty((total,) + array.shape, dtype=np.uint8)
+            rows = destinations[slot]
+            if len(rows) == 1:
+                out[int(rows[0])] = array
+            else:
+                out[rows] = array
+        assert out is not None
+        return out
+
+    def _decoded_in_order(self, wanted: np.ndarray) -> Iterator[np.ndarray]:
+        """The RGB frames at the distinct, ascending indices `wanted`, from one forward decode
+        pass that seeks only to skip GOPs (shared by `read_frames` and `iter_frames`)."""
+        shape: tuple[int, ...] | None = None
         position = -1  # presentation index of the last frame decoded in the current forward run
         frames = None  # iterator over (index, frame) of the current forward run
-        for slot, target in enumerate(wanted.tolist()):
+        for target in wanted.tolist():
             keyframe = self._keyframe_at_or_before(target)
             # Seek only when a keyframe lies strictly between the current position and the
             # target: then the seek skips decoding work; otherwise decoding forward is cheaper.
@@ -664,19 +683,61 @@ class VideoReader:
                     self.path, f"frame {target} was not produced by the decoder (next frame was {position})"
                 )
             array = self._to_rgb(frame)
-            if out is None:
-                out = np.empty((total,) + array.shape, dtype=np.uint8)
-            elif array.shape != out.shape[1:]:
-                raise VideoDecodeError(
-                    self.path, f"frame size changed mid-stream ({out.shape[1:3]} -> {array.shape[:2]})"
-                )
-            rows = destinations[slot]
-            if len(rows) == 1:
-                out[int(rows[0])] = array
-            else:
-                out[rows] = array
-        assert out is not None
-        return out
+            if shape is None:
+                shape = array.shape
+            elif array.shape != shape:
+                raise VideoDecodeError(self.path, f"frame size changed mid-stream ({shape[:2]} -> {array.shape[:2]})")
+            yield array
+
+    def iter_frames(self, indices: Sequence[int] | np.ndarray,
+                    chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> Iterator[np.ndarray]:
+        """Frames at `indices` in chunks: uint8 (n, H, W, 3) arrays of at most `chunk_frames`
+        frames (only the last may be shorter) whose concatenation equals `read_frames(indices)`.
+
+        For long videos: `read_frames` returns every wanted frame at full resolution at once (a
+        10-minute 1080p video at 2 FPS is 7.5 GB), a consumer of these chunks holds one of them.
+        `indices` must be in ascending order (repeats allowed), as `frame_indices_at_fps` gives
+        them: all chunks come from one forward decode pass, which seeks only to skip GOPs, as
+        `read_frames` does (a fresh `read_frames` per chunk would seek back to the keyframe
+        before each chunk, decoding a single-GOP video from its start every time). The
+        arguments are checked at the call, not at the first chunk.
+        """
+        if not isinstance(chunk_frames, (int, np.integer)) or chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
+        requested = np.asarray(indices)
+        if requested.ndim != 1:
+            raise ValueError(f"indices must be a 1-D sequence of frame numbers, got shape {requested.shape}")
+        if requested.size == 0:
+            return iter(())
+        if not np.issubdtype(requested.dtype, np.integer):
+            raise ValueError(f"indices must be integers, got dtype {requested.dtype}")
+        requested = requested.astype(np.int64)
+        if np.any(np.diff(requested) < 0):
+            raise ValueError(f"{self.path}: iter_frames needs indices in ascending order (one forward pass); "
+                             "read_frames takes any order")
+        if requested[0] < 0:
+            raise ValueError(f"{self.path}: frame indices must be >= 0, got {int(requested[0])}")
+        if requested[-1] >= self.num_frames:
+            raise VideoTooShortError(self.path, needed=int(requested[-1]) + 1, available=self.num_frames)
+        wanted, counts = np.unique(requested, return_counts=True)
+        return self._iter_sorted_chunks(wanted, counts, int(chunk_frames))
+
+    def _iter_sorted_chunks(self, wanted: np.ndarray, counts: np.ndarray, chunk_frames: int) -> Iterator[np.ndarray]:
+        """`iter_frames` after its checks: the decoded frames, filled into one chunk at a time."""
+        remaining = int(counts.sum())
+        chunk: np.ndarray | None = None
+        filled = 0
+        for array, repeats in zip(self._decoded_in_order(wanted), counts.tolist()):
+            for _ in range(repeats):  # a frame shown at several sampling times (fps above the video's)
+                if chunk is None:
+                    chunk = np.empty((min(chunk_frames, remaining),) + array.shape, dtype=np.uint8)
+                    filled = 0
+                chunk[filled] = array
+                filled += 1
+                remaining -= 1
+                if filled == len(chunk):
+                    yield chunk
+                    chunk = None
 
     def _keyframe_at_or_before(self, index: int) -> int:
         return int(self._keyframes[np.searchsorted(self._keyframes, index, side="right") - 1])

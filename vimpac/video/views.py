@@ -23,7 +23,7 @@ matters).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence, get_args
+from typing import Iterable, Literal, Sequence, get_args
 
 import numpy as np
 
@@ -201,6 +201,32 @@ def make_views(frames: np.ndarray, size: int, views: str | Sequence[ViewSpec]) -
         for view in group:
             results[view.name] = _crop_and_flip(resized, size, view)
     return {view.name: results[view.name] for view in views}
+
+
+def make_views_of_chunks(chunks: Iterable[np.ndarray], count: int, size: int,
+                         views: str | Sequence[ViewSpec]) -> dict[str, np.ndarray]:
+    """`make_views` of `count` frames that come in chunks (`VideoReader.iter_frames`): the same
+    arrays as `make_views(np.concatenate(chunks), size, views)`, but only one chunk of the
+    (full-resolution) frames is held at a time; each chunk's views go straight into their rows.
+    """
+    views = resolve_views(views)
+    if not isinstance(count, (int, np.integer)) or count < 0:
+        raise ValueError(f"count must be an integer >= 0, got {count!r}")
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    results = {view.name: np.empty((count, size, size, 3), dtype=np.uint8) for view in views}
+    done = 0
+    for chunk in chunks:
+        chunk_views = make_views(chunk, size, views)
+        if done + len(chunk) > count:
+            raise ValueError(f"the chunks hold more than the {count} frames announced")
+        for name, array in chunk_views.items():
+            results[name][done : done + len(chunk)] = array
+        done += len(chunk)
+        del chunk, chunk_views  # else the loop variable keeps this chunk alive while the next is decoded
+    if done != count:
+        raise ValueError(f"the chunks hold {done} frames, {count} were announced")
+    return results
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:
