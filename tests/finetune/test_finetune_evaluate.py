@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -221,12 +222,17 @@ def test_evaluate_refuses_a_store_tokenized_unlike_the_runs_training_store(tmp_p
                      "--temporal-clips", "1", "--spatial-crops", "1", "--no-progress"])
         return code, capsys.readouterr().err
 
+    copied = tmp_path / "copied-model"
+    shutil.copytree(run / "model", copied)
+    assert json.loads((copied / "config.json").read_text())["class_names"] == json.loads(
+        (run / "finetune.json").read_text())["class_names"]
     others = [(dict(fps=4.0), "sampled at 4 fps, the fine-tuning run's training store at 2 fps"),
               (dict(grid=(4, 4)), "frames of 32 px, the fine-tuning run's training store of 24 px"),
               (dict(tokenizer_id="tok-other"), "tokenizer_id='tok-other', but 'tok-test' was expected")]
     for i, (other, message) in enumerate(others):
         store = make_store(tmp_path / f"other{i}", num_videos=3, **other)
-        for checkpoint in (run, run / "model"):
+        # The run, its model folder, and that folder copied out of the run (config.json records it too).
+        for checkpoint in (run, run / "model", copied):
             code, err = evaluate(checkpoint, store)
             assert code == 2 and str(store) in err and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "e").exists()
@@ -235,7 +241,10 @@ def test_evaluate_refuses_a_store_tokenized_unlike_the_runs_training_store(tmp_p
     record = json.loads((run / "finetune.json").read_text())
     (run / "finetune.json").write_text(json.dumps({**record, "train_store_meta": {"fps": "2"}}))
     code, err = evaluate(run, tmp_path / "same")
-    assert code == 2 and "finetune.json: cannot read the run's training store settings" in err
+    assert code == 2 and "finetune.json: cannot read the training store settings" in err
     del record["train_store_meta"]
     (run / "finetune.json").write_text(json.dumps(record))
+    model_config = json.loads((run / "model" / "config.json").read_text())
+    del model_config["train_store_meta"]
+    (run / "model" / "config.json").write_text(json.dumps(model_config))
     assert evaluate(run, tmp_path / "other0")[0] == 0

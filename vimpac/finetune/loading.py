@@ -63,23 +63,31 @@ def run_evaluation_settings(path: str | Path) -> dict[str, int]:
 
 
 def run_training_store(path: str | Path) -> dict:
-    """How the training store of the fine-tuning run at `path` (run folder or its model/ folder)
-    was tokenized: tokenizer_id, codebook_size, size, grid, fps (`runner.training_store_record`).
-    {} for any other model folder, and for a run recorded before finetune.json held it (unknown,
-    not checked)."""
+    """How the training store of the fine-tuned model at `path` was tokenized: tokenizer_id,
+    codebook_size, size, grid, fps (`runner.training_store_record`). Read from the run's
+    finetune.json (`path` is the run folder or its model/ folder), else from the model folder's
+    config.json, where `vimpac finetune` records it too (a model copied out of its run). {} for
+    any other model folder and for runs from before it was recorded (unknown, not checked)."""
+    sources = []
     record = _run_record_path(path)
-    if record is None:
-        return {}
+    if record is not None:
+        sources.append(record)
     try:
-        run = json.loads(record.read_text())
-        if not isinstance(run, dict) or "train_store_meta" not in run:
-            return {}
-        meta = run["train_store_meta"]
-        return {"tokenizer_id": str(meta["tokenizer_id"]), "codebook_size": int(meta["codebook_size"]),
-                "size": int(meta["size"]), "grid": [int(n) for n in meta["grid"]], "fps": float(meta["fps"])}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FinetuneError(f"{record}: cannot read the run's training store settings 'train_store_meta' "
-                            f"({type(exc).__name__}: {exc})") from None
+        sources.append(resolve_model_folder(path) / CONFIG_FILE)
+    except FinetuneError:
+        pass
+    for source in sources:
+        try:
+            saved = parse_json(source.read_text())
+            if not isinstance(saved, dict) or "train_store_meta" not in saved:
+                continue
+            meta = saved["train_store_meta"]
+            return {"tokenizer_id": str(meta["tokenizer_id"]), "codebook_size": int(meta["codebook_size"]),
+                    "size": int(meta["size"]), "grid": [int(n) for n in meta["grid"]], "fps": float(meta["fps"])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FinetuneError(f"{source}: cannot read the training store settings 'train_store_meta' "
+                                f"({type(exc).__name__}: {exc})") from None
+    return {}
 
 
 def size_preset_of(path: str | Path) -> str | None:

@@ -291,7 +291,10 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
 
     model_dir, evaluation = None, None
     if dist.is_main:
-        model_dir = model.save_pretrained(run_dir / RUN_MODEL_DIR)
+        # The store settings and class names travel with the model, also when it is copied out
+        # of the run: `vimpac evaluate` checks stores against them, users map outputs to names.
+        model_dir = model.save_pretrained(run_dir / RUN_MODEL_DIR, train_store_meta=record["train_store_meta"],
+                                          class_names=class_names)
     if val_store is not None:  # every rank scores its share of the videos
         ev = evaluate_classifier(model, val_store, settings["frames"], settings["temporal_clips"],
                                  settings["spatial_crops"], trainer.device, cfg.precision == "bf16",
