@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from vimpac.finetune.errors import FinetuneError
+from vimpac.finetune.evaluate import evaluation_mode, model_device
 from vimpac.io import atomic_path, atomic_write_json, output_file_problem
 
 
@@ -59,13 +60,14 @@ def video_tokens(path: str | Path, tokenizer, fps: float, size: int) -> np.ndarr
 
 @torch.inference_mode()
 def embed_tokens(model: nn.Module, tokens: np.ndarray, frames: int | None = None, with_tokens: bool = False,
-                 device: str | torch.device = "cpu", bf16: bool = False,
+                 device: str | torch.device | None = None, bf16: bool = False,
                  batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
-    """CLS feature (D,) and optionally token features (T, h, w, D) of one video's tokens, its clips
-    encoded `batch_size` at a time."""
+    """CLS feature (D,) and optionally token features (T, h, w, D), float32 numpy, of one video's
+    tokens (T, h, w), its clips encoded `batch_size` at a time on `device` (default: the model's),
+    in eval mode (the model's own mode back afterwards)."""
     backbone = getattr(model, "backbone", model)
     frames = frames or backbone.config.max_frames
-    device = torch.device(device)
+    device = model_device(backbone) if device is None else torch.device(device)
     length = tokens.shape[0]
     if length == 0:
         raise FinetuneError("video has no frames at this fps")
@@ -73,15 +75,15 @@ def embed_tokens(model: nn.Module, tokens: np.ndarray, frames: int | None = None
     padded = np.full((num_clips * frames, *tokens.shape[1:]), backbone.pad_id, dtype=np.int64)
     padded[:length] = tokens
     clips = torch.from_numpy(padded.reshape(num_clips, frames, *tokens.shape[1:])).to(device)
-    backbone.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     cls_outputs, token_outputs = [], []
-    for batch in clips.split(batch_size):
-        with autocast:
-            cls, hiddens = backbone(batch)
-        cls_outputs.append(cls.float().cpu())
-        if with_tokens:
-            token_outputs.append(hiddens.float().cpu())
+    with evaluation_mode(backbone):
+        for batch in clips.split(batch_size):
+            with autocast:
+                cls, hiddens = backbone(batch)
+            cls_outputs.append(cls.float().cpu())
+            if with_tokens:
+                token_outputs.append(hiddens.float().cpu())
     cls_feature = torch.cat(cls_outputs).mean(dim=0).numpy()
     token_features = None
     if with_tokens:
@@ -92,9 +94,12 @@ def embed_tokens(model: nn.Module, tokens: np.ndarray, frames: int | None = None
 
 def embed_videos(model: nn.Module, tokenizer, paths: Sequence[str | Path], fps: float = 2.0, size: int = 128,
                  frames: int | None = None, with_tokens: bool = False, keys: Sequence[str] | None = None,
-                 device: str | torch.device = "cpu", bf16: bool = False, progress: bool = False,
+                 device: str | torch.device | None = None, bf16: bool = False, progress: bool = False,
                  batch_size: int = 32) -> Embeddings:
-    """Features of every readable video in `paths`; unreadable ones are listed in `failures`."""
+    """Features of every readable video in `paths`; unreadable ones are listed in `failures`.
+
+    `model` is a backbone or any model with a `.backbone`, run in eval mode (its own mode back
+    afterwards) on `device` (default: where its weights are); the tokenizer runs on its own device."""
     from vimpac.video.errors import VideoError
 
     backbone = getattr(model, "backbone", model)
