@@ -119,6 +119,20 @@ def test_clips_in_small_batches_give_the_one_batch_features(assets):
         np.testing.assert_allclose(token_features, whole[1], rtol=1e-5, atol=1e-6)
 
 
+def test_embedding_from_a_training_loop_leaves_the_model_training(assets):
+    # Features taken in the middle of training run without dropout, and training then goes on
+    # with dropout: the model must come back in the mode it was in.
+    model = VimpacForPretraining.from_pretrained(assets / "model", dropout=0.5)
+    tokens = np.random.default_rng(2).integers(0, 16, size=(6, 4, 4))
+    expected = embed_tokens(model.eval(), tokens)[0]
+    model.train()
+    model.cls_head.eval()  # a part the caller froze stays frozen
+    cls, _ = embed_tokens(model, tokens)
+    np.testing.assert_allclose(cls, expected, rtol=1e-6, atol=1e-6)
+    assert all(module.training for module in model.backbone.modules())
+    assert not any(module.training for module in model.cls_head.modules())
+
+
 def _embed_args(assets, video, out, *extra):
     return ["embed", str(assets / "model"), str(video), "--tokenizer", str(assets / "tok"), "--out", str(out),
             "--fps", "4", "--size", str(SIZE), "--no-progress", *extra]

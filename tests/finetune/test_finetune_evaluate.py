@@ -52,6 +52,18 @@ def test_view_averaging_matches_a_direct_loop(tmp_path):
     assert result.metrics.top1 == pytest.approx(expected_top1)
 
 
+def test_evaluating_from_a_training_loop_leaves_the_model_training(tmp_path):
+    store = TokenStore.open(make_store(tmp_path / "s", num_videos=4, views=ALL12))
+    torch.manual_seed(0)
+    model = VimpacForClassification(tiny_model_config(dropout=0.5), 3)
+    torch.nn.init.normal_(model.head.cls_fc.weight, std=1.0)
+    expected = evaluate_classifier(model.eval(), store, frames=4, temporal_clips=2).probabilities
+    model.train()
+    result = evaluate_classifier(model, store, frames=4, temporal_clips=2)
+    np.testing.assert_allclose(result.probabilities, expected, rtol=1e-6, atol=1e-7)  # in eval mode
+    assert all(module.training for module in model.modules())
+
+
 def test_view_choice():
     assert evaluation_views(ALL12, 3) == THREE_CROP_VIEWS
     assert evaluation_views(NOFLIP6, 1) == ("s1.00_center",)

@@ -70,6 +70,29 @@ def test_classifier_round_trip_and_kind_errors(tmp_path):
         VimpacForClassification.from_pretrained(tmp_path / "pt")
 
 
+def test_from_pretrained_returns_eval_mode_so_predictions_repeat(tmp_path):
+    # A loaded model is for predicting first (as Hugging Face's from_pretrained): in training mode
+    # its dropout would give other logits at every call.
+    torch.manual_seed(0)
+    cfg = tiny_config(dropout=0.3)
+    clf = VimpacForClassification(cfg, num_classes=3)
+    torch.nn.init.normal_(clf.head.cls_fc.weight)
+    clf.save_pretrained(tmp_path / "clf")
+    VimpacForPretraining(cfg).save_pretrained(tmp_path / "pt")
+    tokens = random_tokens(cfg)
+    loaded = [VimpacForClassification.from_pretrained(tmp_path / "clf"),
+              VimpacForClassification.from_pretrained(tmp_path / "clf", num_classes=4, new_head=True),
+              VimpacForClassification.from_pretrained(tmp_path / "pt", num_classes=3),
+              VimpacForPretraining.from_pretrained(tmp_path / "pt")]
+    for model in loaded:
+        assert not any(module.training for module in model.modules()), type(model).__name__
+    with torch.no_grad():
+        first, second = loaded[0](tokens), loaded[0](tokens)
+        pretrained_first, pretrained_second = loaded[3](tokens).cls_hidden, loaded[3](tokens).cls_hidden
+    torch.testing.assert_close(second, first, atol=0, rtol=0)
+    torch.testing.assert_close(pretrained_second, pretrained_first, atol=0, rtol=0)
+
+
 def test_bad_folders_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="config.json: not found"):
         VimpacForPretraining.from_pretrained(tmp_path)

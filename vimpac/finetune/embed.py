@@ -33,6 +33,7 @@ from torch import nn
 
 from vimpac.data.clips import take_clip, uniform_clip_starts
 from vimpac.finetune.errors import FinetuneError
+from vimpac.finetune.evaluate import evaluation_mode, model_device
 from vimpac.io import atomic_path, atomic_write_json, output_file_problem
 
 
@@ -66,13 +67,14 @@ def video_tokens(path: str | Path, tokenizer, fps: float, size: int) -> np.ndarr
 
 @torch.inference_mode()
 def embed_tokens(model: nn.Module, tokens: np.ndarray, frames: int | None = None, with_tokens: bool = False,
-                 device: str | torch.device = "cpu", bf16: bool = False,
+                 device: str | torch.device | None = None, bf16: bool = False,
                  batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
-    """CLS feature (D,) and optionally token features (T, h, w, D) of one video's tokens, its clips
-    encoded `batch_size` at a time."""
+    """CLS feature (D,) and optionally token features (T, h, w, D), float32 numpy, of one video's
+    tokens (T, h, w), its clips encoded `batch_size` at a time on `device` (default: the model's),
+    in eval mode (the model's own mode back afterwards)."""
     backbone = getattr(model, "backbone", model)
     frames = frames or backbone.config.max_frames
-    device = torch.device(device)
+    device = model_device(backbone) if device is None else torch.device(device)
     length = tokens.shape[0]
     if length == 0:
         raise FinetuneError("video has no frames at this fps")
@@ -81,22 +83,22 @@ def embed_tokens(model: nn.Module, tokens: np.ndarray, frames: int | None = None
     starts = [int(s) for s in uniform_clip_starts(length, frames, math.ceil(length / frames))]
     tokens = np.asarray(tokens, dtype=np.int64)
     clips = torch.from_numpy(np.stack([take_clip(tokens, s, frames, backbone.pad_id) for s in starts])).to(device)
-    backbone.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     cls_outputs = []
     token_sums, token_counts = None, torch.zeros(length)
-    for first, batch in zip(range(0, len(starts), batch_size), clips.split(batch_size)):
-        with autocast:
-            cls, hiddens = backbone(batch)
-        cls_outputs.append(cls.float().cpu())
-        if with_tokens:
-            hiddens = hiddens.float().cpu()  # (clips, T, h, w, D)
-            if token_sums is None:
-                token_sums = torch.zeros(length, *hiddens.shape[2:])
-            for start, clip_hiddens in zip(starts[first:], hiddens):
-                real = min(frames, length - start)  # a clip's [PAD] frames are no frames of the video
-                token_sums[start:start + real] += clip_hiddens[:real]
-                token_counts[start:start + real] += 1
+    with evaluation_mode(backbone):
+        for first, batch in zip(range(0, len(starts), batch_size), clips.split(batch_size)):
+            with autocast:
+                cls, hiddens = backbone(batch)
+            cls_outputs.append(cls.float().cpu())
+            if with_tokens:
+                hiddens = hiddens.float().cpu()  # (clips, T, h, w, D)
+                if token_sums is None:
+                    token_sums = torch.zeros(length, *hiddens.shape[2:])
+                for start, clip_hiddens in zip(starts[first:], hiddens):
+                    real = min(frames, length - start)  # a clip's [PAD] frames are no frames of the video
+                    token_sums[start:start + real] += clip_hiddens[:real]
+                    token_counts[start:start + real] += 1
     cls_feature = torch.cat(cls_outputs).mean(dim=0).numpy()
     token_features = None
     if with_tokens:
@@ -106,9 +108,12 @@ def embed_tokens(model: nn.Module, tokens: np.ndarray, frames: int | None = None
 
 def embed_videos(model: nn.Module, tokenizer, paths: Sequence[str | Path], fps: float = 2.0, size: int = 128,
                  frames: int | None = None, with_tokens: bool = False, keys: Sequence[str] | None = None,
-                 device: str | torch.device = "cpu", bf16: bool = False, progress: bool = False,
+                 device: str | torch.device | None = None, bf16: bool = False, progress: bool = False,
                  batch_size: int = 32) -> Embeddings:
-    """Features of every readable video in `paths`; unreadable ones are listed in `failures`."""
+    """Features of every readable video in `paths`; unreadable ones are listed in `failures`.
+
+    `model` is a backbone or any model with a `.backbone`, run in eval mode (its own mode back
+    afterwards) on `device` (default: where its weights are); the tokenizer runs on its own device."""
     from vimpac.video.errors import VideoError
 
     backbone = getattr(model, "backbone", model)

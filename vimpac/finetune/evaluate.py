@@ -56,6 +56,25 @@ def video_view_tokens(store, key: str, views: Sequence[str], frames: int, tempor
     return np.stack(out).astype(np.int64)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's weights are: the device the inference helpers use unless told another."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module):
+    """Eval mode (dropout off, BatchNorm's running statistics) inside; afterwards each module is
+    back in its own mode, so that a helper called from a training loop does not leave dropout off."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _autocast(device: torch.device, bf16: bool):
     if not bf16:
         return contextlib.nullcontext()
@@ -120,31 +139,36 @@ def class_names_of(store, num_classes: int | None = None) -> list[str]:
 
 @torch.inference_mode()
 def predict_videos(model: nn.Module, store, keys: Sequence[str], views: Sequence[str], frames: int,
-                   temporal_clips: int, device: str | torch.device = "cpu", bf16: bool = False,
+                   temporal_clips: int, device: str | torch.device | None = None, bf16: bool = False,
                    max_batch: int = 32, progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Averaged class probabilities (len(keys), C) for the given videos of `store`."""
-    device = torch.device(device)
+    """Averaged class probabilities (len(keys), C) for the given videos of `store`, with the
+    model in eval mode (its own mode back afterwards); inputs go to `device` (default: the
+    model's)."""
+    device = model_device(model) if device is None else torch.device(device)
     per_video = len(views) * temporal_clips
     videos_per_batch = max(1, max_batch // per_video)
-    model.eval()
     out = []
-    for start in range(0, len(keys), videos_per_batch):
-        chunk = keys[start:start + videos_per_batch]
-        tokens = np.concatenate([video_view_tokens(store, k, views, frames, temporal_clips) for k in chunk])
-        inputs = torch.from_numpy(tokens).to(device)
-        out.append(average_view_probabilities(model, inputs, per_video, bf16).cpu().numpy())
-        if progress is not None:
-            progress(len(chunk))
+    with evaluation_mode(model):
+        for start in range(0, len(keys), videos_per_batch):
+            chunk = keys[start:start + videos_per_batch]
+            tokens = np.concatenate([video_view_tokens(store, k, views, frames, temporal_clips) for k in chunk])
+            inputs = torch.from_numpy(tokens).to(device)
+            out.append(average_view_probabilities(model, inputs, per_video, bf16).cpu().numpy())
+            if progress is not None:
+                progress(len(chunk))
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def evaluate_classifier(model: nn.Module, store, frames: int | None = None, temporal_clips: int = 10,
-                        spatial_crops: int = 3, device: str | torch.device = "cpu", bf16: bool = False,
+                        spatial_crops: int = 3, device: str | torch.device | None = None, bf16: bool = False,
                         max_batch: int = 32, progress: bool = False) -> EvaluationResult:
     """Evaluate a classifier on every video of a labelled store with the multi-view protocol.
 
+    The model runs in eval mode and is left in the mode it came in; `device` (default: where the
+    model's weights are) is where the inputs go, so the model must be there too.
     In a process group (torchrun) every rank must call it: rank r scores videos r, r + W, ...
     and every rank returns the result over all videos, each counted once."""
+    device = model_device(model) if device is None else torch.device(device)
     frames = frames or model.config.max_frames
     if temporal_clips < 1:
         raise FinetuneError(f"temporal_clips: expected >= 1, got {temporal_clips}")

@@ -29,7 +29,7 @@ from torch import nn
 
 from vimpac.data.clips import uniform_clip_starts
 from vimpac.finetune.errors import FinetuneError
-from vimpac.finetune.evaluate import CENTER_VIEW
+from vimpac.finetune.evaluate import CENTER_VIEW, model_device
 from vimpac.finetune.metrics import classification_metrics
 
 
@@ -53,14 +53,15 @@ def _backbone_of(model: nn.Module) -> nn.Module:
 
 @torch.inference_mode()
 def extract_features(model: nn.Module, store, frames: int | None = None, temporal_clips: int = 4,
-                     view: str = CENTER_VIEW, device: str | torch.device = "cpu", bf16: bool = False,
+                     view: str = CENTER_VIEW, device: str | torch.device | None = None, bf16: bool = False,
                      max_batch: int = 32) -> FeatureSet:
     """CLS features of every video of `store` (one view, uniform clips averaged).
 
-    `model` is a backbone or any model with a `.backbone` (pre-training or classification)."""
+    `model` is a backbone or any model with a `.backbone` (pre-training or classification), run
+    in eval mode (its own mode back afterwards) on `device` (default: where its weights are)."""
     backbone = _backbone_of(model)
     frames = frames or backbone.config.max_frames
-    device = torch.device(device)
+    device = model_device(backbone) if device is None else torch.device(device)
     if view not in store.views:
         raise FinetuneError(f"{store.root}: no {view!r} view for features (views: {list(store.views)})")
     was_training = backbone.training

@@ -28,3 +28,8 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f"vimpac.model.{_EXPORTS[name]}"), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    # The lazy names too, so that notebooks complete them before their first use.
+    return sorted(set(globals()) | set(__all__))

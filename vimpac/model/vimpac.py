@@ -84,7 +84,8 @@ class VimpacForPretraining(nn.Module):
                         **config_changes: Any) -> "VimpacForPretraining":
         """Load a pre-training folder. `config_changes` (e.g. max_frames=10, height=32, width=32,
         dropout=0.0, gradient_checkpointing=True) adjust the config; positional tables are
-        interpolated to the new sizes."""
+        interpolated to the new sizes. The model comes back in eval mode (dropout off), as
+        Hugging Face's `from_pretrained`; call `.train()` before training it."""
         kind, cfg, _ = read_model_config(folder)
         if kind != cls.kind:
             raise CheckpointError(f"{folder}: holds a {kind!r} model; VimpacForPretraining needs 'pretraining' "
@@ -93,7 +94,7 @@ class VimpacForPretraining(nn.Module):
         check_sizes_against_weights(folder, cfg, weights, contrastive_head=True)
         model = cls(_changed(cfg, config_changes, folder))
         load_weights(model, weights, str(Path(folder) / "model.safetensors"))
-        return model.to(map_location)
+        return model.to(map_location).eval()
 
 
 class VimpacForClassification(nn.Module):
@@ -126,7 +127,9 @@ class VimpacForClassification(nn.Module):
         """Load a classifier folder, or start fine-tuning from a pre-training folder (its
         backbone; a fresh zero head with `num_classes`). `new_head=True` takes only the backbone
         of a classifier folder too (fine-tuning a fine-tuned model on a new task). Positional
-        tables are interpolated when `config_changes` give another max_frames / height / width."""
+        tables are interpolated when `config_changes` give another max_frames / height / width.
+        The model comes back in eval mode (dropout off), so that `model(tokens)` predicts the
+        same logits every call; call `.train()` before training it."""
         kind, cfg, meta = read_model_config(folder)
         weights = read_weights(folder)
         stored_classes = stored_num_classes(folder, meta) if kind == cls.kind else None
@@ -138,7 +141,7 @@ class VimpacForClassification(nn.Module):
             if keep_head:
                 model = cls(cfg, stored_classes)
                 load_weights(model, weights, source)
-                return model.to(map_location)
+                return model.to(map_location).eval()
         elif kind != VimpacForPretraining.kind:
             raise CheckpointError(f"{folder}: unknown model kind {kind!r}")
         if num_classes is None:
@@ -146,7 +149,7 @@ class VimpacForClassification(nn.Module):
         model = cls(cfg, num_classes)
         backbone_weights = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
         load_weights(model.backbone, backbone_weights, f"{source} (backbone)")
-        return model.to(map_location)
+        return model.to(map_location).eval()
 
 
 def _changed(cfg: ModelConfig, changes: dict[str, Any], folder: str | Path) -> ModelConfig:

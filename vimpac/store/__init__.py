@@ -23,3 +23,8 @@ def __getattr__(name: str):
 
         return getattr(verify, name)
     raise AttributeError(f"module 'vimpac.store' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names too, so that notebooks complete them before their first use.
+    return sorted(set(globals()) | set(__all__))

@@ -374,9 +374,9 @@ def tokenize_videos(
 
     `records` is an `AnnotationSet` (its class names and source are recorded in the store) or
     a sequence of `VideoRecord`s (then pass `class_names` / `source` if wanted);
-    `annotation_files` are the files it was read from, recorded with the list's fingerprint
-    with the list's fingerprint; a resume with a list of other contents is refused. `tokenizer` is
-    a `FrameTokenizer`; `views` a preset name ("center", "all12", "noflip6") or `ViewSpec`s;
+    `annotation_files` are the files it was read from, recorded with the list's fingerprint; a
+    resume with a list of other contents is refused. `tokenizer` is a `FrameTokenizer`;
+    `views` a preset name ("center", "all12", "noflip6") or `ViewSpec`s;
     `batch_size` is frames per encoder call (every call but the run's last is full; a
     video's frames may span calls); videos are committed as soon as all their frames are
     encoded. Raises `StoreError` when `out_dir` holds a store made with other settings or from
