@@ -1,0 +1,43 @@
+"""What the trainer logs: TensorBoard after a resume, the learning rate of the logged step, rates
+without validation and checkpoint time, and progress reports when stderr is a file."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from vimpac.engine.metrics import read_metrics
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy_training import make_trainer  # noqa: E402
+
+
+def tensorboard_steps(run_dir, tag) -> list[int]:
+    """The steps TensorBoard shows for `tag`, read as TensorBoard reads the run's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(Path(run_dir) / "tensorboard"))
+    accumulator.Reload()
+    return [event.step for event in accumulator.Scalars(tag)]
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
+    make_trainer(tmp_path, steps=8, checkpoint_every=5).fit()
+    # As if killed after logging steps 6-8 and validating, before the step-8 checkpoint.
+    shutil.rmtree(tmp_path / "checkpoints" / "step-00000008")
+    resumed = make_trainer(tmp_path, steps=8, checkpoint_every=5)
+    assert resumed.resume() and resumed.step == 5
+    resumed.fit()
+    assert [r["step"] for r in read_metrics(tmp_path) if r["split"] == "train"] == list(range(1, 9))
+    assert tensorboard_steps(tmp_path, "train/loss") == list(range(1, 9))
+    assert tensorboard_steps(tmp_path, "val/mse") == [8]
+
+
+def test_tensorboard_hides_an_attempt_that_died_before_its_first_checkpoint(tmp_path):
+    make_trainer(tmp_path, steps=4, checkpoint_every=100).fit()
+    shutil.rmtree(tmp_path / "checkpoints")
+    trainer = make_trainer(tmp_path, steps=4, checkpoint_every=100)
+    assert not trainer.resume()
+    trainer.fit()
+    assert tensorboard_steps(tmp_path, "train/loss") == [1, 2, 3, 4]
