@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+import pytest
 
 from vimpac.engine.metrics import read_metrics
 
@@ -41,3 +42,13 @@ def test_tensorboard_hides_an_attempt_that_died_before_its_first_checkpoint(tmp_
     assert not trainer.resume()
     trainer.fit()
     assert tensorboard_steps(tmp_path, "train/loss") == [1, 2, 3, 4]
+
+
+def test_logged_lr_is_the_rate_of_the_logged_update(tmp_path):
+    # Linear warm-up over 4 of 8 updates: update k (1-based) uses lr * k / 5, then the decay
+    # lr * (8 - (k - 1)) / 4 from update 5 on; the row of step k shows update k's rate.
+    make_trainer(tmp_path, steps=8, warmup_ratio=0.5, lr=1.0).fit()
+    logged = [r["lr"] for r in read_metrics(tmp_path) if r["split"] == "train"]
+    expected = [k / 5 for k in range(1, 5)] + [(8 - (k - 1)) / 4 for k in range(5, 9)]
+    assert logged == pytest.approx(expected)
+    assert logged[-1] > 0  # the last update still moves the weights

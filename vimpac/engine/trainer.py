@@ -303,6 +303,9 @@ class Trainer:
                     # A skipped update still advances the schedule (it counts steps); torch warns
                     # when that happens before the first optimizer.step(), which is intended here.
                     warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+                    # The largest group's rate this update used: with layer-wise decay the groups
+                    # differ and the top one is the nominal learning rate (the classifier's).
+                    step_lr = max(self.scheduler.get_last_lr())
                     self.scheduler.step()
                 self.step += 1
                 if bar is not None:
@@ -314,7 +317,7 @@ class Trainer:
                           flush=True)
 
                 if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
-                    last = self._log_window(window)
+                    last = self._log_window(window, step_lr)
                 if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.total_steps:
                     self._validate()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
@@ -386,12 +389,10 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _log_window(self, window: "_Window") -> dict[str, float]:
+    def _log_window(self, window: "_Window", lr: float) -> dict[str, float]:
         rates = window.count_rate_keys()
         values = window.flush()
-        # The largest group's rate: with layer-wise decay the groups differ and the top one is the
-        # nominal learning rate (the classifier's).
-        values["lr"] = max(self.scheduler.get_last_lr())
+        values["lr"] = lr  # of the logged step's update (the scheduler has moved on to the next one)
         values["skipped_steps"] = self.skipped_steps
         values = distributed.all_reduce_mean(values, self.device)
         for key in rates:  # each rank counted its own samples: the run's throughput is their sum
