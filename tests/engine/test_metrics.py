@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 import pytest
 
@@ -52,3 +53,31 @@ def test_logged_lr_is_the_rate_of_the_logged_update(tmp_path):
     expected = [k / 5 for k in range(1, 5)] + [(8 - (k - 1)) / 4 for k in range(5, 9)]
     assert logged == pytest.approx(expected)
     assert logged[-1] > 0  # the last update still moves the weights
+
+
+def test_rates_leave_out_validation_and_checkpoint_time(tmp_path, monkeypatch):
+    import vimpac.engine.trainer as trainer_module
+
+    pause = 1.0
+    save = trainer_module.save_checkpoint
+
+    def slow_save(*args, **kwargs):
+        time.sleep(pause)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", slow_save)
+    trainer = make_trainer(tmp_path, steps=4, checkpoint_every=1, val_every=1)
+    validate = trainer.task.validate
+
+    def slow_validate(model, dist):
+        time.sleep(pause)
+        return validate(model, dist)
+
+    trainer.task.validate = slow_validate
+    trainer.fit()
+    rows = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
+    # Rows 2-4 follow a validation and a checkpoint of `pause` seconds each; a toy step takes
+    # milliseconds, so counting those pauses would give fewer than 1 / (2 * pause) steps per second.
+    for row in rows[1:]:
+        assert row["steps_per_s"] > 2 / pause, row
+        assert row["samples_per_s"] == pytest.approx(8 * row["steps_per_s"])

@@ -318,10 +318,12 @@ class Trainer:
 
                 if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
                     last = self._log_window(window, step_lr)
-                if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.total_steps:
-                    self._validate()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
-                    checkpoint = self._checkpoint()
+                # Off the window's clock: the logged rates are those of training.
+                with window.paused():
+                    if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.total_steps:
+                        self._validate()
+                    if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
+                        checkpoint = self._checkpoint()
                 if self.step < cfg.total_steps:
                     if distributed.any_rank(self._stop_signal is not None or self._launcher_gone(), self.device):
                         status = "interrupted"
@@ -504,6 +506,15 @@ class _Window:
             self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
             self.steps = int(state["steps"])
             self.carried_seconds = float(state["seconds"])
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave the time spent inside out of the window's rates (validation, checkpoints)."""
+        begun = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.started += time.perf_counter() - begun
 
     def start_clock(self) -> None:
         """Time the window from now on, plus what a restored window had already run."""
