@@ -7,6 +7,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
 import pytest
 
 from vimpac.engine.metrics import read_metrics
@@ -81,3 +82,25 @@ def test_rates_leave_out_validation_and_checkpoint_time(tmp_path, monkeypatch):
     for row in rows[1:]:
         assert row["steps_per_s"] > 2 / pause, row
         assert row["samples_per_s"] == pytest.approx(8 * row["steps_per_s"])
+
+
+def test_progress_without_a_terminal_prints_lines_not_a_bar(tmp_path, capsys):
+    # Under pytest stderr is no terminal, as in a cluster job's log file.
+    make_trainer(tmp_path / "runs" / "toy", steps=200, progress=True, log_every=50, checkpoint_every=100).fit()
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "\r" not in captured.out
+    lines = [line for line in captured.out.splitlines() if line.startswith("[runs/toy] step ")]
+    assert [line.split(" (")[0] for line in lines] == [f"[runs/toy] step {k}/200" for k in range(2, 201, 2)]
+
+
+def test_progress_on_a_terminal_is_a_bar(tmp_path, capsys, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    make_trainer(tmp_path / "runs" / "toy", steps=10, progress=True).fit()
+    assert "train: 100%" in sys.stderr.getvalue()
+    assert "[runs/toy] step" not in capsys.readouterr().out

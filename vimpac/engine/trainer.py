@@ -69,9 +69,10 @@ class TrainConfig:
     validate_at_end: bool = True  # False when the caller runs its own final evaluation
     max_nonfinite_steps: int = 5  # consecutive skipped updates before the run stops
     max_minutes: Optional[float] = None  # stop (with a checkpoint) after this much wall time
-    progress: bool = True
+    progress: bool = True  # a bar when stderr is a terminal; else 100 one-line reports (or progress_lines)
     # Without the progress bar: this many one-line reports over the run (rank 0), e.g. for several
-    # runs side by side whose bars would garble each other. 0: none.
+    # runs side by side whose bars would garble each other. 0: none, or 100 when the bar is wanted
+    # (`progress`) but stderr is not a terminal.
     progress_lines: int = 0
     # DDP must be told when some parameters get no gradient (e.g. a pre-training loss switched off).
     ddp_find_unused_parameters: bool = False
@@ -137,6 +138,14 @@ class TrainResult:
     skipped_steps: int
     last_metrics: dict[str, float]
     checkpoint: Path | None
+
+
+_LOG_FILE_PROGRESS_LINES = 100  # one-line reports over a run whose stderr is not a terminal
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def _loss_first(metrics: dict[str, float]) -> list[tuple[str, float]]:
@@ -270,7 +279,12 @@ class Trainer:
         checkpoint: Path | None = None
         bar = self._progress_bar()
         first_step = self.step
-        report_every = math.ceil(cfg.total_steps / cfg.progress_lines) if cfg.progress_lines > 0 else 0
+        report_lines = cfg.progress_lines
+        if cfg.progress and bar is None and not report_lines:
+            # stderr is a file (a cluster job's log): a bar there is one endless line of carriage
+            # returns, so one-line reports stand in for it.
+            report_lines = _LOG_FILE_PROGRESS_LINES
+        report_every = math.ceil(cfg.total_steps / report_lines) if report_lines > 0 else 0
         with self._signal_handlers():
             while self.step < cfg.total_steps:
                 train_model.train()
@@ -440,7 +454,7 @@ class Trainer:
                 f"{rate:.2f} steps/s{left}")
 
     def _progress_bar(self):
-        if not (self.cfg.progress and self.dist.is_main):
+        if not (self.cfg.progress and self.dist.is_main and _is_terminal(sys.stderr)):
             return None
         from tqdm import tqdm
 
