@@ -69,9 +69,10 @@ class TrainConfig:
     validate_at_end: bool = True  # False when the caller runs its own final evaluation
     max_nonfinite_steps: int = 5  # consecutive skipped updates before the run stops
     max_minutes: Optional[float] = None  # stop (with a checkpoint) after this much wall time
-    progress: bool = True
+    progress: bool = True  # a bar when stderr is a terminal; else 100 one-line reports (or progress_lines)
     # Without the progress bar: this many one-line reports over the run (rank 0), e.g. for several
-    # runs side by side whose bars would garble each other. 0: none.
+    # runs side by side whose bars would garble each other. 0: none, or 100 when the bar is wanted
+    # (`progress`) but stderr is not a terminal.
     progress_lines: int = 0
     # DDP must be told when some parameters get no gradient (e.g. a pre-training loss switched off).
     ddp_find_unused_parameters: bool = False
@@ -137,6 +138,14 @@ class TrainResult:
     skipped_steps: int
     last_metrics: dict[str, float]
     checkpoint: Path | None
+
+
+_LOG_FILE_PROGRESS_LINES = 100  # one-line reports over a run whose stderr is not a terminal
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def _loss_first(metrics: dict[str, float]) -> list[tuple[str, float]]:
@@ -270,7 +279,12 @@ class Trainer:
         checkpoint: Path | None = None
         bar = self._progress_bar()
         first_step = self.step
-        report_every = math.ceil(cfg.total_steps / cfg.progress_lines) if cfg.progress_lines > 0 else 0
+        report_lines = cfg.progress_lines
+        if cfg.progress and bar is None and not report_lines:
+            # stderr is a file (a cluster job's log): a bar there is one endless line of carriage
+            # returns, so one-line reports stand in for it.
+            report_lines = _LOG_FILE_PROGRESS_LINES
+        report_every = math.ceil(cfg.total_steps / report_lines) if report_lines > 0 else 0
         with self._signal_handlers():
             while self.step < cfg.total_steps:
                 train_model.train()
@@ -303,6 +317,9 @@ class Trainer:
                     # A skipped update still advances the schedule (it counts steps); torch warns
                     # when that happens before the first optimizer.step(), which is intended here.
                     warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+                    # The largest group's rate this update used: with layer-wise decay the groups
+                    # differ and the top one is the nominal learning rate (the classifier's).
+                    step_lr = max(self.scheduler.get_last_lr())
                     self.scheduler.step()
                 self.step += 1
                 if bar is not None:
@@ -314,11 +331,13 @@ class Trainer:
                           flush=True)
 
                 if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
-                    last = self._log_window(window)
-                if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.total_steps:
-                    self._validate()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
-                    checkpoint = self._checkpoint()
+                    last = self._log_window(window, step_lr)
+                # Off the window's clock: the logged rates are those of training.
+                with window.paused():
+                    if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.total_steps:
+                        self._validate()
+                    if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
+                        checkpoint = self._checkpoint()
                 if self.step < cfg.total_steps:
                     if distributed.any_rank(self._stop_signal is not None or self._launcher_gone(), self.device):
                         status = "interrupted"
@@ -386,12 +405,10 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _log_window(self, window: "_Window") -> dict[str, float]:
+    def _log_window(self, window: "_Window", lr: float) -> dict[str, float]:
         rates = window.count_rate_keys()
         values = window.flush()
-        # The largest group's rate: with layer-wise decay the groups differ and the top one is the
-        # nominal learning rate (the classifier's).
-        values["lr"] = max(self.scheduler.get_last_lr())
+        values["lr"] = lr  # of the logged step's update (the scheduler has moved on to the next one)
         values["skipped_steps"] = self.skipped_steps
         values = distributed.all_reduce_mean(values, self.device)
         for key in rates:  # each rank counted its own samples: the run's throughput is their sum
@@ -437,7 +454,7 @@ class Trainer:
                 f"{rate:.2f} steps/s{left}")
 
     def _progress_bar(self):
-        if not (self.cfg.progress and self.dist.is_main):
+        if not (self.cfg.progress and self.dist.is_main and _is_terminal(sys.stderr)):
             return None
         from tqdm import tqdm
 
@@ -503,6 +520,15 @@ class _Window:
             self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
             self.steps = int(state["steps"])
             self.carried_seconds = float(state["seconds"])
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave the time spent inside out of the window's rates (validation, checkpoints)."""
+        begun = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.started += time.perf_counter() - begun
 
     def start_clock(self) -> None:
         """Time the window from now on, plus what a restored window had already run."""
