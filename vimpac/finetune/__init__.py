@@ -8,8 +8,7 @@
 Submodules import torch; this package's top level stays light (see docs/finetuning.md).
 """
 
-import importlib
-from typing import Any
+from vimpac.lazy import lazy_exports
 
 _EXPORTS = {
     "FinetuneConfig": "runner",
@@ -36,16 +35,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    # Resolved on first use (PEP 562): the submodules import torch, `vimpac --help` must not.
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'vimpac.finetune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"vimpac.finetune.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    # The lazy names too, so that notebooks complete them before their first use.
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

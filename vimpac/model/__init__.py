@@ -7,8 +7,7 @@ Names are resolved lazily (PEP 562) so that `vimpac.model.commands` - imported b
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vimpac.lazy import lazy_exports
 
 _EXPORTS = {
     "VimpacBackbone": "backbone", "count_parameters": "backbone", "pool_tokens": "backbone",
@@ -21,15 +20,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'vimpac.model' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"vimpac.model.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    # The lazy names too, so that notebooks complete them before their first use.
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
