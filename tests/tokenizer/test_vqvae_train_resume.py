@@ -160,3 +160,33 @@ def test_resume_takes_the_same_videos_named_from_another_folder(clips, uninterru
     assert main(["train-tokenizer", str(clips), "--out", str(out), "--resume", *fast_train_args(STEPS)]) == 0
     report = json.loads((out / "train_report.json").read_text())
     assert report["tokenizer_id"] == uninterrupted["tokenizer_id"]
+
+
+@pytest.fixture(scope="module")
+def crashed_at_step_3(clips, tmp_path_factory):
+    """An output folder whose training crashed in step 3, with a checkpoint after step 2."""
+    import vimpac.tokenizer.train as train
+
+    out = tmp_path_factory.mktemp("crashed") / "tok"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "psnr_db", crash_at_step(3))
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            main(["train-tokenizer", str(clips), "--out", str(out), "--checkpoint-every", "1", *fast_train_args(STEPS)])
+    return out
+
+
+
+def test_a_latest_pointer_leaving_the_run_is_one_line(crashed_at_step_3, clips, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "tok"
+    shutil.copytree(crashed_at_step_3, out)
+    pointer = out / "checkpoints" / "latest"
+    pointer.write_text("../../elsewhere\n")
+    capsys.readouterr()
+    for resume in ([], ["--resume"]):
+        assert main(["train-tokenizer", str(clips), "--out", str(out), *resume, *fast_train_args(STEPS)]) == 2
+        err = capsys.readouterr().err
+        assert f"{pointer}: expected a checkpoint folder name" in err
+        assert f"the newest complete checkpoint is {out / 'checkpoints' / 'step-00000002'}" in err
+    assert (out / "checkpoints" / "step-00000002" / "state.json").is_file()

@@ -13,6 +13,14 @@ Layout of a run folder:
 A checkpoint folder is assembled under a temporary name and renamed into place, and `latest`
 is replaced atomically afterwards, so a kill at any moment leaves the previous checkpoint
 usable.
+
+Reading is as careful as writing, because a run folder may come from elsewhere: `latest` must be a
+regular file holding a folder name of the form the writer uses (step-NNNNNNNN), which can only
+name a folder inside RUN/checkpoints. Anything else (`..`, an absolute path, a FIFO, a folder)
+is a CheckpointError naming the file, and it says which complete checkpoint folders there are:
+a damaged pointer is not silently replaced by a guess; deleting it resumes from the newest
+complete folder. A well-formed name whose folder is gone or incomplete (deleted by hand, say)
+falls back to the newest complete folder.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +44,8 @@ from torch import nn
 from vimpac.io import atomic_write_text, current_umask, parse_json
 
 CHECKPOINT_PREFIX = "step-"
+# The names save_checkpoint gives checkpoint folders (more digits from step 10**8 on).
+CHECKPOINT_NAME = re.compile(re.escape(CHECKPOINT_PREFIX) + r"\d{8,}")
 
 
 class CheckpointError(RuntimeError):
@@ -114,14 +126,59 @@ def check_run_folder(run_dir: str | Path, resume: bool, *, other_kind: str, othe
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint a resume continues from: the one `latest` names, or the newest complete
+    folder when `latest` is missing or names a folder that is gone; None when there is none.
+    An unusable `latest` is a CheckpointError (see the module docstring)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     pointer = ckpt_root / "latest"
-    if pointer.exists():
-        candidate = ckpt_root / pointer.read_text().strip()
-        if (candidate / "state.json").exists():
-            return candidate
-    complete = sorted(p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.json").exists())
+    complete = _complete_checkpoints(ckpt_root)
+    if os.path.lexists(pointer):
+        try:
+            name = _read_regular_file(pointer, limit=64).decode("utf-8", errors="replace").strip()
+        except OSError as exc:
+            name, problem = None, f"cannot read it: {exc.strerror or exc}"
+        except CheckpointError:
+            name, problem = None, "not a regular file"
+        else:
+            problem = f"expected a checkpoint folder name ({CHECKPOINT_PREFIX}NNNNNNNN), got {name[:40]!r}"
+        if name is None or not CHECKPOINT_NAME.fullmatch(name):
+            found = (f"the newest complete checkpoint is {complete[-1]}; delete {pointer} to resume from it"
+                     if complete else f"{ckpt_root} holds no complete checkpoint")
+            raise CheckpointError(f"{pointer}: {problem}; {found}")
+        if (ckpt_root / name) in complete:
+            return ckpt_root / name
     return complete[-1] if complete else None
+
+
+def _complete_checkpoints(ckpt_root: Path) -> list[Path]:
+    """The checkpoint folders of `ckpt_root` named as save_checkpoint names them and holding a
+    state.json (written last), oldest first."""
+    return sorted((p for p in _checkpoint_folders(ckpt_root) if (p / "state.json").is_file()), key=_folder_step)
+
+
+def _checkpoint_folders(ckpt_root: Path) -> list[Path]:
+    folders = [p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()]
+    return sorted(folders, key=_folder_step)
+
+
+def _folder_step(path: Path) -> int:
+    return int(path.name[len(CHECKPOINT_PREFIX):])
+
+
+def _read_regular_file(path: Path, limit: int = -1) -> bytes:
+    """The bytes of `path` (at most `limit`). Anything but a regular file is a CheckpointError:
+    reading a FIFO would block for ever, a device would not end. Opened non-blocking so that
+    even the open of a FIFO returns."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError(f"{path}: not a regular file")
+        file = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with file:
+        return file.read(limit)
 
 
 def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
@@ -129,7 +186,7 @@ def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
     touching any model: callers check it fits the run before loading weights."""
     path = Path(path)
     try:
-        state = parse_json((path / "state.json").read_text())
+        state = parse_json(_read_regular_file(path / "state.json"))
     except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8, nested too deeply
         raise CheckpointError(f"{path}: cannot read state.json: {exc}") from exc
     if not isinstance(state, dict):
@@ -228,6 +285,7 @@ def _numpy_rng_state() -> list:
 
 
 def _prune(ckpt_root: Path, keep: int) -> None:
-    complete = sorted(p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
+    # Only folders named as this module names them: never a user's step-00000100.backup.
+    complete = _checkpoint_folders(ckpt_root)
     for old in complete[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -503,7 +503,10 @@ def train_tokenizer_from_videos(
         device = usable_device(device, "--device")
     if existing_out not in ("refuse", "replace", "write-into"):
         raise ValueError(f"existing_out: expected 'refuse', 'replace' or 'write-into', got {existing_out!r}")
-    interrupted = latest_checkpoint(out_dir)
+    try:
+        interrupted = latest_checkpoint(out_dir)
+    except CheckpointError as exc:
+        raise TokenizerTrainingError(str(exc)) from exc
     if interrupted is not None and not _is_tokenizer_training(interrupted):
         # Another run's checkpoints (a pre-training run's folder, say): never ours to continue or delete.
         raise TokenizerTrainingError(
