@@ -1,5 +1,6 @@
 """Run folders from elsewhere: the `latest` pointer names only a checkpoint folder inside
-RUN/checkpoints, and state.json must be a regular file."""
+RUN/checkpoints, and every field of state.json is checked (a CheckpointError naming the file and
+the field) before anything is restored."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from vimpac.engine.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
 
@@ -137,8 +139,92 @@ def _copy_of(checkpoint: Path, tmp_path: Path) -> Path:
     return target
 
 
+def _with_field(checkpoint: Path, field: str, value):
+    state_file = checkpoint / "state.json"
+    state = json.loads(state_file.read_text())
+    keys = field.split(".")
+    target = state
+    for key in keys[:-1]:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    last = int(keys[-1]) if isinstance(target, list) else keys[-1]
+    if value is DELETE:
+        del target[last]
+    else:
+        target[last] = value(target[last]) if callable(value) else value
+    state_file.write_text(json.dumps(state))
+    return state_file
+
+
+DELETE = object()
+BAD_FIELDS = {
+    "step as text": ("step", "1", "'step' must be an integer >= 0"),
+    "negative step": ("step", -1, "'step' must be an integer >= 0"),
+    "fractional step": ("step", 1.5, "'step' must be an integer >= 0"),
+    "no step": ("step", DELETE, "'step' is missing"),
+    "scheduler a list": ("scheduler", [], "'scheduler' must be a JSON object or null"),
+    "scheduler epoch as text": ("scheduler.last_epoch", "x", "'scheduler.last_epoch' must be a number"),
+    "scheduler lambdas": ("scheduler.lr_lambdas", [{"__class__": 1}, None], "'scheduler.lr_lambdas[0]' must be null"),
+    "python_rng short": ("python_rng", [3, [1, 2], None], "'python_rng' must be a Python random state"),
+    "python_rng gauss": ("python_rng.2", "x", "'python_rng' must be a Python random state"),
+    "numpy_rng negative": ("numpy_rng.1", [-1] * 624, "'numpy_rng' must be a numpy random state"),
+    "numpy_rng position": ("numpy_rng.2", 10**6, "'numpy_rng' must be a numpy random state"),
+    "numpy_rng text": ("numpy_rng", "MT19937", "'numpy_rng' must be a numpy random state"),
+    "optimizer groups text": ("optimizer.param_groups", "x", "'optimizer' must be the optimizer structure"),
+    "optimizer unknown parameter": ("optimizer.state.99", {}, "'optimizer' must be the optimizer structure"),
+    "optimizer lr text": ("optimizer.param_groups.0.lr", "x", "'optimizer.param_groups[0].lr' must be a number"),
+    "optimizer betas": ("optimizer.param_groups.0.betas", [0.9], "'optimizer.param_groups[0].betas' must be a list of 2"),
+    "optimizer group count": ("optimizer.param_groups",
+                              lambda groups: [{**groups[0], "params": [i for g in groups for i in g["params"]]}],
+                              "'optimizer.param_groups' lists 1 parameter group(s), the optimizer has 2"),
+    "optimizer missing tensor": ("optimizer.state.0.exp_avg", {"tensor": "nope"},
+                                 "'optimizer.state.0.exp_avg' names tensor 'nope', which optimizer.safetensors lacks"),
+    "skipped_steps text": ("skipped_steps", "3", "'skipped_steps' must be an integer >= 0"),
+    "world_size text": ("world_size", "x", "'world_size' must be an integer >= 1"),
+    "log_window": ("log_window", {"sums": 1}, "'log_window' must be"),
+    "grad_scaler": ("grad_scaler", {"scale": "x"}, "'grad_scaler' must be"),
+}
+
+
+@pytest.mark.parametrize("field, value, expected", BAD_FIELDS.values(), ids=BAD_FIELDS.keys())
+def test_a_bad_state_field_is_refused_naming_it_before_anything_is_restored(interrupted_run, tmp_path, field, value,
+                                                                            expected):
+    checkpoint = _copy_of(interrupted_run, tmp_path)
+    state_file = _with_field(checkpoint, field, value)
+    trainer = make_trainer(tmp_path / "run", steps=5)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    optimizer_before = repr(trainer.optimizer.state_dict())
+    with pytest.raises(CheckpointError) as info:
+        trainer.resume()
+    assert str(info.value).startswith(f"{state_file}: field {expected}")
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert repr(trainer.optimizer.state_dict()) == optimizer_before and trainer.step == 0
+
+
+def test_a_moment_estimate_of_another_shape_is_refused(interrupted_run, tmp_path):
+    checkpoint = _copy_of(interrupted_run, tmp_path)
+    tensors = load_file(str(checkpoint / "optimizer.safetensors"))
+    tensors["0.exp_avg"] = torch.zeros(3)
+    save_file(tensors, str(checkpoint / "optimizer.safetensors"))
+    trainer = make_trainer(tmp_path / "run", steps=5)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"state.json: field 'optimizer.state.0.exp_avg' is a torch.float32 "
+                                              r"tensor of shape \(3,\), its parameter a float tensor of shape \(16, 6\)"):
+        trainer.resume()
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_a_bad_generator_state_is_refused_before_anything_is_restored(interrupted_run, tmp_path):
+    checkpoint = _copy_of(interrupted_run, tmp_path)
+    save_file({"cpu": torch.zeros(5056, dtype=torch.uint8)}, str(checkpoint / "rng.safetensors"))
+    trainer = make_trainer(tmp_path / "run", steps=5)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="rng.safetensors: expected the CPU generator state 'cpu'"):
+        trainer.resume()
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
 def test_an_untouched_copy_resumes(interrupted_run, tmp_path):
-    # The copy the tests damage is itself a checkpoint the trainer continues.
+    # The copy the tests above damage is itself a checkpoint the trainer continues.
     _copy_of(interrupted_run, tmp_path)
     trainer = make_trainer(tmp_path / "run", steps=5)
     assert trainer.resume() and trainer.step == 1
