@@ -11,6 +11,7 @@ import torch
 
 from vimpac.config import ConfigError
 from vimpac.tokenizer.base import TokenizerError, load_tokenizer
+from vimpac.tokenizer import vqvae as vqvae_module
 from vimpac.tokenizer.train import TrainConfig, evaluate_tokenizer, train_vqvae
 from vimpac.tokenizer.vqvae import (
     VQVAE,
@@ -201,6 +202,30 @@ def test_loading_bad_folders_names_the_file(tmp_path):
     weights_path.write_bytes(b"not safetensors")
     with pytest.raises(TokenizerError, match="model.safetensors"):
         load_tokenizer(tmp_path / "tok")
+
+
+@pytest.mark.parametrize("field, value", [("width", 10**6), ("num_res_blocks", 10**6), ("code_dim", 10**6),
+                                          ("channel_mult", [1, 10**6, 1]), ("codebook_size", 65534)])
+def test_a_config_claiming_other_sizes_is_refused_before_anything_is_built(tmp_path, monkeypatch, field, value):
+    # Built first, these configs would allocate terabytes or create modules for hours.
+    VQVAETokenizer.from_config(NARROW).save_pretrained(tmp_path / "tok")
+    config_path = tmp_path / "tok" / "tokenizer.json"
+    meta = json.loads(config_path.read_text())
+    meta["config"][field] = value
+    config_path.write_text(json.dumps(meta))
+
+    def built(*args, **kwargs):
+        raise AssertionError("a VQ-VAE was built from a tokenizer.json its weights do not match")
+    monkeypatch.setattr(vqvae_module, "VQVAE", built)
+    with pytest.raises(TokenizerError, match=f"model.safetensors: weights do not match the config in {config_path}: "
+                                             ".*config (implies|says)"):
+        load_tokenizer(tmp_path / "tok")
+
+
+@pytest.mark.parametrize("cfg", [NARROW, *VQVAE_PRESETS.values(), VQVAEConfig(num_res_blocks=3, channel_mult=(1, 2, 4))])
+def test_the_size_check_accepts_the_networks_own_weights(cfg):
+    shapes = {key: tuple(value.shape) for key, value in VQVAE(cfg).state_dict().items()}
+    assert vqvae_module._size_problems(cfg, shapes) == []
 
 
 def test_presets_are_valid():

@@ -160,3 +160,60 @@ def test_resume_takes_the_same_videos_named_from_another_folder(clips, uninterru
     assert main(["train-tokenizer", str(clips), "--out", str(out), "--resume", *fast_train_args(STEPS)]) == 0
     report = json.loads((out / "train_report.json").read_text())
     assert report["tokenizer_id"] == uninterrupted["tokenizer_id"]
+
+
+@pytest.fixture(scope="module")
+def crashed_at_step_3(clips, tmp_path_factory):
+    """An output folder whose training crashed in step 3, with a checkpoint after step 2."""
+    import vimpac.tokenizer.train as train
+
+    out = tmp_path_factory.mktemp("crashed") / "tok"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "psnr_db", crash_at_step(3))
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            main(["train-tokenizer", str(clips), "--out", str(out), "--checkpoint-every", "1", *fast_train_args(STEPS)])
+    return out
+
+
+# (field, bad value, what the error says); resumed, each was a traceback (or a pointer leaving the run).
+BAD_RESUME_STATE = {
+    "step as text": ("step", "2", "field 'step' must be an integer >= 0"),
+    "history": ("history", 5, "field 'history' must be a list of objects"),
+    "running": ("running", {"loss": "x"}, "field 'running' must be"),
+    "sampler_rng": ("sampler_rng", [1, 2, 3], "field 'sampler_rng' must be the frame sampler's state"),
+    "train_seconds": ("train_seconds", -1, "field 'train_seconds' must be a number >= 0"),
+    "run": ("run", [], "field 'run' must be a JSON object"),
+    "optimizer": ("optimizer", None, "field 'optimizer' must be"),
+}
+
+
+@pytest.mark.parametrize("field, value, expected", BAD_RESUME_STATE.values(), ids=BAD_RESUME_STATE.keys())
+def test_a_bad_checkpoint_state_is_one_line_naming_the_field(crashed_at_step_3, clips, tmp_path, capsys, field, value,
+                                                             expected):
+    import shutil
+
+    out = tmp_path / "tok"
+    shutil.copytree(crashed_at_step_3, out)
+    state_file = out / "checkpoints" / "step-00000002" / "state.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), field: value}))
+    capsys.readouterr()
+    assert main(["train-tokenizer", str(clips), "--out", str(out), "--resume", *fast_train_args(STEPS)]) == 2
+    err = capsys.readouterr().err
+    assert f"{state_file}: {expected}" in err and "Traceback" not in err
+    assert state_file.is_file() and not (out / "tokenizer.json").exists()
+
+
+def test_a_latest_pointer_leaving_the_run_is_one_line(crashed_at_step_3, clips, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "tok"
+    shutil.copytree(crashed_at_step_3, out)
+    pointer = out / "checkpoints" / "latest"
+    pointer.write_text("../../elsewhere\n")
+    capsys.readouterr()
+    for resume in ([], ["--resume"]):
+        assert main(["train-tokenizer", str(clips), "--out", str(out), *resume, *fast_train_args(STEPS)]) == 2
+        err = capsys.readouterr().err
+        assert f"{pointer}: expected a checkpoint folder name" in err
+        assert f"the newest complete checkpoint is {out / 'checkpoints' / 'step-00000002'}" in err
+    assert (out / "checkpoints" / "step-00000002" / "state.json").is_file()

@@ -13,6 +13,17 @@ Layout of a run folder:
 A checkpoint folder is assembled under a temporary name and renamed into place, and `latest`
 is replaced atomically afterwards, so a kill at any moment leaves the previous checkpoint
 usable.
+
+Reading is as careful as writing, because a run folder may come from elsewhere: `latest` must be a
+regular file holding a folder name of the form the writer uses (step-NNNNNNNN), which can only
+name a folder inside RUN/checkpoints. Anything else (`..`, an absolute path, a FIFO, a folder)
+is a CheckpointError naming the file, and it says which complete checkpoint folders there are:
+a damaged pointer is not silently replaced by a guess; deleting it resumes from the newest
+complete folder. A well-formed name whose folder is gone or incomplete (deleted by hand, say)
+falls back to the newest complete folder. `state.json` is checked field by field (types, the RNG
+states, the optimizer structure against the optimizer, the scheduler against the scheduler)
+before any weight is loaded, so a bad file is a CheckpointError naming it and the field, and
+nothing is restored by half.
 """
 
 from __future__ import annotations
@@ -20,11 +31,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
+import stat
 import sys
 import tempfile
+from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 import torch
@@ -34,6 +48,8 @@ from torch import nn
 from vimpac.io import atomic_write_text, current_umask, parse_json
 
 CHECKPOINT_PREFIX = "step-"
+# The names save_checkpoint gives checkpoint folders (more digits from step 10**8 on).
+CHECKPOINT_NAME = re.compile(re.escape(CHECKPOINT_PREFIX) + r"\d{8,}")
 
 
 class CheckpointError(RuntimeError):
@@ -114,27 +130,181 @@ def check_run_folder(run_dir: str | Path, resume: bool, *, other_kind: str, othe
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint a resume continues from: the one `latest` names, or the newest complete
+    folder when `latest` is missing or names a folder that is gone; None when there is none.
+    An unusable `latest` is a CheckpointError (see the module docstring)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     pointer = ckpt_root / "latest"
-    if pointer.exists():
-        candidate = ckpt_root / pointer.read_text().strip()
-        if (candidate / "state.json").exists():
-            return candidate
-    complete = sorted(p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.json").exists())
+    complete = _complete_checkpoints(ckpt_root)
+    if os.path.lexists(pointer):
+        try:
+            name = _read_regular_file(pointer, limit=64).decode("utf-8", errors="replace").strip()
+        except OSError as exc:
+            name, problem = None, f"cannot read it: {exc.strerror or exc}"
+        except CheckpointError:
+            name, problem = None, "not a regular file"
+        else:
+            problem = f"expected a checkpoint folder name ({CHECKPOINT_PREFIX}NNNNNNNN), got {name[:40]!r}"
+        if name is None or not CHECKPOINT_NAME.fullmatch(name):
+            found = (f"the newest complete checkpoint is {complete[-1]}; delete {pointer} to resume from it"
+                     if complete else f"{ckpt_root} holds no complete checkpoint")
+            raise CheckpointError(f"{pointer}: {problem}; {found}")
+        if (ckpt_root / name) in complete:
+            return ckpt_root / name
     return complete[-1] if complete else None
 
 
-def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
-    """The JSON state of checkpoint `path` (step, counters, the run's settings), without
-    touching any model: callers check it fits the run before loading weights."""
+def _complete_checkpoints(ckpt_root: Path) -> list[Path]:
+    """The checkpoint folders of `ckpt_root` named as save_checkpoint names them and holding a
+    state.json (written last), oldest first."""
+    return sorted((p for p in _checkpoint_folders(ckpt_root) if (p / "state.json").is_file()), key=_folder_step)
+
+
+def _checkpoint_folders(ckpt_root: Path) -> list[Path]:
+    folders = [p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()]
+    return sorted(folders, key=_folder_step)
+
+
+def _folder_step(path: Path) -> int:
+    return int(path.name[len(CHECKPOINT_PREFIX):])
+
+
+def _read_regular_file(path: Path, limit: int = -1) -> bytes:
+    """The bytes of `path` (at most `limit`). Anything but a regular file is a CheckpointError:
+    reading a FIFO would block for ever, a device would not end. Opened non-blocking so that
+    even the open of a FIFO returns."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError(f"{path}: not a regular file")
+        file = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with file:
+        return file.read(limit)
+
+
+# Checks of state.json fields: (accepts(value), what is expected).
+FieldCheck = tuple[Callable[[Any], bool], str]
+
+
+def is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def is_positive_int(value: Any) -> bool:
+    return is_count(value) and value >= 1
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_number_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(is_number(v) for v in value.values())
+
+
+COUNT: FieldCheck = (is_count, "an integer >= 0")
+POSITIVE_INT: FieldCheck = (is_positive_int, "an integer >= 1")
+NUMBER: FieldCheck = (is_number, "a number")
+OBJECT: FieldCheck = (lambda value: isinstance(value, dict), "a JSON object")
+
+
+def or_null(check: FieldCheck) -> FieldCheck:
+    accepts, expected = check
+    return (lambda value: value is None or accepts(value), f"{expected} or null")
+
+
+def _valid_python_rng(value: Any) -> bool:
+    try:
+        random.Random().setstate(_python_rng_tuple(value))  # a throwaway generator: what setstate accepts
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return False
+    return True
+
+
+def _valid_numpy_rng(value: Any) -> bool:
+    try:
+        name, keys, pos, has_gauss, cached = _numpy_rng_tuple(value)
+        if not (name == "MT19937" and keys.shape == (624,) and is_count(pos) and pos <= 624
+                and has_gauss in (0, 1) and is_number(cached)):
+            return False
+        np.random.RandomState().set_state((name, keys, pos, has_gauss, cached))  # a throwaway generator
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return False
+    return True
+
+
+def _valid_optimizer_structure(value: Any) -> bool:
+    """The shape of what _flatten_optimizer writes; whether it fits the optimizer is checked by
+    _optimizer_mismatch once that is known."""
+    if not isinstance(value, dict) or not isinstance(value.get("param_groups"), list) \
+            or not isinstance(value.get("state"), dict):
+        return False
+    groups = value["param_groups"]
+    if not all(isinstance(g, dict) and isinstance(g.get("params"), list) and all(is_count(i) for i in g["params"])
+               for g in groups):
+        return False
+    ids = [i for g in groups for i in g["params"]]
+    unique_ids = set(ids)
+    if len(unique_ids) != len(ids):
+        return False
+    return all(key.isdigit() and int(key) in unique_ids and isinstance(entry, dict) and all(
+        isinstance(spec, dict) and (spec.keys() == {"tensor"} and isinstance(spec["tensor"], str)
+                                    or spec.keys() == {"value"} and not isinstance(spec["value"], (dict, list)))
+        for spec in entry.values()) for key, entry in value["state"].items())
+
+
+# The fields save_checkpoint writes, and what each must be.
+_SAVED_FIELDS: dict[str, FieldCheck] = {
+    "step": COUNT,
+    "scheduler": or_null(OBJECT),
+    "optimizer": (_valid_optimizer_structure, "the optimizer structure a checkpoint records "
+                  "({\"param_groups\": [...], \"state\": {...}}, each parameter listed once)"),
+    "python_rng": (_valid_python_rng, "a Python random state [3, [625 integers], gauss]"),
+    "numpy_rng": (_valid_numpy_rng, "a numpy random state [\"MT19937\", [624 integers < 2**32], pos <= 624, "
+                                    "has_gauss 0 or 1, cached number]"),
+}
+
+
+def read_state_json(path: str | Path) -> dict[str, Any]:
+    """The JSON object in checkpoint `path`'s state.json, its fields unchecked (to tell which kind
+    of run wrote it); read_checkpoint_state is the one to restore from."""
     path = Path(path)
     try:
-        state = parse_json((path / "state.json").read_text())
+        state = parse_json(_read_regular_file(path / "state.json"))
     except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8, nested too deeply
         raise CheckpointError(f"{path}: cannot read state.json: {exc}") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path / 'state.json'}: expected a JSON object, got {type(state).__name__}")
     return state
+
+
+def read_checkpoint_state(path: str | Path, fields: Mapping[str, FieldCheck] | None = None,
+                          optional: Collection[str] = ()) -> dict[str, Any]:
+    """The JSON state of checkpoint `path` (step, counters, the run's settings), without
+    touching any model: callers check it fits the run before loading weights.
+
+    Every field save_checkpoint writes is checked, and so are the caller's `fields` (name ->
+    check); those named in `optional` may be missing (checkpoints from before they were
+    written). A field that is missing or not as expected is a CheckpointError naming the file
+    and the field."""
+    state_file = Path(path) / "state.json"
+    state = read_state_json(path)
+    for name, (accepts, expected) in {**_SAVED_FIELDS, **(fields or {})}.items():
+        if name not in state:
+            if name in optional:
+                continue
+            raise CheckpointError(f"{state_file}: field {name!r} is missing; expected {expected}")
+        if not accepts(state[name]):
+            raise CheckpointError(f"{state_file}: field {name!r} must be {expected}, got {_short(state[name])}")
+    return state
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_checkpoint(
@@ -147,6 +317,34 @@ def load_checkpoint(
     """Restore model / optimizer / scheduler / RNG from `path`; returns the JSON state."""
     path = Path(path)
     state = read_checkpoint_state(path)
+    state_file = path / "state.json"
+    # Everything that can be checked is, before the first thing is restored.
+    optimizer_state = scheduler_state = rng = None
+    if optimizer is not None:
+        try:
+            tensors = load_file(str(path / "optimizer.safetensors"))
+        except Exception as exc:  # safetensors raises several types for bad files
+            raise CheckpointError(f"{path / 'optimizer.safetensors'}: cannot load into the optimizer: {exc}") from exc
+        if problem := _optimizer_mismatch(state["optimizer"], tensors, optimizer):
+            raise CheckpointError(f"{state_file}: field {problem}; the checkpoint does not fit this run's optimizer")
+        optimizer_state = _unflatten_optimizer(tensors, state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        current = scheduler.state_dict()
+        # Only the scheduler's own keys: load_state_dict sets every key given as an attribute.
+        scheduler_state = {k: v for k, v in state["scheduler"].items() if k in current}
+        if problem := _structure_mismatch(scheduler_state, current, "scheduler"):
+            raise CheckpointError(f"{state_file}: field {problem}; the checkpoint does not fit this run's "
+                                  "learning-rate schedule")
+    if restore_rng:
+        try:
+            rng = load_file(str(path / "rng.safetensors"))
+        except Exception as exc:
+            raise CheckpointError(f"{path / 'rng.safetensors'}: cannot read: {exc}") from exc
+        try:
+            torch.Generator().set_state(rng["cpu"])  # a throwaway generator: is it a CPU generator state?
+        except (KeyError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"{path / 'rng.safetensors'}: expected the CPU generator state 'cpu' "
+                                  f"({torch.get_rng_state().numel()} bytes): {exc}") from None
     try:
         missing, unexpected = load_model(unwrap(model), str(path / "model.safetensors"), strict=False)
     except Exception as exc:  # safetensors raises several types for bad files
@@ -154,24 +352,78 @@ def load_checkpoint(
     if missing or unexpected:
         raise CheckpointError(f"{path / 'model.safetensors'}: does not fit the model "
                               f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
-    if optimizer is not None:
+    if optimizer_state is not None:
         try:
-            tensors = load_file(str(path / "optimizer.safetensors"))
-            optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
-        except Exception as exc:  # a damaged file, or a checkpoint of another optimizer / model
+            optimizer.load_state_dict(optimizer_state)
+        except Exception as exc:  # a checkpoint of another optimizer / model
             raise CheckpointError(f"{path / 'optimizer.safetensors'}: cannot load into the optimizer: {exc}") from exc
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if restore_rng:
-        try:
-            rng = load_file(str(path / "rng.safetensors"))
-        except Exception as exc:
-            raise CheckpointError(f"{path / 'rng.safetensors'}: cannot read: {exc}") from exc
+    if scheduler_state is not None:
+        scheduler.load_state_dict(scheduler_state)
+    if rng is not None:
         _restore_torch_rng(rng)
-        random.setstate(_tuple_state(state["python_rng"]))
-        np.random.set_state(tuple(state["numpy_rng"][:1]) + (np.array(state["numpy_rng"][1], dtype=np.uint32),)
-                            + tuple(state["numpy_rng"][2:]))
+        random.setstate(_python_rng_tuple(state["python_rng"]))
+        np.random.set_state(_numpy_rng_tuple(state["numpy_rng"]))
     return state
+
+
+def _optimizer_mismatch(structure: dict, tensors: Mapping[str, torch.Tensor],
+                        optimizer: torch.optim.Optimizer) -> str | None:
+    """What keeps the saved optimizer `structure` (checked by _valid_optimizer_structure) and its
+    `tensors` from fitting `optimizer`: torch's load_state_dict checks only the group sizes and
+    would take a moment estimate of another shape, or a learning rate that is text, and fail at
+    the next step."""
+    saved_groups, groups = structure["param_groups"], optimizer.param_groups
+    if len(saved_groups) != len(groups):
+        return f"'optimizer.param_groups' lists {len(saved_groups)} parameter group(s), the optimizer has {len(groups)}"
+    for i, (saved, group) in enumerate(zip(saved_groups, groups)):
+        if len(saved["params"]) != len(group["params"]):
+            return (f"'optimizer.param_groups[{i}].params' lists {len(saved['params'])} parameters, the "
+                    f"optimizer's group {len(group['params'])}")
+        # Keys of one side only come from another torch version: torch fills in missing ones.
+        common = {k: v for k, v in group.items() if k != "params" and k in saved}
+        if problem := _structure_mismatch({k: saved[k] for k in common}, common, f"optimizer.param_groups[{i}]"):
+            return problem
+    params = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
+                      chain.from_iterable(g["params"] for g in groups)))
+    for key, entry in structure["state"].items():
+        for name, spec in entry.items():
+            if "tensor" not in spec:
+                continue
+            where = f"'optimizer.state.{key}.{name}'"
+            tensor = tensors.get(spec["tensor"])
+            if tensor is None:
+                return f"{where} names tensor {spec['tensor']!r}, which optimizer.safetensors lacks"
+            param = params[int(key)]
+            # Scalars (Adam's step) or per-element statistics of the parameter (moments, momentum).
+            if tensor.ndim != 0 and (tensor.shape != param.shape or not tensor.is_floating_point()):
+                return (f"{where} is a {tensor.dtype} tensor of shape {tuple(tensor.shape)}, its parameter "
+                        f"a float tensor of shape {tuple(param.shape)}")
+    return None
+
+
+def _structure_mismatch(saved: Any, current: Any, where: str) -> str | None:
+    """Where `saved` (read from JSON) is not of the kind `current` (the object's own
+    state_dict) is: a number for a number, a bool for a bool, a list of the same length, a
+    dict with the same keys; None in `current` admits null or a plain value."""
+    if isinstance(current, bool):
+        ok, kind = isinstance(saved, bool), "true or false"
+    elif isinstance(current, (int, float)):
+        ok, kind = is_number(saved), "a number"
+    elif isinstance(current, str):
+        ok, kind = isinstance(saved, str), "a string"
+    elif isinstance(current, (list, tuple)):
+        if not isinstance(saved, list) or len(saved) != len(current):
+            return f"{where!r} must be a list of {len(current)}, got {_short(saved)}"
+        return next((p for i, (s, c) in enumerate(zip(saved, current))
+                     if (p := _structure_mismatch(s, c, f"{where}[{i}]"))), None)
+    elif isinstance(current, dict):
+        if not isinstance(saved, dict) or set(saved) != {str(k) for k in current}:
+            return f"{where!r} must be an object with the keys {sorted(map(str, current))}, got {_short(saved)}"
+        return next((p for k, c in current.items() if (p := _structure_mismatch(saved[str(k)], c, f"{where}.{k}"))),
+                    None)
+    else:
+        ok, kind = saved is None or isinstance(saved, (bool, int, float, str)), "null or a plain value"
+    return None if ok else f"{where!r} must be {kind}, got {_short(saved)}"
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -218,8 +470,24 @@ def _python_rng_state() -> list:
     return [version, list(internal), gauss]
 
 
-def _tuple_state(saved: list) -> tuple:
-    return (saved[0], tuple(saved[1]), saved[2])
+def _python_rng_tuple(saved: list) -> tuple:
+    """random.setstate's argument from the JSON list _python_rng_state wrote."""
+    if not isinstance(saved, list):
+        raise TypeError("expected a list")
+    version, internal, gauss = saved
+    if not isinstance(internal, list) or not (gauss is None or is_number(gauss)):
+        raise TypeError("expected [version, [integers], gauss]")
+    return (version, tuple(internal), gauss)
+
+
+def _numpy_rng_tuple(saved: list) -> tuple:
+    """np.random.set_state's argument from the JSON list _numpy_rng_state wrote."""
+    if not isinstance(saved, list):
+        raise TypeError("expected a list")
+    name, keys, pos, has_gauss, cached = saved
+    if not isinstance(keys, list) or not all(is_count(k) for k in keys):
+        raise TypeError("expected a list of integers")
+    return (name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached)
 
 
 def _numpy_rng_state() -> list:
@@ -228,6 +496,7 @@ def _numpy_rng_state() -> list:
 
 
 def _prune(ckpt_root: Path, keep: int) -> None:
-    complete = sorted(p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
+    # Only folders named as this module names them: never a user's step-00000100.backup.
+    complete = _checkpoint_folders(ckpt_root)
     for old in complete[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -39,7 +39,8 @@ from torch import nn
 from vimpac.config import ConfigError
 from vimpac.devices import resolve_device, usable_device
 from vimpac.engine import distributed
-from vimpac.engine.checkpoint import (CHECKPOINT_PREFIX, CheckpointError, latest_checkpoint, load_checkpoint,
+from vimpac.engine.checkpoint import (CHECKPOINT_PREFIX, COUNT, POSITIVE_INT, CheckpointError, FieldCheck,
+                                      is_count, is_number, is_number_map, latest_checkpoint, load_checkpoint, or_null,
                                       read_checkpoint_state, save_checkpoint, unwrap)
 from vimpac.engine.distributed import DistInfo
 from vimpac.engine.metrics import MetricsLogger
@@ -165,6 +166,31 @@ def _step_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}" if step >= 0 else "none"
 
 
+def _is_log_window(value: Any) -> bool:
+    """What _Window.state() writes."""
+    return (isinstance(value, dict) and is_number_map(value.get("sums")) and is_number_map(value.get("counts"))
+            and is_count(value.get("steps")) and is_number(value.get("seconds")) and value["seconds"] >= 0)
+
+
+def _is_grad_scaler(value: Any) -> bool:
+    """What GradScaler.state_dict() writes (what its load_state_dict reads)."""
+    return (isinstance(value, dict) and all(is_number(value.get(k)) for k in ("scale", "growth_factor", "backoff_factor"))
+            and all(is_count(value.get(k)) for k in ("growth_interval", "_growth_tracker")))
+
+
+# The fields the trainer adds to a checkpoint's state.json (all optional: checkpoints from before
+# each was written lack it; the trainer then uses its default).
+_TRAINER_FIELDS: dict[str, FieldCheck] = {
+    "skipped_steps": COUNT,
+    "world_size": POSITIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "grad_accum_steps": POSITIVE_INT,
+    "log_window": or_null((_is_log_window, '{"sums": {...}, "counts": {...}, "steps": integer, "seconds": number}')),
+    "grad_scaler": or_null((_is_grad_scaler, "a gradient scaler state (scale, growth_factor, backoff_factor, "
+                                             "growth_interval, _growth_tracker)")),
+}
+
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers; stable across processes and Python versions."""
     digest = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
@@ -216,7 +242,7 @@ class Trainer:
         if path is None:
             return False
         # Checked before any weight is loaded: a refused resume leaves the model as it was.
-        self._check_samples_per_update(read_checkpoint_state(path), path)
+        self._check_samples_per_update(read_checkpoint_state(path, _TRAINER_FIELDS, optional=_TRAINER_FIELDS), path)
         state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))

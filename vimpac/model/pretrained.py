@@ -21,6 +21,7 @@ from vimpac.io import atomic_path, atomic_write_json, parse_json
 from vimpac.model.config import ModelConfig
 from vimpac.model.errors import CheckpointError, ModelError
 from vimpac.model.interpolate import resize_positional_tables
+from vimpac.weight_shapes import numbered_blocks, shape_problems, summarize
 
 FORMAT = "vimpac-model"
 FORMAT_VERSION = 1
@@ -114,9 +115,8 @@ def check_sizes_against_weights(folder: str | Path, cfg: ModelConfig, weights: M
     }
     if num_classes is not None:
         expected["head.cls_fc.weight"] = (num_classes, cfg.dim)
-    problems = [f"{key}: config implies {shape}, file has {tuple(weights[key].shape) if key in weights else 'none'}"
-                for key, shape in expected.items() if key not in weights or tuple(weights[key].shape) != shape]
-    layers = {m.group(1) for k in weights if (m := re.match(r"backbone\.transformer\.resblocks\.(\d+)\.", k))}
+    problems = shape_problems(expected, {key: tuple(value.shape) for key, value in weights.items()})
+    layers = numbered_blocks(weights, "backbone.transformer.resblocks.")
     if len(layers) != cfg.layers:
         problems.append(f"layers: config says {cfg.layers}, file has {len(layers)}")
     if contrastive_head:
@@ -131,7 +131,7 @@ def check_sizes_against_weights(folder: str | Path, cfg: ModelConfig, weights: M
                                     f"{weights[f'cls_head.mlp.linear_{i}.weight'].shape[0]}")
     if problems:
         raise CheckpointError(f"{Path(folder) / CONFIG_FILE}: does not describe {Path(folder) / WEIGHTS_FILE}: "
-                              + "; ".join(problems[:4]) + (f" (+{len(problems) - 4} more)" if len(problems) > 4 else ""))
+                              + summarize(problems))
 
 
 def stored_num_classes(folder: str | Path, meta: Mapping[str, Any]) -> int:

@@ -40,7 +40,9 @@ import torch
 
 from vimpac.config import ConfigError, record_differences, to_dict
 from vimpac.devices import usable_device
-from vimpac.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from vimpac.engine.checkpoint import (NUMBER, OBJECT, CheckpointError, FieldCheck, is_number, is_number_map,
+                                      latest_checkpoint, load_checkpoint, read_checkpoint_state, read_state_json,
+                                      save_checkpoint)
 from vimpac.io import atomic_write_json, write_folder
 from vimpac.machine import machine_info
 from vimpac.signals import stop_on_signals
@@ -297,16 +299,15 @@ def train_vqvae(
     latest = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     if latest is not None:
         try:
+            # Every field checked before anything is restored.
+            _check_same_run(latest, read_checkpoint_state(latest, _TRAINING_FIELDS)["run"], run_record)
             state = load_checkpoint(latest, model, optimizer, schedule)
-            _check_same_run(latest, state.get("run", {}), run_record)
-            generator.set_state(torch.tensor(state["sampler_rng"], dtype=torch.uint8))
-            steps_done, loss_value, seconds_before = state["step"], state["loss"], state["train_seconds"]
-            running, history = state["running"], state["history"]
-        except (CheckpointError, KeyError, ValueError, RuntimeError) as exc:
-            if isinstance(exc, TokenizerTrainingError):
-                raise
+        except CheckpointError as exc:
             raise TokenizerTrainingError(f"{latest}: not a tokenizer training checkpoint this run can continue "
-                                         f"({type(exc).__name__}: {exc})") from exc
+                                         f"({exc})") from exc
+        generator.set_state(torch.tensor(state["sampler_rng"], dtype=torch.uint8))
+        steps_done, loss_value, seconds_before = state["step"], state["loss"], state["train_seconds"]
+        running, history = state["running"], state["history"]
 
     def save(step: int) -> None:
         save_checkpoint(checkpoint_dir, step, model, optimizer, schedule, {
@@ -393,22 +394,45 @@ def _with_resolved_videos(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "training_videos": _resolved(videos)} if isinstance(videos, list) else record
 
 
-def _is_tokenizer_training(checkpoint: Path) -> bool:
-    """Whether `checkpoint` was written by `train_vqvae` (its state.json holds the run record and
-    the frame sampler's state), not by a pre-training or fine-tuning run of the same layout."""
-    try:
-        state = json.loads((checkpoint / "state.json").read_text())
-    except (OSError, ValueError):
+def _is_sampler_state(value: Any) -> bool:
+    if not (isinstance(value, list) and all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255
+                                            for b in value)):
         return False
-    return isinstance(state, dict) and "run" in state and "sampler_rng" in state
+    try:
+        torch.Generator().set_state(torch.tensor(value, dtype=torch.uint8))  # a throwaway generator
+    except RuntimeError:  # another length, or not a valid Mersenne Twister state
+        return False
+    return True
+
+
+def _is_running_means(value: Any) -> bool:
+    """Empty before the first step, then the running loss / psnr / ppl the training loop updates."""
+    return is_number_map(value) and (not value or {"loss", "psnr", "ppl"} <= set(value))
+
+
+# The fields train_vqvae adds to a checkpoint's state.json.
+_TRAINING_FIELDS: dict[str, FieldCheck] = {
+    "run": OBJECT,
+    "sampler_rng": (_is_sampler_state, f"the frame sampler's state ({torch.Generator().get_state().numel()} bytes)"),
+    "loss": NUMBER,
+    "train_seconds": (lambda value: is_number(value) and value >= 0, "a number >= 0"),
+    "running": (_is_running_means, '{} or {"loss": number, "psnr": number, "ppl": number}'),
+    "history": (lambda value: isinstance(value, list) and all(isinstance(row, dict) for row in value),
+                "a list of objects"),
+}
+
+
+def _is_tokenizer_training(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint's state was written by `train_vqvae` (it holds the run record and the
+    frame sampler's state), not by a pre-training or fine-tuning run of the same layout."""
+    return "run" in state and "sampler_rng" in state
 
 
 def _saved_run(checkpoint: Path) -> dict[str, Any]:
     try:
-        return json.loads((checkpoint / "state.json").read_text())["run"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TokenizerTrainingError(f"{checkpoint / 'state.json'}: cannot read the training record "
-                                     f"({type(exc).__name__}: {exc})") from exc
+        return read_checkpoint_state(checkpoint, _TRAINING_FIELDS)["run"]
+    except CheckpointError as exc:
+        raise TokenizerTrainingError(str(exc)) from exc
 
 
 def _short(value: Any) -> str:
@@ -503,8 +527,12 @@ def train_tokenizer_from_videos(
         device = usable_device(device, "--device")
     if existing_out not in ("refuse", "replace", "write-into"):
         raise ValueError(f"existing_out: expected 'refuse', 'replace' or 'write-into', got {existing_out!r}")
-    interrupted = latest_checkpoint(out_dir)
-    if interrupted is not None and not _is_tokenizer_training(interrupted):
+    try:
+        interrupted = latest_checkpoint(out_dir)
+        interrupted_state = read_state_json(interrupted) if interrupted is not None else None
+    except CheckpointError as exc:
+        raise TokenizerTrainingError(str(exc)) from exc
+    if interrupted_state is not None and not _is_tokenizer_training(interrupted_state):
         # Another run's checkpoints (a pre-training run's folder, say): never ours to continue or delete.
         raise TokenizerTrainingError(
             f"{out_dir}: holds checkpoints of another kind of run ({interrupted} has no tokenizer training record); "

@@ -35,6 +35,7 @@ from torch import nn
 from vimpac.config import ConfigError, from_dict, to_dict
 from vimpac.io import atomic_path, atomic_write_json, parse_json
 from vimpac.tokenizer.base import FrameTokenizer, TokenizerError
+from vimpac.weight_shapes import numbered_blocks, read_shapes, shape_problems, summarize
 
 KIND = "vqvae"
 FORMAT_VERSION = 1
@@ -454,21 +455,29 @@ class VQVAETokenizer(FrameTokenizer):
             raise TokenizerError(str(exc)) from None
         weights_path = folder / WEIGHTS_FILE
         try:
-            tensors = load_file(str(weights_path))
+            shapes = read_shapes(weights_path)
         except FileNotFoundError:
             raise TokenizerError(f"{weights_path}: not found") from None
         except (SafetensorError, OSError) as exc:
             raise TokenizerError(f"{weights_path}: cannot read safetensors: {exc}") from None
+        # Before anything is built: the sizes in tokenizer.json must be those of the stored tensors.
+        if problems := _size_problems(cfg, shapes):
+            raise TokenizerError(f"{weights_path}: weights do not match the config in {config_path}: "
+                                 + summarize(problems))
         model = VQVAE(cfg)
         expected = model.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+        missing = sorted(set(expected) - set(shapes))
+        unexpected = sorted(set(shapes) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(shapes) if tuple(expected[k].shape) != shapes[k])
         if missing or unexpected or wrong:
             raise TokenizerError(
                 f"{weights_path}: weights do not match the config in {config_path}: "
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
             )
+        try:
+            tensors = load_file(str(weights_path))
+        except (SafetensorError, OSError) as exc:
+            raise TokenizerError(f"{weights_path}: cannot read safetensors: {exc}") from None
         model.load_state_dict(tensors)
         tokenizer = cls(model, device=device, **kwargs)
         recorded = meta.get("tokenizer_id")
@@ -499,6 +508,27 @@ class VQVAETokenizer(FrameTokenizer):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+
+def _size_problems(cfg: VQVAEConfig, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """What in `cfg` differs from the tensor shapes of a weights file, checked without building
+    the network: the stage widths (stem and each downsampling conv), the residual blocks per
+    stage, the code dimension and the codebook size. Once these match, the network `cfg`
+    describes is no larger than the file (the decoder mirrors the encoder)."""
+    widths = [cfg.width * m for m in cfg.channel_mult]
+    expected = {"encoder.stem.weight": (widths[0], 3, 3, 3)}
+    in_ch = widths[0]
+    for i, out_ch in enumerate(widths):
+        # Each stage is num_res_blocks ResBlocks, then the stride-2 conv (see Encoder).
+        expected[f"encoder.stages.{i}.{cfg.num_res_blocks}.weight"] = (out_ch, in_ch, 4, 4)
+        in_ch = out_ch
+    expected["encoder.to_code.weight"] = (cfg.code_dim, in_ch, 1, 1)
+    expected["quantizer.codebook"] = (cfg.codebook_size, cfg.code_dim)
+    problems = shape_problems(expected, shapes)
+    blocks = numbered_blocks(shapes, "encoder.mid.")
+    if len(blocks) != cfg.num_res_blocks:
+        problems.append(f"num_res_blocks: config says {cfg.num_res_blocks}, file has {len(blocks)} in encoder.mid")
+    return problems
 
 
 def _plain_tensor(tensor: torch.Tensor) -> torch.Tensor:
