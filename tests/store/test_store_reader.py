@@ -1,4 +1,4 @@
-"""TokenStore on big manifests: memory per entry, entry order, pickling."""
+"""TokenStore on big and on damaged manifests: memory per entry, entry order, pickling, bad values."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from vimpac.store import TokenStore
-from vimpac.store.format import MANIFEST_FILE, SHARD_DIR, load_manifest
+from vimpac.store import StoreError, TokenStore
+from vimpac.store.format import MANIFEST_FILE, PART_DIR, SHARD_DIR, load_manifest
 from vimpac.store.writer import EncodedVideo, RankWriter, compact_store
 
 from test_store_format import GRID, VIEWS, make_meta, new_store, random_video, write_videos
@@ -103,3 +104,28 @@ def test_a_pickled_store_maps_the_shards_again_instead_of_copying_them(tmp_path)
         np.testing.assert_array_equal(tokens[:10], video.views[view][1990:])
         assert (tokens[10:] == store.pad_id).all()
         assert not restored.tokens(index).flags.writeable  # a view of the mapped file, as before pickling
+
+
+def damage(path: Path, column: str, entry: int, value: int) -> None:
+    data = json.loads(path.read_text())
+    data["entries"][column][entry] = value
+    path.write_text(json.dumps(data))
+
+
+def test_a_damaged_part_is_named(store_with_videos):
+    """The error named the store folder only (tests/store/test_store_crafted_files.py checks
+    manifest.json's values); a store of separate rank jobs has thousands of part files."""
+    root, _videos = store_with_videos
+    part = sorted((root / PART_DIR).glob("*.json"))[1]
+    damage(part, "view", 0, 5)
+    with pytest.raises(StoreError, match=rf"^{part}: entry 0 \(video 'video002'\) has view number 5, outside"):
+        TokenStore.open(root)
+
+
+@pytest.fixture
+def store_with_videos(tmp_path):
+    rng = np.random.default_rng(0)
+    videos = [random_video(rng, i, frames=1 + i % 5) for i in range(7)]
+    root = new_store(tmp_path / "store")
+    write_videos(root, videos)
+    return root, videos

@@ -284,9 +284,9 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, data: Any, where: str) -> "Manifest":
+    def from_json(cls, data: Any, where: str, num_views: int | None = None) -> "Manifest":
         """Parse and check a manifest (`ManifestColumns.from_json`); StoreError naming `where`."""
-        return ManifestColumns.from_json(data, where).to_manifest()
+        return ManifestColumns.from_json(data, where, num_views).to_manifest()
 
 
 @dataclass
@@ -333,9 +333,10 @@ class ManifestColumns:
         )
 
     @classmethod
-    def from_json(cls, data: Any, where: str) -> "ManifestColumns":
-        """Parse a manifest's JSON and check that its entries' video and shard numbers are in
-        range; a bad value is a StoreError naming `where` and the entry."""
+    def from_json(cls, data: Any, where: str, num_views: int | None = None) -> "ManifestColumns":
+        """Parse a manifest's JSON and check every value that readers index with: video, shard
+        and view numbers in range (views only when `num_views` is given), frames >= 0, offsets
+        >= 0 and whole tokens. A bad value is a StoreError naming `where` and the entry."""
         def column(values: Any, name: str) -> np.ndarray:
             # np.fromiter converts each value with int(), as a list of int() would, at C speed.
             return np.fromiter(_json_list(values, name, copy=False), dtype=np.int64)
@@ -365,17 +366,26 @@ class ManifestColumns:
                              "like 'r000-0000.tok' (shards live in the store's shards/ folder)")
         if not all(isinstance(failure, dict) for failure in columns.failures):
             raise StoreError(f"{where}: field 'failures' must be a list of objects")
-        columns.check_entries(where)
+        columns.check_entries(where, num_views)
         return columns
 
-    def check_entries(self, where: str) -> None:
+    def check_entries(self, where: str, num_views: int | None) -> None:
         """StoreError naming `where` and the first entry with an out-of-range value (see `from_json`)."""
         n_videos, n_shards = len(self.video_key), len(self.shards)
-        video = self.entry_video
+        video, view = self.entry_video, self.entry_view
+        if num_views is None:
+            bad_view, view_text = view < 0, "has view number {}, expected >= 0"
+        else:
+            bad_view = (view < 0) | (view >= num_views)
+            view_text = f"has view number {{}}, outside the store's {num_views} views (0..{num_views - 1})"
         checks = [
             ((video < 0) | (video >= n_videos), "video", f"names video {{}}, but the manifest lists {n_videos} videos"),
             ((self.entry_shard < 0) | (self.entry_shard >= n_shards), "shard",
              f"names shard {{}}, but the manifest lists {n_shards} shards"),
+            (bad_view, "view", view_text),
+            (self.entry_frames < 0, "frames", "has {} frames, expected >= 0"),
+            ((self.entry_offset < 0) | (self.entry_offset % TOKEN_DTYPE.itemsize != 0), "offset",
+             f"has byte offset {{}}, expected a multiple of {TOKEN_DTYPE.itemsize} (whole uint16 tokens) >= 0"),
         ]
         for bad, name, text in checks:
             found = np.flatnonzero(bad)
@@ -426,16 +436,16 @@ def merge_manifests(parts: Iterable[Manifest]) -> Manifest:
     return merged
 
 
-def read_manifest_file(path: Path) -> Manifest:
-    return read_manifest_columns(path).to_manifest()
+def read_manifest_file(path: Path, num_views: int | None = None) -> Manifest:
+    return read_manifest_columns(path, num_views).to_manifest()
 
 
-def read_manifest_columns(path: Path) -> ManifestColumns:
+def read_manifest_columns(path: Path, num_views: int | None = None) -> ManifestColumns:
     try:
         data = parse_json(path.read_text())
     except (OSError, ValueError) as exc:
         raise StoreError(f"{path}: cannot read manifest: {exc}") from None
-    return ManifestColumns.from_json(data, str(path))
+    return ManifestColumns.from_json(data, str(path), num_views)
 
 
 def list_parts(root: Path) -> list[Path]:
@@ -446,9 +456,10 @@ def list_parts(root: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if parse_part_name(p.name) is not None)
 
 
-def load_manifest(root: Path) -> tuple[Manifest, list[Path]]:
+def load_manifest(root: Path, num_views: int | None = None) -> tuple[Manifest, list[Path]]:
     """The merged view of manifest.json and all parts, and the part files that went into it.
 
+    `num_views`: the store's number of views, to check every entry's view number against.
     A run that finishes merges its parts into manifest.json and then deletes them; a part that
     vanished between listing and reading is therefore in the manifest.json written since, and
     the store is read again.
@@ -457,12 +468,12 @@ def load_manifest(root: Path) -> tuple[Manifest, list[Path]]:
         pieces = []
         parts = list_parts(root)
         if (root / MANIFEST_FILE).exists():
-            merged = read_manifest_file(root / MANIFEST_FILE)
+            merged = read_manifest_file(root / MANIFEST_FILE, num_views)
             if not parts:  # a finished store: manifest.json is already merged and ordered
                 return merged, parts
             pieces.append(merged)
         try:
-            pieces.extend(read_manifest_file(p) for p in parts)
+            pieces.extend(read_manifest_file(p, num_views) for p in parts)
         except StoreError:
             if all(p.exists() for p in parts):
                 raise
@@ -472,11 +483,11 @@ def load_manifest(root: Path) -> tuple[Manifest, list[Path]]:
                      "them?); try again")
 
 
-def load_manifest_columns(root: Path) -> tuple[ManifestColumns, list[Path]]:
+def load_manifest_columns(root: Path, num_views: int | None = None) -> tuple[ManifestColumns, list[Path]]:
     """`load_manifest` as int64 columns; a finished store's manifest.json (no parts) is read
     straight into arrays, without lists of Python ints in between."""
     parts = list_parts(root)
     if not parts and (root / MANIFEST_FILE).exists():
-        return read_manifest_columns(root / MANIFEST_FILE), parts
-    manifest, parts = load_manifest(root)
+        return read_manifest_columns(root / MANIFEST_FILE, num_views), parts
+    manifest, parts = load_manifest(root, num_views)
     return ManifestColumns.from_manifest(manifest), parts

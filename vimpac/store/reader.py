@@ -73,8 +73,9 @@ class TokenStore:
         self._per_frame = h * w
         self._vocab = Vocab(meta.codebook_size)
         m = manifest
-        if not isinstance(m, ManifestColumns):
+        if not isinstance(m, ManifestColumns):  # `open` checked its columns against the file already
             m = ManifestColumns.from_manifest(manifest)
+            m.check_entries(f"{root}: manifest", len(meta.views))
         self._shard_names = list(m.shards)
         self._keys = list(m.video_key)
         self._video_label = m.video_label
@@ -84,16 +85,6 @@ class TokenStore:
         self._crc32 = m.entry_crc32
         start = m.entry_offset // TOKEN_DTYPE.itemsize
         self._maps: list[np.ndarray] = [self._map_shard(name) for name in m.shards]
-        num_views = len(meta.views)
-        offset, view = m.entry_offset, m.entry_view
-        wrong = np.flatnonzero((m.entry_frames < 0) | (offset < 0) | (offset % TOKEN_DTYPE.itemsize != 0)
-                               | (view < 0) | (view >= num_views))
-        if len(wrong):
-            # Negative sizes would slice tokens from the wrong place without an error.
-            i = int(wrong[0])
-            raise StoreError(f"{root}: manifest entry {i} ({m.video_key[m.entry_video[i]]}) has "
-                             f"frames {m.entry_frames[i]}, byte offset {offset[i]}, view {view[i]}; expected frames >= 0, an "
-                             f"even offset >= 0 and a view below {num_views}; run `vimpac store verify` for details")
         shard_tokens = np.array([shard.shape[0] for shard in self._maps], dtype=np.int64)
         # frames * per_frame > tokens after start, without the product overflowing int64.
         beyond = np.flatnonzero(m.entry_frames > (shard_tokens[m.entry_shard] - start) // max(self._per_frame, 1))
@@ -166,7 +157,7 @@ class TokenStore:
             if not same:
                 raise StoreError(f"{root}: store was made with {name}={actual!r}, but {expected!r} "
                                  f"was expected (store.json field '{name}')")
-        manifest, _ = load_manifest_columns(root)
+        manifest, _ = load_manifest_columns(root, num_views=len(meta.views))
         return cls(root, meta, manifest)
 
     def _map_shard(self, name: str) -> np.ndarray:
