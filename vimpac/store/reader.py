@@ -6,10 +6,11 @@
 
 Each shard is memory-mapped once as a flat uint16 array; an entry is a slice of it, so
 `tokens(i)` costs a few look-ups and a reshape, whatever the size of the store. The hot path
-indexes `array.array` columns, which give Python ints: numpy scalars are several times slower to
-index and compute with (it decides whether > 20,000 clips/s per core is reachable), and lists
-of Python ints cost ~40 bytes an entry, which every forked DataLoader worker copies as it
-touches their reference counts (bench/bench_store_open.py, docs/benchmarks.md).
+indexes `array.array` columns, which give Python ints, and a list of each entry's shard map:
+numpy scalars are several times slower to index and compute with (it decides whether > 20,000
+clips/s per core is reachable), and lists of Python ints cost ~40 bytes an entry, which every
+forked DataLoader worker copies as it touches their reference counts (bench/bench_store_open.py,
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class TokenStore:
         self._shard = _compact(m.entry_shard, "i")
         self._start = _compact(start, "q")
         self._view_of = _compact(m.entry_view, "i")
+        self._set_entry_maps()
         # Entries grouped by video: a video's entries are order[first[v]:first[v + 1]]. A merged
         # manifest lists them video by video already, so `order` is needed only for other ones.
         video = m.entry_video
@@ -112,12 +114,19 @@ class TokenStore:
         # Pickled (a DataLoader worker under spawn): the columns, not the mapped shards, which
         # the copy maps again from the same files.
         state = dict(self.__dict__)
-        del state["_maps"]
+        del state["_maps"], state["_entry_map"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._maps = [self._map_shard(name) for name in self._shard_names]
+        self._set_entry_maps()
+
+    def _set_entry_maps(self) -> None:
+        # Each entry's mapped shard: one list look-up on the hot path instead of two (shard number,
+        # then map). 8 bytes an entry, all pointing at a few map objects, so reading it writes
+        # only those objects' reference counts.
+        self._entry_map = [self._maps[shard] for shard in self._shard]
 
     # ------------------------------------------------------------------ opening
 
@@ -295,7 +304,7 @@ class TokenStore:
         """The (T, h, w) uint16 tokens of entry `index`: a read-only view of the shard (no copy)."""
         frames = self._frames[index]  # IndexError for a bad index, as for a list
         start = self._start[index]
-        flat = self._maps[self._shard[index]][start:start + frames * self._per_frame]
+        flat = self._entry_map[index][start:start + frames * self._per_frame]
         return flat.reshape(frames, self._grid[0], self._grid[1])
 
     def clip(self, index: int, start: int, length: int, pad_id: int | None = None) -> np.ndarray:
@@ -310,7 +319,7 @@ class TokenStore:
         h, w = self._grid
         per_frame = self._per_frame
         first = self._start[index] + start * per_frame
-        shard = self._maps[self._shard[index]]
+        shard = self._entry_map[index]
         end = start + length
         if end <= frames:  # the common case: slice the shard directly, no copy
             return shard[first:first + length * per_frame].reshape(length, h, w)
