@@ -21,6 +21,7 @@ BENCHMARKS = (
     "bench_vqvae.py",
     "bench_dvae.py",
     "bench_store.py",
+    "bench_store_open.py",
     "bench_encoder_calls.py",
     "bench_masking.py",
     "bench_dropout.py",

@@ -94,3 +94,13 @@ def test_parallel_runs_stops_the_other_run_when_one_fails():
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_store_open_benchmark_runs_and_reports_both_stores(monkeypatch, capsys):
+    bench = bench_module("bench_store_open")
+    monkeypatch.setattr(sys, "argv", ["bench_store_open.py", "--videos", "30", "--views", "2", "--reads", "50",
+                                      "--rounds", "1"])
+    assert bench.main() == 0
+    out = capsys.readouterr().out
+    assert "big store: 30 videos x 2 views = 60 entries" in out
+    assert out.count("working tree") == 2  # one row per store

@@ -50,7 +50,7 @@ def test_entries_with_negative_sizes_or_unknown_views_are_refused_on_open(store,
     def change(m):
         m["entries"][column][0] = value
     _edit(store / MANIFEST_FILE, change)
-    with pytest.raises(StoreError, match=rf"{store}: manifest entry 0 \(video000\)"):
+    with pytest.raises(StoreError, match=rf"^{store / MANIFEST_FILE}: entry 0 \(video 'video000'\) has "):
         TokenStore.open(store)
 
 

@@ -1,4 +1,4 @@
-"""Subcommands of the store area: `vimpac tokenize`, `vimpac store verify`, `vimpac store info`.
+"""Subcommands of the store area: `vimpac tokenize`, `vimpac store verify|info|compact`.
 
 Only argparse here at import time; handlers import the pipeline (torch, PyAV) when they run.
 """
@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tok.add_argument("--no-progress", action="store_true", help="no progress bar")
     tok.set_defaults(run=run_tokenize)
 
-    store = subparsers.add_parser("store", help="inspect a token store (verify, info)")
+    store = subparsers.add_parser("store", help="inspect a token store (verify, info), merge its manifest (compact)")
     store_sub = store.add_subparsers(title="store commands", metavar="COMMAND")
     verify = store_sub.add_parser("verify", help="check every checksum, shard bounds and the manifest; exit 1 on problems")
     verify.add_argument("store", metavar="STORE")
@@ -79,6 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("store", metavar="STORE")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(run=run_info)
+    compact = store_sub.add_parser(
+        "compact", help="merge the manifest parts into manifest.json (after ranks ran as separate jobs, "
+        "or an interrupted run); refused while a run writes the store")
+    compact.add_argument("store", metavar="STORE")
+    compact.set_defaults(run=run_compact)
     store.set_defaults(run=lambda args: _print_help(store))
 
 
@@ -211,4 +216,21 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"vimpac store info: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def run_compact(args: argparse.Namespace) -> int:
+    from vimpac.store.errors import StoreError
+    from vimpac.store.format import MANIFEST_FILE
+    from vimpac.store.writer import compact_idle_store
+
+    try:
+        manifest, parts = compact_idle_store(Path(args.store))
+    except StoreError as exc:
+        print(f"vimpac store compact: error: {exc}", file=sys.stderr)
+        return 2
+    done = (f"merged {parts} manifest part(s) into {MANIFEST_FILE}" if parts
+            else f"nothing to merge: {MANIFEST_FILE} is up to date")
+    print(f"{args.store}: {done}; {len(manifest.video_key)} videos, {manifest.num_entries} entries, "
+          f"{len(manifest.failures)} failed")
     return 0

@@ -284,45 +284,126 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, data: Any, where: str) -> "Manifest":
+    def from_json(cls, data: Any, where: str, num_views: int | None = None) -> "Manifest":
+        """Parse and check a manifest (`ManifestColumns.from_json`); StoreError naming `where`."""
+        return ManifestColumns.from_json(data, where, num_views).to_manifest()
+
+
+@dataclass
+class ManifestColumns:
+    """The manifest's numeric columns as int64 arrays (same fields as `Manifest`).
+
+    What a reader of a big store keeps: 8 bytes a value, where a list holds a pointer plus a
+    32-byte int object per value, and a forked DataLoader worker copies the pages of every
+    int object whose reference count it touches.
+    """
+
+    shards: list[str]
+    video_key: list[str]
+    video_label: np.ndarray
+    video_record: np.ndarray
+    entry_video: np.ndarray
+    entry_view: np.ndarray
+    entry_frames: np.ndarray
+    entry_shard: np.ndarray
+    entry_offset: np.ndarray
+    entry_crc32: np.ndarray
+    failures: list[dict[str, Any]]
+
+    @property
+    def num_entries(self) -> int:
+        return len(self.entry_video)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> "ManifestColumns":
+        def column(values: list[int]) -> np.ndarray:
+            return np.fromiter(values, dtype=np.int64, count=len(values))
+
+        return cls(
+            shards=list(manifest.shards), video_key=list(manifest.video_key), failures=list(manifest.failures),
+            video_label=column(manifest.video_label), video_record=column(manifest.video_record),
+            **{f"entry_{name}": column(getattr(manifest, f"entry_{name}")) for name in Manifest.ENTRY_COLUMNS},
+        )
+
+    def to_manifest(self) -> Manifest:
+        return Manifest(
+            shards=list(self.shards), video_key=list(self.video_key), failures=list(self.failures),
+            video_label=self.video_label.tolist(), video_record=self.video_record.tolist(),
+            **{f"entry_{name}": getattr(self, f"entry_{name}").tolist() for name in Manifest.ENTRY_COLUMNS},
+        )
+
+    @classmethod
+    def from_json(cls, data: Any, where: str, num_views: int | None = None) -> "ManifestColumns":
+        """Parse a manifest's JSON and check every value that readers index with: video, shard
+        and view numbers in range (views only when `num_views` is given), frames >= 0, offsets
+        >= 0 and whole tokens. A bad value is a StoreError naming `where` and the entry."""
+        def column(values: Any, name: str) -> np.ndarray:
+            # np.fromiter converts each value with int(), as a list of int() would, at C speed.
+            return np.fromiter(_json_list(values, name, copy=False), dtype=np.int64)
+
         try:
             videos, entries = data["videos"], data["entries"]
-            manifest = cls(
+            columns = cls(
                 shards=[str(s) for s in data["shards"]],
                 video_key=[str(k) for k in videos["key"]],
-                video_label=[int(v) for v in videos["label"]],
-                video_record=[int(v) for v in videos["record"]],
+                video_label=column(videos["label"], "label"),
+                video_record=column(videos["record"], "record"),
                 failures=_json_list(data.get("failures", []), "failures"),
-                **{f"entry_{name}": [int(v) for v in entries[name]] for name in cls.ENTRY_COLUMNS},
+                **{f"entry_{name}": column(entries[name], name) for name in Manifest.ENTRY_COLUMNS},
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise StoreError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
-        lengths = {len(manifest.video_key), len(manifest.video_label), len(manifest.video_record)}
-        entry_lengths = {len(getattr(manifest, f"entry_{n}")) for n in cls.ENTRY_COLUMNS}
+        lengths = {len(columns.video_key), len(columns.video_label), len(columns.video_record)}
+        entry_lengths = {len(getattr(columns, f"entry_{n}")) for n in Manifest.ENTRY_COLUMNS}
         if len(lengths) != 1 or len(entry_lengths) != 1:
             raise StoreError(f"{where}: manifest columns have different lengths")
-        n_videos = len(manifest.video_key)
-        if any(not 0 <= v < n_videos for v in manifest.entry_video):
-            raise StoreError(f"{where}: an entry names a video that the manifest does not list")
-        if any(not 0 <= s < len(manifest.shards) for s in manifest.entry_shard):
-            raise StoreError(f"{where}: an entry names a shard that the manifest does not list")
         # Shards are opened as `shards/<name>`: only the names writers give (r000-0000.tok), so a
         # manifest cannot point readers at '../..' or an absolute path (any file, or a FIFO that
         # blocks the open forever) nor writers at files outside the store.
-        bad_shards = [name for name in manifest.shards if parse_shard_name(name) is None]
+        bad_shards = [name for name in columns.shards if parse_shard_name(name) is None]
         if bad_shards:
             raise StoreError(f"{where}: shard name {bad_shards[0]!r} is not a shard file name "
                              "like 'r000-0000.tok' (shards live in the store's shards/ folder)")
-        if not all(isinstance(failure, dict) for failure in manifest.failures):
+        if not all(isinstance(failure, dict) for failure in columns.failures):
             raise StoreError(f"{where}: field 'failures' must be a list of objects")
-        return manifest
+        columns.check_entries(where, num_views)
+        return columns
+
+    def check_entries(self, where: str, num_views: int | None) -> None:
+        """StoreError naming `where` and the first entry with an out-of-range value (see `from_json`)."""
+        n_videos, n_shards = len(self.video_key), len(self.shards)
+        video, view = self.entry_video, self.entry_view
+        if num_views is None:
+            bad_view, view_text = view < 0, "has view number {}, expected >= 0"
+        else:
+            bad_view = (view < 0) | (view >= num_views)
+            view_text = f"has view number {{}}, outside the store's {num_views} views (0..{num_views - 1})"
+        checks = [
+            ((video < 0) | (video >= n_videos), "video", f"names video {{}}, but the manifest lists {n_videos} videos"),
+            ((self.entry_shard < 0) | (self.entry_shard >= n_shards), "shard",
+             f"names shard {{}}, but the manifest lists {n_shards} shards"),
+            (bad_view, "view", view_text),
+            (self.entry_frames < 0, "frames", "has {} frames, expected >= 0"),
+            ((self.entry_offset < 0) | (self.entry_offset % TOKEN_DTYPE.itemsize != 0), "offset",
+             f"has byte offset {{}}, expected a multiple of {TOKEN_DTYPE.itemsize} (whole uint16 tokens) >= 0"),
+        ]
+        for bad, name, text in checks:
+            found = np.flatnonzero(bad)
+            if not len(found):
+                continue
+            i = int(found[0])
+            value = int(getattr(self, f"entry_{name}")[i])
+            what = f"entry {i}" + (f" (video {self.video_key[video[i]]!r})" if name != "video" else "")
+            more = f"; {len(found) - 1} more entries have a bad '{name}'" if len(found) > 1 else ""
+            raise StoreError(f"{where}: {what} {text.format(value)}{more}; the manifest is damaged "
+                             "(run `vimpac store verify`)")
 
 
-def _json_list(value: Any, name: str) -> list:
+def _json_list(value: Any, name: str, copy: bool = True) -> list:
     # list() of a string or an object would silently give its characters or keys.
     if not isinstance(value, list):
         raise TypeError(f"field {name!r} must be a list, got {type(value).__name__}")
-    return list(value)
+    return list(value) if copy else value
 
 
 def merge_manifests(parts: Iterable[Manifest]) -> Manifest:
@@ -355,12 +436,16 @@ def merge_manifests(parts: Iterable[Manifest]) -> Manifest:
     return merged
 
 
-def read_manifest_file(path: Path) -> Manifest:
+def read_manifest_file(path: Path, num_views: int | None = None) -> Manifest:
+    return read_manifest_columns(path, num_views).to_manifest()
+
+
+def read_manifest_columns(path: Path, num_views: int | None = None) -> ManifestColumns:
     try:
         data = parse_json(path.read_text())
     except (OSError, ValueError) as exc:
         raise StoreError(f"{path}: cannot read manifest: {exc}") from None
-    return Manifest.from_json(data, str(path))
+    return ManifestColumns.from_json(data, str(path), num_views)
 
 
 def list_parts(root: Path) -> list[Path]:
@@ -371,9 +456,10 @@ def list_parts(root: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if parse_part_name(p.name) is not None)
 
 
-def load_manifest(root: Path) -> tuple[Manifest, list[Path]]:
+def load_manifest(root: Path, num_views: int | None = None) -> tuple[Manifest, list[Path]]:
     """The merged view of manifest.json and all parts, and the part files that went into it.
 
+    `num_views`: the store's number of views, to check every entry's view number against.
     A run that finishes merges its parts into manifest.json and then deletes them; a part that
     vanished between listing and reading is therefore in the manifest.json written since, and
     the store is read again.
@@ -382,12 +468,12 @@ def load_manifest(root: Path) -> tuple[Manifest, list[Path]]:
         pieces = []
         parts = list_parts(root)
         if (root / MANIFEST_FILE).exists():
-            merged = read_manifest_file(root / MANIFEST_FILE)
+            merged = read_manifest_file(root / MANIFEST_FILE, num_views)
             if not parts:  # a finished store: manifest.json is already merged and ordered
                 return merged, parts
             pieces.append(merged)
         try:
-            pieces.extend(read_manifest_file(p) for p in parts)
+            pieces.extend(read_manifest_file(p, num_views) for p in parts)
         except StoreError:
             if all(p.exists() for p in parts):
                 raise
@@ -395,3 +481,13 @@ def load_manifest(root: Path) -> tuple[Manifest, list[Path]]:
         return merge_manifests(pieces), parts
     raise StoreError(f"{root / PART_DIR}: manifest parts kept vanishing while being read (a run merging "
                      "them?); try again")
+
+
+def load_manifest_columns(root: Path, num_views: int | None = None) -> tuple[ManifestColumns, list[Path]]:
+    """`load_manifest` as int64 columns; a finished store's manifest.json (no parts) is read
+    straight into arrays, without lists of Python ints in between."""
+    parts = list_parts(root)
+    if not parts and (root / MANIFEST_FILE).exists():
+        return read_manifest_columns(root / MANIFEST_FILE, num_views), parts
+    manifest, parts = load_manifest(root, num_views)
+    return ManifestColumns.from_manifest(manifest), parts

@@ -5,13 +5,17 @@
     for key in store.keys(): views = store.entries_of(key)   # {"s0-center-noflip": 17, ...}
 
 Each shard is memory-mapped once as a flat uint16 array; an entry is a slice of it, so
-`tokens(i)` costs a few list look-ups and a reshape, whatever the size of the store. The hot
-path reads Python lists rather than numpy scalars because indexing those is several times
-faster (it decides whether > 20,000 clips/s per core is reachable).
+`tokens(i)` costs a few look-ups and a reshape, whatever the size of the store. The hot path
+indexes `array.array` columns, which give Python ints, and a list of each entry's shard map:
+numpy scalars are several times slower to index and compute with (it decides whether > 20,000
+clips/s per core is reachable), and lists of Python ints cost ~40 bytes an entry, which every
+forked DataLoader worker copies as it touches their reference counts (bench/bench_store_open.py,
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import array
 import mmap
 import os
 from dataclasses import dataclass
@@ -21,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from vimpac.store.errors import StoreError
-from vimpac.store.format import SHARD_DIR, TOKEN_DTYPE, Manifest, StoreMeta, load_manifest, read_meta, same_fps
+from vimpac.store.format import (
+    SHARD_DIR, TOKEN_DTYPE, Manifest, ManifestColumns, StoreMeta, load_manifest_columns, read_meta, same_fps,
+)
 from vimpac.tokens import Vocab
 
 
@@ -44,45 +50,83 @@ class StoreEntry:
     crc32: int
 
 
+# array.array type codes of the hot-path columns, and the numpy types of the same size.
+_NUMPY_TYPE = {"i": np.intc, "q": np.longlong}
+
+
+def _compact(values: np.ndarray, typecode: str) -> array.array:
+    """`values` as an array.array: indexing one gives a Python int nearly as fast as a list does
+    (numpy scalars are several times slower), at 4 or 8 bytes an entry and with no Python
+    object per entry."""
+    out = array.array(typecode)
+    out.frombytes(np.ascontiguousarray(values, dtype=_NUMPY_TYPE[typecode]).tobytes())
+    return out
+
+
 class TokenStore:
     """A read-only, memory-mapped view of a finished (or partly written) token store."""
 
-    def __init__(self, root: Path, meta: StoreMeta, manifest: Manifest):
+    def __init__(self, root: Path, meta: StoreMeta, manifest: Manifest | ManifestColumns):
         self.root = root
         self.meta = meta
-        self.manifest = manifest
         h, w = meta.grid
         self._grid = (h, w)
         self._per_frame = h * w
         self._vocab = Vocab(meta.codebook_size)
         m = manifest
-        # Hot-path columns as plain lists (see module docstring).
-        self._frames: list[int] = list(m.entry_frames)
-        self._start: list[int] = [offset // TOKEN_DTYPE.itemsize for offset in m.entry_offset]
-        self._shard: list[int] = list(m.entry_shard)
+        if not isinstance(m, ManifestColumns):  # `open` checked its columns against the file already
+            m = ManifestColumns.from_manifest(manifest)
+            m.check_entries(f"{root}: manifest", len(meta.views))
+        self._shard_names = list(m.shards)
+        self._keys = list(m.video_key)
+        self._video_label = m.video_label
+        self._video_record = m.video_record
+        self._failures = list(m.failures)
+        self._video_of = m.entry_video
+        self._crc32 = m.entry_crc32
+        start = m.entry_offset // TOKEN_DTYPE.itemsize
         self._maps: list[np.ndarray] = [self._map_shard(name) for name in m.shards]
-        num_views = len(meta.views)
-        for i, (shard, start, frames) in enumerate(zip(self._shard, self._start, self._frames)):
-            offset, view = m.entry_offset[i], m.entry_view[i]
-            if frames < 0 or offset < 0 or offset % TOKEN_DTYPE.itemsize or not 0 <= view < num_views:
-                # Negative sizes would slice tokens from the wrong place without an error.
-                raise StoreError(f"{root}: manifest entry {i} ({m.video_key[m.entry_video[i]]}) has "
-                                 f"frames {frames}, byte offset {offset}, view {view}; expected frames >= 0, an "
-                                 f"even offset >= 0 and a view below {num_views}; run `vimpac store verify` for details")
-            if start + frames * self._per_frame > self._maps[shard].shape[0]:
-                raise StoreError(f"{root / SHARD_DIR / m.shards[shard]}: entry {i} "
-                                 f"({m.video_key[m.entry_video[i]]}) ends past the end of the shard; "
-                                 "run `vimpac store verify` for details")
-        self._index: dict[tuple[str, str], int] = {
-            (m.video_key[v], meta.views[view]): i
-            for i, (v, view) in enumerate(zip(m.entry_video, m.entry_view))
-        }
-        self._video_of = np.asarray(m.entry_video, dtype=np.int64)
-        groups: list[list[int]] = [[] for _ in m.video_key]
-        for i, v in enumerate(m.entry_video):
-            groups[v].append(i)
-        self._groups = [np.asarray(g, dtype=np.int64) for g in groups]
-        self._video_index = {key: v for v, key in enumerate(m.video_key)}
+        shard_tokens = np.array([shard.shape[0] for shard in self._maps], dtype=np.int64)
+        # frames * per_frame > tokens after start, without the product overflowing int64.
+        beyond = np.flatnonzero(m.entry_frames > (shard_tokens[m.entry_shard] - start) // max(self._per_frame, 1))
+        if len(beyond):
+            i = int(beyond[0])
+            raise StoreError(f"{root / SHARD_DIR / m.shards[m.entry_shard[i]]}: entry {i} "
+                             f"({m.video_key[m.entry_video[i]]}) ends past the end of the shard; "
+                             "run `vimpac store verify` for details")
+        # Hot-path columns (see module docstring); the bounds check above keeps frames and shard
+        # numbers within int32.
+        self._frames = _compact(m.entry_frames, "i")
+        self._shard = _compact(m.entry_shard, "i")
+        self._start = _compact(start, "q")
+        self._view_of = _compact(m.entry_view, "i")
+        self._set_entry_maps()
+        # Entries grouped by video: a video's entries are order[first[v]:first[v + 1]]. A merged
+        # manifest lists them video by video already, so `order` is needed only for other ones.
+        video = m.entry_video
+        self._order = None if np.all(video[1:] >= video[:-1]) else np.argsort(video, kind="stable")
+        first = np.zeros(len(self._keys) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(video, minlength=len(self._keys)), out=first[1:])
+        self._first = _compact(first, "q")
+        self._video_index_cache: dict[str, int] | None = None  # key -> video, built on first use
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled (a DataLoader worker under spawn): the columns, not the mapped shards, which
+        # the copy maps again from the same files.
+        state = dict(self.__dict__)
+        del state["_maps"], state["_entry_map"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._maps = [self._map_shard(name) for name in self._shard_names]
+        self._set_entry_maps()
+
+    def _set_entry_maps(self) -> None:
+        # Each entry's mapped shard: one list look-up on the hot path instead of two (shard number,
+        # then map). 8 bytes an entry, all pointing at a few map objects, so reading it writes
+        # only those objects' reference counts.
+        self._entry_map = [self._maps[shard] for shard in self._shard]
 
     # ------------------------------------------------------------------ opening
 
@@ -122,7 +166,7 @@ class TokenStore:
             if not same:
                 raise StoreError(f"{root}: store was made with {name}={actual!r}, but {expected!r} "
                                  f"was expected (store.json field '{name}')")
-        manifest, _ = load_manifest(root)
+        manifest, _ = load_manifest_columns(root, num_views=len(meta.views))
         return cls(root, meta, manifest)
 
     def _map_shard(self, name: str) -> np.ndarray:
@@ -167,17 +211,29 @@ class TokenStore:
 
     @property
     def num_videos(self) -> int:
-        return len(self.manifest.video_key)
+        return len(self._keys)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest as `Manifest` lists: a new copy per call (memory of a Python int per
+        value: on a big store use the arrays of `num_frames`, `labels`, `video_of`...)."""
+        return Manifest(
+            shards=list(self._shard_names), video_key=list(self._keys), failures=list(self._failures),
+            video_label=self._video_label.tolist(), video_record=self._video_record.tolist(),
+            entry_video=self._video_of.tolist(), entry_view=self._view_of.tolist(),
+            entry_frames=self._frames.tolist(), entry_shard=self._shard.tolist(),
+            entry_offset=[start * TOKEN_DTYPE.itemsize for start in self._start], entry_crc32=self._crc32.tolist(),
+        )
 
     @property
     def num_frames(self) -> np.ndarray:
         """Frames of every entry (int64, aligned with entry indexes)."""
-        return np.asarray(self._frames, dtype=np.int64)
+        return np.frombuffer(self._frames, dtype=_NUMPY_TYPE["i"]).astype(np.int64)
 
     @property
     def labels(self) -> np.ndarray:
         """Label of every entry (int64, -1 where the video has none)."""
-        return np.asarray(self.manifest.video_label, dtype=np.int64)[self._video_of]
+        return self._video_label[self._video_of]
 
     @property
     def video_of(self) -> np.ndarray:
@@ -186,49 +242,61 @@ class TokenStore:
 
     @property
     def failures(self) -> list[dict[str, Any]]:
-        return list(self.manifest.failures)
+        return list(self._failures)
 
     def keys(self) -> list[str]:
         """Video keys, one per video, in store order (the annotation list's order)."""
-        return list(self.manifest.video_key)
+        return list(self._keys)
 
     def entry(self, index: int) -> StoreEntry:
         i = self._check_index(index)
-        m = self.manifest
-        video = m.entry_video[i]
-        label = m.video_label[video]
-        frames = m.entry_frames[i]
+        video = int(self._video_of[i])
+        label = int(self._video_label[video])
+        frames = self._frames[i]
         return StoreEntry(
-            index=i, key=m.video_key[video], label=None if label < 0 else label,
-            view=self.meta.views[m.entry_view[i]], num_frames=frames, fps=self.meta.fps,
+            index=i, key=self._keys[video], label=None if label < 0 else label,
+            view=self.meta.views[self._view_of[i]], num_frames=frames, fps=self.meta.fps,
             size=self.meta.size, grid=self._grid, tokenizer_id=self.meta.tokenizer_id,
-            shard=m.shards[m.entry_shard[i]], offset=m.entry_offset[i],
-            nbytes=frames * self._per_frame * TOKEN_DTYPE.itemsize, crc32=m.entry_crc32[i],
+            shard=self._shard_names[self._shard[i]], offset=self._start[i] * TOKEN_DTYPE.itemsize,
+            nbytes=frames * self._per_frame * TOKEN_DTYPE.itemsize, crc32=int(self._crc32[i]),
         )
 
-    def index_of(self, key: str, view: str) -> int:
+    def _video_number(self, key: str) -> int:
+        if self._video_index_cache is None:
+            self._video_index_cache = {k: v for v, k in enumerate(self._keys)}
         try:
-            return self._index[(key, view)]
+            return self._video_index_cache[key]
         except KeyError:
-            if key not in self._video_index:
-                raise KeyError(f"{self.root}: no video {key!r} in the store") from None
-            raise KeyError(f"{self.root}: video {key!r} has no view {view!r}; views: "
-                           f"{list(self.views)}") from None
+            raise KeyError(f"{self.root}: no video {key!r} in the store") from None
+
+    def _entries_of_video(self, video: int) -> list[int]:
+        first, end = self._first[video], self._first[video + 1]
+        if self._order is None:
+            return list(range(first, end))
+        return self._order[first:end].tolist()
+
+    def index_of(self, key: str, view: str) -> int:
+        entries = self._entries_of_video(self._video_number(key))
+        views = self.meta.views
+        for i in reversed(entries):  # the last, as a dict of (key, view) kept it
+            if views[self._view_of[i]] == view:
+                return i
+        raise KeyError(f"{self.root}: video {key!r} has no view {view!r}; views: {list(views)}")
 
     def find(self, key: str, view: str) -> StoreEntry:
         return self.entry(self.index_of(key, view))
 
     def entries_of(self, key: str) -> dict[str, int]:
         """All views of one video: view name -> entry index."""
-        try:
-            group = self._groups[self._video_index[key]]
-        except KeyError:
-            raise KeyError(f"{self.root}: no video {key!r} in the store") from None
-        return {self.meta.views[self.manifest.entry_view[i]]: int(i) for i in group}
+        views, view_of = self.meta.views, self._view_of
+        return {views[view_of[i]]: i for i in self._entries_of_video(self._video_number(key))}
 
     def groups(self) -> list[np.ndarray]:
         """Entry indexes grouped by video (one int64 array per video, in `keys()` order)."""
-        return list(self._groups)
+        if not self._keys:
+            return []
+        order = np.arange(len(self), dtype=np.int64) if self._order is None else self._order
+        return np.split(order, self._first[1:-1].tolist())
 
     # ------------------------------------------------------------------ tokens
 
@@ -236,7 +304,7 @@ class TokenStore:
         """The (T, h, w) uint16 tokens of entry `index`: a read-only view of the shard (no copy)."""
         frames = self._frames[index]  # IndexError for a bad index, as for a list
         start = self._start[index]
-        flat = self._maps[self._shard[index]][start:start + frames * self._per_frame]
+        flat = self._entry_map[index][start:start + frames * self._per_frame]
         return flat.reshape(frames, self._grid[0], self._grid[1])
 
     def clip(self, index: int, start: int, length: int, pad_id: int | None = None) -> np.ndarray:
@@ -251,7 +319,7 @@ class TokenStore:
         h, w = self._grid
         per_frame = self._per_frame
         first = self._start[index] + start * per_frame
-        shard = self._maps[self._shard[index]]
+        shard = self._entry_map[index]
         end = start + length
         if end <= frames:  # the common case: slice the shard directly, no copy
             return shard[first:first + length * per_frame].reshape(length, h, w)

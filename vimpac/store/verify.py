@@ -48,7 +48,8 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
     report.entries, report.videos = manifest.num_entries, len(manifest.video_key)
     if parts:
         report.notes.append(f"{len(parts)} manifest part(s) not yet merged into {MANIFEST_FILE} "
-                            "(a run is in progress, was interrupted, or ranks ran without torch.distributed)")
+                            "(a run is in progress, was interrupted, or ranks ran without torch.distributed; "
+                            "once no run writes the store, `vimpac store compact` merges them)")
     per_frame = meta.tokens_per_frame * TOKEN_DTYPE.itemsize
     shard_sizes: dict[int, int | None] = {}
     for s, name in enumerate(manifest.shards):
@@ -203,7 +204,8 @@ def format_info(info: dict[str, Any]) -> str:
                                              if info["failures"] else ""),
     ]
     if info["unmerged_parts"]:
-        lines.append(f"note       {info['unmerged_parts']} unmerged manifest part(s) in {PART_DIR}/")
+        lines.append(f"note       {info['unmerged_parts']} unmerged manifest part(s) in {PART_DIR}/ (once no run "
+                     f"writes the store, `vimpac store compact {info['store']}` merges them)")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from vimpac.io import atomic_write_json, atomic_write_text
 from vimpac.store.errors import StoreError
 from vimpac.store.format import (
     FAILURES_FILE, MANIFEST_FILE, PART_DIR, SHARD_DIR, TOKEN_DTYPE, Manifest, StoreMeta, list_parts,
-    load_manifest, parse_part_name, parse_shard_name, part_name, shard_name,
+    load_manifest, parse_part_name, parse_shard_name, part_name, read_meta, shard_name,
 )
 
 DEFAULT_SHARD_BYTES = 1 << 30  # start a new shard file after 1 GiB
@@ -219,6 +220,10 @@ def _resumable_write_error(path: Path) -> Iterator[None]:
                          "make room (or fix the folder) and rerun the same command to resume") from exc
 
 
+COMPACT_LOCK = "compact.lock"  # in shards/, beside the ranks' lock files
+_RANK_LOCK_RE = re.compile(r"^r(\d{3,})\.lock$")
+
+
 def compact_store(root: Path) -> Manifest:
     """Fold all manifest parts into manifest.json and rewrite failures.jsonl.
 
@@ -226,15 +231,53 @@ def compact_store(root: Path) -> Manifest:
     deleted, and a part that is read twice merges to the same video. Only call it when no
     writer is running on the store (single process, or rank 0 after a barrier). A finished
     store (no parts) is left untouched, so a rerun over one on read-only storage works.
+    Compactions take turns (a lock file): two at once could both read manifest.json, and the
+    one writing it last would drop the parts the other merged and deleted.
     """
-    manifest, parts = load_manifest(root)
-    if parts or not (root / MANIFEST_FILE).exists():
-        atomic_write_json(root / MANIFEST_FILE, manifest.to_json())
-    for part in parts:
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
+    if not list_parts(root) and (root / MANIFEST_FILE).exists():
+        manifest, _ = load_manifest(root)
+    else:
+        (root / SHARD_DIR).mkdir(exist_ok=True)  # absent while no video was committed
+        with _file_lock(root / SHARD_DIR / COMPACT_LOCK, wait=True):
+            manifest, parts = load_manifest(root)
+            if parts or not (root / MANIFEST_FILE).exists():
+                atomic_write_json(root / MANIFEST_FILE, manifest.to_json())
+            for part in parts:
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
     write_failures_report(root, manifest)
     return manifest
+
+
+def compact_idle_store(root: Path) -> tuple[Manifest, int]:
+    """`vimpac store compact`: `compact_store` for a store that no run is writing (ranks that ran
+    as separate jobs, an interrupted run). A run writing any rank (its lock is held) is refused
+    with a StoreError; the ranks' locks are held while merging, so none of them starts meanwhile.
+    Returns the merged manifest and the number of parts merged."""
+    read_meta(root)  # a StoreError when `root` is not a store
+    locks = sorted(p for p in (root / SHARD_DIR).glob("r*.lock") if _RANK_LOCK_RE.match(p.name))
+    with contextlib.ExitStack() as held:
+        for path in locks:
+            try:
+                held.enter_context(_file_lock(path, wait=False))
+            except BlockingIOError:
+                rank = int(_RANK_LOCK_RE.match(path.name).group(1))
+                raise StoreError(f"{path}: a run is writing rank {rank} of this store; compact it once every "
+                                 "rank has finished (a torchrun run merges its parts itself at the end)") from None
+        parts = len(list_parts(root))
+        return compact_store(root), parts
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, wait: bool) -> Iterator[None]:
+    """An exclusive flock on `path` (created if missing); BlockingIOError when not `wait`ing and
+    another process holds it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_failures_report(root: Path, manifest: Manifest) -> None:

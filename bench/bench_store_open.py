@@ -1,0 +1,269 @@
+"""Opening a token store, and reading clips from it: the working tree against a baseline commit.
+
+    .venv/bin/python bench/bench_store_open.py [--baseline REV] [--videos 100000] [--views 12]
+        [--reads 100000] [--rounds 5]
+
+Two stores are made by writing store.json, manifest.json and sparse shard files directly (no
+tokenizing; a 1 x 1 token grid, so that the page cache stays small when clips are read): a small
+one of 2,000 videos x 1 view of 5 to 60 frames (as bench_store.py's) and a big one of
+`--videos` x `--views` entries (default 1.2M: a 100k-video dataset with the twelve views of
+`all12`) of 5 to 600 frames (up to 5 minutes at 2 fps, as in HowTo100M). Each side is a worker process importing `vimpac` from its own tree: the working tree
+and, with `--baseline REV`, `git archive REV` unpacked in a temporary folder. On each store:
+
+* `TokenStore.open`, each side in turn alone: seconds, resident memory (RSS) after it minus
+  before it, and the peak during it;
+* `--reads` random five-frame `store.clip` reads (the training hot path) and, on the big store,
+  `entries_of(key)` for every video (what `PretrainTask` does at set-up, in every rank): the
+  sides take `--rounds` turns in alternation, so that load changes hit both alike; medians;
+* on the big store, a forked child (a DataLoader worker) that reads one clip of every entry and
+  runs a full garbage collection, as a long-running worker eventually does: the memory it had
+  to copy from its parent (private dirty pages), which every worker of every rank pays again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SHARD_BYTES = 1 << 30
+GRID = (1, 1)
+CLIP = 5
+SMALL_VIDEOS = 2000
+
+
+def make_store(root: Path, videos: int, views: int, max_frames: int, seed: int = 0) -> int:
+    """store.json, manifest.json and sparse shards for `videos` x `views` entries of 5 to
+    `max_frames` frames; returns the number of entries."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    view_names = [f"view{v:02d}" for v in range(views)]
+    root.mkdir(parents=True)
+    (root / "shards").mkdir()
+    meta = {"tokenizer_id": "bench", "tokenizer_kind": "random", "codebook_size": 8192, "downsample": 8,
+            "fps": 2.0, "size": 16, "grid": list(GRID), "views": view_names,
+            "format": "vimpac-token-store", "version": 1, "dtype": "<u2", "checksum": "crc32"}
+    (root / "store.json").write_text(json.dumps(meta))
+    n = videos * views
+    frames = rng.integers(5, max_frames + 1, size=n)
+    nbytes = frames * GRID[0] * GRID[1] * 2
+    ends = np.cumsum(nbytes)
+    shard = (ends - 1) // SHARD_BYTES  # entries never straddle: shards end where an entry does
+    shard_start = np.zeros(int(shard[-1]) + 1, dtype=np.int64)
+    firsts = np.searchsorted(shard, np.arange(len(shard_start)))
+    shard_start[:] = ends[firsts] - nbytes[firsts]
+    offset = ends - nbytes - shard_start[shard]
+    names = [f"r000-{s:04d}.tok" for s in range(len(shard_start))]
+    for s, name in enumerate(names):
+        end = int((ends[shard == s]).max() - shard_start[s])
+        with open(root / "shards" / name, "wb") as f:
+            f.truncate(end)  # sparse: no disk used
+    keys = [f"howto/{i:07d}-{rng.integers(0, 36**11):x}" for i in range(videos)]
+    manifest = {
+        "shards": names,
+        "videos": {"key": keys, "label": (np.arange(videos) % 400).tolist(), "record": list(range(videos))},
+        "entries": {"video": np.repeat(np.arange(videos), views).tolist(),
+                    "view": np.tile(np.arange(views), videos).tolist(),
+                    "frames": frames.tolist(), "shard": shard.tolist(), "offset": offset.tolist(),
+                    "crc32": rng.integers(0, 2**32, size=n).tolist()},
+        "failures": [],
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return n
+
+
+def private_dirty_mib() -> float:
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Private_Dirty:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker(tree: str, store_path: str, reads: int) -> None:
+    """Open the store and print one JSON line; then run the command of each line read from stdin
+    ("clips": seconds of `reads` random clip reads, "lookup", "fork"), printing its result."""
+    sys.path.insert(0, tree)
+    import numpy as np
+
+    import vimpac
+    from vimpac.store.reader import TokenStore
+
+    assert Path(vimpac.__file__).resolve().is_relative_to(Path(tree).resolve()), vimpac.__file__
+    gc.collect()
+    rss_before = status_mib("VmRSS")
+    t0 = time.perf_counter()
+    store = TokenStore.open(store_path)
+    open_s = time.perf_counter() - t0
+    gc.collect()
+    print(json.dumps({"entries": len(store), "open_s": open_s, "rss_mib": status_mib("VmRSS") - rss_before,
+                      "peak_mib": status_mib("VmHWM") - rss_before}), flush=True)
+
+    n = len(store)
+    rng = np.random.default_rng(1)
+    indices = rng.integers(0, n, size=reads).tolist()
+    frames = store.num_frames
+    starts = (rng.random(reads) * (frames[indices] - CLIP + 1)).astype(np.int64).tolist()
+    store.clip(indices[0], starts[0], CLIP)
+    for line in sys.stdin:
+        command = line.strip()
+        t0 = time.perf_counter()
+        if command == "clips":
+            for i, s in zip(indices, starts):
+                store.clip(i, s, CLIP)
+        elif command == "lookup":
+            for key in store.keys():
+                store.entries_of(key)
+        elif command == "fork":
+            print(forked_worker_copy_mib(store), flush=True)
+            continue
+        print(time.perf_counter() - t0, flush=True)
+
+
+def forked_worker_copy_mib(store) -> float:
+    """MiB a forked child copies from this process while it reads a clip of every entry and
+    collects garbage."""
+    gc.collect()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        before = private_dirty_mib()
+        for i in range(len(store)):
+            store.clip(i, 0, 1)
+        gc.collect()  # as a long-running worker eventually does: it writes every tracked object's header
+        os.write(write_end, str(private_dirty_mib() - before).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        copied = float(pipe.read())
+    os.waitpid(pid, 0)
+    return copied
+
+
+def unpack(revision: str, into: Path) -> Path:
+    archive = into / "baseline.tar"
+    with open(archive, "wb") as f:
+        done = subprocess.run(["git", "-C", str(REPO), "archive", revision], stdout=f, stderr=subprocess.PIPE)
+    if done.returncode:
+        sys.exit(f"git archive {revision}: {done.stderr.decode().strip()}")
+    tree = into / "baseline"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="data")
+    return tree
+
+
+class Side:
+    """A worker process with one side's `vimpac` and the store open."""
+
+    def __init__(self, name: str, tree: Path, store: Path, reads: int):
+        self.name = name
+        self.process = subprocess.Popen([sys.executable, __file__, "--worker", str(tree), "--store", str(store),
+                                         "--reads", str(reads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+        self.opened = json.loads(self._line())
+
+    def _line(self) -> str:
+        line = self.process.stdout.readline()
+        if not line:
+            sys.exit(f"worker for {self.name} failed (exit {self.process.wait()})")
+        return line
+
+    def ask(self, command: str) -> float:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return float(self._line())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def compare(sides_trees: list[tuple[str, Path]], store: Path, reads: int, rounds: int, big: bool) -> list[dict]:
+    """Open the store in each side in turn (alone on the machine), then take turns at clip reads
+    (and look-ups), so that load changes hit every side alike; medians of `rounds` turns."""
+    sides = []
+    for name, tree in sides_trees:
+        sides.append(Side(name, tree, store, reads))
+    results = []
+    times: dict[str, dict[str, list[float]]] = {side.name: {"clips": [], "lookup": []} for side in sides}
+    for _ in range(rounds):
+        for side in sides:
+            times[side.name]["clips"].append(side.ask("clips"))
+            if big:
+                times[side.name]["lookup"].append(side.ask("lookup"))
+    for side in sides:
+        result = dict(side.opened, name=side.name, clips_per_s=reads / statistics.median(times[side.name]["clips"]))
+        if big:
+            result["lookup_s"] = statistics.median(times[side.name]["lookup"])
+            result["worker_copied_mib"] = side.ask("fork")
+        side.close()
+        results.append(result)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=100_000)
+    parser.add_argument("--views", type=int, default=12)
+    parser.add_argument("--reads", type=int, default=100_000, help="random clips read per turn")
+    parser.add_argument("--rounds", type=int, default=5, help="turns per side")
+    parser.add_argument("--baseline", default=None, metavar="REV", help="also measure this git revision")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.store, args.reads)
+        return 0
+
+    sys.path.insert(0, str(REPO))
+    from vimpac.machine import load_average_1m, machine_line
+
+    print(f"machine: {machine_line()}")
+    with tempfile.TemporaryDirectory(prefix="bench-store-open-") as tmp_name:
+        tmp = Path(tmp_name)
+        sides = [("working tree", REPO)]
+        if args.baseline:
+            sides.append((f"baseline {args.baseline}", unpack(args.baseline, tmp)))
+        t0 = time.perf_counter()
+        make_store(tmp / "small", SMALL_VIDEOS, 1, max_frames=60)
+        print(f"\nsmall store: {SMALL_VIDEOS:,} videos x 1 view (as bench_store.py's), {args.reads:,} random "
+              f"{CLIP}-frame clips per turn, median of {args.rounds} turns taken in alternation")
+        print(f"{'':22s} {'open ms':>8s} {'clips/s':>10s}")
+        for r in compare(sides, tmp / "small", args.reads, args.rounds, big=False):
+            print(f"{r['name']:22s} {r['open_s'] * 1000:8.1f} {r['clips_per_s']:10,.0f}")
+
+        entries = make_store(tmp / "big", args.videos, args.views, max_frames=600)
+        size = (tmp / "big" / "manifest.json").stat().st_size
+        print(f"\nbig store: {args.videos:,} videos x {args.views} views = {entries:,} entries, manifest.json "
+              f"{size / 2**20:.0f} MiB (both stores written in {time.perf_counter() - t0:.1f} s)")
+        print(f"{'':22s} {'open s':>7s} {'RSS MiB':>8s} {'peak MiB':>9s} {'clips/s':>10s} "
+              f"{'entries_of, all videos s':>25s} {'forked worker copied MiB':>25s}")
+        for r in compare(sides, tmp / "big", args.reads, args.rounds, big=True):
+            print(f"{r['name']:22s} {r['open_s']:7.2f} {r['rss_mib']:8.0f} {r['peak_mib']:9.0f} "
+                  f"{r['clips_per_s']:10,.0f} {r['lookup_s']:25.2f} {r['worker_copied_mib']:25.0f}")
+    print(f"\nmachine after: load average {load_average_1m()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
