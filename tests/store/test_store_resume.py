@@ -161,3 +161,47 @@ def test_two_rank_torchrun_gloo_run_makes_one_store(reference):
     store = TokenStore.open(out)
     assert sorted(set(store.manifest.shards)) == shards
     assert_same_store(store, ref)
+
+
+def _tokenize_as_rank(rank, port, args, behind_seconds, queue):
+    import datetime
+    import time
+
+    import torch.distributed.distributed_c10d as c10d
+
+    import vimpac.store.tokenize as tokenize
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    # torch's default wait of a collective (30 minutes for gloo), scaled down with the run.
+    c10d.default_pg_timeout = datetime.timedelta(seconds=behind_seconds / 4)
+    if rank == 1:  # the slowest rank: it starts its videos long after rank 0 is done with its own
+        run_jobs = tokenize._run_jobs
+        tokenize._run_jobs = lambda *a, **k: (time.sleep(behind_seconds), run_jobs(*a, **k))[1]
+    queue.put((rank, cli_main(args)))
+
+
+def test_ranks_that_finish_first_wait_for_the_slowest_at_the_final_barrier(reference):
+    """On a big dataset the ranks finish hours apart; those done first waited at the final
+    barrier only as long as torch's default collective timeout (30 minutes for gloo), then
+    crashed with the manifest left unmerged."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from process_helpers import results_of
+
+    root, ref = reference
+    out = root / "uneven-ranks"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_tokenize_as_rank, args=(rank, port, tokenize_args(root, out, workers=0), 4.0, queue))
+             for rank in range(2)]
+    for p in procs:
+        p.start()
+    assert dict(results_of(queue, procs, count=2)) == {0: 0, 1: 0}
+    assert (out / "manifest.json").exists() and not list((out / PART_DIR).glob("*.json"))
+    assert_same_store(TokenStore.open(out), ref)

@@ -6,6 +6,7 @@ without them everything runs as rank 0 of 1 and no process group is created.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -28,8 +29,10 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "cpu") -> DistInfo:
-    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA); idempotent."""
+def init_distributed(device: str = "cpu", timeout: datetime.timedelta | None = None) -> DistInfo:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA); idempotent.
+    `timeout`: how long a collective (a barrier) may wait for the other ranks; None: torch's
+    default (30 minutes for gloo)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
@@ -38,7 +41,8 @@ def init_distributed(device: str = "cpu") -> DistInfo:
         backend = "nccl" if str(device).startswith("cuda") else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
+        # Passed only when given: older torch versions do not accept timeout=None.
+        dist.init_process_group(backend=backend, **({"timeout": timeout} if timeout is not None else {}))
     return info
 
 

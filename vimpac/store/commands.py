@@ -99,14 +99,14 @@ def run_tokenize(args: argparse.Namespace) -> int:
     from vimpac.engine.distributed import init_distributed
     from vimpac.signals import exit_code
     from vimpac.store.errors import StoreError
-    from vimpac.store.tokenize import tokenize_videos
+    from vimpac.store.tokenize import RANK_WAIT_LIMIT, tokenize_videos
     from vimpac.tokenizer.base import TokenizerError, load_tokenizer
 
     device = args.device
     try:
         device = usable_device(device, "--device")
         fmt, options = _reader_options(args)
-        dist = init_distributed("cpu")  # gloo: ranks only exchange barriers
+        dist = init_distributed("cpu", timeout=RANK_WAIT_LIMIT)  # gloo: ranks only exchange barriers
         if device.startswith("cuda") and dist.enabled and ":" not in device:
             device = f"cuda:{dist.local_rank}"
         annotations = load_annotations(fmt, args.list, **options)

@@ -145,6 +145,13 @@ class DecodedVideo:
     failure: FailedVideo | None
 
 
+# How long a rank waits at a barrier for the others. A rank that is done waits at the final one
+# for the slowest rank, which on a big dataset can be hours behind (long videos are not dealt out
+# evenly); torch's default of 30 minutes for gloo crashed the ranks that finished first, with the
+# manifest left unmerged. A rank that crashes closes its connections, which ends the others' wait
+# at once; only a machine that hangs is left to the job scheduler (`srun --kill-on-bad-exit=1`).
+RANK_WAIT_LIMIT = datetime.timedelta(days=7)
+
 # Full-resolution frames a decoding worker holds at a time: the views of each chunk are made
 # before the next is decoded, so a 1-hour video costs its small views, not 7,200 HD frames.
 DECODE_CHUNK_FRAMES = 32
