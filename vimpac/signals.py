@@ -11,18 +11,21 @@ from typing import Any, Iterator
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[list[str]]:
     """Yields a list that gets the signal's name ("SIGINT", "SIGTERM") on the first SIGINT /
-    SIGTERM, for a loop to notice at its next safe point; a second signal raises
-    KeyboardInterrupt at once. Only the main thread can handle signals; elsewhere the list stays
-    empty and signals keep their handlers."""
+    SIGTERM, for a loop to notice at its next safe point; a later SIGINT (Ctrl-C pressed again)
+    raises KeyboardInterrupt at once. A repeated SIGTERM does not: under SLURM + torchrun a
+    process gets one SIGTERM from SLURM and another forwarded by torchrun, and the scheduler
+    kills a job that overstays anyway. Only the main thread can handle signals; elsewhere the
+    list stays empty and signals keep their handlers."""
     received: list[str] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
 
     def request_stop(signum: int, _frame: Any) -> None:
-        if received:
+        if received and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        received.append(signal.Signals(signum).name)
+        if not received:
+            received.append(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
