@@ -58,3 +58,29 @@ def test_files_replaced_by_their_writer_get_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_safetensors_write_that_fails_is_an_os_error_naming_the_file(tmp_path):
+    # safetensors reports a full disk as its own SafetensorError, without the file's name (this is
+    # its message); the CLI reports an OSError in one line, and that one was a traceback.
+    import errno
+
+    from safetensors import SafetensorError
+
+    target = tmp_path / "model.safetensors"
+    atomic_write_text(target, "old")
+    with pytest.raises(OSError) as raised:
+        with atomic_path(target, suffix=".safetensors"):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert raised.value.errno == errno.ENOSPC and raised.value.strerror == "No space left on device"
+    assert raised.value.filename == str(target)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_other_safetensors_errors_pass_through_unchanged(tmp_path):
+    from safetensors import SafetensorError
+
+    with pytest.raises(SafetensorError, match="invalid header"):
+        with atomic_path(tmp_path / "w.safetensors", suffix=".safetensors"):
+            raise SafetensorError("Error while deserializing header: invalid header")

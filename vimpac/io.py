@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -38,10 +39,25 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        failed_write = writer_os_error(exc, path)
+        if failed_write is not None:
+            raise failed_write from exc
         raise
+
+
+def writer_os_error(exc: BaseException, path: str | os.PathLike) -> OSError | None:
+    """safetensors' report of a failed write ("I/O error: No space left on device (os error 28)",
+    a SafetensorError that names no file) as the OSError it is, naming `path`: the CLI reports an
+    OSError in one line, where this one was a traceback. None for any other exception."""
+    if type(exc).__name__ != "SafetensorError":
+        return None
+    found = re.search(r"I/O error: (.+?) \(os error (\d+)\)", str(exc))
+    if found is None:
+        return None
+    return OSError(int(found.group(2)), found.group(1), str(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -279,3 +279,32 @@ def test_a_demo_folder_whose_data_was_deleted_is_still_the_demos(tmp_path):
     (tmp_path / "tokenizer").mkdir()
     (tmp_path / "tokenizer" / "DONE.json").write_text("{}")
     _claim_out(tmp_path)  # not refused
+
+
+def test_a_full_disk_while_a_stage_saves_is_one_line_and_the_rerun_carries_on(tmp_path, stubs, monkeypatch, capsys):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from vimpac.tokenizer.vqvae import VQVAEConfig, VQVAETokenizer
+
+    def tokenizer(out, cfg, progress):
+        VQVAETokenizer.from_config(VQVAEConfig(width=8, code_dim=8, codebook_size=16)).save_pretrained(
+            out / "tokenizer")
+        return {"tokenizer_id": "tiny"}
+
+    def disk_full(*args, **kwargs):
+        # what safetensors raises on a full disk: its own error, naming no file (was a traceback)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    real_save_file = safetensors.torch.save_file
+    monkeypatch.setattr(pipeline, "_train_tokenizer", tokenizer)
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 2
+    assert f"{out / 'tokenizer' / 'model.safetensors'}: No space left on device" in one_line_error(capsys)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save_file)  # space freed
+    _, log = run(out, quick(), stubs)
+    assert [call[0] for call in stubs.calls[:2]] == ["stores", "pretrain"]  # data reused, tokenizer not stubbed
+    assert "[2/6 tokenizer] resuming the unfinished run" in log
+    assert (out / "tokenizer" / "model.safetensors").exists() and (out / "tokenizer" / "DONE.json").exists()

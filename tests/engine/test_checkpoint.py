@@ -1,9 +1,11 @@
 """Run folders from elsewhere: the `latest` pointer names only a checkpoint folder inside
 RUN/checkpoints, and every field of state.json is checked (a CheckpointError naming the file and
-the field) before anything is restored."""
+the field) before anything is restored. A checkpoint that cannot be written (a full disk) is an
+OSError naming it, and leaves no partial checkpoint."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -245,3 +247,25 @@ def test_a_state_json_that_is_a_fifo_is_refused_without_blocking(interrupted_run
             os.close(os.open(checkpoint / "state.json", os.O_WRONLY | os.O_NONBLOCK))
         except OSError:
             pass
+
+
+def test_a_checkpoint_that_cannot_be_written_is_an_os_error_naming_it(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    save_checkpoint(tmp_path, 1, model, optimizer, None, {})
+
+    def disk_full(*args, **kwargs):
+        # what safetensors raises on a full disk: its own error, naming no file
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("vimpac.engine.checkpoint.save_file", disk_full)
+    with pytest.raises(OSError) as raised:
+        save_checkpoint(tmp_path, 2, model, optimizer, None, {})
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename == str(tmp_path / "checkpoints" / "step-00000002")
+    assert latest_checkpoint(tmp_path).name == "step-00000001"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-00000001"]

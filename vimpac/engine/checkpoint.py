@@ -45,7 +45,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from vimpac.io import atomic_write_text, current_umask, parse_json
+from vimpac.io import atomic_write_text, current_umask, parse_json, writer_os_error
 
 CHECKPOINT_PREFIX = "step-"
 # The names save_checkpoint gives checkpoint folders (more digits from step 10**8 on).
@@ -104,8 +104,11 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        failed_write = writer_os_error(exc, final)
+        if failed_write is not None:
+            raise failed_write from exc
         raise
     atomic_write_text(ckpt_root / "latest", name + "\n")
     _prune(ckpt_root, keep=max(1, keep_last))
