@@ -88,6 +88,30 @@ def test_an_interrupted_training_stage_stops_the_demo_without_marking_it_done(tm
     assert not (tmp_path / "pretrain" / "mp_cl" / "DONE.json").exists()
 
 
+
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_pretraining_logs_enough_points_for_the_reports_curves(tmp_path, monkeypatch, preset):
+    # The quick demo's 12-update runs logged at updates 10 and 12 only: its curves were two points.
+    from vimpac.demo import pipeline
+    from vimpac.demo.config import DEMO_PRESETS
+    from vimpac.engine.trainer import TrainResult
+
+    used = []
+
+    def record(store, run_dir, pcfg, resume):
+        used.append(pcfg.train)
+        return TrainResult("finished", pcfg.train.total_steps, 0, {}, None)
+
+    monkeypatch.setattr("vimpac.pretrain.run.run_pretraining", record)
+    (tmp_path / "stores" / "pretrain").mkdir(parents=True)
+    pipeline._pretrain(tmp_path, DEMO_PRESETS[preset], "mp_cl", 0, "mp_cl", progress=False)
+    train = used[0]
+    assert train.total_steps == DEMO_PRESETS[preset].pretrain_steps
+    assert train.total_steps // train.log_every >= 10
+    if preset == "full":
+        assert train.log_every == 10  # the full demo logs as before
+
+
 def _record_pid(folder, progress):
     import os
 

@@ -498,7 +498,11 @@ def _pretrain(out: Path, cfg: DemoConfig, variant: str, seed: int, name: str, pr
     run_dir = out / "pretrain" / name
     pcfg = build_pretrain_config("tiny", overrides=overrides)
     # Side by side (no bars): a few one-line reports; not in `overrides`, which key the stage.
-    pcfg = dataclasses.replace(pcfg, train=dataclasses.replace(pcfg.train, progress_lines=_progress_lines(progress)))
+    # Logged at least every 1/20 of the run, for the report's curves: the preset's every 10 updates
+    # gave the quick demo's 12-update runs two points (updates 10 and 12); the full demo keeps 10.
+    log_every = max(1, min(pcfg.train.log_every, cfg.pretrain_steps // 20))
+    pcfg = dataclasses.replace(pcfg, train=dataclasses.replace(pcfg.train, progress_lines=_progress_lines(progress),
+                                                               log_every=log_every))
     resume = (run_dir / "checkpoints").exists()  # safe: Stage.start moved aside runs of other settings
     result = run_pretraining(out / "stores" / "pretrain", run_dir, pcfg, resume=resume)
     if result.status != "finished":

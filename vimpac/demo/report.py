@@ -75,6 +75,7 @@ def plot_pretraining(out: Path, results: dict[str, Any]) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     plotted = False
@@ -91,6 +92,7 @@ def plot_pretraining(out: Path, results: dict[str, Any]) -> Path | None:
     for ax, title in zip(axes, ("masked-token loss", "contrastive loss", "masked-token accuracy")):
         ax.set_title(title)
         ax.set_xlabel("update")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "update 10.25"
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     path = out / "pretraining_curves.png"
