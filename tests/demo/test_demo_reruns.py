@@ -308,3 +308,13 @@ def test_a_full_disk_while_a_stage_saves_is_one_line_and_the_rerun_carries_on(tm
     assert [call[0] for call in stubs.calls[:2]] == ["stores", "pretrain"]  # data reused, tokenizer not stubbed
     assert "[2/6 tokenizer] resuming the unfinished run" in log
     assert (out / "tokenizer" / "model.safetensors").exists() and (out / "tokenizer" / "DONE.json").exists()
+
+
+def test_every_stage_counted_as_reused_has_a_row_in_the_time_table(tmp_path, stubs):
+    # "10 stage(s) reused" stood under a table of 9 rows: the from-scratch initial model had none.
+    out = tmp_path / "demo"
+    run(out, quick(seeds=(0, 1)), stubs)
+    results, _ = run(out, quick(seeds=(0, 1)), stubs)
+    rows = pipeline.stage_seconds(results["stages"])
+    assert "5/6 initial model, seed 1" in results["reused"]
+    assert sorted(results["reused"]) == sorted(rows)

@@ -58,6 +58,10 @@ def pretrain_stage(name: str) -> str:
     return f"4/6 pre-train {name}"
 
 
+def initial_model_stage(seed: int) -> str:
+    return f"5/6 initial model, seed {seed}"
+
+
 def finetune_stage(name: str) -> str:
     return f"5/6 fine-tune {name}"
 
@@ -311,8 +315,9 @@ def run_demo(out: str | Path, cfg: DemoConfig, log: Callable[[str], None] = prin
     scratch = {}
     for seed in cfg.seeds:
         settings = {**_store_settings(cfg), "model": _model_overrides(cfg), "frames": cfg.frames, "seed": seed}
-        scratch[seed] = run_stage(f"5/6 initial model, seed {seed}", _scratch_folder(out, seed), settings,
+        scratch[seed] = run_stage(initial_model_stage(seed), _scratch_folder(out, seed), settings,
                                   lambda seed=seed: _scratch_result(out, cfg, seed), log, stores_input, reused)
+    stages["initial_models"] = {str(seed): result for seed, result in scratch.items()}
     finetune_runs = {}
     for row, source, frames in _finetune_rows(cfg):
         for seed in cfg.seeds:
@@ -343,6 +348,7 @@ def stage_seconds(stages: dict[str, Any]) -> dict[str, float]:
     names run_demo logs and lists in results["reused"]."""
     seconds = {DATA_STAGE: stages["data"], TOKENIZER_STAGE: stages["tokenizer"], STORES_STAGE: stages["stores"]}
     seconds.update({pretrain_stage(name): run for name, run in stages["pretrain"].items()})
+    seconds.update({initial_model_stage(int(seed)): run for seed, run in stages.get("initial_models", {}).items()})
     seconds.update({finetune_stage(name): run for name, run in stages["finetune"].items()})
     return {title: float(result.get("seconds", 0)) for title, result in seconds.items()}
 
