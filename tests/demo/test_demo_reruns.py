@@ -318,3 +318,13 @@ def test_every_stage_counted_as_reused_has_a_row_in_the_time_table(tmp_path, stu
     rows = pipeline.stage_seconds(results["stages"])
     assert "5/6 initial model, seed 1" in results["reused"]
     assert sorted(results["reused"]) == sorted(rows)
+
+
+def test_ctrl_c_outside_a_training_stage_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    def interrupted(out, cfg, progress):
+        raise KeyboardInterrupt  # as Ctrl-C while the data, the tokenizer or the stores are made
+
+    monkeypatch.setattr(pipeline, "run_demo", interrupted)
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 130
+    err = one_line_error(capsys)
+    assert "interrupted; finished stages are kept" in err and "run the same command again" in err

@@ -67,6 +67,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     except DemoInterrupted as exc:
         print(f"vimpac demo: {exc}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        # Ctrl-C outside a training stage (generating data, training the tokenizer, tokenizing) said
+        # only "interrupted", not that the same command picks up where it stopped.
+        print("vimpac demo: interrupted; finished stages are kept and the interrupted one resumes: run the same "
+              "command again", file=sys.stderr)
+        return 130
     except (DemoError, AnnotationError, SyntheticError, BackgroundError, TokenizerError, StoreError, VideoError,
             ModelError, PretrainError, FinetuneError, TrainingCheckpointError) as exc:
         # Typed errors name the file or field; finished stages are kept for the next run.
