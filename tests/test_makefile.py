@@ -24,7 +24,8 @@ def make(*args: str) -> subprocess.CompletedProcess:
 def torch_install_line(*args: str, tmp_path: Path) -> str:
     printed = make("-n", "setup", f"VENV={tmp_path / 'venv'}", *args).stdout
     lines = [line for line in printed.splitlines() if "pip install" in line and "torch==" in line]
-    assert len(lines) == 1, printed
+    # torch itself (--no-deps, from the chosen index), then its dependencies from pip's own index
+    assert len(lines) == 2 and "--no-deps" in lines[0] and "--index-url" not in lines[1], printed
     return lines[0]
 
 
