@@ -13,16 +13,20 @@ and, with `--baseline REV`, `git archive REV` unpacked in a temporary folder. On
 * `TokenStore.open`, each side in turn alone: seconds, resident memory (RSS) after it minus
   before it, and the peak during it;
 * `--reads` random five-frame `store.clip` reads (the training hot path) and, on the big store,
-  `entries_of(key)` for every video (what `PretrainTask` does at set-up, in every rank): the
-  sides take `--rounds` turns in alternation, so that load changes hit both alike; medians;
+  `entries_of(key)` for every video (what `PretrainTask` did at set-up, in every rank) and
+  `PretrainTask`'s set-up itself (view00's entry of every video, the train / validation split by
+  a hash of each key): the sides take `--rounds` turns in alternation, so that load changes hit
+  both alike; medians;
 * on the big store, a forked child (a DataLoader worker) that reads one clip of every entry and
   runs a full garbage collection, as a long-running worker eventually does: the memory it had
-  to copy from its parent (private dirty pages), which every worker of every rank pays again.
+  to copy from its parent (private dirty pages), which every worker of every rank pays again
+  (measured before the set-up imports torch into the parent).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -124,6 +128,7 @@ def worker(tree: str, store_path: str, reads: int) -> None:
     frames = store.num_frames
     starts = (rng.random(reads) * (frames[indices] - CLIP + 1)).astype(np.int64).tolist()
     store.clip(indices[0], starts[0], CLIP)
+    set_up_pretraining = {}  # filled by "import torch"
     for line in sys.stdin:
         command = line.strip()
         t0 = time.perf_counter()
@@ -133,6 +138,14 @@ def worker(tree: str, store_path: str, reads: int) -> None:
         elif command == "lookup":
             for key in store.keys():
                 store.entries_of(key)
+        elif command == "setup":
+            set_up_pretraining["task"]()
+        elif command == "import torch":  # untimed; after "fork", whose child would copy its objects
+            from vimpac.pretrain.config import build_pretrain_config
+            from vimpac.pretrain.task import PretrainTask
+
+            pretrain_cfg = build_pretrain_config("tiny", overrides=["data.view=view00", "data.frames=5"])
+            set_up_pretraining["task"] = functools.partial(PretrainTask, store, pretrain_cfg)
         elif command == "fork":
             print(forked_worker_copy_mib(store), flush=True)
             continue
@@ -205,17 +218,24 @@ def compare(sides_trees: list[tuple[str, Path]], store: Path, reads: int, rounds
     for name, tree in sides_trees:
         sides.append(Side(name, tree, store, reads))
     results = []
-    times: dict[str, dict[str, list[float]]] = {side.name: {"clips": [], "lookup": []} for side in sides}
+    copied = {}
+    if big:  # before the pre-training set-up imports torch into the parent
+        for side in sides:
+            copied[side.name] = side.ask("fork")
+            side.ask("import torch")
+    times: dict[str, dict[str, list[float]]] = {side.name: {"clips": [], "lookup": [], "setup": []} for side in sides}
     for _ in range(rounds):
         for side in sides:
             times[side.name]["clips"].append(side.ask("clips"))
             if big:
                 times[side.name]["lookup"].append(side.ask("lookup"))
+                times[side.name]["setup"].append(side.ask("setup"))
     for side in sides:
         result = dict(side.opened, name=side.name, clips_per_s=reads / statistics.median(times[side.name]["clips"]))
         if big:
             result["lookup_s"] = statistics.median(times[side.name]["lookup"])
-            result["worker_copied_mib"] = side.ask("fork")
+            result["setup_s"] = statistics.median(times[side.name]["setup"])
+            result["worker_copied_mib"] = copied[side.name]
         side.close()
         results.append(result)
     return results
@@ -257,10 +277,11 @@ def main() -> int:
         print(f"\nbig store: {args.videos:,} videos x {args.views} views = {entries:,} entries, manifest.json "
               f"{size / 2**20:.0f} MiB (both stores written in {time.perf_counter() - t0:.1f} s)")
         print(f"{'':22s} {'open s':>7s} {'RSS MiB':>8s} {'peak MiB':>9s} {'clips/s':>10s} "
-              f"{'entries_of, all videos s':>25s} {'forked worker copied MiB':>25s}")
+              f"{'entries_of, all videos s':>25s} {'pre-training set-up s':>22s} {'forked worker copied MiB':>25s}")
         for r in compare(sides, tmp / "big", args.reads, args.rounds, big=True):
             print(f"{r['name']:22s} {r['open_s']:7.2f} {r['rss_mib']:8.0f} {r['peak_mib']:9.0f} "
-                  f"{r['clips_per_s']:10,.0f} {r['lookup_s']:25.2f} {r['worker_copied_mib']:25.0f}")
+                  f"{r['clips_per_s']:10,.0f} {r['lookup_s']:25.2f} {r['setup_s']:22.2f} "
+                  f"{r['worker_copied_mib']:25.0f}")
     print(f"\nmachine after: load average {load_average_1m()}")
     return 0
 

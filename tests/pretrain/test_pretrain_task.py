@@ -22,7 +22,7 @@ from vimpac.model.vimpac import VimpacForPretraining
 from vimpac.pretrain.config import build_pretrain_config
 from vimpac.pretrain.errors import PretrainError
 from vimpac.pretrain.run import run_pretraining
-from vimpac.pretrain.task import PretrainTask, resolve_config
+from vimpac.pretrain.task import PretrainTask, resolve_config, split_train_val
 from vimpac.store.reader import TokenStore
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -78,6 +78,53 @@ def test_setting_up_reads_the_key_list_once_not_once_per_video(store_path, monke
     monkeypatch.setattr(store, "keys", lambda: calls.append(1) or keys())
     PretrainTask(store, cfg)
     assert store.num_videos > 2 and len(calls) == 1
+
+
+def _split_as_first_released(keys, val_fraction):
+    """split_train_val as it was first released (a Python float per key): existing stores and
+    runs must keep their training / validation videos."""
+    import hashlib
+    if val_fraction <= 0 or len(keys) < 2:
+        return np.arange(len(keys)), np.arange(0)
+    scores = np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=4).digest(), "little") / 2**32
+                       for k in keys])
+    val = scores < val_fraction
+    if not val.any():
+        val[int(np.argmin(scores))] = True
+    if val.all():
+        val[int(np.argmax(scores))] = False
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+@pytest.mark.parametrize("count, val_fraction", [(5000, 0.05), (300, 0.5), (40, 0.001), (3, 0.999), (1, 0.5), (0, 0.1)])
+def test_the_train_val_split_is_the_one_existing_stores_have(count, val_fraction):
+    rng = np.random.default_rng(count)
+    keys = [f"howto/{i:07d}-{rng.integers(0, 36**11):x}" for i in range(count)]
+    keys = (["clips/naïve café.mp4", "片/video 1"] + keys[2:])[:count]  # not only ASCII
+    train, val = split_train_val(keys, val_fraction)
+    old_train, old_val = _split_as_first_released(keys, val_fraction)
+    np.testing.assert_array_equal(train, old_train)
+    np.testing.assert_array_equal(val, old_val)
+    assert train.dtype == old_train.dtype and val.dtype == old_val.dtype
+
+
+def test_set_up_takes_each_videos_entry_of_the_view_and_its_split(store_path, monkeypatch):
+    # Set-up reads one view's entries from the store's arrays (an `entries_of` dict per video took
+    # 1-2 s per rank at 1M videos); the entries and the split are what the per-video loop gave.
+    store = TokenStore.open(store_path)
+    cfg = resolve_config(store, config(), 1)
+    calls = []
+    entries_of = store.entries_of
+    monkeypatch.setattr(store, "entries_of", lambda key: calls.append(key) or entries_of(key))
+    task = PretrainTask(store, cfg)
+    assert calls == []
+    monkeypatch.undo()
+    keys = store.keys()
+    entries = np.array([store.entries_of(key)[cfg.data.view] for key in keys])
+    train, val = _split_as_first_released(keys, cfg.data.val_fraction)
+    np.testing.assert_array_equal(task.entries, entries)
+    np.testing.assert_array_equal(task.train_entries, entries[train])
+    np.testing.assert_array_equal(task.val_entries, entries[val])
 
 
 @pytest.mark.parametrize("overrides, world_size, keys", [

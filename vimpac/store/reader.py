@@ -291,6 +291,18 @@ class TokenStore:
         views, view_of = self.meta.views, self._view_of
         return {views[view_of[i]]: i for i in self._entries_of_video(self._video_number(key))}
 
+    def entries_for_view(self, view: str) -> tuple[np.ndarray, np.ndarray]:
+        """The videos that have `view` and the entry index of that view of each: two int64 arrays,
+        in video (`keys()`) order. One pass over the entry columns instead of `entries_of` per
+        video (1M videos: a Python dict per video). A video listed with the view twice gives its
+        last entry, as `entries_of` and `index_of` do."""
+        if view not in self.meta.views:
+            raise KeyError(f"{self.root}: no view {view!r}; views: {list(self.meta.views)}")
+        entries = np.flatnonzero(np.frombuffer(self._view_of, dtype=_NUMPY_TYPE["i"]) == self.meta.views.index(view))
+        entries = entries[::-1]  # np.unique gives each video's first occurrence: here its last entry
+        videos, first = np.unique(self._video_of[entries], return_index=True)
+        return videos.astype(np.int64), entries[first].astype(np.int64)
+
     def groups(self) -> list[np.ndarray]:
         """Entry indexes grouped by video (one int64 array per video, in `keys()` order)."""
         if not self._keys:
