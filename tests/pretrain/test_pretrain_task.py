@@ -301,6 +301,34 @@ def test_resume_with_another_number_of_processes_needs_the_same_samples_per_upda
     assert result.status == "finished" and result.step == 2
 
 
+@pytest.mark.parametrize("objective, noted", [([], True), (["objective.alpha=0"], False)])
+def test_resume_with_another_contrastive_batch_says_so(store_path, tmp_path, capsys, objective, noted):
+    # 2 processes x 4 videos x 1 step resumed as 1 x 4 x 2: the same samples per update, but
+    # InfoNCE's negatives come from one micro-step over all processes (Sec. 3.2): 8 -> 4 videos.
+    steps = ["train.total_steps=2", "effective_batch=8", *objective]
+    run_pretraining(store_path, tmp_path, config(*steps, "train.max_minutes=0"))
+    _as_if_run_by_two_processes(tmp_path, grad_accum_steps=1)
+    capsys.readouterr()
+    result = run_pretraining(store_path, tmp_path, config(*steps), resume=True)
+    assert result.status == "finished"
+    notes = [line for line in capsys.readouterr().err.splitlines() if "contrastive" in line]
+    if noted:
+        assert notes == ["note: the contrastive loss's batch is now 4 videos per micro-step (train.batch_size 4 x "
+                         "1 process(es)), the checkpoint's was 8 (4 x 2): each InfoNCE has fewer negatives, so the "
+                         "objective differs from here on although the samples per update are the same; resume with "
+                         "2 process(es) to keep it"]
+    else:  # masked-token prediction alone does not depend on the batch
+        assert notes == []
+
+
+def test_resume_with_the_same_contrastive_batch_says_nothing(store_path, tmp_path, capsys):
+    steps = ["train.total_steps=2", "effective_batch=8"]
+    run_pretraining(store_path, tmp_path, config(*steps, "train.max_minutes=0"))
+    capsys.readouterr()
+    run_pretraining(store_path, tmp_path, config(*steps), resume=True)
+    assert "contrastive" not in capsys.readouterr().err
+
+
 def test_resume_ignores_settings_that_do_not_change_the_training():
     from vimpac.pretrain.run import _changed_settings
 

@@ -225,6 +225,7 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main)
         self.step = 0
         self.skipped_steps = 0
+        self.resumed_layout: dict[str, int] = {}
         self._stop_signal: int | None = None
         # Under torchrun: the launcher's pid. A `kill -9` of torchrun cannot pass on to the workers,
         # which would train on as orphans (and write into the run folder beside a resumed run).
@@ -242,7 +243,11 @@ class Trainer:
         if path is None:
             return False
         # Checked before any weight is loaded: a refused resume leaves the model as it was.
-        self._check_samples_per_update(read_checkpoint_state(path, _TRAINER_FIELDS, optional=_TRAINER_FIELDS), path)
+        recorded = read_checkpoint_state(path, _TRAINER_FIELDS, optional=_TRAINER_FIELDS)
+        self._check_samples_per_update(recorded, path)
+        # The processes and batch size that wrote the checkpoint (fields absent from old ones), for a
+        # task whose objective depends on the micro-batch over all processes (pre-training's InfoNCE).
+        self.resumed_layout = {k: int(recorded[k]) for k in ("world_size", "batch_size") if k in recorded}
         state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from vimpac.model.pretrained import read_model_config
 from vimpac.model.vimpac import VimpacForPretraining
 from vimpac.pretrain.config import PretrainConfig
 from vimpac.pretrain.errors import PretrainError
-from vimpac.pretrain.task import PretrainTask, resolve_config
+from vimpac.pretrain.task import PretrainTask, contrastive_batch_change, resolve_config
 from vimpac.store.reader import TokenStore
 
 
@@ -67,8 +68,10 @@ def run_pretraining(store_path: str | Path, run_dir: str | Path, cfg: PretrainCo
     model = synchronize_batchnorm(model, device)
     task = PretrainTask(store, cfg, device=device)
     trainer = Trainer(model, task, cfg.train, run_dir, run_config=record)
-    if resume:
-        trainer.resume()
+    if resume and trainer.resume() and dist.is_main:
+        note = contrastive_batch_change(cfg, trainer.resumed_layout, dist.world_size)
+        if note:
+            print(note, file=sys.stderr, flush=True)
     result = trainer.fit()
     if result.status == "finished" and dist.is_main:
         plain = _unsync(trainer.model)

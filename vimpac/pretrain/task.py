@@ -219,6 +219,26 @@ def check_settings(store: TokenStore, cfg: PretrainConfig, world_size: int) -> N
                             "(train.batch_size x processes); or set objective.alpha=0")
 
 
+def contrastive_batch_change(cfg: PretrainConfig, resumed_layout: dict[str, int], world_size: int) -> str | None:
+    """The note for a resume whose contrastive batch differs from the checkpoint's, else None.
+
+    InfoNCE's negatives are the other videos of one micro-step gathered from all processes
+    (batch_size x processes; Sec. 3.2, Table 11), not of the whole update: 16 GPUs x 16 x 4
+    accumulation steps resumed as 8 x 16 x 8 keeps the samples per update (which the trainer
+    checks) but halves the candidates of every InfoNCE."""
+    if not cfg.objective.contrastive or "world_size" not in resumed_layout:
+        return None
+    batch_before = resumed_layout.get("batch_size", cfg.train.batch_size)
+    before, now = batch_before * resumed_layout["world_size"], cfg.train.batch_size * world_size
+    if before == now:
+        return None
+    return (f"note: the contrastive loss's batch is now {now} videos per micro-step (train.batch_size "
+            f"{cfg.train.batch_size} x {world_size} process(es)), the checkpoint's was {before} "
+            f"({batch_before} x {resumed_layout['world_size']}): each InfoNCE has {'fewer' if now < before else 'more'} "
+            f"negatives, so the objective differs from here on although the samples per update are the same; "
+            f"resume with {resumed_layout['world_size']} process(es) to keep it")
+
+
 def _check_data_settings(cfg: PretrainConfig) -> None:
     data = cfg.data
     if isinstance(data.frames, bool) or not isinstance(data.frames, int) or data.frames < 1:
