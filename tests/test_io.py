@@ -84,3 +84,26 @@ def test_other_safetensors_errors_pass_through_unchanged(tmp_path):
     with pytest.raises(SafetensorError, match="invalid header"):
         with atomic_path(tmp_path / "w.safetensors", suffix=".safetensors"):
             raise SafetensorError("Error while deserializing header: invalid header")
+
+
+@pytest.mark.parametrize("code", ["EIO", "ENOSPC"])
+def test_a_write_that_fails_at_fsync_is_an_os_error_naming_the_file(tmp_path, monkeypatch, code):
+    # Data the disk cannot keep may surface only at fsync, whose OSError names no file: the CLI's
+    # one line read "[Errno 5] Input/output error" without saying which file was lost.
+    import errno
+    import os
+
+    target = tmp_path / "state.json"
+    atomic_write_text(target, "old")
+    error = getattr(errno, code)
+
+    def failing_fsync(fd):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError) as raised:
+        atomic_write_text(target, "new")
+    assert raised.value.errno == error and raised.value.strerror == os.strerror(error)
+    assert raised.value.filename == str(target)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]

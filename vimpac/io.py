@@ -36,7 +36,12 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         # the final file the usual umask-based permissions once it is written.
         os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+            try:
+                os.fsync(f.fileno())
+            except OSError as exc:
+                # A write the disk could not keep (EIO, ENOSPC, EDQUOT) often surfaces only here,
+                # as an OSError that names no file.
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException as exc:

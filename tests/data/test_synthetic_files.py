@@ -281,3 +281,21 @@ def test_workers_exit_when_make_synthetic_is_killed(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_progress_in_a_log_file_is_lines_not_a_bar(tmp_path: Path) -> None:
+    # stderr redirected to a file, as in a cluster job: a tqdm bar there was one endless line of '\r'.
+    import subprocess
+    import sys
+
+    log = tmp_path / "job.log"
+    with open(log, "w") as stderr:
+        subprocess.run([sys.executable, "-m", "vimpac.cli", "make-synthetic", "--out", str(tmp_path / "data"),
+                        "--preset", "tiny", "--classes", "moving_up,moving_down", "--train-per-class", "2",
+                        "--val-per-class", "1", "--seconds", "1", "--fps", "6", "--size", "32x32",
+                        "--uncurated-videos", "0", "--workers", "1"],
+                       stdout=subprocess.DEVNULL, stderr=stderr, check=True)
+    text = log.read_bytes().decode()  # not read_text, whose universal newlines turn '\r' into '\n'
+    assert "\r" not in text
+    lines = [line for line in text.splitlines() if line.startswith("synthetic videos: ")]
+    assert lines and lines[-1].startswith("synthetic videos: 6/6 video (100%)")

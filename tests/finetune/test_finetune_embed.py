@@ -187,3 +187,19 @@ def test_video_tokens_of_a_long_video_hold_one_chunk_at_full_resolution(tmp_path
     frame_bytes = height * width * 3
     assert peak < count * frame_bytes / 2
     assert peak < (DEFAULT_CHUNK_FRAMES + 2) * frame_bytes + 2 * count * 32 * 32 * 3 + 2**20  # + view, tokens, slack
+
+
+def test_progress_without_a_terminal_is_lines_not_a_bar(assets, tmp_path, capsys):
+    # Under pytest stderr is no terminal, as in a cluster job's log: a tqdm bar there was one
+    # endless line of carriage returns.
+    rng = np.random.default_rng(0)
+    videos = []
+    for i in range(2):
+        videos.append(str(tmp_path / f"v{i}.mp4"))
+        write_video(videos[-1], rng.integers(0, 255, (4, SIZE, SIZE, 3), dtype=np.uint8), fps=4)
+    assert main(["embed", str(assets / "model"), *videos, "--tokenizer", str(assets / "tok"),
+                 "--out", str(tmp_path / "f.npy"), "--fps", "4", "--size", str(SIZE)]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("embed: ")]
+    assert lines and lines[-1].startswith("embed: 2/2 video (100%)")

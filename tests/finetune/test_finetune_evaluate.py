@@ -260,3 +260,14 @@ def test_evaluate_refuses_a_store_tokenized_unlike_the_runs_training_store(tmp_p
     del model_config["train_store_meta"]
     (run / "model" / "config.json").write_text(json.dumps(model_config))
     assert evaluate(run, tmp_path / "other0")[0] == 0
+
+
+def test_progress_without_a_terminal_is_lines_not_a_bar(tmp_path, capsys):
+    # Under pytest stderr is no terminal, as in a cluster job's log: a tqdm bar there was one
+    # endless line of carriage returns.
+    store = TokenStore.open(make_store(tmp_path / "s", num_videos=4, views=NOFLIP6))
+    evaluate_classifier(random_classifier(), store, frames=4, temporal_clips=1, spatial_crops=1, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("evaluate: ")]
+    assert lines and lines[-1].startswith("evaluate: 4/4 video (100%)")

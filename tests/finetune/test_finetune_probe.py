@@ -149,3 +149,21 @@ def test_probe_refuses_stores_of_another_fps_or_frame_size(tmp_path, capsys, fie
     assert code == 2
     err = capsys.readouterr().err
     assert str(val) in err and f"{field}=" in err and len(err.strip().splitlines()) == 1
+
+
+def test_probe_counts_the_videos_of_its_feature_extraction(tmp_path, capsys):
+    # Minutes of feature extraction showed nothing; in a log file (pytest's stderr is no
+    # terminal either) the count is whole lines, and --no-progress keeps it quiet.
+    torch.manual_seed(0)
+    VimpacForPretraining(tiny_model_config()).save_pretrained(tmp_path / "pt")
+    train = make_store(tmp_path / "train", num_videos=9, seed=1)
+    val = make_store(tmp_path / "val", num_videos=6, seed=2)
+    argv = ["probe", "--checkpoint", str(tmp_path / "pt"), "--train-store", str(train), "--val-store", str(val),
+            "--k", "3", "--frames", "4", "--temporal-clips", "2"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    finals = [line.split(",")[0] for line in err.splitlines() if line.startswith("features ") and "(100%)" in line]
+    assert finals == ["features train: 9/9 video (100%)", "features val: 6/6 video (100%)"]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "features" not in capsys.readouterr().err

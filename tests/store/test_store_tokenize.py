@@ -609,3 +609,14 @@ def test_decoding_holds_one_chunk_of_full_resolution_frames(tmp_path):
     views_bytes = decoded.views["s1.00_center"].nbytes
     # One chunk, the frame being converted, the output views, and slack for small objects.
     assert peak < (tokenize_module.DECODE_CHUNK_FRAMES + 2) * frame_bytes + views_bytes + 2**20
+
+
+def test_progress_without_a_terminal_is_lines_not_a_bar(dataset, capsys):
+    # Under pytest stderr is no terminal, as in a cluster job's log: a tqdm bar there was one
+    # endless line of carriage returns.
+    root, annotations = dataset
+    run(root, annotations, root / "store", progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("tokenize r0: ")]
+    assert lines and lines[-1].startswith("tokenize r0: 5/5 video (100%)") and lines[-1].endswith("failed 1")

@@ -128,3 +128,16 @@ def test_training_frames_of_a_long_video_hold_one_chunk_at_full_resolution(tmp_p
     assert len(frames) == min(max_frames, count)
     frame_bytes = height * width * 3
     assert peak < (DEFAULT_CHUNK_FRAMES + 2) * frame_bytes + frames.nbytes + 2**20
+
+
+def test_progress_without_a_terminal_is_lines_not_a_bar(video_folder, tmp_path, capsys):
+    # Under pytest stderr is no terminal, as in a cluster job's log: the bars of decoding and
+    # training there were one endless line of carriage returns.
+    args = [arg for arg in FAST_ARGS if arg != "--quiet"]
+    assert main(["train-tokenizer", str(video_folder / "clips"), "--out", str(tmp_path / "tok"), *args]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert any(line.startswith("decode train: 3/3 video (100%)") for line in lines)
+    steps = [line for line in lines if line.startswith("train-tokenizer: ")]
+    assert steps and steps[-1].startswith("train-tokenizer: 6/6 step (100%)") and "; loss " in steps[-1]

@@ -320,7 +320,7 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: bool, desc: str,
               make: Callable[[_Job], _JobResult] | None = None) -> list[_JobResult]:
     """Make the videos of `jobs` not yet on disk; `make` (default `_make_video`) must be a
     module-level function when `workers` > 1."""
-    from tqdm import tqdm
+    from vimpac.progress import progress_bar
 
     make = make or _make_video
     _remove_stale_temporaries(jobs)
@@ -336,7 +336,7 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: bool, desc: str,
         else:
             missing.append(job)
     jobs = missing
-    bar = tqdm(total=len(jobs), desc=desc, unit="video", disable=not progress or not jobs, leave=False)
+    bar = progress_bar(len(jobs), desc, "video", enabled=progress and bool(jobs), leave=False)
     try:
         if workers <= 1 or len(jobs) <= 1:
             for job in jobs:

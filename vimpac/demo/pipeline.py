@@ -8,7 +8,7 @@
     report.md, results.json, *.png
 
 A stage folder holds STAGE.json (its settings and the results of the stages it was built from,
-written when it starts) and DONE.json (the same plus its result, written when it finishes). A
+written when it starts; after an interruption also the time spent so far) and DONE.json (the same plus its result, written when it finishes). A
 stage with the same record is reused when done and resumed in place when interrupted; any other
 content is moved aside to `<folder>.superseded` and the stage starts afresh. Because a stage's
 record holds a fingerprint of every upstream result, redoing a stage redoes everything after it.
@@ -50,6 +50,9 @@ VARIANT_TITLES = {
 # someone else's, and the demo refuses to touch it.
 STAGE_FOLDERS = ("data", "tokenizer", "stores", "pretrain", "finetune")
 
+
+# STAGE.json's time of the interrupted attempts of an unfinished run, added to the attempt that finishes it.
+INTERRUPTED_SECONDS = "interrupted_seconds"
 
 DATA_STAGE, TOKENIZER_STAGE, STORES_STAGE = "1/6 synthetic benchmark", "2/6 tokenizer", "3/6 tokenize"
 
@@ -166,6 +169,19 @@ class Stage:
             return "settings changed (" + "; ".join(changed) + ")"
         return "a stage it is built from was redone"
 
+    def earlier_seconds(self) -> float:
+        """Time spent in interrupted attempts of the unfinished run that `start` kept (0 for a fresh one)."""
+        seconds = (self._read("STAGE.json") or {}).get(INTERRUPTED_SECONDS, 0)
+        return float(seconds) if isinstance(seconds, (int, float)) and seconds >= 0 else 0.0
+
+    def record_interrupted(self, seconds: float) -> None:
+        """Keep the time of the attempts so far in STAGE.json, for the attempt that resumes them."""
+        record = {"settings": self.settings, "inputs": self.inputs, INTERRUPTED_SECONDS: round(seconds, 1)}
+        try:
+            atomic_write_json(self.folder / "STAGE.json", record)
+        except OSError:
+            pass  # the stage's own error (a full disk, say) is the one to report; the count is a nicety
+
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
         atomic_write_json(self.folder / "DONE.json", {"settings": self.settings, "inputs": self.inputs,
                                                       "result": result})
@@ -202,12 +218,20 @@ def run_stage(name: str, folder: Path, settings: dict[str, Any], work: Callable[
         return cached
     stage.start(name, log)
     log(f"[{name}] running ...")
+    earlier = stage.earlier_seconds()
     started = time.perf_counter()
-    result = work()
-    result["seconds"] = round(time.perf_counter() - started, 1)
+    try:
+        result = work()
+    except BaseException:
+        stage.record_interrupted(earlier + time.perf_counter() - started)
+        raise
+    attempt = time.perf_counter() - started
+    # A resumed stage's time is that of all its attempts: the time table under-reported it.
+    result["seconds"] = round(earlier + attempt, 1)
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     result["run_id"] = uuid.uuid4().hex  # a redo never repeats a fingerprint, however alike its result
-    log(f"[{name}] done in {result['seconds']:.0f} s")
+    before = f" (+ {earlier:.0f} s before it was interrupted)" if earlier else ""
+    log(f"[{name}] done in {attempt:.0f} s{before}")
     return stage.finish(result)
 
 

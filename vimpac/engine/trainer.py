@@ -45,6 +45,7 @@ from vimpac.engine.checkpoint import (CHECKPOINT_PREFIX, COUNT, POSITIVE_INT, Ch
 from vimpac.engine.distributed import DistInfo
 from vimpac.engine.metrics import MetricsLogger
 from vimpac.engine.optim import build_optimizer, warmup_linear_decay
+from vimpac.progress import LOG_FILE_REPORTS, is_terminal, progress_bar
 
 
 @dataclass(frozen=True)
@@ -139,14 +140,6 @@ class TrainResult:
     skipped_steps: int
     last_metrics: dict[str, float]
     checkpoint: Path | None
-
-
-_LOG_FILE_PROGRESS_LINES = 100  # one-line reports over a run whose stderr is not a terminal
-
-
-def _is_terminal(stream: Any) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
 
 
 def _loss_first(metrics: dict[str, float]) -> list[tuple[str, float]]:
@@ -314,7 +307,7 @@ class Trainer:
         if cfg.progress and bar is None and not report_lines:
             # stderr is a file (a cluster job's log): a bar there is one endless line of carriage
             # returns, so one-line reports stand in for it.
-            report_lines = _LOG_FILE_PROGRESS_LINES
+            report_lines = LOG_FILE_REPORTS
         report_every = math.ceil(cfg.total_steps / report_lines) if report_lines > 0 else 0
         with self._signal_handlers():
             while self.step < cfg.total_steps:
@@ -485,11 +478,9 @@ class Trainer:
                 f"{rate:.2f} steps/s{left}")
 
     def _progress_bar(self):
-        if not (self.cfg.progress and self.dist.is_main and _is_terminal(sys.stderr)):
+        if not (self.cfg.progress and self.dist.is_main and is_terminal(sys.stderr)):
             return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.cfg.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        return progress_bar(self.cfg.total_steps, "train", "step", initial=self.step)
 
     def _launcher_gone(self) -> bool:
         if self._launcher_pid is None or os.getppid() == self._launcher_pid:

@@ -114,6 +114,7 @@ def _register_probe(subparsers) -> None:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--out", metavar="FILE.json", help="also write the result here")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(run=_run_probe)
 
 
@@ -235,7 +236,8 @@ def _run_probe(args: argparse.Namespace) -> int:
         check_same_classes(train.class_names, val.class_names, args.train_store, args.val_store)
         backbone = load_backbone(args.checkpoint, frames=args.frames, grid=train.grid,
                                  expect_codebook_size=train.meta.codebook_size).to(args.device)
-        kwargs = dict(frames=args.frames, temporal_clips=args.temporal_clips, device=args.device, bf16=args.bf16)
+        kwargs = dict(frames=args.frames, temporal_clips=args.temporal_clips, device=args.device, bf16=args.bf16,
+                      progress=args.progress)
         train_features = extract_features(backbone, train, **kwargs)
         val_features = extract_features(backbone, val, **kwargs)
         if args.method == "knn":

@@ -35,6 +35,7 @@ from vimpac.data.clips import take_clip, uniform_clip_starts
 from vimpac.finetune.errors import FinetuneError
 from vimpac.finetune.evaluate import evaluation_mode, model_device
 from vimpac.io import atomic_path, atomic_write_json, output_file_problem
+from vimpac.progress import progress_bar, track
 
 
 @dataclass
@@ -131,11 +132,8 @@ def embed_videos(model: nn.Module, tokenizer, paths: Sequence[str | Path], fps: 
         raise FinetuneError("keys: expected one distinct key per video path")
     result = Embeddings(cls={}, tokens={} if with_tokens else None)
     items = list(zip(keys, paths))
-    if progress:
-        from tqdm import tqdm
-
-        items = tqdm(items, desc="embed", unit="video", dynamic_ncols=True)
-    for key, path in items:
+    bar = progress_bar(len(items), "embed", "video", enabled=progress)
+    for key, path in track(items, bar):
         try:
             tokens = video_tokens(path, tokenizer, fps, size)
             cls, token_features = embed_tokens(backbone, tokens, frames, with_tokens, device, bf16, batch_size)
@@ -146,6 +144,7 @@ def embed_videos(model: nn.Module, tokenizer, paths: Sequence[str | Path], fps: 
         result.paths[key] = str(path)
         if with_tokens:
             result.tokens[key] = token_features
+    bar.close()
     return result
 
 

@@ -27,6 +27,7 @@ from vimpac.engine import distributed
 from vimpac.finetune.errors import FinetuneError
 from vimpac.finetune.metrics import ClassificationMetrics, classification_metrics, plot_confusion_matrix
 from vimpac.io import atomic_write_json
+from vimpac.progress import progress_bar
 
 CENTER_VIEW = "s1.00_center"
 THREE_CROP_VIEWS = ("s1.00_top_left", "s1.00_center", "s1.00_bottom_right")
@@ -180,18 +181,13 @@ def evaluate_classifier(model: nn.Module, store, frames: int | None = None, temp
     views = evaluation_views(store.views, spatial_crops)
     dist = distributed.current()
     mine = keys[dist.rank::dist.world_size]
-    bar = None
-    if progress and dist.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(mine), desc="evaluate" if not dist.enabled else f"evaluate (rank 0 of {dist.world_size})",
-                   unit="video", dynamic_ncols=True)
+    bar = progress_bar(len(mine), "evaluate" if not dist.enabled else f"evaluate (rank 0 of {dist.world_size})",
+                       "video", enabled=progress and dist.is_main)
     try:
         probs = predict_videos(model, store, mine, views, frames, temporal_clips, device, bf16, max_batch,
-                               progress=bar.update if bar is not None else None)
+                               progress=bar.update)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if dist.enabled:
         rows = torch.from_numpy(probs.reshape(len(mine), num_classes)).to(device)
         probs = distributed.gather_strided_rows(rows, len(keys)).cpu().numpy()

@@ -31,6 +31,7 @@ from vimpac.data.clips import uniform_clip_starts
 from vimpac.finetune.errors import FinetuneError
 from vimpac.finetune.evaluate import CENTER_VIEW, model_device
 from vimpac.finetune.metrics import classification_metrics
+from vimpac.progress import progress_bar
 
 
 @dataclass
@@ -54,11 +55,12 @@ def _backbone_of(model: nn.Module) -> nn.Module:
 @torch.inference_mode()
 def extract_features(model: nn.Module, store, frames: int | None = None, temporal_clips: int = 4,
                      view: str = CENTER_VIEW, device: str | torch.device | None = None, bf16: bool = False,
-                     max_batch: int = 32) -> FeatureSet:
+                     max_batch: int = 32, progress: bool = False) -> FeatureSet:
     """CLS features of every video of `store` (one view, uniform clips averaged).
 
     `model` is a backbone or any model with a `.backbone` (pre-training or classification), run
-    in eval mode (its own mode back afterwards) on `device` (default: where its weights are)."""
+    in eval mode (its own mode back afterwards) on `device` (default: where its weights are).
+    `progress`: count the videos on stderr ("features <store folder>")."""
     backbone = _backbone_of(model)
     frames = frames or backbone.config.max_frames
     device = model_device(backbone) if device is None else torch.device(device)
@@ -70,6 +72,7 @@ def extract_features(model: nn.Module, store, frames: int | None = None, tempora
     labels = np.empty(len(keys), dtype=np.int64)
     inputs, features = [], []
     per_batch = max(1, max_batch // temporal_clips)
+    bar = progress_bar(len(keys), f"features {Path(store.root).name}", "video", enabled=progress)
 
     def flush() -> None:
         if not inputs:
@@ -79,6 +82,7 @@ def extract_features(model: nn.Module, store, frames: int | None = None, tempora
         with autocast:
             cls, _ = backbone(tokens)
         features.append(cls.float().view(-1, temporal_clips, cls.shape[-1]).mean(dim=1).cpu().numpy())
+        bar.update(len(inputs))
         inputs.clear()
 
     for v, key in enumerate(keys):
@@ -90,6 +94,7 @@ def extract_features(model: nn.Module, store, frames: int | None = None, tempora
         if len(inputs) >= per_batch:
             flush()
     flush()
+    bar.close()
     backbone.train(was_training)
     dim = backbone.config.dim
     matrix = np.concatenate(features) if features else np.zeros((0, dim), dtype=np.float32)

@@ -42,7 +42,6 @@ import multiprocessing
 import os
 import posixpath
 import signal
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -532,10 +531,9 @@ def _now_found(failure: dict[str, Any], path: Path) -> bool:
 def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_names: Sequence[str],
               workers: int, batch_size: int, progress: bool, report: TokenizeReport,
               stop_on_signals: bool) -> None:
-    from tqdm import tqdm
+    from vimpac.progress import progress_bar
 
-    bar = tqdm(total=len(jobs), unit="video", desc=f"tokenize r{writer.rank}", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(len(jobs), f"tokenize r{writer.rank}", "video", enabled=progress)
     encoder = FullBatchEncoder(tokenizer, view_names, batch_size)
     failures: list[FailedVideo] = []
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ The pipeline, each step a function that can be used on its own:
    `max_frames_per_video` evenly spaced frames, all in one in-memory uint8 array.
    Unreadable videos are skipped and listed with the reason, not fatal.
 4. `train_vqvae(train_frames, model_cfg, train_cfg)`: AdamW with warmup + cosine
-   decay, bf16 autocast on CPU, random horizontal flips, a tqdm bar with loss / PSNR /
+   decay, bf16 autocast on CPU, random horizontal flips, progress (a bar, or lines in a log file) with loss / PSNR /
    perplexity, an optional wall-clock budget; returns the trained tokenizer and a report.
 5. `evaluate_tokenizer(tokenizer, frames)`: reconstruction PSNR, codebook perplexity and the
    fraction of codes used, measured through the tokenizer's own inference path.
@@ -45,6 +45,7 @@ from vimpac.engine.checkpoint import (NUMBER, OBJECT, CheckpointError, FieldChec
                                       save_checkpoint)
 from vimpac.io import atomic_write_json, write_folder
 from vimpac.machine import machine_info
+from vimpac.progress import progress_bar, track
 from vimpac.signals import stop_on_signals
 from vimpac.tokenizer.base import TokenizerError, check_output_folder
 from vimpac.tokenizer.vqvae import VQVAE, VQVAEConfig, VQVAETokenizer, frames_to_pixels, psnr_db
@@ -198,8 +199,8 @@ def load_frame_pool(videos: Sequence[Path], data: DataConfig, progress: bool = F
     from vimpac.video.errors import VideoError
 
     chunks, used, skipped = [], [], []
-    bar = _progress(videos, progress, desc=desc, unit="video")
-    for path in bar:
+    bar = progress_bar(len(videos), desc, "video", enabled=progress)
+    for path in track(videos, bar):
         try:
             frames = _read_frames(path, data.fps, data.size, data.max_frames_per_video)
         except VideoError as exc:
@@ -213,6 +214,7 @@ def load_frame_pool(videos: Sequence[Path], data: DataConfig, progress: bool = F
             continue
         chunks.append(frames)
         used.append(str(path))
+    bar.close()
     empty = np.zeros((0, data.size, data.size, 3), dtype=np.uint8)
     return FramePool(np.concatenate(chunks) if chunks else empty, used, skipped)
 
@@ -317,11 +319,10 @@ def train_vqvae(
 
     deadline = None if train_cfg.max_minutes is None else time.monotonic() + 60.0 * train_cfg.max_minutes
     start = time.monotonic()
-    bar = _progress(range(steps_done, train_cfg.steps), progress, desc="train-tokenizer", unit="step",
-                    initial=steps_done, total=train_cfg.steps)
+    bar = progress_bar(train_cfg.steps, "train-tokenizer", "step", enabled=progress, initial=steps_done)
     signals = stop_on_signals() if stop_on_signal else contextlib.nullcontext([])
     with signals as stop:
-        for step in bar:
+        for step in track(range(steps_done, train_cfg.steps), bar):
             idx = torch.randint(len(pool), (batch_size,), generator=generator)
             pixels = frames_to_pixels(pool[idx].to(device))
             if train_cfg.flip:
@@ -349,14 +350,12 @@ def train_vqvae(
             running = stats if not running else {k: 0.9 * running[k] + 0.1 * v for k, v in stats.items()}
             if step % log_every == 0 or steps_done == train_cfg.steps:
                 history.append({"step": steps_done, "seconds": round(seconds_before + time.monotonic() - start, 2), **{k: round(v, 4) for k, v in running.items()}})
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{running['loss']:.4f}", psnr=f"{running['psnr']:.1f}", ppl=f"{running['ppl']:.0f}")
+                bar.set_postfix(loss=f"{running['loss']:.4f}", psnr=f"{running['psnr']:.1f}", ppl=f"{running['ppl']:.0f}")
             if checkpoint_dir is not None and (stop or steps_done % checkpoint_every == 0) \
                     and steps_done < train_cfg.steps:
                 save(steps_done)
             if stop and steps_done < train_cfg.steps:
-                if hasattr(bar, "close"):
-                    bar.close()
+                bar.close()
                 raise TokenizerTrainingInterrupted(
                     f"stopped by {stop[0]} at step {steps_done} of {train_cfg.steps}; the checkpoint is in "
                     f"{Path(checkpoint_dir) / CHECKPOINT_FOLDER if checkpoint_dir is not None else '(none kept)'}",
@@ -364,8 +363,7 @@ def train_vqvae(
             if deadline is not None and time.monotonic() > deadline and steps_done < train_cfg.steps:
                 stopped_early = True
                 break
-    if hasattr(bar, "close"):
-        bar.close()
+    bar.close()
     seconds = seconds_before + time.monotonic() - start
     tokenizer = VQVAETokenizer(model, device=device, bf16=train_cfg.bf16)
     return TrainResult(tokenizer, steps_done, seconds, stopped_early, loss_value, history)
@@ -634,10 +632,3 @@ def train_tokenizer_from_videos(
     log(f"saved {tokenizer.tokenizer_id} to {out_dir} (report: {REPORT_FILE})")
     return report
 
-
-def _progress(iterable, enabled: bool, **kwargs):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, dynamic_ncols=True, file=sys.stderr, **kwargs)
