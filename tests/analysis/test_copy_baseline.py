@@ -123,8 +123,19 @@ def test_cli_refuses_a_store_made_by_another_tokenizer(tokenizer_and_store, tmp_
     assert "tokenizer_id" in capsys.readouterr().err
 
 
-def test_close_ratios_get_distinct_pictures_and_report_keys(tokenizer_and_store, capsys):
-    # 0.15 and 0.151 both used to be named "*_15": one picture overwrote the other.
+def test_close_ratios_get_distinct_pictures_and_report_keys(tokenizer_and_store, capsys, monkeypatch):
+    # 0.15 and 0.151 both used to be named "*_15": one picture overwrote the other; then their
+    # pictures' labels both still said "15% masked".
+    import vimpac.analysis.copy_baseline as copy_baseline
+
+    labels = []
+    real_grid = copy_baseline.compose_grid
+
+    def grid_keeping_labels(rows, row_labels, *args, **kwargs):
+        labels.extend(row_labels)
+        return real_grid(rows, row_labels, *args, **kwargs)
+
+    monkeypatch.setattr(copy_baseline, "compose_grid", grid_keeping_labels)
     root, _, store = tokenizer_and_store
     out = root / "out_close_ratios"
     code = main(["analyze", "copy-baseline", "--store", str(store), "--tokenizer", str(root / "tokenizer"),
@@ -136,6 +147,8 @@ def test_close_ratios_get_distinct_pictures_and_report_keys(tokenizer_and_store,
     assert sorted(report["pictures"]) == ["block_15", "block_15.1", "iid_15", "iid_15.1"]
     assert sorted(p.name for p in out.glob("copy_*.png")) == [
         "copy_block_15.1.png", "copy_block_15.png", "copy_iid_15.1.png", "copy_iid_15.png"]
+    masked = sorted({label for label in labels if label.endswith("masked")})
+    assert masked == ["block 15% masked", "block 15.1% masked", "iid 15% masked", "iid 15.1% masked"]
 
 
 def test_ratios_that_would_share_a_name_are_refused(capsys):

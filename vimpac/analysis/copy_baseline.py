@@ -221,7 +221,9 @@ def draw_setting(tokenizer: FrameTokenizer, clips: Clips, setting: SettingResult
         original = _decode(tokenizer, clips.tokens[b])
         mask = setting.mask[b].numpy()
         rows += [original, highlight(original, mask, tokenizer.downsample)]
-        labels += [f"{clips.keys[b]} original", f"{setting.strategy} {setting.target_ratio:.0%} masked"]
+        # As many decimals as the ratio has (0.151 -> 15.1%): settings that differ in them, which the
+        # file names tell apart, would be labelled alike at whole percents.
+        labels += [f"{clips.keys[b]} original", f"{setting.strategy} {round(setting.target_ratio * 100, 4):g}% masked"]
         for neighbourhood in NEIGHBOURHOODS:
             rows.append(_decode(tokenizer, setting.filled[neighbourhood][b]))
             labels.append(f"copy {neighbourhood} ({setting.accuracy(neighbourhood):.0%} all clips)")
