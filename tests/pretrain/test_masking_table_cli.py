@@ -59,3 +59,22 @@ def test_bad_arguments(capsys):
     assert "range" in capsys.readouterr().err
     assert main(["masking-table", "--sizes", "100"]) == 2
     assert "not divisible" in capsys.readouterr().err
+
+
+def test_sizes_beyond_the_bounds_are_one_line_errors(capsys, monkeypatch):
+    # --frames 100000 allocated a (100000, 66666) int64 array (50 GB) for the exact ratio: a
+    # MemoryError traceback. Refused before any computation, as `analyze masks` refuses it.
+    import vimpac.pretrain.masking as masking
+
+    def no_ratio(*args, **kwargs):
+        raise AssertionError("computed a ratio before the size check")
+
+    monkeypatch.setattr(masking, "induced_masking_ratio", no_ratio)
+    assert main(["masking-table", "--frames", "100000", "--sizes", "128"]) == 2
+    err = capsys.readouterr().err
+    assert "T = 100000, S = 128 gives 100000 x 16 x 16 tokens; expected at most 1024 along each axis" in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.undo()
+    # The exact ratio is fine at 512 x 64 x 64 tokens; sampling such masks is not.
+    assert main(["masking-table", "--frames", "512", "--sizes", "512", "--blocks", "5", "--monte-carlo", "10"]) == 2
+    assert "512 x 64 x 64 tokens per sampled mask; expected at most 1,048,576" in capsys.readouterr().err

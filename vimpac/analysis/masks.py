@@ -23,7 +23,8 @@ import torch
 
 from vimpac.analysis.errors import AnalysisError
 from vimpac.analysis.images import GridLayout, compose_grid, pyplot, save_figure, save_png
-from vimpac.pretrain.masking import MAX_AUTO_BLOCKS, auto_num_blocks, block_mask, iid_mask, induced_masking_ratio
+from vimpac.pretrain.masking import (MAX_AUTO_BLOCKS, MAX_AXIS_TOKENS, MAX_CLIP_TOKENS, auto_num_blocks, block_mask,
+                                     iid_mask, induced_masking_ratio)
 
 MASKED_RGB = (200, 30, 30)
 VISIBLE_RGB = (235, 235, 235)
@@ -34,11 +35,8 @@ _GAP = 4
 """Pixels between the frames of a mask picture."""
 
 # Bounds on what is drawn and sampled, so that a slip (--grid in pixels, a huge --cell) is a clear
-# error rather than memory exhausted. The paper's largest input, 10 x 32 x 32 tokens, is far inside.
-MAX_AXIS_TOKENS = 1024
-"""Tokens along T, H or W (the exact expected ratio costs the square of each)."""
-MAX_CLIP_TOKENS = 1 << 20
-"""T x H x W tokens of one mask."""
+# error rather than memory exhausted; the mask sizes' bounds are masking's (MAX_AXIS_TOKENS,
+# MAX_CLIP_TOKENS), shared with `masking-table`.
 MAX_MASK_VALUES = 1 << 26
 """Intermediate values of drawing one block mask: blocks x T x H + T x H x W (`boxes_to_mask`)."""
 MAX_PICTURE_PIXELS = 1 << 24

@@ -56,7 +56,14 @@ def _run_masking_table(args: argparse.Namespace) -> int:
     if args.monte_carlo:
         import torch
 
-        from vimpac.pretrain.masking import monte_carlo_masking_ratio
+        from vimpac.pretrain.masking import MAX_CLIP_TOKENS, monte_carlo_masking_ratio
+
+        largest = max(rows, key=lambda row: row.T * (row.S // args.downsample) ** 2)
+        side = largest.S // args.downsample
+        if largest.T * side * side > MAX_CLIP_TOKENS:
+            print(f"vimpac masking-table: --monte-carlo: T = {largest.T}, S = {largest.S} gives {largest.T} x {side} x "
+                  f"{side} tokens per sampled mask; expected at most {MAX_CLIP_TOKENS:,}", file=sys.stderr)
+            return 2
 
         generator = torch.Generator().manual_seed(args.seed)
         for row in rows:

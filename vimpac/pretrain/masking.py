@@ -40,6 +40,13 @@ BERT_PROPORTIONS = (0.8, 0.1, 0.1)
 """Of the masked positions: replaced by [MASK], by a random code, kept unchanged (App. G.3)."""
 
 MAX_AUTO_BLOCKS = 4096
+# Bounds of the exact ratio and of sampled masks in the analysis commands (`masking-table`,
+# `analyze masks`), so that a slip (a size in pixels where tokens are meant) is a clear error
+# rather than memory exhausted. The paper's largest input, 10 x 32 x 32 tokens, is far inside.
+MAX_AXIS_TOKENS = 1024
+"""Tokens along T, H or W (the exact expected ratio costs the square of each)."""
+MAX_CLIP_TOKENS = 1 << 20
+"""T x H x W tokens of one sampled mask."""
 
 Strategy = Literal["block", "iid"]
 Replacement = Literal["mask", "bert"]
@@ -362,6 +369,9 @@ def masking_table(
             if S % downsample:
                 raise PretrainError(f"masking_table: frame size {S} is not divisible by the downsample {downsample}")
             side = S // downsample
+            if max(T, side) > MAX_AXIS_TOKENS:
+                raise PretrainError(f"masking_table: T = {T}, S = {S} gives {T} x {side} x {side} tokens; expected at "
+                                    f"most {MAX_AXIS_TOKENS} along each axis (S is in pixels: 128 for 16 x 16 tokens)")
             best = auto_num_blocks(T, side, side, target)
             counts = [best] if blocks == "auto" else list(blocks)
             for count in counts:
