@@ -33,7 +33,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -173,18 +172,6 @@ def forked_worker_copy_mib(store) -> float:
     return copied
 
 
-def unpack(revision: str, into: Path) -> Path:
-    archive = into / "baseline.tar"
-    with open(archive, "wb") as f:
-        done = subprocess.run(["git", "-C", str(REPO), "archive", revision], stdout=f, stderr=subprocess.PIPE)
-    if done.returncode:
-        sys.exit(f"git archive {revision}: {done.stderr.decode().strip()}")
-    tree = into / "baseline"
-    with tarfile.open(archive) as tar:
-        tar.extractall(tree, filter="data")
-    return tree
-
-
 class Side:
     """A worker process with one side's `vimpac` and the store open."""
 
@@ -263,6 +250,9 @@ def main() -> int:
         tmp = Path(tmp_name)
         sides = [("working tree", REPO)]
         if args.baseline:
+            sys.path.insert(1, str(HERE))
+            from bench_pretrain_ab import unpack  # the tree of a commit, via git archive
+
             sides.append((f"baseline {args.baseline}", unpack(args.baseline, tmp)))
         t0 = time.perf_counter()
         make_store(tmp / "small", SMALL_VIDEOS, 1, max_frames=60)

@@ -43,15 +43,6 @@ def write_videos(root: Path, videos, rank: int = 0, per_commit: int = 2, **kwarg
             writer.commit(videos[start:start + per_commit])
 
 
-@pytest.fixture
-def store_with_videos(tmp_path):
-    rng = np.random.default_rng(0)
-    videos = [random_video(rng, i, frames=1 + i % 5) for i in range(7)]
-    root = new_store(tmp_path / "store")
-    write_videos(root, videos)
-    return root, videos
-
-
 def test_roundtrip_tokens_and_metadata(store_with_videos):
     root, videos = store_with_videos
     compact_store(root)

@@ -148,12 +148,3 @@ def test_a_damaged_part_is_named(store_with_videos):
     damage(part, "view", 0, 5)
     with pytest.raises(StoreError, match=rf"^{part}: entry 0 \(video 'video002'\) has view number 5, outside"):
         TokenStore.open(root)
-
-
-@pytest.fixture
-def store_with_videos(tmp_path):
-    rng = np.random.default_rng(0)
-    videos = [random_video(rng, i, frames=1 + i % 5) for i in range(7)]
-    root = new_store(tmp_path / "store")
-    write_videos(root, videos)
-    return root, videos
