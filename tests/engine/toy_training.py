@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -84,7 +85,10 @@ def main(argv=None) -> int:
     if args.resume:
         trainer.resume()
     result = trainer.fit()
-    print(result.status, result.step, flush=True)
+    # One write() of the whole line: two ranks print into one file under torchrun, and print()'s separate writes
+    # of "interrupted", " " and "6" interleave (unbuffered under PYTHONUNBUFFERED) into "interrupted interrupted6".
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), f"{result.status} {result.step}\n".encode())
     return 0
 
 
