@@ -84,6 +84,16 @@ def test_rates_leave_out_validation_and_checkpoint_time(tmp_path, monkeypatch):
         assert row["samples_per_s"] == pytest.approx(8 * row["steps_per_s"])
 
 
+def test_rates_count_the_same_steps_when_some_are_skipped(tmp_path):
+    # Steps 3 and 4 (0-based) have a non-finite loss and make no update: steps_per_s leaves them
+    # out, so the counted samples must too, or samples_per_s / steps_per_s is no longer the batch.
+    make_trainer(tmp_path, steps=10, log_every=5, nan_steps=(3, 4)).fit()
+    rows = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
+    assert [r["step"] for r in rows] == [5, 10] and rows[0]["skipped_steps"] == 2
+    for row in rows:
+        assert row["samples_per_s"] == pytest.approx(8 * row["steps_per_s"]), row
+
+
 def test_progress_without_a_terminal_prints_lines_not_a_bar(tmp_path, capsys):
     # Under pytest stderr is no terminal, as in a cluster job's log file.
     make_trainer(tmp_path / "runs" / "toy", steps=200, progress=True, log_every=50, checkpoint_every=100).fit()
