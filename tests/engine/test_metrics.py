@@ -99,8 +99,11 @@ def test_progress_without_a_terminal_prints_lines_not_a_bar(tmp_path, capsys):
     make_trainer(tmp_path / "runs" / "toy", steps=200, progress=True, log_every=50, checkpoint_every=100).fit()
     captured = capsys.readouterr()
     assert "\r" not in captured.err and "\r" not in captured.out
-    lines = [line for line in captured.out.splitlines() if line.startswith("[runs/toy] step ")]
+    # On stderr, the stream the bar-or-lines choice looks at: with `2> log` the lines go to the
+    # log, not to the terminal; stdout is left to the command's result line.
+    lines = [line for line in captured.err.splitlines() if line.startswith("[runs/toy] step ")]
     assert [line.split(" (")[0] for line in lines] == [f"[runs/toy] step {k}/200" for k in range(2, 201, 2)]
+    assert captured.out == ""
 
 
 def test_progress_on_a_terminal_is_a_bar(tmp_path, capsys, monkeypatch):
@@ -113,4 +116,4 @@ def test_progress_on_a_terminal_is_a_bar(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stderr", Terminal())
     make_trainer(tmp_path / "runs" / "toy", steps=10, progress=True).fit()
     assert "train: 100%" in sys.stderr.getvalue()
-    assert "[runs/toy] step" not in capsys.readouterr().out
+    assert "[runs/toy] step" not in sys.stderr.getvalue() + capsys.readouterr().out

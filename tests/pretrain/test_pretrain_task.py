@@ -397,9 +397,12 @@ def test_pretrain_command_runs_and_reports_bad_settings(store_path, tmp_path, ca
     from vimpac.cli import main
 
     common = ["pretrain", "--store", str(store_path), "--out", str(tmp_path / "run"), "--device", "cpu", *MICRO_MODEL,
-              "data.frames=4", "train.batch_size=4", "train.total_steps=3", "train.progress=false"]
+              "data.frames=4", "train.batch_size=4", "train.total_steps=3"]
     assert main(common) == 0
-    assert "finished at step 3" in capsys.readouterr().out
+    # stderr is no terminal here (as in `2> log`): the progress lines go there, the result to stdout.
+    captured = capsys.readouterr()
+    assert captured.out.startswith("finished at step 3 (0 skipped)")
+    assert "step 3/3 (100%)" in captured.err and "step 3/3" not in captured.out
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
     assert main(common[:5] + ["--device", "cpu", "data.frames=99"]) == 2
     assert "data.frames=99 but the longest video has 10 frames" in capsys.readouterr().err

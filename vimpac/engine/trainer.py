@@ -353,8 +353,9 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in _loss_first(metrics)[:4]})
                 elif report_every and self.dist.is_main and (
                         self.step % report_every == 0 or self.step == cfg.total_steps):
+                    # On stderr, where the bar would be: stdout is left to the command's result.
                     print(self._progress_line(metrics, self.step - first_step, time.perf_counter() - started),
-                          flush=True)
+                          file=sys.stderr, flush=True)
 
                 if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
                     last = self._log_window(window, step_lr)
