@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from vimpac.cli import main
 from vimpac.demo import pipeline
 from vimpac.demo.config import DEMO_PRESETS
+from process_helpers import wait_until
 
 
 class StubStages:
@@ -339,6 +345,9 @@ class FakeClock:
     def perf_counter(self) -> float:
         return self.now
 
+    def time(self) -> float:
+        return self.now
+
     def strftime(self, fmt: str) -> str:
         return "2024-01-01T00:00:00"
 
@@ -372,3 +381,77 @@ def test_an_interrupted_and_resumed_stage_records_the_time_of_every_attempt(tmp_
     with pytest.raises(type(stop)):
         pipeline.run_stage("pre-train", folder, {"steps": 20}, work(30, True), lines.append)
     assert pipeline.run_stage("pre-train", folder, {"steps": 12}, work(5, False), lines.append)["seconds"] == 5
+
+
+KILLED_STAGE = """
+import sys, time
+from pathlib import Path
+from vimpac.demo import pipeline
+
+folder = Path(sys.argv[1])
+
+def work():
+    (folder / "checkpoint").write_text("step 1")
+    time.sleep(600)
+
+pipeline.run_stage("pre-train", folder, {"steps": 10}, work, print)
+"""
+
+
+def test_an_attempt_killed_with_sigkill_still_counts_in_the_stage_time(tmp_path, monkeypatch):
+    # Only an attempt that raised recorded its time; one killed outright (kill -9, a reboot) was
+    # lost from the time table. Its start is now in STAGE.json before the work begins.
+    folder = tmp_path / "stage"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_STAGE, str(folder)], env=env)
+    try:
+        wait_until(lambda: (folder / "checkpoint").exists(), "the stage's first file", proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    started = (folder / "STAGE.json").stat().st_mtime  # written as the attempt started
+    # Its last sign of life: the newest file it wrote, here 30 s after its start.
+    os.utime(folder / "checkpoint", (started + 30, started + 30))
+
+    clock = FakeClock()
+    clock.now = started + 100
+    monkeypatch.setattr(pipeline, "time", clock)
+    lines: list[str] = []
+
+    def resumed():
+        clock.now += 5
+        return {"steps": 10}
+
+    result = pipeline.run_stage("pre-train", folder, {"steps": 10}, resumed, lines.append)
+    assert result["seconds"] == pytest.approx(35, abs=0.1)
+    assert result[pipeline.KILLED_SECONDS] == pytest.approx(30, abs=0.1)
+    assert "[pre-train] done in 5 s (+ 30 s before it was interrupted, at least 30 s of it in attempts that " \
+           "were killed)" in lines
+
+
+def test_attempts_killed_one_after_another_each_count_once(tmp_path, monkeypatch):
+    # What two kills leave behind, on a fake clock: each attempt records its start before its work,
+    # the next one counts it up to its newest file and records that before its own work.
+    clock = FakeClock()
+    monkeypatch.setattr(pipeline, "time", clock)
+    folder, settings = tmp_path / "stage", {"steps": 10}
+    stage = pipeline.Stage(folder, settings)
+
+    def attempt_killed_after(seconds):
+        stage.start("pre-train", lambda line: None)
+        stage.begin_attempt(*stage.earlier_seconds())
+        os.utime(folder / "STAGE.json", (clock.now, clock.now))  # written at the fake time
+        (folder / "metrics.jsonl").write_text("{}\n")
+        os.utime(folder / "metrics.jsonl", (clock.now + seconds, clock.now + seconds))
+        clock.now += 1000  # killed; restarted later
+
+    attempt_killed_after(20)
+    attempt_killed_after(15)
+
+    def finishing():
+        clock.now += 7
+        return {}
+
+    result = pipeline.run_stage("pre-train", folder, settings, finishing, lambda line: None)
+    assert result["seconds"] == pytest.approx(20 + 15 + 7)
+    assert result[pipeline.KILLED_SECONDS] == pytest.approx(20 + 15)

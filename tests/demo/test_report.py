@@ -57,3 +57,16 @@ def test_each_variant_has_one_colour_in_every_panel_and_one_legend_entry(tmp_pat
     assert len(set(colours.values())) == 3
     contrastive = figures[0].axes[1].lines
     assert [line.get_color() for line in contrastive] == [colours["CL only"]] + 2 * [colours["VIMPAC (MP + CL)"]]
+
+
+def test_the_time_table_marks_stages_with_a_killed_attempt(tmp_path):
+    cfg = DEMO_PRESETS["quick"]
+    results = results_of(cfg, ["scratch", "mp_only"])
+    write_report(tmp_path, cfg, results)
+    assert "killed" not in (tmp_path / "report.md").read_text()
+    results["stages"]["data"].update(seconds=50.0, killed_seconds=30.0)
+    write_report(tmp_path, cfg, results)
+    report = (tmp_path / "report.md").read_text()
+    assert "| 1/6 synthetic benchmark | 50 * |" in report
+    assert "\\* includes attempts that were killed (kill -9, a reboot)" in report
+    assert "so at least: 1/6 synthetic benchmark 30 s." in report

@@ -84,13 +84,26 @@ def test_rates_leave_out_validation_and_checkpoint_time(tmp_path, monkeypatch):
         assert row["samples_per_s"] == pytest.approx(8 * row["steps_per_s"])
 
 
+def test_rates_count_the_same_steps_when_some_are_skipped(tmp_path):
+    # Steps 3 and 4 (0-based) have a non-finite loss and make no update: steps_per_s leaves them
+    # out, so the counted samples must too, or samples_per_s / steps_per_s is no longer the batch.
+    make_trainer(tmp_path, steps=10, log_every=5, nan_steps=(3, 4)).fit()
+    rows = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
+    assert [r["step"] for r in rows] == [5, 10] and rows[0]["skipped_steps"] == 2
+    for row in rows:
+        assert row["samples_per_s"] == pytest.approx(8 * row["steps_per_s"]), row
+
+
 def test_progress_without_a_terminal_prints_lines_not_a_bar(tmp_path, capsys):
     # Under pytest stderr is no terminal, as in a cluster job's log file.
     make_trainer(tmp_path / "runs" / "toy", steps=200, progress=True, log_every=50, checkpoint_every=100).fit()
     captured = capsys.readouterr()
     assert "\r" not in captured.err and "\r" not in captured.out
-    lines = [line for line in captured.out.splitlines() if line.startswith("[runs/toy] step ")]
+    # On stderr, the stream the bar-or-lines choice looks at: with `2> log` the lines go to the
+    # log, not to the terminal; stdout is left to the command's result line.
+    lines = [line for line in captured.err.splitlines() if line.startswith("[runs/toy] step ")]
     assert [line.split(" (")[0] for line in lines] == [f"[runs/toy] step {k}/200" for k in range(2, 201, 2)]
+    assert captured.out == ""
 
 
 def test_progress_on_a_terminal_is_a_bar(tmp_path, capsys, monkeypatch):
@@ -103,4 +116,4 @@ def test_progress_on_a_terminal_is_a_bar(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stderr", Terminal())
     make_trainer(tmp_path / "runs" / "toy", steps=10, progress=True).fit()
     assert "train: 100%" in sys.stderr.getvalue()
-    assert "[runs/toy] step" not in capsys.readouterr().out
+    assert "[runs/toy] step" not in sys.stderr.getvalue() + capsys.readouterr().out

@@ -419,12 +419,13 @@ def test_progress_lines_without_the_bar(tmp_path, capsys):
     """progress_lines=N prints N one-line reports (the last at the final step), nothing by default,
     when the bar is off."""
     make_trainer(tmp_path / "runs" / "toy", steps=10, progress_lines=4, checkpoint_every=5).fit()
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[runs/toy]")]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[runs/toy]")]
     assert [line.split(" (")[0] for line in lines] == [f"[runs/toy] step {k}/10" for k in (3, 6, 9, 10)]
     assert "loss" in lines[0] and "steps/s" in lines[0] and " left" in lines[0]
     assert " left" not in lines[-1]
     make_trainer(tmp_path / "quiet", steps=4).fit()
-    assert "quiet]" not in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "quiet]" not in captured.out + captured.err
 
 
 def test_fp16_runs_stop_on_repeated_non_finite_losses_but_not_on_gradient_overflows(tmp_path):

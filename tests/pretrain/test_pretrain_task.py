@@ -393,13 +393,58 @@ def test_ddp_two_processes_give_the_gradients_of_one_process(store_path):
         torch.testing.assert_close(torch.from_numpy(ddp_grads[name]), grad, rtol=1e-9, atol=1e-12, msg=name)
 
 
+def _validation_model(task):
+    torch.manual_seed(0)
+    return VimpacForPretraining(task.cfg.model).eval()
+
+
+def _ddp_validate(rank, port, store_path, queue):
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # as the test process (conftest): the same kernels, the same numbers
+    torch.distributed.init_process_group("gloo")
+    store = TokenStore.open(store_path)
+    task = PretrainTask(store, resolve_config(store, config("data.val_batches=3"), 2))
+    made = []
+    make_batch = task._make_batch
+    task._make_batch = lambda *args: made.append(1) or make_batch(*args)
+    with torch.no_grad():
+        values = task.validate(_validation_model(task), DistInfo(rank, 2))
+    queue.put((rank, values, len(made)))
+    shutdown()
+
+
+def test_ddp_validation_shares_the_batches_and_gives_the_numbers_of_one_process(store_path):
+    # Every rank used to compute all the validation batches while only rank 0 logged them.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_validate, args=(r, port, str(store_path), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    outcomes = {rank: (values, made) for rank, values, made in results_of(queue, procs, count=2)}
+
+    store = TokenStore.open(store_path)
+    task = PretrainTask(store, resolve_config(store, config("data.val_batches=3"), 1))
+    with torch.no_grad():
+        single = task.validate(_validation_model(task), DistInfo())
+    assert {"mask_loss", "cl_loss", "majority_acc"} <= set(single)
+    assert outcomes[0][1] == 2 and outcomes[1][1] == 1  # batches 0, 2 and batch 1
+    assert outcomes[0][0] == single and outcomes[1][0] == single
+
+
 def test_pretrain_command_runs_and_reports_bad_settings(store_path, tmp_path, capsys):
     from vimpac.cli import main
 
     common = ["pretrain", "--store", str(store_path), "--out", str(tmp_path / "run"), "--device", "cpu", *MICRO_MODEL,
-              "data.frames=4", "train.batch_size=4", "train.total_steps=3", "train.progress=false"]
+              "data.frames=4", "train.batch_size=4", "train.total_steps=3"]
     assert main(common) == 0
-    assert "finished at step 3" in capsys.readouterr().out
+    # stderr is no terminal here (as in `2> log`): the progress lines go there, the result to stdout.
+    captured = capsys.readouterr()
+    assert captured.out.startswith("finished at step 3 (0 skipped)")
+    assert "step 3/3 (100%)" in captured.err and "step 3/3" not in captured.out
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
     assert main(common[:5] + ["--device", "cpu", "data.frames=99"]) == 2
     assert "data.frames=99 but the longest video has 10 frames" in capsys.readouterr().err

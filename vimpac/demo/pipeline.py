@@ -8,7 +8,8 @@
     report.md, results.json, *.png
 
 A stage folder holds STAGE.json (its settings and the results of the stages it was built from,
-written when it starts; after an interruption also the time spent so far) and DONE.json (the same plus its result, written when it finishes). A
+written when it starts; the start time of the attempt running; after an interruption the time
+spent so far) and DONE.json (the same plus its result, written when it finishes). A
 stage with the same record is reused when done and resumed in place when interrupted; any other
 content is moved aside to `<folder>.superseded` and the stage starts afresh. Because a stage's
 record holds a fingerprint of every upstream result, redoing a stage redoes everything after it.
@@ -19,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import multiprocessing
+import os
 import shutil
 import time
 import uuid
@@ -53,6 +56,11 @@ STAGE_FOLDERS = ("data", "tokenizer", "stores", "pretrain", "finetune")
 
 # STAGE.json's time of the interrupted attempts of an unfinished run, added to the attempt that finishes it.
 INTERRUPTED_SECONDS = "interrupted_seconds"
+# ... of that, the attempts killed without a chance to record their time (kill -9, a reboot),
+# counted from their start to the newest file they wrote: a lower bound.
+KILLED_SECONDS = "killed_seconds"
+# STAGE.json's wall-clock start (time.time()) of the attempt running; left behind by a killed one.
+ATTEMPT_STARTED = "attempt_started"
 
 DATA_STAGE, TOKENIZER_STAGE, STORES_STAGE = "1/6 synthetic benchmark", "2/6 tokenizer", "3/6 tokenize"
 
@@ -169,18 +177,33 @@ class Stage:
             return "settings changed (" + "; ".join(changed) + ")"
         return "a stage it is built from was redone"
 
-    def earlier_seconds(self) -> float:
-        """Time spent in interrupted attempts of the unfinished run that `start` kept (0 for a fresh one)."""
-        seconds = (self._read("STAGE.json") or {}).get(INTERRUPTED_SECONDS, 0)
-        return float(seconds) if isinstance(seconds, (int, float)) and seconds >= 0 else 0.0
+    def earlier_seconds(self) -> tuple[float, float]:
+        """Time spent in earlier attempts of the unfinished run that `start` kept (0 for a fresh
+        one), and how much of it was in attempts that were killed: one whose start STAGE.json
+        still holds counts until the newest file in the folder, its last sign of life."""
+        record = self._read("STAGE.json") or {}
+        earlier, killed = (_seconds(record.get(key)) for key in (INTERRUPTED_SECONDS, KILLED_SECONDS))
+        started = record.get(ATTEMPT_STARTED)
+        if isinstance(started, (int, float)) and math.isfinite(started):
+            lost = max(0.0, _newest_mtime(self.folder) - started)
+            earlier, killed = earlier + lost, killed + lost
+        return earlier, killed
 
-    def record_interrupted(self, seconds: float) -> None:
+    def begin_attempt(self, earlier: float, killed: float) -> None:
+        """Record, before the work starts, when this attempt started (and the earlier attempts'
+        time, a killed one's included): if it is killed too, the next attempt still counts it."""
+        self._write_stage_record({INTERRUPTED_SECONDS: round(earlier, 1), KILLED_SECONDS: round(killed, 1),
+                                  ATTEMPT_STARTED: time.time()})
+
+    def record_interrupted(self, seconds: float, killed: float) -> None:
         """Keep the time of the attempts so far in STAGE.json, for the attempt that resumes them."""
-        record = {"settings": self.settings, "inputs": self.inputs, INTERRUPTED_SECONDS: round(seconds, 1)}
         try:
-            atomic_write_json(self.folder / "STAGE.json", record)
+            self._write_stage_record({INTERRUPTED_SECONDS: round(seconds, 1), KILLED_SECONDS: round(killed, 1)})
         except OSError:
             pass  # the stage's own error (a full disk, say) is the one to report; the count is a nicety
+
+    def _write_stage_record(self, times: dict[str, float]) -> None:
+        atomic_write_json(self.folder / "STAGE.json", {"settings": self.settings, "inputs": self.inputs, **times})
 
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
         atomic_write_json(self.folder / "DONE.json", {"settings": self.settings, "inputs": self.inputs,
@@ -218,21 +241,43 @@ def run_stage(name: str, folder: Path, settings: dict[str, Any], work: Callable[
         return cached
     stage.start(name, log)
     log(f"[{name}] running ...")
-    earlier = stage.earlier_seconds()
+    earlier, killed = stage.earlier_seconds()
+    stage.begin_attempt(earlier, killed)
     started = time.perf_counter()
     try:
         result = work()
     except BaseException:
-        stage.record_interrupted(earlier + time.perf_counter() - started)
+        stage.record_interrupted(earlier + time.perf_counter() - started, killed)
         raise
     attempt = time.perf_counter() - started
     # A resumed stage's time is that of all its attempts: the time table under-reported it.
     result["seconds"] = round(earlier + attempt, 1)
+    if killed:
+        result[KILLED_SECONDS] = round(killed, 1)
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     result["run_id"] = uuid.uuid4().hex  # a redo never repeats a fingerprint, however alike its result
-    before = f" (+ {earlier:.0f} s before it was interrupted)" if earlier else ""
+    before = ""
+    if earlier:
+        of_killed = f", at least {killed:.0f} s of it in attempts that were killed" if killed else ""
+        before = f" (+ {earlier:.0f} s before it was interrupted{of_killed})"
     log(f"[{name}] done in {attempt:.0f} s{before}")
     return stage.finish(result)
+
+
+def _seconds(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0 else 0.0
+
+
+def _newest_mtime(folder: Path) -> float:
+    """The latest modification time of a file under `folder` (0 without one)."""
+    newest = 0.0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                continue  # removed meanwhile (a checkpoint pruned)
+    return newest
 
 
 @dataclass(frozen=True)
@@ -367,14 +412,19 @@ def run_demo(out: str | Path, cfg: DemoConfig, log: Callable[[str], None] = prin
     return results
 
 
+def stage_results(stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each stage's result by the stage names run_demo logs and lists in results["reused"]."""
+    results = {DATA_STAGE: stages["data"], TOKENIZER_STAGE: stages["tokenizer"], STORES_STAGE: stages["stores"]}
+    results.update({pretrain_stage(name): run for name, run in stages["pretrain"].items()})
+    results.update({initial_model_stage(int(seed)): run for seed, run in stages.get("initial_models", {}).items()})
+    results.update({finetune_stage(name): run for name, run in stages["finetune"].items()})
+    return results
+
+
 def stage_seconds(stages: dict[str, Any]) -> dict[str, float]:
     """Each stage's recorded run time (of the run that made it, for reused stages), by the stage
     names run_demo logs and lists in results["reused"]."""
-    seconds = {DATA_STAGE: stages["data"], TOKENIZER_STAGE: stages["tokenizer"], STORES_STAGE: stages["stores"]}
-    seconds.update({pretrain_stage(name): run for name, run in stages["pretrain"].items()})
-    seconds.update({initial_model_stage(int(seed)): run for seed, run in stages.get("initial_models", {}).items()})
-    seconds.update({finetune_stage(name): run for name, run in stages["finetune"].items()})
-    return {title: float(result.get("seconds", 0)) for title, result in seconds.items()}
+    return {title: float(result.get("seconds", 0)) for title, result in stage_results(stages).items()}
 
 
 def check_settings(cfg: DemoConfig) -> None:

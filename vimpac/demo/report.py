@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from vimpac.demo.config import DemoConfig
-from vimpac.demo.pipeline import VARIANT_TITLES, _block_ratio, stage_seconds
+from vimpac.demo.pipeline import KILLED_SECONDS, VARIANT_TITLES, _block_ratio, stage_results, stage_seconds
 from vimpac.engine.metrics import read_metrics
 from vimpac.io import atomic_path, atomic_write_text
 
@@ -145,8 +145,15 @@ def write_report(out: Path, cfg: DemoConfig, results: dict[str, Any]) -> dict[st
     tok = stages["tokenizer"]
     seconds = stage_seconds(stages)
     reused = set(results.get("reused", ()))
-    timing = [f"| {title} | {value:.0f} | {'yes' if title in reused else ''} |"
+    killed = {title: result[KILLED_SECONDS] for title, result in stage_results(stages).items()
+              if result.get(KILLED_SECONDS)}
+    timing = [f"| {title} | {value:.0f}{' *' if title in killed else ''} | {'yes' if title in reused else ''} |"
               for title, value in seconds.items()]
+    # An attempt killed outright (kill -9, a reboot) could not record its end: the next one counted it
+    # up to the newest file it wrote, so the time shown is a lower bound.
+    killed_note = ("\n\\* includes attempts that were killed (kill -9, a reboot), each counted from its start "
+                   "to the last file it wrote, so at least: "
+                   + ", ".join(f"{title} {value:.0f} s" for title, value in killed.items()) + ".\n") if killed else ""
     data = stages["data"]
     chance = 100 / data["classes"]
     single_frame_note = (
@@ -190,8 +197,8 @@ fine-tuning budget ({cfg.finetune_steps} updates of {cfg.finetune_batch} clips) 
 | stage | seconds | reused |
 |---|--:|:--:|
 {chr(10).join(timing)}
-| all stages | {sum(seconds.values()):.0f} | |
-
+| all stages | {sum(seconds.values()):.0f}{' *' if killed else ''} | |
+{killed_note}
 This run took {results['seconds']:.0f} s ({len(reused)} stage(s) reused).
 """
     atomic_write_text(out / "report.md", text)

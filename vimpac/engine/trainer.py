@@ -126,7 +126,8 @@ class TrainTask(Protocol):
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         """Scalar loss and metrics; keys starting with 'count/' are summed and reported as rates
-        (per second, over all ranks: e.g. count/clips gives clips_per_s); the others are averaged."""
+        (per second, over all ranks, of the updates made: e.g. count/clips gives clips_per_s); the
+        others are averaged."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -312,7 +313,7 @@ class Trainer:
         with self._signal_handlers():
             while self.step < cfg.total_steps:
                 train_model.train()
-                losses_finite, metrics = self._accumulate_gradients(train_model, window)
+                losses_finite, metrics, counts = self._accumulate_gradients(train_model)
                 grad_norm = self._clip_and_measure()
                 bad = distributed.any_rank(not (losses_finite and math.isfinite(grad_norm)), self.device)
                 if bad:
@@ -336,7 +337,8 @@ class Trainer:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                     self.optimizer.zero_grad(set_to_none=True)
-                    window.add_step(grad_norm, metrics)
+                    # Counts only of updates made, like steps_per_s: a skipped step's clips trained nothing.
+                    window.add_step(grad_norm, metrics, counts)
                 with warnings.catch_warnings():
                     # A skipped update still advances the schedule (it counts steps); torch warns
                     # when that happens before the first optimizer.step(), which is intended here.
@@ -351,8 +353,9 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in _loss_first(metrics)[:4]})
                 elif report_every and self.dist.is_main and (
                         self.step % report_every == 0 or self.step == cfg.total_steps):
+                    # On stderr, where the bar would be: stdout is left to the command's result.
                     print(self._progress_line(metrics, self.step - first_step, time.perf_counter() - started),
-                          flush=True)
+                          file=sys.stderr, flush=True)
 
                 if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
                     last = self._log_window(window, step_lr)
@@ -392,10 +395,13 @@ class Trainer:
                 model, device_ids=device_ids, find_unused_parameters=self.cfg.ddp_find_unused_parameters)
         return model
 
-    def _accumulate_gradients(self, model: nn.Module, window: "_Window") -> tuple[bool, dict[str, float]]:
+    def _accumulate_gradients(self, model: nn.Module) -> tuple[bool, dict[str, float], dict[str, float]]:
+        """Whether every loss was finite, the mean of the metrics over the micro-steps, and the
+        sums of the counted quantities ('count/clips' -> 'clips')."""
         cfg = self.cfg
         finite = True
         summed: dict[str, float] = {}
+        counts: dict[str, float] = {}
         for micro in range(cfg.grad_accum_steps):
             batch = self.task.batch(self.step, micro, self.dist)
             torch.manual_seed(derive_seed(cfg.seed, self.step, micro, self.dist.rank, 1))  # dropout noise
@@ -409,11 +415,11 @@ class Trainer:
             for key, value in metrics.items():
                 value = float(value.detach()) if torch.is_tensor(value) else float(value)
                 if key.startswith("count/"):
-                    window.add_count(key[len("count/"):], value)
+                    counts[key[len("count/"):]] = counts.get(key[len("count/"):], 0.0) + value
                 else:
                     summed[key] = summed.get(key, 0.0) + value / cfg.grad_accum_steps
             summed["loss"] = summed.get("loss", 0.0) + loss_value / cfg.grad_accum_steps
-        return finite, summed
+        return finite, summed, counts
 
     def _clip_and_measure(self) -> float:
         self.scaler.unscale_(self.optimizer)
@@ -522,14 +528,14 @@ class _Window:
         self.carried_seconds = 0.0
         self.started = time.perf_counter()
 
-    def add_step(self, grad_norm: float, metrics: dict[str, float]) -> None:
+    def add_step(self, grad_norm: float, metrics: dict[str, float], counts: dict[str, float]) -> None:
+        """One update made: its metrics (averaged at `flush`) and counted quantities (rates)."""
         self.steps += 1
         self.sums["grad_norm"] = self.sums.get("grad_norm", 0.0) + grad_norm
         for key, value in metrics.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
-
-    def add_count(self, key: str, value: float) -> None:
-        self.counts[key] = self.counts.get(key, 0.0) + value
+        for key, value in counts.items():
+            self.counts[key] = self.counts.get(key, 0.0) + value
 
     def state(self) -> dict[str, Any]:
         return {"sums": self.sums, "counts": self.counts, "steps": self.steps,

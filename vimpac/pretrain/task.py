@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from vimpac.data.clips import sample_clip_pair
-from vimpac.engine.distributed import DistInfo
+from vimpac.engine.distributed import DistInfo, gather_strided_rows
 from vimpac.engine.trainer import derive_seed
 from vimpac.pretrain.config import PretrainConfig
 from vimpac.pretrain.contrastive import masked_token_loss, pretraining_loss, symmetric_info_nce
@@ -145,7 +145,10 @@ class PretrainTask:
     def validate(self, model: nn.Module, dist: DistInfo) -> dict[str, float]:
         """Losses and accuracies on held-out videos with fixed clips and masks (the same at
         every call, so curves are comparable), plus the accuracy of always predicting the most
-        frequent code: the floor a useful masked-token model must clear."""
+        frequent code: the floor a useful masked-token model must clear.
+
+        In a process group every rank must call it: rank r computes batches r, r + W, ... and
+        every rank returns the mean over all batches, the same numbers as one process gives."""
         objective = self.cfg.objective
         # The contrastive metrics need two videos; with one held-out video (a small store) the
         # masked-token metrics are still measured.
@@ -155,10 +158,11 @@ class PretrainTask:
         batch_size = self.cfg.train.batch_size
         if contrastive:  # e.g. batch_size 1 per rank under torchrun
             batch_size = max(batch_size, 2)
-        sums: dict[str, float] = {}
-        batches = 0
+        names = self._validation_metrics(contrastive)
+        total = self.cfg.data.val_batches
+        rows = []
         majority = self.most_frequent_code
-        for i in range(self.cfg.data.val_batches):
+        for i in range(dist.rank, total, dist.world_size):
             rng = np.random.default_rng(derive_seed(self.cfg.train.seed, -1, i))
             entries = rng.choice(self.val_entries, size=min(batch_size, len(self.val_entries)), replace=False)
             generator = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, -2, i))
@@ -166,11 +170,28 @@ class PretrainTask:
             _, metrics = self.loss(model, batch, distributed=False, contrastive=contrastive)
             labels = batch.labels[batch.mask]
             metrics["majority_acc"] = (labels == majority).float().mean() if labels.numel() else 0.0
-            for key, value in metrics.items():
-                if not key.startswith("count/"):
-                    sums[key] = sums.get(key, 0.0) + float(value)
-            batches += 1
-        return {k: v / max(batches, 1) for k, v in sums.items()}
+            metrics = {k: v for k, v in metrics.items() if not k.startswith("count/")}
+            if set(metrics) != set(names):
+                raise RuntimeError(f"validation metrics {sorted(metrics)} differ from the expected {names}")
+            rows.append([float(metrics[name]) for name in names])
+        mine = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), len(names))
+        if dist.enabled:
+            # Every rank gets every batch's row in batch order: the sums below add them in the order
+            # one process does, so the result does not depend on the number of processes.
+            mine = gather_strided_rows(mine.to(self.device), total).cpu()
+        sums = [0.0] * len(names)
+        for row in mine.tolist():
+            sums = [s + v for s, v in zip(sums, row)]
+        return {name: s / max(len(mine), 1) for name, s in zip(names, sums)}
+
+    def _validation_metrics(self, contrastive: bool) -> list[str]:
+        """What `validate` averages, in a fixed order known also to a rank without a batch."""
+        names = ["mask_ratio"]
+        if self.cfg.objective.masked_token:
+            names += ["mask_loss", "mask_acc"]
+        if contrastive:
+            names += ["cl_loss", "cl_acc"]
+        return names + ["majority_acc"]
 
     @cached_property
     def most_frequent_code(self) -> int:
