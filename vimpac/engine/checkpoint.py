@@ -20,7 +20,8 @@ name a folder inside RUN/checkpoints. Anything else (`..`, an absolute path, a F
 is a CheckpointError naming the file, and it says which complete checkpoint folders there are:
 a damaged pointer is not silently replaced by a guess; deleting it resumes from the newest
 complete folder. A well-formed name whose folder is gone or incomplete (deleted by hand, say)
-falls back to the newest complete folder. `state.json` is checked field by field (types, the RNG
+falls back to the newest complete folder. A checkpoint folder that is a symbolic link is a
+CheckpointError too: resuming would read files from wherever it points. `state.json` is checked field by field (types, the RNG
 states, the optimizer structure against the optimizer, the scheduler against the scheduler)
 before any weight is loaded, so a bad file is a CheckpointError naming it and the field, and
 nothing is restored by half.
@@ -101,7 +102,9 @@ def save_checkpoint(
             os.chmod(path, 0o666 & ~current_umask())  # safetensors writes owner-only files
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-        if final.exists():
+        if final.is_symlink():
+            final.unlink()  # the link only: rmtree refuses one, and what it points to is not this run's
+        elif final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException as exc:
@@ -135,9 +138,17 @@ def check_run_folder(run_dir: str | Path, resume: bool, *, other_kind: str, othe
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint a resume continues from: the one `latest` names, or the newest complete
     folder when `latest` is missing or names a folder that is gone; None when there is none.
-    An unusable `latest` is a CheckpointError (see the module docstring)."""
+    An unusable `latest`, or a checkpoint folder that is a symbolic link, is a CheckpointError
+    (see the module docstring)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     pointer = ckpt_root / "latest"
+    links = sorted(p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if CHECKPOINT_NAME.fullmatch(p.name)
+                   and p.is_symlink())
+    if links:
+        raise CheckpointError(f"{links[0]}: a symbolic link (to {os.readlink(links[0])}); checkpoint folders must be "
+                              f"real folders in {ckpt_root}: resuming would read files from elsewhere, and the run's "
+                              "checkpoints would be pruned and replaced around it. Replace it with a copy of the "
+                              "folder, or remove it")
     complete = _complete_checkpoints(ckpt_root)
     if os.path.lexists(pointer):
         try:
@@ -164,7 +175,10 @@ def _complete_checkpoints(ckpt_root: Path) -> list[Path]:
 
 
 def _checkpoint_folders(ckpt_root: Path) -> list[Path]:
-    folders = [p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()]
+    # Never a symbolic link: pruning would count it as one of the checkpoints it keeps, and
+    # resuming read from wherever it points (latest_checkpoint refuses a run holding one).
+    folders = [p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*")
+               if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
     return sorted(folders, key=_folder_step)
 
 
