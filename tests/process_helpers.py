@@ -10,11 +10,12 @@ it was waiting for, and a process that ended first fails it at once with its exi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def descendants(pid: int) -> set[int]:
@@ -107,3 +108,17 @@ def script_error_line(script: Path, cwd: Path, pythonpath: list[Path], exception
     lines = [line for line in result.stderr.splitlines() if line.startswith(f"{exception}: ")]
     assert lines, result.stderr
     return lines[-1]
+
+
+@contextlib.contextmanager
+def fifo_writer_after(fifo: Path, seconds: float = 10.0) -> Iterator[None]:
+    """While inside: a shell that, after `seconds`, opens `fifo` for writing and closes it at
+    once. Code that wrongly opens a FIFO for reading blocks in open() - in safetensors with the
+    GIL held, so no Python thread could free it - until then, and then reads an empty file: its
+    test fails after `seconds` instead of hanging the suite. The shell is ended on leaving."""
+    writer = subprocess.Popen(["sh", "-c", 'sleep "$1"; : > "$2"', "sh", str(seconds), str(fifo)])
+    try:
+        yield
+    finally:
+        writer.kill()
+        writer.wait()

@@ -4,15 +4,23 @@ before a network is built from that config.
 The config comes from the same untrusted folder as the weights: built first, a config claiming a
 width of 10**8 or 10**6 blocks would allocate terabytes, or create modules for hours, before the
 weights were found not to fit. Once the sizes that decide a network's memory equal the shapes of
-tensors really in the file (whose size bounds theirs), building it is safe. Used by model folders
-(`vimpac.model.pretrained`) and VQ-VAE tokenizer folders (`vimpac.tokenizer.vqvae`).
+tensors really in the file (whose size bounds theirs), building it is safe. The shapes come from
+the file's header, before any tensor is loaded: a file whose tensors do not fit is refused without
+reading gigabytes of them. Used by model folders (`vimpac.model.pretrained`), tokenizer folders
+(`vimpac.tokenizer.vqvae`, `vimpac.tokenizer.dalle`) and training checkpoints
+(`vimpac.engine.checkpoint`).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+if TYPE_CHECKING:
+    import torch
 
 Shape = tuple[int, ...]
 
@@ -20,11 +28,46 @@ Shape = tuple[int, ...]
 def read_shapes(path: str | Path) -> dict[str, Shape]:
     """name -> shape of every tensor in the safetensors file `path`, from its header alone (no
     tensor data is read). Raises what safetensors raises for a file that is not one
-    (`SafetensorError`) and `OSError`."""
+    (`SafetensorError`) and `OSError` (also for a FIFO or device: opening one would block)."""
     from safetensors import safe_open
 
+    require_regular_file(path)
     with safe_open(str(path), "pt") as f:
         return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+
+
+def read_meta_tensors(path: str | Path) -> dict[str, "torch.Tensor"]:
+    """name -> a tensor on the meta device with the dtype and shape stored in the safetensors file
+    `path`: read from its header alone, taking no memory, so that the tensors can be checked
+    against a model before `load_file` allocates them all. Raises as `read_shapes`, and
+    `ValueError` for a dtype torch lacks."""
+    import torch
+    from safetensors import safe_open
+
+    require_regular_file(path)
+    tensors = {}
+    with safe_open(str(path), "pt") as f:
+        for key in f.keys():
+            part = f.get_slice(key)
+            dtype = getattr(torch, _TORCH_DTYPES.get(part.get_dtype(), ""), None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"tensor {key!r} has dtype {part.get_dtype()}, which this torch cannot hold")
+            tensors[key] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
+    return tensors
+
+
+# safetensors' dtype names -> torch's (as safetensors.torch maps them).
+_TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "U16": "uint16",
+                 "U32": "uint32", "U64": "uint64", "C64": "complex64", "F8_E4M3": "float8_e4m3fn",
+                 "F8_E5M2": "float8_e5m2"}
+
+
+def require_regular_file(path: str | Path) -> None:
+    """`OSError` unless `path` is a regular file (after symbolic links): safetensors opens a FIFO
+    with a blocking open(), which waits for a writer for ever."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError("not a regular file")
 
 
 def shape_problems(expected: Mapping[str, Shape], shapes: Mapping[str, Shape]) -> list[str]:

@@ -121,6 +121,37 @@ def test_only_folders_named_as_checkpoints_count_and_are_pruned(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-100000001"
 
 
+def test_a_checkpoint_folder_that_is_a_symbolic_link_is_refused(tmp_path):
+    # A run folder from elsewhere: resuming through the link would read files anywhere.
+    outside = _fake_checkpoint(tmp_path / "elsewhere", 5)
+    _fake_checkpoint(tmp_path / "run", 1)
+    link = tmp_path / "run" / "checkpoints" / "step-00000005"
+    link.symlink_to(outside, target_is_directory=True)
+    for pointer in (None, "step-00000005\n", "step-00000001\n"):
+        if pointer is not None:
+            (tmp_path / "run" / "checkpoints" / "latest").write_text(pointer)
+        with pytest.raises(CheckpointError, match=f"{link}: a symbolic link \\(to {outside}\\); checkpoint folders "
+                                                  "must be real folders"):
+            latest_checkpoint(tmp_path / "run")
+
+
+def test_saving_and_pruning_never_go_through_a_symbolic_link(tmp_path):
+    outside = _fake_checkpoint(tmp_path / "elsewhere", 2)
+    (outside / "model.safetensors").write_bytes(b"someone else's")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for step in (1, 2):
+        (tmp_path / "run" / "checkpoints" / f"step-{step:08d}").symlink_to(outside, target_is_directory=True)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for step in (2, 3, 4):  # step 2 replaces its link; step-00000001 is never pruned through
+        save_checkpoint(tmp_path / "run", step, model, optimizer, None, {}, keep_last=1)
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["latest", "step-00000001", "step-00000004"]
+    assert (tmp_path / "run" / "checkpoints" / "step-00000001").is_symlink()
+    assert sorted(p.name for p in outside.iterdir()) == ["model.safetensors", "state.json"]
+    assert (outside / "model.safetensors").read_bytes() == b"someone else's"
+
+
 # ------------------------------------------------------------------------------ state.json
 
 

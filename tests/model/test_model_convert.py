@@ -254,3 +254,28 @@ def test_args_and_classifier_pickles_refuse_every_opcode_that_calls_a_global(tmp
     with pytest.raises(CheckpointError, match="classifier.pt: cannot load as a weights-only state dict"):
         load_original_state_dict(tmp_path / "classifier.pt")
     assert not marker.exists()
+
+
+def _legacy_torch_save(state, path):
+    torch.save(state, path, _use_new_zipfile_serialization=False)  # as torch < 1.6 wrote
+    return path
+
+
+def test_a_legacy_format_state_dict_loads_as_saved(tmp_path):
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "module.b": torch.ones(2, dtype=torch.float16)}
+    loaded = load_original_state_dict(_legacy_torch_save(state, tmp_path / "classifier.pt"))
+    assert sorted(loaded) == ["b", "w"]
+    assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["b"], state["module.b"])
+    assert loaded["b"].dtype == torch.float16
+
+
+def test_a_legacy_format_storage_larger_than_the_file_is_refused_before_allocating(tmp_path):
+    # torch.load allocated the declared 2**40 floats (4 TB) of a 365-byte file before reading any.
+    path = _legacy_torch_save({"w": torch.zeros(4)}, tmp_path / "classifier.pt")
+    data = path.read_bytes()
+    declared = b"cpuq\x06K\x04"  # the storage's persistent id ends with its location and element count
+    assert data.count(declared) == 1
+    path.write_bytes(data.replace(declared, b"cpuq\x06\x8a\x06" + (2**40).to_bytes(6, "little")))
+    with pytest.raises(CheckpointError, match=f"{path}: storage '.*' claims {2**40} elements, more than the "
+                                              "file holds"):
+        load_original_state_dict(path)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from model_testlib import random_tokens, tiny_config
+from vimpac.finetune.loading import load_backbone
 from vimpac.model import CheckpointError, VimpacForClassification, VimpacForPretraining
 from vimpac.model.interpolate import resize_table
 
@@ -148,3 +149,30 @@ def test_a_classifiers_num_classes_must_be_the_heads(tmp_path, monkeypatch, num_
     _refuse_building(monkeypatch)
     with pytest.raises(CheckpointError, match=f"{config_path}: (field 'num_classes'|does not describe)"):
         VimpacForClassification.from_pretrained(tmp_path / "clf")
+
+
+def _refuse_loading(monkeypatch):
+    """Old code loaded every tensor of model.safetensors before comparing any shape with the
+    config: a crafted folder made us read all of a file whose tensors could not fit."""
+    import safetensors.torch
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the tensors were loaded before their shapes were checked")
+    monkeypatch.setattr(safetensors.torch, "load_file", loaded)
+
+
+@pytest.mark.parametrize("load", [
+    lambda folder: VimpacForPretraining.from_pretrained(folder),
+    lambda folder: VimpacForClassification.from_pretrained(folder, num_classes=4),
+    lambda folder: load_backbone(folder),
+], ids=["pretraining", "new classifier", "finetune.load_backbone"])
+def test_weights_that_do_not_fit_the_config_are_refused_from_the_header_before_loading(tmp_path, monkeypatch, load):
+    VimpacForPretraining(tiny_config()).save_pretrained(tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    meta = json.loads(config_path.read_text())
+    meta["model"]["dim"] *= 2
+    config_path.write_text(json.dumps(meta))
+    _refuse_loading(monkeypatch)
+    with pytest.raises(CheckpointError, match=f"{config_path}: does not describe .*model.safetensors: "
+                                              "backbone.embedding.weight: config implies"):
+        load(tmp_path / "m")

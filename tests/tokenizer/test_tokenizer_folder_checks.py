@@ -5,13 +5,16 @@ or silently over an existing tokenizer."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 import vimpac.tokenizer.train as train_module
 from vimpac.cli import main
+from process_helpers import fifo_writer_after
 from vimpac.tokenizer.base import TokenizerError, load_tokenizer
+from vimpac.tokenizer.dalle import DALLE_PRESETS, DalleTokenizer
 from vimpac.tokenizer.vqvae import VQVAEConfig, VQVAETokenizer
 from vqvae_test_frames import fast_train_args, write_clips
 
@@ -155,3 +158,44 @@ def test_val_fraction_zero_says_no_split_was_asked(clips, tmp_path, capsys):
     assert report["videos"]["held_out"] == [] and len(report["videos"]["train"]) == 3
     assert report["training"]["num_train_frames"] == report["held_out"]["num_frames"]  # every frame trained
     assert "no held-out split asked" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def saved_dalle(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dalle")
+    DalleTokenizer(DALLE_PRESETS["tiny"], precision="fp32").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("kind", ["vqvae", "dalle"])
+def test_weights_that_are_a_fifo_are_refused_without_blocking(saved_tokenizer, saved_dalle, tmp_path, kind):
+    # A FIFO in a downloaded folder (a tar archive can hold one): safetensors would wait in open()
+    # for a writer, for ever.
+    folder = tmp_path / kind
+    folder.mkdir()
+    source = saved_tokenizer if kind == "vqvae" else saved_dalle
+    (folder / "tokenizer.json").write_bytes((source / "tokenizer.json").read_bytes())
+    os.mkfifo(folder / "model.safetensors")
+    with fifo_writer_after(folder / "model.safetensors"):
+        with pytest.raises(TokenizerError, match=f"{folder / 'model.safetensors'}: .*not a regular file"):
+            load_tokenizer(folder)
+
+
+def test_dalle_weights_that_do_not_fit_are_refused_from_the_header_before_loading(saved_dalle, tmp_path,
+                                                                                  monkeypatch):
+    import safetensors.torch
+
+    folder = tmp_path / "dalle"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes((saved_dalle / "model.safetensors").read_bytes())
+    meta = json.loads((saved_dalle / "tokenizer.json").read_text())
+    meta["architecture"]["encoder"]["n_hid"] *= 2
+    (folder / "tokenizer.json").write_text(json.dumps(meta))
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the tensors were loaded before their shapes were checked")
+    monkeypatch.setattr(safetensors.torch, "load_file", loaded)
+    with pytest.raises(TokenizerError, match=f"{folder / 'model.safetensors'} \\(encoder\\): encoder.n_hid = 64 "
+                                             "does not match the stored weights"):
+        load_tokenizer(folder)

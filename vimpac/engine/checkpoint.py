@@ -20,10 +20,12 @@ name a folder inside RUN/checkpoints. Anything else (`..`, an absolute path, a F
 is a CheckpointError naming the file, and it says which complete checkpoint folders there are:
 a damaged pointer is not silently replaced by a guess; deleting it resumes from the newest
 complete folder. A well-formed name whose folder is gone or incomplete (deleted by hand, say)
-falls back to the newest complete folder. `state.json` is checked field by field (types, the RNG
-states, the optimizer structure against the optimizer, the scheduler against the scheduler)
-before any weight is loaded, so a bad file is a CheckpointError naming it and the field, and
-nothing is restored by half.
+falls back to the newest complete folder. A checkpoint folder that is a symbolic link is a
+CheckpointError too: resuming would read files from wherever it points. `state.json` is checked field by field (types, the RNG
+states, the optimizer structure against the optimizer, the scheduler against the scheduler), and
+the tensor files from their safetensors headers (names and shapes against the model and the
+optimizer, the CPU and CUDA generator states), before any tensor is loaded, so a bad file is a
+CheckpointError naming it and the field, and nothing is restored by half.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from vimpac.io import atomic_write_text, current_umask, parse_json, writer_os_error
+from vimpac.weight_shapes import read_meta_tensors
 
 CHECKPOINT_PREFIX = "step-"
 # The names save_checkpoint gives checkpoint folders (more digits from step 10**8 on).
@@ -101,7 +104,9 @@ def save_checkpoint(
             os.chmod(path, 0o666 & ~current_umask())  # safetensors writes owner-only files
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-        if final.exists():
+        if final.is_symlink():
+            final.unlink()  # the link only: rmtree refuses one, and what it points to is not this run's
+        elif final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException as exc:
@@ -135,9 +140,17 @@ def check_run_folder(run_dir: str | Path, resume: bool, *, other_kind: str, othe
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint a resume continues from: the one `latest` names, or the newest complete
     folder when `latest` is missing or names a folder that is gone; None when there is none.
-    An unusable `latest` is a CheckpointError (see the module docstring)."""
+    An unusable `latest`, or a checkpoint folder that is a symbolic link, is a CheckpointError
+    (see the module docstring)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     pointer = ckpt_root / "latest"
+    links = sorted(p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if CHECKPOINT_NAME.fullmatch(p.name)
+                   and p.is_symlink())
+    if links:
+        raise CheckpointError(f"{links[0]}: a symbolic link (to {os.readlink(links[0])}); checkpoint folders must be "
+                              f"real folders in {ckpt_root}: resuming would read files from elsewhere, and the run's "
+                              "checkpoints would be pruned and replaced around it. Replace it with a copy of the "
+                              "folder, or remove it")
     complete = _complete_checkpoints(ckpt_root)
     if os.path.lexists(pointer):
         try:
@@ -164,7 +177,10 @@ def _complete_checkpoints(ckpt_root: Path) -> list[Path]:
 
 
 def _checkpoint_folders(ckpt_root: Path) -> list[Path]:
-    folders = [p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()]
+    # Never a symbolic link: pruning would count it as one of the checkpoints it keeps, and
+    # resuming read from wherever it points (latest_checkpoint refuses a run holding one).
+    folders = [p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*")
+               if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
     return sorted(folders, key=_folder_step)
 
 
@@ -321,16 +337,20 @@ def load_checkpoint(
     path = Path(path)
     state = read_checkpoint_state(path)
     state_file = path / "state.json"
-    # Everything that can be checked is, before the first thing is restored.
-    optimizer_state = scheduler_state = rng = None
+    # Everything that can be checked is, before the first thing is restored; the tensor files
+    # from their headers, before any of them is loaded.
+    optimizer_file, rng_file, model_file = (path / name for name in
+                                            ("optimizer.safetensors", "rng.safetensors", "model.safetensors"))
     if optimizer is not None:
-        try:
-            tensors = load_file(str(path / "optimizer.safetensors"))
-        except Exception as exc:  # safetensors raises several types for bad files
-            raise CheckpointError(f"{path / 'optimizer.safetensors'}: cannot load into the optimizer: {exc}") from exc
-        if problem := _optimizer_mismatch(state["optimizer"], tensors, optimizer):
+        stored = _header_tensors(optimizer_file, "cannot load into the optimizer")
+        if problem := _optimizer_mismatch(state["optimizer"], stored, optimizer):
             raise CheckpointError(f"{state_file}: field {problem}; the checkpoint does not fit this run's optimizer")
-        optimizer_state = _unflatten_optimizer(tensors, state["optimizer"])
+        named = {spec["tensor"] for entry in state["optimizer"]["state"].values() for spec in entry.values()
+                 if "tensor" in spec}
+        if unnamed := sorted(set(stored) - named):
+            raise CheckpointError(f"{optimizer_file}: holds tensors {state_file} does not name: {unnamed[:5]}"
+                                  + (f" (+{len(unnamed) - 5} more)" if len(unnamed) > 5 else ""))
+    scheduler_state = None
     if scheduler is not None and state["scheduler"] is not None:
         current = scheduler.state_dict()
         # Only the scheduler's own keys: load_state_dict sets every key given as an attribute.
@@ -338,28 +358,44 @@ def load_checkpoint(
         if problem := _structure_mismatch(scheduler_state, current, "scheduler"):
             raise CheckpointError(f"{state_file}: field {problem}; the checkpoint does not fit this run's "
                                   "learning-rate schedule")
+    if restore_rng and (problem := rng_state_problem(_header_tensors(rng_file))):
+        raise CheckpointError(f"{rng_file}: {problem}")
+    own = unwrap(model).state_dict()
+    stored = _header_tensors(model_file, "cannot load into the model")
+    unexpected = sorted(set(stored) - set(own))
+    wrong_shape = sorted(f"{k}: file {tuple(stored[k].shape)} vs model {tuple(own[k].shape)}"
+                         for k in set(stored) & set(own) if stored[k].shape != own[k].shape)
+    if unexpected or wrong_shape:
+        raise CheckpointError(f"{model_file}: does not fit the model (unexpected {unexpected[:5]}, "
+                              f"shape mismatch {wrong_shape[:5]})")
+    optimizer_state = rng = None
+    if optimizer is not None:
+        try:
+            optimizer_state = _unflatten_optimizer(load_file(str(optimizer_file)), state["optimizer"])
+        except Exception as exc:  # safetensors raises several types for bad files
+            raise CheckpointError(f"{optimizer_file}: cannot load into the optimizer: {exc}") from exc
     if restore_rng:
         try:
-            rng = load_file(str(path / "rng.safetensors"))
+            rng = load_file(str(rng_file))
         except Exception as exc:
-            raise CheckpointError(f"{path / 'rng.safetensors'}: cannot read: {exc}") from exc
+            raise CheckpointError(f"{rng_file}: cannot read: {exc}") from exc
         try:
             torch.Generator().set_state(rng["cpu"])  # a throwaway generator: is it a CPU generator state?
-        except (KeyError, RuntimeError, TypeError) as exc:
-            raise CheckpointError(f"{path / 'rng.safetensors'}: expected the CPU generator state 'cpu' "
+        except (RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"{rng_file}: expected the CPU generator state 'cpu' "
                                   f"({torch.get_rng_state().numel()} bytes): {exc}") from None
     try:
-        missing, unexpected = load_model(unwrap(model), str(path / "model.safetensors"), strict=False)
+        missing, unexpected = load_model(unwrap(model), str(model_file), strict=False)
     except Exception as exc:  # safetensors raises several types for bad files
-        raise CheckpointError(f"{path / 'model.safetensors'}: cannot load into the model: {exc}") from exc
+        raise CheckpointError(f"{model_file}: cannot load into the model: {exc}") from exc
     if missing or unexpected:
-        raise CheckpointError(f"{path / 'model.safetensors'}: does not fit the model "
+        raise CheckpointError(f"{model_file}: does not fit the model "
                               f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     if optimizer_state is not None:
         try:
             optimizer.load_state_dict(optimizer_state)
         except Exception as exc:  # a checkpoint of another optimizer / model
-            raise CheckpointError(f"{path / 'optimizer.safetensors'}: cannot load into the optimizer: {exc}") from exc
+            raise CheckpointError(f"{optimizer_file}: cannot load into the optimizer: {exc}") from exc
     if scheduler_state is not None:
         scheduler.load_state_dict(scheduler_state)
     if rng is not None:
@@ -461,11 +497,52 @@ def _torch_rng_tensors() -> dict[str, torch.Tensor]:
     return states
 
 
+# torch.cuda.get_rng_state(): the Philox seed and offset, 8 bytes each.
+CUDA_RNG_STATE_BYTES = 16
+
+
+def rng_state_problem(states: Mapping[str, torch.Tensor]) -> str | None:
+    """What keeps `states` (rng.safetensors' tensors, or their meta tensors from its header) from
+    being what save_checkpoint writes: 'cpu', torch.get_rng_state()'s bytes, and one state per
+    GPU 'cuda0' ... 'cudaN-1', CUDA_RNG_STATE_BYTES uint8 each (torch.cuda.set_rng_state would
+    fail deep inside on others). None when they are."""
+    def problem(name: str, size: int) -> str | None:
+        tensor = states[name]
+        if tensor.dtype != torch.uint8 or tuple(tensor.shape) != (size,):
+            return (f"field {name!r} must be a generator state of {size} bytes (uint8), got "
+                    f"{tensor.dtype} of shape {tuple(tensor.shape)}")
+        return None
+
+    cpu_size = torch.get_rng_state().numel()
+    if "cpu" not in states:
+        return f"expected the CPU generator state 'cpu' ({cpu_size} bytes); the file holds {sorted(states)[:5]}"
+    cuda = {name for name in states if name != "cpu"}
+    expected = {f"cuda{i}" for i in range(len(cuda))}
+    if cuda != expected:
+        return (f"unexpected tensors {sorted(cuda - expected)[:5]}; expected 'cpu' and one CUDA generator state "
+                f"per GPU, 'cuda0' to 'cuda{len(cuda) - 1}'")
+    return problem("cpu", cpu_size) or next(
+        (p for i in range(len(cuda)) if (p := problem(f"cuda{i}", CUDA_RNG_STATE_BYTES))), None)
+
+
 def _restore_torch_rng(states: dict[str, torch.Tensor]) -> None:
+    """Restore the states rng_state_problem accepted. CUDA states are restored only on as many
+    GPUs as they were saved from: on another machine the per-GPU states have no counterpart
+    (and the trainer re-seeds torch at every step from derive_seed)."""
     torch.set_rng_state(states["cpu"])
-    cuda = [states[k] for k in sorted(k for k in states if k.startswith("cuda"))]
+    cuda = [states[f"cuda{i}"] for i in range(len(states) - 1)]  # by number: "cuda10" sorts before "cuda2"
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def _header_tensors(file: Path, failure: str = "cannot read") -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors `file` as meta tensors (dtype and shape, no data) read from
+    its header, to be checked before the file is loaded; errors are a CheckpointError naming it
+    ("FILE: `failure`: why")."""
+    try:
+        return read_meta_tensors(file)
+    except Exception as exc:  # safetensors raises several types for bad files
+        raise CheckpointError(f"{file}: {failure}: {exc}") from exc
 
 
 def _python_rng_state() -> list:

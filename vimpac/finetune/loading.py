@@ -17,7 +17,7 @@ from vimpac.io import parse_json
 from vimpac.model import ModelConfig, ModelError, VimpacBackbone, VimpacForClassification, build_model_config
 from vimpac.model.config import MODEL_PRESETS
 from vimpac.model.pretrained import (CONFIG_FILE, check_sizes_against_weights, load_weights, read_model_config,
-                                     read_weights)
+                                     read_weight_shapes, read_weights)
 
 # Where `vimpac finetune` writes the final classifier and its resolved settings in a run folder.
 RUN_MODEL_DIR = "model"
@@ -146,8 +146,8 @@ def load_backbone(path: str | Path, frames: int | None = None, grid: tuple[int, 
     _, cfg, _ = read_model_config(folder)
     if expect_codebook_size is not None:
         _check_codebook(cfg, expect_codebook_size, folder)
+    check_sizes_against_weights(folder, cfg, read_weight_shapes(folder))
     all_weights = read_weights(folder)
-    check_sizes_against_weights(folder, cfg, all_weights)
     cfg = dataclasses.replace(cfg, **_size_changes(cfg, frames, grid))
     backbone = VimpacBackbone(cfg)
     weights = {k[len("backbone."):]: v for k, v in all_weights.items() if k.startswith("backbone.")}

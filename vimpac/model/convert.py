@@ -22,6 +22,7 @@ import argparse
 import io
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -98,7 +99,20 @@ def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; a released VIMPAC checkpoint folder holds {STATE_DICT_FILE}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if zipfile.is_zipfile(path):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            # The legacy format (torch < 1.6): torch.load allocates each storage at the size the
+            # pickle declares before reading it (a 400-byte file can ask for terabytes); the
+            # restricted reader refuses a storage larger than the file first.
+            from vimpac.tokenizer.base import TokenizerError
+            from vimpac.tokenizer.safe_pickle import load_module_pickle
+            try:
+                state = load_module_pickle(path, ())
+            except TokenizerError as exc:  # its message names the file
+                raise CheckpointError(f"{exc}; not a weights-only state dict") from None
+    except CheckpointError:
+        raise
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
         raise CheckpointError(f"{path}: cannot load as a weights-only state dict: {exc}") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -21,7 +21,7 @@ from vimpac.io import atomic_path, atomic_write_json, parse_json
 from vimpac.model.config import ModelConfig
 from vimpac.model.errors import CheckpointError, ModelError
 from vimpac.model.interpolate import resize_positional_tables
-from vimpac.weight_shapes import numbered_blocks, shape_problems, summarize
+from vimpac.weight_shapes import numbered_blocks, read_shapes, require_regular_file, shape_problems, summarize
 
 FORMAT = "vimpac-model"
 FORMAT_VERSION = 1
@@ -88,25 +88,41 @@ def read_model_config(folder: str | Path) -> tuple[str, ModelConfig, dict[str, A
     return str(meta.get("kind")), cfg, meta
 
 
+def read_weight_shapes(folder: str | Path) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor in the folder's model.safetensors, from its header alone:
+    check them (check_sizes_against_weights) before read_weights loads the tensors."""
+    from safetensors import SafetensorError
+
+    path = Path(folder) / WEIGHTS_FILE
+    try:
+        return read_shapes(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
+
+
 def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(folder) / WEIGHTS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found")
     try:
+        require_regular_file(path)
         return load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
 
 
-def check_sizes_against_weights(folder: str | Path, cfg: ModelConfig, weights: Mapping[str, torch.Tensor],
+def check_sizes_against_weights(folder: str | Path, cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]],
                                 contrastive_head: bool = False, num_classes: int | None = None) -> None:
     """Before a model is built from a folder's config.json: the sizes that decide how much memory
     it takes (vocabulary, width, depth, positional tables, heads) must be those of the tensors in
-    its model.safetensors. A config claiming dim=10**6 or layers=10**5 is then refused at once
-    instead of allocating terabytes, or building for hours, before the weights are found not to fit."""
+    its model.safetensors (`shapes`: name -> shape, read_weight_shapes). A config claiming
+    dim=10**6 or layers=10**5 is then refused at once instead of allocating terabytes, or building
+    for hours, before the weights are found not to fit."""
     expected = {
         "backbone.embedding.weight": (cfg.num_rows, cfg.dim),
         "backbone.positional_embedding.temporal_pos_embedding": (cfg.max_frames, cfg.dim),
@@ -115,20 +131,21 @@ def check_sizes_against_weights(folder: str | Path, cfg: ModelConfig, weights: M
     }
     if num_classes is not None:
         expected["head.cls_fc.weight"] = (num_classes, cfg.dim)
-    problems = shape_problems(expected, {key: tuple(value.shape) for key, value in weights.items()})
-    layers = numbered_blocks(weights, "backbone.transformer.resblocks.")
+    problems = shape_problems(expected, shapes)
+    layers = numbered_blocks(shapes, "backbone.transformer.resblocks.")
     if len(layers) != cfg.layers:
         problems.append(f"layers: config says {cfg.layers}, file has {len(layers)}")
     if contrastive_head:
-        linears = sorted(int(m.group(1)) for k in weights if (m := re.fullmatch(r"cls_head\.mlp\.linear_(\d+)\.weight", k)))
+        linears = sorted(int(m.group(1)) for k in shapes if (m := re.fullmatch(r"cls_head\.mlp\.linear_(\d+)\.weight", k)))
         if linears != list(range(cfg.cls_head_layers)):
             problems.append(f"cls_head_layers: config says {cfg.cls_head_layers}, file has {len(linears)}")
         else:
             for i in linears:
                 out = cfg.cls_head_out if i == linears[-1] else cfg.cls_head_hidden
-                if weights[f"cls_head.mlp.linear_{i}.weight"].shape[0] != out:
+                shape = shapes[f"cls_head.mlp.linear_{i}.weight"]
+                if tuple(shape[:1]) != (out,):
                     problems.append(f"cls_head.mlp.linear_{i}: config implies {out} outputs, file has "
-                                    f"{weights[f'cls_head.mlp.linear_{i}.weight'].shape[0]}")
+                                    f"a weight of shape {tuple(shape)}")
     if problems:
         raise CheckpointError(f"{Path(folder) / CONFIG_FILE}: does not describe {Path(folder) / WEIGHTS_FILE}: "
                               + summarize(problems))

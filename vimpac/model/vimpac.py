@@ -25,8 +25,8 @@ from vimpac.model.backbone import VimpacBackbone
 from vimpac.model.config import ModelConfig
 from vimpac.model.errors import CheckpointError, ModelError
 from vimpac.model.heads import ClassificationHead, ContrastiveHead, MaskedTokenHead
-from vimpac.model.pretrained import (check_sizes_against_weights, load_weights, read_model_config, read_weights,
-                                     save_model_folder, stored_num_classes)
+from vimpac.model.pretrained import (check_sizes_against_weights, load_weights, read_model_config, read_weight_shapes,
+                                     read_weights, save_model_folder, stored_num_classes)
 
 
 # The masked-token head runs on a multiple of this many rows (zero rows appended, their logits
@@ -90,8 +90,8 @@ class VimpacForPretraining(nn.Module):
         if kind != cls.kind:
             raise CheckpointError(f"{folder}: holds a {kind!r} model; VimpacForPretraining needs 'pretraining' "
                                   "(use VimpacForClassification.from_pretrained for classifiers)")
+        check_sizes_against_weights(folder, cfg, read_weight_shapes(folder), contrastive_head=True)
         weights = read_weights(folder)
-        check_sizes_against_weights(folder, cfg, weights, contrastive_head=True)
         model = cls(_changed(cfg, config_changes, folder))
         load_weights(model, weights, str(Path(folder) / "model.safetensors"))
         return model.to(map_location).eval()
@@ -131,10 +131,11 @@ class VimpacForClassification(nn.Module):
         The model comes back in eval mode (dropout off), so that `model(tokens)` predicts the
         same logits every call; call `.train()` before training it."""
         kind, cfg, meta = read_model_config(folder)
-        weights = read_weights(folder)
         stored_classes = stored_num_classes(folder, meta) if kind == cls.kind else None
         keep_head = kind == cls.kind and not new_head and num_classes in (None, stored_classes)
-        check_sizes_against_weights(folder, cfg, weights, num_classes=stored_classes if keep_head else None)
+        check_sizes_against_weights(folder, cfg, read_weight_shapes(folder),
+                                    num_classes=stored_classes if keep_head else None)
+        weights = read_weights(folder)
         cfg = _changed(cfg, config_changes, folder)
         source = str(Path(folder) / "model.safetensors")
         if kind == cls.kind:

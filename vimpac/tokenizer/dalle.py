@@ -26,7 +26,7 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Mapping
+from typing import Callable, Iterator, Literal, Mapping
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from vimpac.config import ConfigError, from_dict, to_dict
 from vimpac.io import atomic_path, atomic_write_json, parse_json, write_folder
 from vimpac.tokenizer.base import FrameTokenizer, TokenizerError, check_output_folder
+from vimpac.weight_shapes import read_meta_tensors, require_regular_file
 
 LOGIT_LAPLACE_EPS = 0.1
 GROUP_COUNT = 4  # a fixed class constant in the `dall_e` package, not a constructor argument
@@ -355,11 +356,9 @@ def _fit_problems(half: str, config: DalleEncoderConfig | DalleDecoderConfig,
     return problems + _state_problems(network, state)
 
 
-def _build_checked(config: DalleConfig, parts: tuple[tuple[Mapping[str, torch.Tensor], str, str], ...]
-                   ) -> tuple[DalleEncoder, DalleDecoder]:
-    """The two networks of `config` loaded with the weights of `parts` = ((encoder state, where,
-    label), (decoder state, where, label)); every mismatch of both parts is reported at once,
-    with the file it came from, before the real networks are allocated."""
+def _check_fit(config: DalleConfig, parts: tuple[tuple[Mapping[str, torch.Tensor], str, str], ...]) -> None:
+    """A TokenizerError listing every mismatch of `parts` (as for _build_checked) with `config`,
+    found without allocating the networks; the tensors may be meta tensors (read_meta_tensors)."""
     errors = []
     halves = zip(("encoder", "decoder"), (config.encoder, config.decoder), parts)
     for half, half_config, (state, where, label) in halves:
@@ -367,6 +366,36 @@ def _build_checked(config: DalleConfig, parts: tuple[tuple[Mapping[str, torch.Te
             errors.append(f"{where}: " + ", ".join(problems))
     if errors:
         raise TokenizerError("weights do not fit the DALL-E architecture: " + "; ".join(errors))
+
+
+def _read_weights(path: Path, read: Callable[[str], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """`read(path)` (the header's meta tensors, or the tensors), its errors a TokenizerError."""
+    from safetensors import SafetensorError
+
+    try:
+        require_regular_file(path)
+        return read(str(path))
+    except FileNotFoundError:
+        raise TokenizerError(f"{path}: not found; the folder needs {WEIGHTS_FILE} beside {TOKENIZER_JSON}") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TokenizerError(f"{path}: not a readable safetensors file: {exc}") from None
+
+
+def _folder_parts(tensors: Mapping[str, torch.Tensor], path: Path) -> tuple[tuple[dict, str, str], ...]:
+    """The (state, where, label) of each half of a tokenizer folder's `tensors` (for _check_fit)."""
+    stray = [k for k in tensors if not k.startswith(("encoder.", "decoder."))]
+    if stray:
+        raise TokenizerError(f"{path}: unexpected tensors {stray[:5]}; expected encoder.* and decoder.*")
+    return tuple(({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, f"{path} ({half})", prefix)
+                 for half, prefix in (("encoder", "encoder."), ("decoder", "decoder.")))
+
+
+def _build_checked(config: DalleConfig, parts: tuple[tuple[Mapping[str, torch.Tensor], str, str], ...]
+                   ) -> tuple[DalleEncoder, DalleDecoder]:
+    """The two networks of `config` loaded with the weights of `parts` = ((encoder state, where,
+    label), (decoder state, where, label)); every mismatch of both parts is reported at once,
+    with the file it came from, before the real networks are allocated."""
+    _check_fit(config, parts)
     encoder, decoder = DalleEncoder(config.encoder), DalleDecoder(config.decoder)
     for module, (state, _, _) in zip((encoder, decoder), parts):
         module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
@@ -461,7 +490,6 @@ class DalleTokenizer(FrameTokenizer):
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu", **kwargs) -> "DalleTokenizer":
         """Load a folder written by `save_pretrained` / `vimpac convert-dalle`."""
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -479,17 +507,11 @@ class DalleTokenizer(FrameTokenizer):
             config.validate(where=f"{config_path}:architecture")
         except ConfigError as exc:
             raise TokenizerError(str(exc)) from None
-        if not weights_path.is_file():
-            raise TokenizerError(f"{weights_path}: not found; the folder needs {WEIGHTS_FILE} beside {TOKENIZER_JSON}")
-        try:
-            tensors = load_file(str(weights_path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise TokenizerError(f"{weights_path}: not a readable safetensors file: {exc}") from None
-        encoder_state = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
-        decoder_state = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")}
-        stray = [k for k in tensors if not k.startswith(("encoder.", "decoder."))]
-        if stray:
-            raise TokenizerError(f"{weights_path}: unexpected tensors {stray[:5]}; expected encoder.* and decoder.*")
+        # The header first: tensors that do not fit the architecture are refused before load_file
+        # reads them all.
+        _check_fit(config, _folder_parts(_read_weights(weights_path, read_meta_tensors), weights_path))
+        encoder_state, decoder_state = (state for state, _, _ in
+                                        _folder_parts(_read_weights(weights_path, load_file), weights_path))
         tokenizer = cls.from_state_dicts(config, encoder_state, decoder_state, where=str(weights_path),
                                          device=device, **kwargs)
         recorded = meta.get("tokenizer_id")
