@@ -154,6 +154,19 @@ def test_audio_only(bad_files):
     assert "audio" in error.reason
 
 
+@pytest.mark.parametrize("call", [probe_video, VideoReader], ids=["probe_video", "VideoReader"])
+def test_frames_larger_than_the_reader_decodes_are_refused_before_decoding(bad_files, monkeypatch, call):
+    info = probe_video(bad_files["good"])
+    pixels = info.width * info.height
+    monkeypatch.setattr(reader_module, "MAX_FRAME_PIXELS", pixels - 1)
+    monkeypatch.setattr(reader_module, "_decode_first_frame", lambda *a: pytest.fail("decoded a frame first"))
+    error = _raises(VideoDecodeError, bad_files["good"], call)
+    assert f"declares {info.width}x{info.height} frames" in error.reason
+    monkeypatch.undo()
+    monkeypatch.setattr(reader_module, "MAX_FRAME_PIXELS", pixels)
+    call(bad_files["good"])  # exactly at the limit: read
+
+
 def test_shorter_than_clip(bad_files):
     error = _raises(VideoTooShortError, bad_files["good"], lambda p: read_clip(p, fps=2, num_frames=10))
     assert (error.needed, error.available) == (10, 8)  # 100 frames at 25 fps = 4 s -> 8 samples

@@ -230,6 +230,12 @@ def _open_container(path: Path) -> av.container.InputContainer:
     return container
 
 
+# The largest frame (width x height) a video may declare: 16384 x 8192, twice 16K. Decoding allocates
+# whole frames before anything else could refuse them, so a file claiming 40000 x 40000 frames (a
+# crafted header, or a broken one) would take ~5 GB per frame in FFmpeg and again as RGB.
+MAX_FRAME_PIXELS = 16384 * 8192
+
+
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
     video = container.streams.video
     if not video or video[0].codec_context is None:
@@ -245,6 +251,11 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
     if not video:
         kinds = sorted({s.type for s in container.streams})
         raise NoVideoStreamError(path, f"no video stream (the container holds: {', '.join(kinds)})")
+    width, height = video[0].codec_context.width or 0, video[0].codec_context.height or 0
+    if width * height > MAX_FRAME_PIXELS:
+        raise VideoDecodeError(path, f"declares {width}x{height} frames ({width * height / 1e6:.0f} megapixels), more "
+                                     f"than the {MAX_FRAME_PIXELS / 1e6:.0f} this reader decodes: one decoded frame "
+                                     "alone would take gigabytes")
     return video[0]
 
 
