@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from vimpac.data.annotations import (
     read_kinetics400,
     read_mmaction_list,
     read_ssv2,
+    read_class_names,
     read_ucf101,
     write_mmaction_list,
 )
@@ -516,3 +518,13 @@ def test_any_format_converts_to_mmaction_list(tmp_path):
     kinetics = read_kinetics400(write(tmp_path / "k.csv", KINETICS_CSV))  # label folders with spaces
     write_mmaction_list(tmp_path / "k.txt", kinetics)
     assert read_mmaction_list(tmp_path / "k.txt").records == kinetics.records
+
+
+def test_a_fifo_as_annotation_file_is_refused_without_blocking_and_called_what_it_is(tmp_path):
+    fifo = tmp_path / "classes.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(AnnotationError, match="expected a regular file, got a FIFO") as caught:
+        read_class_names(fifo)
+    assert str(fifo) in str(caught.value)
+    with pytest.raises(AnnotationError, match="expected a file, got a folder"):
+        read_class_names(tmp_path)

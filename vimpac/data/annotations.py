@@ -115,7 +115,9 @@ def _read_text(path: PathLike) -> str:
     """The file's text with a UTF-8 BOM removed and every line ending turned into '\\n'."""
     p = Path(path)
     if not p.is_file():
-        raise AnnotationError(path, "file not found" if not p.exists() else "expected a file, got a folder")
+        reason = ("file not found" if not p.exists() else "expected a file, got a folder" if p.is_dir()
+                  else "expected a regular file, got a FIFO, socket or device")
+        raise AnnotationError(path, reason)
     try:
         text = p.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
