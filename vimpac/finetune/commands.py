@@ -10,6 +10,7 @@ import json
 import sys
 
 from vimpac.argtypes import nonnegative_float, positive_float, positive_int
+from vimpac.cli import command_error
 
 RECIPE_NAMES = ("ssv2", "diving48", "ucf101", "hmdb51", "k400", "synthetic")  # vimpac.finetune.recipes
 
@@ -138,11 +139,6 @@ def _register_embed(subparsers) -> None:
     p.set_defaults(run=_run_embed)
 
 
-def _fail(command: str, exc: Exception) -> int:
-    print(f"vimpac {command}: {exc}", file=sys.stderr)
-    return 2
-
-
 def _input_errors() -> tuple[type[Exception], ...]:
     from vimpac.config import ConfigError
     from vimpac.engine.checkpoint import CheckpointError
@@ -163,10 +159,9 @@ def _run_finetune(args: argparse.Namespace) -> int:
     try:
         summary = run_finetune(config_from_args(**vars(args)))
     except _input_errors() as exc:
-        return _fail("finetune", exc)
+        return command_error(args, exc)
     except TrainingDiverged as exc:
-        print(f"vimpac finetune: {exc}", file=sys.stderr)
-        return 4
+        return command_error(args, exc, code=4)
     code = {"finished": 0, "interrupted": 130}.get(summary.status, 3)  # 3: the time limit; resume it
     if not distributed.current().is_main:  # under torchrun, one summary
         return code
@@ -208,7 +203,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             return 0
         paths = write_evaluation(result, args.out)
     except _input_errors() as exc:
-        return _fail("evaluate", exc)
+        return command_error(args, exc)
     m = result.metrics
     print(f"{m.num_examples} videos, views {result.settings['views']} x {temporal_clips} clips: "
           f"top-1 {100 * m.top1:.2f}%  top-5 {100 * m.top5:.2f}%  mean-class {100 * m.mean_class:.2f}%")
@@ -245,7 +240,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         else:
             result = linear_probe_evaluate(train_features, val_features, args.optimizer, args.steps, args.weight_decay)
     except _input_errors() as exc:
-        return _fail("probe", exc)
+        return command_error(args, exc)
     result = {"method": args.method, **result, "checkpoint": args.checkpoint}
     print(json.dumps(result, indent=2))
     if args.out:
@@ -272,7 +267,7 @@ def _run_embed(args: argparse.Namespace) -> int:
                                   batch_size=args.batch_size)
         written = write_embeddings(embeddings, args.out)
     except _input_errors() as exc:
-        return _fail("embed", exc)
+        return command_error(args, exc)
     for failure in embeddings.failures:
         print(f"skipped {failure['path']}: {failure['error']}", file=sys.stderr)
     print(f"embedded {len(embeddings.cls)} of {len(args.videos)} videos -> {', '.join(map(str, written))}")
