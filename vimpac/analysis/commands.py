@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="masks in the histogram (default: 2000)")
     masks.add_argument("--cell", type=positive_int, default=8, help="pixels per token in the pictures (default: 8)")
     masks.add_argument("--out", default="analysis/masks", metavar="DIR", help="output folder")
-    masks.add_argument("--seed", type=int, default=0)
+    masks.add_argument("--seed", type=int, default=0, help="seed of the sampled masks (default: 0)")
     masks.set_defaults(run=_run_masks)
 
     plot = subparsers.add_parser("plot", help="loss / accuracy / learning-rate curves of a run as PNG",

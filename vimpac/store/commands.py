@@ -73,17 +73,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     store = subparsers.add_parser("store", help="inspect a token store (verify, info), merge its manifest (compact)")
     store_sub = store.add_subparsers(title="store commands", metavar="COMMAND")
     verify = store_sub.add_parser("verify", help="check every checksum, shard bounds and the manifest; exit 1 on problems")
-    verify.add_argument("store", metavar="STORE")
+    verify.add_argument("store", metavar="STORE", help="token store folder")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(run=run_verify)
     info = store_sub.add_parser("info", help="summarise a store: videos, entries, frames, tokenizer, failures")
-    info.add_argument("store", metavar="STORE")
+    info.add_argument("store", metavar="STORE", help="token store folder")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(run=run_info)
     compact = store_sub.add_parser(
         "compact", help="merge the manifest parts into manifest.json (after ranks ran as separate jobs, "
         "or an interrupted run); refused while a run writes the store")
-    compact.add_argument("store", metavar="STORE")
+    compact.add_argument("store", metavar="STORE", help="token store folder")
     compact.set_defaults(run=run_compact)
     store.set_defaults(run=lambda args: _print_help(store))
 

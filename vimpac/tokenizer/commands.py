@@ -80,7 +80,8 @@ def _register_train_tokenizer(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
     parser.add_argument("--batch-size", type=int, default=32, help="frames per step (default 32)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the held-out split, the initialisation and the batches (default 0)")
     parser.add_argument("--max-minutes", type=float, default=None, metavar="M",
                         help="stop training after M minutes (then evaluate and save as usual)")
     parser.add_argument("--resume", action="store_true",
