@@ -63,7 +63,7 @@ def test_file_system_errors_are_one_line_messages(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(pretrain_commands, "_run_pretrain", write_below_a_file)
     assert main(["pretrain", "--store", "s", "--out", "o"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("vimpac: ") and str(tmp_path / "afile") in err and "Traceback" not in err
+    assert err.startswith("vimpac pretrain: error: ") and str(tmp_path / "afile") in err and "Traceback" not in err
 
 
 def test_option_values_are_checked_by_the_parser(capsys):

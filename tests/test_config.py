@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from vimpac.config import ConfigError, apply_overrides, build_config, from_dict, to_dict
+from vimpac.config import KEY_VALUE_ITEMS, ConfigError, apply_overrides, build_config, from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,26 @@ def test_overrides_convert_to_the_declared_types():
     assert cfg.layers == 12 and cfg.pre_ln is True and cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.optim.betas == (0.9, 0.999) and cfg.max_minutes == 2.5 and cfg.layout == "T,H,W"
     assert apply_overrides(cfg, ["max_minutes=none"]).max_minutes is None
+
+
+@dataclass(frozen=True)
+class Stage:
+    names: tuple[str, ...] = ()
+    model_overrides: tuple[str, ...] = field(default=(), metadata=KEY_VALUE_ITEMS)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("layout=T,H,W", ("layout=T,H,W",)),
+    ("dim=64,layout=T,H|W,heads=2", ("dim=64", "layout=T,H|W", "heads=2")),
+    ('["layout=T,H,W", "dim=64"]', ("layout=T,H,W", "dim=64")),
+])
+def test_a_key_value_list_keeps_the_commas_of_a_value_with_its_key(value, expected, tmp_path):
+    assert apply_overrides(Stage(), [f"model_overrides={value}"]).model_overrides == expected
+    path = tmp_path / "stage.yaml"
+    path.write_text(f"model_overrides: '{value}'\n")
+    assert build_config(Stage, yaml_path=path).model_overrides == expected
+    # A list of plain names is still split at every comma.
+    assert apply_overrides(Stage(), ["names=a,b,c"]).names == ("a", "b", "c")
 
 
 def test_preset_then_yaml_then_overrides(tmp_path):

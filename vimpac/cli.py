@@ -6,6 +6,10 @@ defines `register(subparsers)`. Those modules import only argparse-level code at
 A handler is stored with `parser.set_defaults(run=handler)` and returns an exit code; a command
 whose KEY=VALUE overrides are a positional `overrides` list also sets `positional_overrides=True`,
 so overrides may follow options as well as precede them.
+
+Every command reports a bad input as one line on stderr in argparse's own form,
+`vimpac <command>: error: <what>`, through `command_error`, so that one pattern finds the
+failures of every command in a cluster job's log.
 """
 
 from __future__ import annotations
@@ -42,11 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     for command in _leaf_commands(subparsers):
+        # The name `command_error` puts in front of a message: "vimpac store info".
+        command.set_defaults(command_name=command.prog)
         command.add_argument(
             "--threads", type=positive_int, default=None, metavar="N",
             help="torch CPU threads (default: torch's choice, one per core; on a machine shared with other "
                  "jobs 1 is often several times faster, as competing threads wait on each other)")
     return parser
+
+
+def command_error(args: argparse.Namespace, message: object, code: int = 2) -> int:
+    """Print `message` as `vimpac <command>: error: <message>` on stderr, the form of argparse's own
+    errors, and return `code` (the handler's exit code)."""
+    print(f"{args.command_name}: error: {message}", file=sys.stderr)
+    return code
 
 
 def _leaf_commands(subparsers: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
@@ -66,8 +79,17 @@ def _parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | Non
             "=" in item and not item.startswith("-") for item in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        # Reported by the command's own parser ("vimpac pretrain: error: ..."), like every other
+        # error of the command, rather than by the top-level one ("vimpac: error: ...").
+        _command_parser(parser, getattr(args, "command_name", None)).error(
+            f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, prog: str | None) -> argparse.ArgumentParser:
+    """The leaf command parser whose prog is `prog`; `parser` itself when there is none."""
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return next((c for c in _leaf_commands(subparsers[0]) if c.prog == prog), parser)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -100,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         # a full disk): the message names the path; a traceback would only bury it.
         from vimpac.io import describe_os_error
 
-        print(f"vimpac: {describe_os_error(exc)}", file=sys.stderr)
-        return 2
+        return command_error(args, describe_os_error(exc))
     if "torch.distributed" in sys.modules:  # only commands that imported torch can have joined a group
         from vimpac.engine.distributed import shutdown
 

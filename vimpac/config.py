@@ -5,7 +5,10 @@ command-line overrides into one dataclass instance, and back into plain dicts fo
                        yaml_path="my.yaml", overrides=["dim=384", "layout=T,H,W"])
 
 Nested dataclass fields are addressed with dots (`optim.lr=3e-4`). Values are converted to
-the field's declared type, so a wrong value is an error that names the field.
+the field's declared type, so a wrong value is an error that names the field. A list field takes
+comma-separated items (`seeds=0,1,2`) or a YAML list (`seeds=[0,1,2]`); a list of KEY=VALUE
+items (a field declared with `metadata=KEY_VALUE_ITEMS`) keeps the commas of a value with its
+key: `model_overrides=layout=T,H,W,dim=64` is ("layout=T,H,W", "dim=64").
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from typing import Any, Mapping, Sequence, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+# Field metadata of a list of KEY=VALUE strings, e.g. `field(default=(), metadata=KEY_VALUE_ITEMS)`.
+KEY_VALUE_ITEMS = {"items": "KEY=VALUE"}
 
 
 class ConfigError(ValueError):
@@ -135,8 +141,26 @@ def _set_path(cfg: Any, path: list[str], value: Any, dotted: str, root: Any) -> 
     elif value is None and dataclasses.is_dataclass(getattr(cfg, head)):
         return cfg  # a YAML section whose keys are all commented out (`train:`) changes nothing
     else:
+        if _holds_key_value_items(cfg, head) and isinstance(value, str) and not value.strip().startswith("["):
+            value = _key_value_items(value)
         new_value = _convert(value, typing.get_type_hints(type(cfg))[head], dotted)
     return dataclasses.replace(cfg, **{head: new_value})
+
+
+def _holds_key_value_items(cfg: Any, name: str) -> bool:
+    return any(f.name == name and f.metadata.get("items") == KEY_VALUE_ITEMS["items"] for f in dataclasses.fields(cfg))
+
+
+def _key_value_items(text: str) -> list[str]:
+    """'layout=T,H,W,dim=64' -> ['layout=T,H,W', 'dim=64']: split at the commas, then a piece
+    without '=' cannot be an item of its own and is the rest of the value before it."""
+    items: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if items and "=" not in piece:
+            items[-1] += "," + piece
+        elif piece:
+            items.append(piece)
+    return items
 
 
 def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:

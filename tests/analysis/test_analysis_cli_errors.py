@@ -163,7 +163,7 @@ def test_out_that_is_a_file_or_below_a_file_is_a_one_line_error(tmp_path, small_
         for name, argv in _commands_writing_to(out, small_store, run_with_metrics).items():
             code, err = run_cli(argv, capsys)
             assert code == 2, name
-            assert err.startswith(f"vimpac {name}: ") and expected in err, err
+            assert err.startswith(f"vimpac {name}: error: ") and expected in err, err
             assert err.count("\n") == 1
     assert afile.read_text() == "not a folder\n"
 
@@ -173,7 +173,7 @@ def test_unwritable_out_is_a_one_line_error(tmp_path, small_store, run_with_metr
     for name, argv in _commands_writing_to(Path("/proc/vimpac-test/out"), small_store, run_with_metrics).items():
         code, err = run_cli(argv, capsys)
         assert code == 2, name
-        assert err.startswith(f"vimpac {name}: /proc/vimpac-test") and err.count("\n") == 1, err
+        assert err.startswith(f"vimpac {name}: error: /proc/vimpac-test") and err.count("\n") == 1, err
 
 
 def test_plot_given_the_metrics_file_names_the_run_folder(run_with_metrics, capsys):

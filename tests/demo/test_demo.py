@@ -73,6 +73,22 @@ def test_seeds_given_twice_is_refused(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
+def test_a_model_override_whose_value_has_commas_reaches_its_key(tmp_path, monkeypatch):
+    # `model_overrides=layout=T,H,W` was split into 'layout=T', 'H', 'W' and refused.
+    from vimpac.demo import pipeline
+
+    seen = {}
+
+    def record(out, cfg, progress):
+        pipeline.check_settings(cfg)
+        seen["model_overrides"] = cfg.model_overrides
+        raise KeyboardInterrupt  # stop before any stage runs
+
+    monkeypatch.setattr(pipeline, "run_demo", record)
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "model_overrides=layout=T,H,W,heads=2"]) == 130
+    assert seen["model_overrides"] == ("layout=T,H,W", "heads=2")
+
+
 def test_an_interrupted_training_stage_stops_the_demo_without_marking_it_done(tmp_path, monkeypatch):
     from vimpac.demo import pipeline
     from vimpac.demo.config import DEMO_PRESETS

@@ -172,7 +172,7 @@ def test_evaluate_refuses_a_device_torch_cannot_use(tmp_path, capsys, device, me
     code = main(["evaluate", "--checkpoint", str(tmp_path / "model"), "--store", str(store_dir),
                  "--out", str(tmp_path / "e"), "--device", device, "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("vimpac evaluate: --device: ") and message in err
+    assert code == 2 and err.startswith("vimpac evaluate: error: --device: ") and message in err
 
 
 def test_evaluate_accepts_device_auto_like_pretrain_and_finetune(tmp_path):

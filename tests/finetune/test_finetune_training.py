@@ -284,7 +284,7 @@ def test_cli_takes_deterministic_and_reports_divergence_in_one_line(stores, monk
                  "--out", str(stores / "run"), "--deterministic", "--no-progress"])
     assert code == 4 and seen == {"deterministic": True}
     assert capsys.readouterr().err.strip() == \
-        "vimpac finetune: 5 consecutive steps (up to step 7) had a non-finite loss or gradient norm"
+        "vimpac finetune: error: 5 consecutive steps (up to step 7) had a non-finite loss or gradient norm"
 
 
 def test_device_auto_is_resolved_and_batches_go_where_the_trainer_puts_the_model(stores, monkeypatch):

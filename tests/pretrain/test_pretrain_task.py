@@ -566,7 +566,7 @@ def test_a_diverged_pretraining_exits_4_with_one_line(store_path, tmp_path, caps
                  "train.max_nonfinite_steps=3"])
     err = capsys.readouterr().err
     assert code == 4 and "Traceback" not in err
-    assert err.startswith("vimpac pretrain: 3 consecutive steps") and "non-finite" in err
+    assert err.startswith("vimpac pretrain: error: 3 consecutive steps") and "non-finite" in err
 
 
 def test_print_config_shows_the_settings_resolved_against_the_store(store_path, capsys):

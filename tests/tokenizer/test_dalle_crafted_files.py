@@ -76,7 +76,7 @@ def test_huge_n_hid_is_refused_naming_the_file_and_field(dall_e_modules, officia
     assert "blocks.input.w has shape (16, 3, 7, 7), which means n_hid = 16" in message
     assert vimpac_main(["convert-dalle", str(huge), str(dec_pkl), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "n_hid = 4194304" in err and "Traceback" not in err
+    assert err.startswith("vimpac convert-dalle: error: ") and "n_hid = 4194304" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 
@@ -295,12 +295,12 @@ def test_convert_dalle_unusable_out_dir_is_a_one_line_error(official_pickles, tm
     enc_pkl, dec_pkl = official_pickles
     afile = tmp_path / "afile"
     afile.write_text("x\n")
-    for out, expected in ((afile, f"error: {afile}: exists and is not a folder"),
-                          (afile / "sub", f"error: {afile / 'sub'}: cannot be created, {afile} is a file"),
-                          (Path("/proc/vimpac-test"), "error: /proc/vimpac-test: No such file or directory")):
+    for out, expected in ((afile, f"{afile}: exists and is not a folder"),
+                          (afile / "sub", f"{afile / 'sub'}: cannot be created, {afile} is a file"),
+                          (Path("/proc/vimpac-test"), "/proc/vimpac-test: No such file or directory")):
         assert vimpac_main(["convert-dalle", str(enc_pkl), str(dec_pkl), str(out)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(expected) and err.count("\n") == 1, err
+        assert err.startswith(f"vimpac convert-dalle: error: {expected}") and err.count("\n") == 1, err
     assert afile.read_text() == "x\n"
 
 

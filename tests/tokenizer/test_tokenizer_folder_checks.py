@@ -102,7 +102,7 @@ def test_output_path_that_is_a_file_is_refused_before_training(clips, tmp_path, 
 def test_unusable_device_is_refused_before_training(clips, tmp_path, capsys, no_decoding, device):
     rc = main(["train-tokenizer", str(clips), "--out", str(tmp_path / "tok"), *FAST_ARGS, "--device", device])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("error: --device: ") and repr(device) in err
+    assert rc == 2 and err.startswith("vimpac train-tokenizer: error: --device: ") and repr(device) in err
     assert not (tmp_path / "tok").exists()
 
 

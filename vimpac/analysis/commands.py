@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from vimpac.argtypes import at_least, nonnegative_float, open_ratio, positive_float, positive_int
+from vimpac.cli import command_error
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="masks in the histogram (default: 2000)")
     masks.add_argument("--cell", type=positive_int, default=8, help="pixels per token in the pictures (default: 8)")
     masks.add_argument("--out", default="analysis/masks", metavar="DIR", help="output folder")
-    masks.add_argument("--seed", type=int, default=0)
+    masks.add_argument("--seed", type=int, default=0, help="seed of the sampled masks (default: 0)")
     masks.set_defaults(run=_run_masks)
 
     plot = subparsers.add_parser("plot", help="loss / accuracy / learning-rate curves of a run as PNG",
@@ -117,7 +118,7 @@ def _run_copy_baseline(args: argparse.Namespace) -> int:
             print(f"report: {out / REPORT_FILE}" + (f"; pictures: {out}/copy_*.png" if tokenizer else ""))
         return 0
 
-    return _guarded("analyze copy-baseline", work)
+    return _guarded(args, work)
 
 
 def _run_reconstruct(args: argparse.Namespace) -> int:
@@ -169,7 +170,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         print(f"wrote {png} and {gif}")
         return 0
 
-    return _guarded("analyze reconstruct", work)
+    return _guarded(args, work)
 
 
 def _run_masks(args: argparse.Namespace) -> int:
@@ -196,7 +197,7 @@ def _run_masks(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
         return 0
 
-    return _guarded("analyze masks", work)
+    return _guarded(args, work)
 
 
 def _run_plot(args: argparse.Namespace) -> int:
@@ -210,13 +211,13 @@ def _run_plot(args: argparse.Namespace) -> int:
         print(f"wrote {plot_curves(args.run_dir, out, warn=warn)}")
         return 0
 
-    return _guarded("plot", work)
+    return _guarded(args, work)
 
 
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _guarded(name: str, work) -> int:
+def _guarded(args: argparse.Namespace, work) -> int:
     """Run `work`, turning the package's typed input errors and file-system errors (a path that
     cannot be read or written) into one line on stderr and exit 2."""
     from vimpac.analysis.errors import AnalysisError
@@ -231,11 +232,9 @@ def _guarded(name: str, work) -> int:
     try:
         return work()
     except (AnalysisError, ConfigError, ModelError, PretrainError, StoreError, TokenizerError, VideoError) as exc:
-        print(f"vimpac {name}: {exc}", file=sys.stderr)
-        return 2
+        return command_error(args, exc)
     except OSError as exc:
-        print(f"vimpac {name}: {describe_os_error(exc)}", file=sys.stderr)
-        return 2
+        return command_error(args, describe_os_error(exc))
 
 
 def _check_out_dir(path: str | Path, option: str = "--out") -> Path:

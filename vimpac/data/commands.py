@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vimpac.cli import command_error
+
 
 def _size(text: str) -> tuple[int, int]:
     """'128x96' -> (128, 96) as (height, width); '128' -> (128, 128). Each side even (H.264's
@@ -89,8 +91,7 @@ def _run_make_synthetic(args: argparse.Namespace) -> int:
     if args.classes:
         changes["classes"] = tuple(name.strip() for name in args.classes.split(",") if name.strip())
     if args.workers is not None and args.workers < 1:
-        print("error: --workers: expected >= 1", file=sys.stderr)
-        return 2
+        return command_error(args, "--workers: expected >= 1")
     try:
         cfg = dataclasses.replace(base, **changes)
         check_output_folder(args.out)
@@ -100,8 +101,7 @@ def _run_make_synthetic(args: argparse.Namespace) -> int:
         else:
             removed = remove_uncurated_lists(args.out)
     except (ConfigError, SyntheticError, BackgroundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return command_error(args, exc)
     print(summary.format_table())
     if not cfg.uncurated_videos and removed:
         print(f"note: removed {' and '.join(removed)} of an earlier run (--uncurated-videos 0); its videos stay in "

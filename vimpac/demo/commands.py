@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vimpac.cli import command_error
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -45,9 +47,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.seeds:
         given = [o for o in overrides if o.split("=", 1)[0].strip() == "seeds"]
         if given:
-            print(f"vimpac demo: --seeds {args.seeds} and {given[0]} both set the seeds; give one of them",
-                  file=sys.stderr)
-            return 2
+            return command_error(args, f"--seeds {args.seeds} and {given[0]} both set the seeds; give one of them")
         overrides.append(f"seeds={args.seeds}")
     if args.threads is not None:
         overrides.append(f"threads={args.threads}")  # the demo sets torch's threads per stage from its config
@@ -57,13 +57,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     try:
         cfg = build_config(DemoConfig, DEMO_PRESETS, "quick" if args.quick else "full", overrides=overrides)
     except ConfigError as exc:
-        print(f"vimpac demo: {exc}", file=sys.stderr)
-        return 2
+        return command_error(args, exc)
     try:
         results = run_demo(out, cfg, progress=not args.no_progress)
     except ConfigError as exc:
-        print(f"vimpac demo: {exc}", file=sys.stderr)
-        return 2
+        return command_error(args, exc)
     except DemoInterrupted as exc:
         print(f"vimpac demo: {exc}", file=sys.stderr)
         return 130
@@ -76,8 +74,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     except (DemoError, AnnotationError, SyntheticError, BackgroundError, TokenizerError, StoreError, VideoError,
             ModelError, PretrainError, FinetuneError, TrainingCheckpointError) as exc:
         # Typed errors name the file or field; finished stages are kept for the next run.
-        print(f"vimpac demo: {exc}", file=sys.stderr)
-        return 1
+        return command_error(args, exc, code=1)
     tables = results["tables"]
     print("\nPre-training tasks (paper Table 7 shape):\n" + tables["table7"])
     print("\nMasking strategy (paper Table 8 shape):\n" + tables["table8"])

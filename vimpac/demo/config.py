@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from vimpac.config import ConfigError
+from vimpac.config import KEY_VALUE_ITEMS, ConfigError
 
 # Pre-training variants: KEY=VALUE overrides of the "tiny" pre-training preset.
 PRETRAIN_VARIANTS: dict[str, tuple[str, ...]] = {
@@ -34,7 +34,8 @@ class DemoConfig:
     pretrain_batch: int = 8  # videos per step (2 clips each)
     finetune_steps: int = 300
     finetune_batch: int = 16
-    model_overrides: tuple[str, ...] = ()  # KEY=VALUE for the tiny model preset
+    # KEY=VALUE for the tiny model preset; `model_overrides=layout=T,H,W,dim=64` keeps a value's commas.
+    model_overrides: tuple[str, ...] = field(default=(), metadata=KEY_VALUE_ITEMS)
     # Pre-training variants (Table 7 / 8 rows) and fine-tuning runs; see PRETRAIN_VARIANTS.
     pretrain_variants: tuple[str, ...] = ("mp_cl", "mp_only", "cl_only", "iid_mp")
     seeds: tuple[int, ...] = (0,)

@@ -10,6 +10,7 @@ import json
 import sys
 
 from vimpac.argtypes import nonnegative_float, positive_float, positive_int
+from vimpac.cli import command_error
 
 RECIPE_NAMES = ("ssv2", "diving48", "ucf101", "hmdb51", "k400", "synthetic")  # vimpac.finetune.recipes
 
@@ -28,7 +29,7 @@ def _register_finetune(subparsers) -> None:
                     "override it), then evaluate on --val-store with the multi-view protocol. Writes "
                     "RUN/model (the classifier), RUN/eval (results.json, confusion_matrix.png), metrics "
                     "and resumable checkpoints.")
-    p.add_argument("--train-store", required=True, metavar="STORE")
+    p.add_argument("--train-store", required=True, metavar="STORE", help="labelled token store to train on")
     p.add_argument("--val-store", metavar="STORE", help="evaluated periodically (--val-every) and at the end")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--pretrained", metavar="MODEL_DIR", help="pre-trained model folder to start from")
@@ -37,35 +38,48 @@ def _register_finetune(subparsers) -> None:
                    help="model preset for --from-scratch (large-half: lr 5e-5; with --pretrained the model's "
                         "own size picks the lr)")
     p.add_argument("--recipe", default="ucf101", choices=RECIPE_NAMES, help="Table 4 defaults (default: ucf101)")
-    p.add_argument("--out", required=True, metavar="RUN")
+    p.add_argument("--out", required=True, metavar="RUN",
+                   help="run folder (new, or one to --resume): checkpoints, metrics, model/ and eval/")
     p.add_argument("--frames", type=int, metavar="T", help="clip length (recipe: 10)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=float)
+    budget.add_argument("--epochs", type=float,
+                        help="passes over the training videos (recipe: e.g. 50 for ucf101, more with --from-scratch)")
     budget.add_argument("--steps", type=int, help="optimizer updates (instead of --epochs)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--grad-accum", type=int, default=1, dest="grad_accum_steps")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-ratio", type=float)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate (recipe: 1e-4, 5e-5 for large-half models)")
+    p.add_argument("--batch-size", type=int, help="videos per micro-step and process (recipe: 128; synthetic 16)")
+    p.add_argument("--grad-accum", type=int, default=1, dest="grad_accum_steps", metavar="N",
+                   help="micro-steps per optimizer update (default 1); an update sees batch x N x processes videos")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (recipe: 0.01)")
+    p.add_argument("--warmup-ratio", type=float,
+                   help="fraction of the updates with linear warm-up, then linear decay (recipe: 0.1)")
+    p.add_argument("--dropout", type=float, help="backbone and attention dropout (recipe: 0.1)")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="label smoothing of the cross-entropy, in [0, 1) (default 0: off)")
     p.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise LR decay factor (1.0: off)")
     p.add_argument("--temporal-clips", type=int, help="clips at the final evaluation (recipe: 10)")
-    p.add_argument("--spatial-crops", type=int, choices=(1, 3))
+    p.add_argument("--spatial-crops", type=int, choices=(1, 3),
+                   help="crops at evaluation: 3 (top-left / center / bottom-right) or 1 (center); recipe: 3, 1 "
+                        "for ssv2 and synthetic")
     p.add_argument("--val-every", type=int, default=0, help="steps between validations (0: only at the end)")
-    p.add_argument("--val-temporal-clips", type=int, help="clips for periodic validation")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--val-temporal-clips", type=int, help="clips for periodic validation (default: --temporal-clips)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="training precision (default fp32; fp16 only on CUDA)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of a from-scratch initialisation, the training samples and dropout (default 0)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (torch.use_deterministic_algorithms): with fp32, a resumed run "
                         "repeats the uninterrupted one's numbers on GPU too (slower)")
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--max-minutes", type=float)
-    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--log-every", type=int, default=10, metavar="N",
+                   help="write training metrics (metrics.jsonl, TensorBoard) every N updates (default 10)")
+    p.add_argument("--checkpoint-every", type=int, default=200, metavar="N",
+                   help="save a resumable checkpoint every N updates (default 200; also at the end and when "
+                        "stopped)")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="stop after M minutes of training with a checkpoint (exit code 3; continue with --resume)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: less memory, slower steps")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--progress-lines", type=int, default=0, metavar="N",
                    help="with --no-progress: N one-line reports over the run instead of nothing")
     p.set_defaults(run=_run_finetune)
@@ -77,9 +91,11 @@ def _register_evaluate(subparsers) -> None:
         description="Average softmax probabilities over spatial crops x uniform temporal clips; write "
                     "top-1 / top-5 / mean-class / per-class accuracy to OUT/results.json and the confusion "
                     "matrix to OUT/confusion_matrix.png.")
-    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_MODEL_DIR")
-    p.add_argument("--store", required=True)
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_MODEL_DIR",
+                   help="a fine-tuning run folder, or a classifier model folder")
+    p.add_argument("--store", required=True, metavar="STORE", help="labelled token store to evaluate on")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder for results.json and confusion_matrix.png")
     p.add_argument("--temporal-clips", type=positive_int,
                    help="uniform clips per view (default: the run's when --checkpoint is a fine-tuning run, else 10)")
     p.add_argument("--spatial-crops", type=int, choices=(1, 3),
@@ -89,9 +105,9 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32,
                    help="clips per forward pass; all views of one video always go together (3 crops x 10 clips "
                         "= 30), so a smaller value cannot split a video")
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast (default fp32)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(run=_run_evaluate)
 
 
@@ -100,21 +116,27 @@ def _register_probe(subparsers) -> None:
         "probe", help="k-NN or linear probe on frozen CLS features (no fine-tuning)",
         description="CLS features of the center view, averaged over uniform clips, of a frozen model; "
                     "k-NN (cosine, temperature-weighted votes) or a logistic-regression probe.")
-    p.add_argument("--checkpoint", required=True, metavar="MODEL_DIR")
-    p.add_argument("--train-store", required=True)
-    p.add_argument("--val-store", required=True)
-    p.add_argument("--method", default="knn", choices=("knn", "linear"))
-    p.add_argument("--k", type=positive_int, default=20)
-    p.add_argument("--temperature", type=positive_float, default=0.07)
+    p.add_argument("--checkpoint", required=True, metavar="MODEL_DIR",
+                   help="model folder (pre-training or classification; its backbone is used)")
+    p.add_argument("--train-store", required=True, metavar="STORE", help="labelled token store the probe learns from")
+    p.add_argument("--val-store", required=True, metavar="STORE",
+                   help="labelled token store it is scored on (same classes, FPS and frame size)")
+    p.add_argument("--method", default="knn", choices=("knn", "linear"),
+                   help="knn: cosine k-nearest-neighbour vote; linear: logistic regression (default knn)")
+    p.add_argument("--k", type=positive_int, default=20, help="k-NN: neighbours that vote (default 20)")
+    p.add_argument("--temperature", type=positive_float, default=0.07,
+                   help="k-NN: a neighbour's vote is exp(similarity / temperature) (default 0.07)")
     p.add_argument("--steps", type=positive_int, default=300, help="linear probe: optimizer iterations")
     p.add_argument("--weight-decay", type=nonnegative_float, default=1e-4, help="linear probe: L2 penalty")
-    p.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adamw"))
-    p.add_argument("--frames", type=positive_int, metavar="T")
-    p.add_argument("--temporal-clips", type=positive_int, default=4)
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adamw"),
+                   help="linear probe: full-batch L-BFGS (default) or AdamW")
+    p.add_argument("--frames", type=positive_int, metavar="T", help="clip length (default: the model's)")
+    p.add_argument("--temporal-clips", type=positive_int, default=4, metavar="N",
+                   help="uniform clips per video whose CLS features are averaged (default 4)")
+    p.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast (default fp32)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--out", metavar="FILE.json", help="also write the result here")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress count of the videos")
     p.set_defaults(run=_run_probe)
 
 
@@ -124,23 +146,20 @@ def _register_embed(subparsers) -> None:
         description="Decode, tokenize and encode videos; write CLS features (N, D) as .npy (+ .keys.json) "
                     "or .safetensors, chosen by the --out suffix. Unreadable videos are listed, not fatal.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="model folder (pre-training or classification)")
-    p.add_argument("videos", nargs="+", metavar="VIDEO")
-    p.add_argument("--tokenizer", required=True, metavar="DIR")
-    p.add_argument("--out", required=True, metavar="FILE")
-    p.add_argument("--fps", type=positive_float, default=2.0)
-    p.add_argument("--size", type=positive_int, default=128)
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (unreadable ones are listed and skipped)")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="the tokenizer the model was trained on")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="features file: FILE.npy (+ FILE.keys.json) or FILE.safetensors")
+    p.add_argument("--fps", type=positive_float, default=2.0, help="frames per second sampled (default 2)")
+    p.add_argument("--size", type=positive_int, default=128,
+                   help="frame size S in pixels: frames are resized and center-cropped to S x S (default 128)")
     p.add_argument("--frames", type=positive_int, metavar="T", help="clip length (default: the model's)")
     p.add_argument("--tokens", action="store_true", help="also write token features (T, h, w, D) per video")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="clips per forward pass")
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="clips per forward pass (default 32)")
+    p.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast (default fp32)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(run=_run_embed)
-
-
-def _fail(command: str, exc: Exception) -> int:
-    print(f"vimpac {command}: {exc}", file=sys.stderr)
-    return 2
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
@@ -163,10 +182,9 @@ def _run_finetune(args: argparse.Namespace) -> int:
     try:
         summary = run_finetune(config_from_args(**vars(args)))
     except _input_errors() as exc:
-        return _fail("finetune", exc)
+        return command_error(args, exc)
     except TrainingDiverged as exc:
-        print(f"vimpac finetune: {exc}", file=sys.stderr)
-        return 4
+        return command_error(args, exc, code=4)
     code = {"finished": 0, "interrupted": 130}.get(summary.status, 3)  # 3: the time limit; resume it
     if not distributed.current().is_main:  # under torchrun, one summary
         return code
@@ -208,7 +226,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             return 0
         paths = write_evaluation(result, args.out)
     except _input_errors() as exc:
-        return _fail("evaluate", exc)
+        return command_error(args, exc)
     m = result.metrics
     print(f"{m.num_examples} videos, views {result.settings['views']} x {temporal_clips} clips: "
           f"top-1 {100 * m.top1:.2f}%  top-5 {100 * m.top5:.2f}%  mean-class {100 * m.mean_class:.2f}%")
@@ -245,7 +263,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         else:
             result = linear_probe_evaluate(train_features, val_features, args.optimizer, args.steps, args.weight_decay)
     except _input_errors() as exc:
-        return _fail("probe", exc)
+        return command_error(args, exc)
     result = {"method": args.method, **result, "checkpoint": args.checkpoint}
     print(json.dumps(result, indent=2))
     if args.out:
@@ -272,7 +290,7 @@ def _run_embed(args: argparse.Namespace) -> int:
                                   batch_size=args.batch_size)
         written = write_embeddings(embeddings, args.out)
     except _input_errors() as exc:
-        return _fail("embed", exc)
+        return command_error(args, exc)
     for failure in embeddings.failures:
         print(f"skipped {failure['path']}: {failure['error']}", file=sys.stderr)
     print(f"embedded {len(embeddings.cls)} of {len(args.videos)} videos -> {', '.join(map(str, written))}")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from vimpac.cli import command_error
 
 LAYOUT_CHOICES_HELP = "e.g. 'T,H|W' (default), 'T,H,W', 'T,HxW', 'TxHxW'; 'all' = the paper's four"
 
@@ -52,8 +53,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     overrides = dict(item.split("=", 1) for item in args.overrides if "=" in item)
     bad = [item for item in args.overrides if "=" not in item]
     if bad:
-        print(f"error: --set expects KEY=VALUE, got {bad}", file=sys.stderr)
-        return 2
+        return command_error(args, f"--set expects KEY=VALUE, got {bad}")
     try:
         if overrides:
             # Type-check the overrides against ModelConfig before touching any file.
@@ -62,8 +62,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         out = convert_original(args.ckpt_dir, args.out_dir, overrides, ignore_args=args.ignore_args,
                                overwrite=args.overwrite)
     except (ModelError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return command_error(args, exc)
     print(f"wrote {out}/config.json and {out}/model.safetensors")
     return 0
 
@@ -77,8 +76,7 @@ def _run_model_info(args: argparse.Namespace) -> int:
     try:
         reports = [parameter_report(args.preset, layout, args.overrides) for layout in layouts]
     except ModelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return command_error(args, exc)
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
         return 0

@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+from vimpac.cli import command_error
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_pretrain(subparsers)
@@ -44,13 +46,11 @@ def _run_masking_table(args: argparse.Namespace) -> int:
     from vimpac.pretrain.masking import masking_table
 
     if args.downsample < 1:
-        print("vimpac masking-table: --downsample must be >= 1", file=sys.stderr)
-        return 2
+        return command_error(args, "--downsample must be >= 1")
     try:
         rows = masking_table(args.frames, args.sizes, args.blocks, args.downsample, args.target)
     except PretrainError as exc:
-        print(f"vimpac masking-table: {exc}", file=sys.stderr)
-        return 2
+        return command_error(args, exc)
 
     estimates: dict[tuple[int, int, int], tuple[float, float]] = {}
     if args.monte_carlo:
@@ -61,9 +61,8 @@ def _run_masking_table(args: argparse.Namespace) -> int:
         largest = max(rows, key=lambda row: row.T * (row.S // args.downsample) ** 2)
         side = largest.S // args.downsample
         if largest.T * side * side > MAX_CLIP_TOKENS:
-            print(f"vimpac masking-table: --monte-carlo: T = {largest.T}, S = {largest.S} gives {largest.T} x {side} x "
-                  f"{side} tokens per sampled mask; expected at most {MAX_CLIP_TOKENS:,}", file=sys.stderr)
-            return 2
+            return command_error(args, f"--monte-carlo: T = {largest.T}, S = {largest.S} gives {largest.T} x {side} "
+                                       f"x {side} tokens per sampled mask; expected at most {MAX_CLIP_TOKENS:,}")
 
         generator = torch.Generator().manual_seed(args.seed)
         for row in rows:
@@ -213,11 +212,9 @@ def _run_pretrain(args: argparse.Namespace) -> int:
             return 0
         result = run_pretraining(args.store, args.out, cfg, resume=args.resume, init_from=args.init_from)
     except (ConfigError, PretrainError, StoreError, ModelError, CheckpointError) as exc:
-        print(f"vimpac pretrain: {exc}", file=sys.stderr)
-        return 2
+        return command_error(args, exc)
     except TrainingDiverged as exc:
-        print(f"vimpac pretrain: {exc}", file=sys.stderr)
-        return 4
+        return command_error(args, exc, code=4)
     code = {"finished": 0, "interrupted": 130}.get(result.status, 3)  # 3: the time limit
     if not distributed.current().is_main:  # under torchrun, one summary
         return code

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from vimpac.argtypes import at_least, positive_float, positive_int
+from vimpac.cli import command_error
 from vimpac.data.annotations import FORMATS, KINETICS_LAYOUTS  # standard library only: cheap at start-up
 
 # The tokenize options each annotation format takes. Any other option given is refused by
@@ -72,17 +73,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     store = subparsers.add_parser("store", help="inspect a token store (verify, info), merge its manifest (compact)")
     store_sub = store.add_subparsers(title="store commands", metavar="COMMAND")
     verify = store_sub.add_parser("verify", help="check every checksum, shard bounds and the manifest; exit 1 on problems")
-    verify.add_argument("store", metavar="STORE")
+    verify.add_argument("store", metavar="STORE", help="token store folder")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(run=run_verify)
     info = store_sub.add_parser("info", help="summarise a store: videos, entries, frames, tokenizer, failures")
-    info.add_argument("store", metavar="STORE")
+    info.add_argument("store", metavar="STORE", help="token store folder")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(run=run_info)
     compact = store_sub.add_parser(
         "compact", help="merge the manifest parts into manifest.json (after ranks ran as separate jobs, "
         "or an interrupted run); refused while a run writes the store")
-    compact.add_argument("store", metavar="STORE")
+    compact.add_argument("store", metavar="STORE", help="token store folder")
     compact.set_defaults(run=run_compact)
     store.set_defaults(run=lambda args: _print_help(store))
 
@@ -120,8 +121,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
             min_frames=args.min_frames, annotation_files=[args.list], stop_on_signals=True,
         )
     except (StoreError, AnnotationError, TokenizerError, ConfigError, ValueError) as exc:
-        print(f"vimpac tokenize: error: {exc}", file=sys.stderr)
-        return 2
+        return command_error(args, exc)
     except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM: stopped at once
         print(f"vimpac tokenize: interrupted; the videos committed so far are kept in {args.out}; "
               "rerun the same command to resume", file=sys.stderr)
@@ -135,10 +135,9 @@ def run_tokenize(args: argparse.Namespace) -> int:
         return exit_code(report.interrupted)
     if report.all_failed:
         first = report.failures[0]
-        print(f"vimpac tokenize: error: every video of this run failed ({len(report.failures)}); check --videos "
-              f"{args.videos} (the annotation paths are relative to it) and the list. First: "
-              f"{first.get('path')}: {first.get('reason')}", file=sys.stderr)
-        return 1
+        return command_error(args, f"every video of this run failed ({len(report.failures)}); check --videos "
+                                   f"{args.videos} (the annotation paths are relative to it) and the list. First: "
+                                   f"{first.get('path')}: {first.get('reason')}", code=1)
     return 0
 
 
@@ -213,8 +212,7 @@ def run_info(args: argparse.Namespace) -> int:
     try:
         info = store_info(args.store)
     except StoreError as exc:
-        print(f"vimpac store info: error: {exc}", file=sys.stderr)
-        return 2
+        return command_error(args, exc)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
@@ -227,8 +225,7 @@ def run_compact(args: argparse.Namespace) -> int:
     try:
         manifest, parts = compact_idle_store(Path(args.store))
     except StoreError as exc:
-        print(f"vimpac store compact: error: {exc}", file=sys.stderr)
-        return 2
+        return command_error(args, exc)
     done = (f"merged {parts} manifest part(s) into {MANIFEST_FILE}" if parts
             else f"nothing to merge: {MANIFEST_FILE} is up to date")
     print(f"{args.store}: {done}; {len(manifest.video_key)} videos, {manifest.num_entries} entries, "

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from vimpac.argtypes import positive_int
+from vimpac.cli import command_error
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,13 +42,11 @@ def _run_convert_dalle(args: argparse.Namespace) -> int:
     try:
         tokenizer = convert_official_pickles(args.encoder_pkl, args.decoder_pkl, args.out_dir, args.overwrite)
     except TokenizerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return command_error(args, exc)
     except OSError as exc:  # e.g. OUT_DIR below a file, or in a folder we may not write
         from vimpac.io import describe_os_error
 
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-        return 2
+        return command_error(args, describe_os_error(exc))
     enc = tokenizer.config.encoder
     print(f"wrote {args.out_dir}: DALL-E dVAE, {enc.vocab_size} codes, n_hid {enc.n_hid}, "
           f"{enc.n_blk_per_group} blocks/group, tokenizer id {tokenizer.tokenizer_id}")
@@ -81,7 +80,8 @@ def _register_train_tokenizer(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
     parser.add_argument("--batch-size", type=int, default=32, help="frames per step (default 32)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the held-out split, the initialisation and the batches (default 0)")
     parser.add_argument("--max-minutes", type=float, default=None, metavar="M",
                         help="stop training after M minutes (then evaluate and save as usual)")
     parser.add_argument("--resume", action="store_true",
@@ -122,6 +122,5 @@ def _run_train_tokenizer(args: argparse.Namespace) -> int:
         print(f"vimpac train-tokenizer: {exc}; rerun with --resume to continue", file=sys.stderr)
         return exit_code(exc.signal_name)
     except (ConfigError, TokenizerError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return command_error(args, exc)
     return 0

@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from vimpac.cli import command_error
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     info = subparsers.add_parser(
@@ -74,9 +76,9 @@ def _run_video_info(args: argparse.Namespace) -> int:
             for row in rows:
                 print("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths))))
         if not paths:
-            print("no video files found", file=sys.stderr)
+            command_error(args, "no video files found")
         if errors:
-            print(f"{len(errors)} bad file(s):", file=sys.stderr)
+            command_error(args, f"{len(errors)} bad file(s):")
             for error in errors:
                 print(f"  [{error.kind}] {error}", file=sys.stderr)
     return 1 if errors or not paths else 0
@@ -93,6 +95,5 @@ def _run_sample_clips(args: argparse.Namespace) -> int:
         for name, path in clips.items():
             print(f"{name.ljust(width)}  {path}  [{SAMPLE_CLIP_LICENSES[name]}]")
     if not clips:
-        print(f"no sample clips found: {INSTALL_HINT}", file=sys.stderr)
-        return 1
+        return command_error(args, f"no sample clips found: {INSTALL_HINT}", code=1)
     return 0
