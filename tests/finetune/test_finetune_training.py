@@ -161,6 +161,17 @@ def test_resume_from_another_working_folder(stores, monkeypatch):
     resumed = run_finetune(ft_config(tmp_path, out=str(tmp_path / "part"), steps=2, resume=True))
     assert resumed.status == "finished"
 
+
+def test_finetune_cli_stopped_by_its_time_limit_exits_3_and_says_how_to_continue(stores, capsys):
+    command = ["finetune", "--train-store", str(stores / "train"), "--pretrained", str(stores / "pt"),
+               "--out", str(stores / "limited"), "--frames", "4", "--steps", "2", "--batch-size", "2", "--no-progress"]
+    assert main([*command, "--max-minutes", "0"]) == 3
+    printed = capsys.readouterr()
+    assert printed.out.startswith("time_limit after 1 steps")
+    assert "continue with the same command and --resume" in printed.err
+    assert main([*command, "--resume"]) == 0
+
+
 def test_finetune_cli_learns_the_class_token(stores, capsys):
     tmp_path = stores
     code = main(["finetune", "--train-store", str(tmp_path / "train"), "--val-store", str(tmp_path / "val"),

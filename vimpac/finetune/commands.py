@@ -193,6 +193,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
         print(f"model: {summary.model_dir}")
     if summary.evaluation:
         print("evaluation: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in summary.evaluation.items()))
+    if summary.status == "time_limit":
+        print("stopped by --max-minutes; continue with the same command and --resume", file=sys.stderr)
     return code
 
 
