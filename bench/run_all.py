@@ -23,6 +23,7 @@ BENCHMARKS = (
     "bench_store.py",
     "bench_store_open.py",
     "bench_encoder_calls.py",
+    "bench_tokenize_long.py",
     "bench_masking.py",
     "bench_dropout.py",
     "bench_layouts.py",

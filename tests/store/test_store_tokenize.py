@@ -191,6 +191,57 @@ def test_full_batch_encoder_calls_are_full_and_videos_come_back_in_order():
     assert encoder.finish() == []
 
 
+def test_full_batch_encoder_takes_chunks_drops_a_failed_video_and_restarts_a_decoded_again_one():
+    """Videos in chunks, as the decoding workers send them: a video that fails after some chunks
+    is dropped (also its frames already encoded in calls shared with others), one whose worker
+    died and that comes again from its first chunk starts over; calls stay full."""
+    from vimpac.store.tokenize import FullBatchEncoder
+
+    def chunks(video, size):
+        count = len(video.views["a"])
+        for start in range(0, count, size):
+            yield {name: frames[start : start + size] for name, frames in video.views.items()}, start, count
+
+    tokenizer = RecordingTokenizer()
+    encoder = FullBatchEncoder(tokenizer, ("a", "b"), batch_size=8)
+    videos = [_decoded(i, {"a": n, "b": n}) for i, n in enumerate([5, 9, 6, 4])]
+    returned = []
+    for chunk in chunks(videos[0], 2):
+        returned += encoder.add_chunk(videos[0].job, *chunk)
+    for chunk in list(chunks(videos[1], 2))[:3]:  # 12 of its frames, some encoded with video 0's
+        returned += encoder.add_chunk(videos[1].job, *chunk)
+    assert [v.key for v in returned] == ["v0"]
+    encoder.drop_unfinished()  # it failed
+    returned += encoder.add_chunk(videos[2].job, *next(chunks(videos[2], 4)))
+    for chunk in chunks(videos[2], 4):  # its worker died; decoded again from the start
+        returned += encoder.add_chunk(videos[2].job, *chunk)
+    for chunk in chunks(videos[3], 3):
+        returned += encoder.add_chunk(videos[3].job, *chunk)
+    returned += encoder.finish()
+    assert [v.key for v in returned] == ["v0", "v2", "v3"]
+    for video in returned:
+        for name in ("a", "b"):
+            whole = videos[int(video.key[1:])].views[name]
+            np.testing.assert_array_equal(video.views[name], PaletteTokenizer().encode(whole).numpy())
+    # Also encoded: 6 of video 1's frames (the 2nd call: with the last 6 of video 0's 10) and the
+    # 8 of video 2's first chunk, before it came again.
+    assert set(tokenizer.calls[:-1]) == {8} and sum(tokenizer.calls) == 2 * (5 + 6 + 4) + 6 + 8
+    with pytest.raises(ValueError, match="a chunk of video 'v1' came without the chunks before it"):
+        encoder.add_chunk(videos[1].job, *list(chunks(videos[1], 2))[1])
+
+
+@pytest.mark.parametrize("bad", [-1, 70000])
+def test_token_ids_that_do_not_fit_the_store_are_an_error_naming_the_tokenizer(dataset, bad):
+    # The encoder keeps a video's tokens as uint16 until it is complete: -1 or 70000 must not wrap.
+    class Broken(PaletteTokenizer):
+        def encode(self, frames):
+            return super().encode(frames) * 0 + bad
+
+    root, annotations = dataset
+    with pytest.raises(StoreError, match=rf"tokenizer palette-64-test: .*not integers in \[0, 65535\] .*{bad} to {bad}"):
+        tokenize_videos(annotations, root / "videos", Broken(), 4, 32, VIEWS, root / "store", workers=0, progress=False)
+
+
 def test_store_encoder_calls_span_videos(dataset, tmp_path):
     """The whole pipeline with a batch that does not divide the videos' frames: same tokens,
     and the encoder saw one batch size (plus one shorter last call)."""
@@ -206,26 +257,50 @@ def test_store_encoder_calls_span_videos(dataset, tmp_path):
             np.testing.assert_array_equal(store.tokens(store.index_of(key, view)), tokens)
 
 
+def gather(messages) -> tuple[list[str], dict[str, object]]:
+    """The keys of `_decode_in_order`'s messages in order of arrival, and per video its views
+    (its chunks put together; a first chunk starts the video over) or its failure."""
+    from vimpac.store.tokenize import DecodedChunk
+
+    keys, results = [], {}
+    for message in messages:
+        key = message.job.key
+        keys.append(key)
+        if not isinstance(message, DecodedChunk):
+            results[key] = message.failure
+        elif message.first:
+            results[key] = {name: [frames] for name, frames in message.views.items()}
+        else:
+            for name, frames in message.views.items():
+                results[key][name].append(frames)
+    return keys, {key: got if not isinstance(got, dict) else {name: np.concatenate(parts) for name, parts in got.items()}
+                  for key, got in results.items()}
+
+
 def test_a_decoder_process_that_dies_fails_only_its_video(dataset):
-    """A worker killed while decoding (here: os._exit, as a crash in FFmpeg would) fails that
-    video with error "crash"; the videos in flight with it and after it are decoded, in order.
-    (multiprocessing.Pool waited forever for the lost task.)"""
+    """A worker killed while decoding (here: os._exit, as a crash in FFmpeg would), before or
+    after sending a chunk, fails that video with error "crash"; the videos in flight with it and
+    after it are decoded, in order. (multiprocessing.Pool waited forever for the lost task.)"""
     from store_helpers import decode_or_crash
     from vimpac.store.tokenize import DecodeJob, _decode_in_order
 
     root, annotations = dataset
     views = tuple(resolve_views("s1.00_center"))
-    keys = ["v00", "v01", "v03_crash", "v02", "v04", "v01_crash", "v03"]   # v02 is the corrupt file
+    keys = ["v00", "v01_chunked", "v03_crash", "v02", "v04_chunked", "v00_crash_late", "v01_crash", "v03"]
     jobs = [DecodeJob(i, key, 0, f"{key[:3]}.mp4", str(root / "videos" / f"{key[:3]}.mp4"), 4.0, 32, views, 1)
-            for i, key in enumerate(keys)]
-    results = list(_decode_in_order(jobs, workers=2, decode=decode_or_crash))
-    assert [r.job.key for r in results] == keys
-    errors = {r.job.key: r.failure.error for r in results if r.failure is not None}
-    assert errors == {"v03_crash": "crash", "v01_crash": "crash", "v02": "decode"}
-    assert "decoding process died" in next(r for r in results if r.job.key == "v03_crash").failure.reason
-    for r in results:
-        if r.failure is None:
-            assert r.views["s1.00_center"].shape == (4, 32, 32, 3)
+            for i, key in enumerate(keys)]   # v02 is the corrupt file
+    arrived, results = gather(_decode_in_order(jobs, workers=2, decode=decode_or_crash))
+    assert list(dict.fromkeys(arrived)) == keys
+    assert arrived.count("v01_chunked") == 4   # one message a frame
+    assert arrived.count("v00_crash_late") == 3  # its first chunk, again from a fresh process, its failure
+    errors = {key: got.error for key, got in results.items() if not isinstance(got, dict)}
+    assert errors == {"v03_crash": "crash", "v00_crash_late": "crash", "v01_crash": "crash", "v02": "decode"}
+    assert "decoding process died" in results["v03_crash"].reason
+    for key, got in results.items():
+        if key not in errors:
+            whole = decode_video(DecodeJob(0, key, 0, "", str(root / "videos" / f"{key[:3]}.mp4"), 4.0, 32, views, 1))
+            assert got["s1.00_center"].shape == (4, 32, 32, 3)
+            np.testing.assert_array_equal(got["s1.00_center"], whole.views["s1.00_center"])
 
 
 def test_a_script_without_main_guard_fails_no_video(dataset):
@@ -636,3 +711,139 @@ def test_progress_without_a_terminal_is_lines_not_a_bar(dataset, capsys):
     assert "\r" not in err
     lines = [line for line in err.splitlines() if line.startswith("tokenize r0: ")]
     assert lines and lines[-1].startswith("tokenize r0: 5/5 video (100%)") and lines[-1].endswith("failed 1")
+
+
+# ------------------------------------------------------------------ long videos through the store
+
+
+def one_video(root: Path, name: str, frames: int, fps: float):
+    from vimpac.data.annotations import AnnotationSet, VideoRecord
+
+    write_sliding_blocks(root / "videos" / f"{name}.mp4", frames, 48, 64, fps=fps)
+    return AnnotationSet(records=[VideoRecord(path=f"{name}.mp4", label=0, key=name)], class_names=("a",), source="test")
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_a_long_video_is_tokenized_in_memory_that_does_not_grow_with_it(tmp_path, workers):
+    # A worker returned all of a video's views at once, pickled to the main process and queued
+    # there whole: an hour with the all12 views was ~4 GB in each of the two processes, and the
+    # run died of MemoryError or the out-of-memory killer. Now chunks of views flow through.
+    import itertools
+
+    frames, fps, size = 1200, 20, 32  # 60 s; 38 chunks of DECODE_CHUNK_FRAMES sampled frames
+    annotations = one_video(tmp_path, "long", frames, fps)
+    attempt = itertools.count()  # traced_peak calls twice: each call into a new store
+    report, peak = traced_peak(lambda: tokenize_videos(
+        annotations, tmp_path / "videos", PaletteTokenizer(), fps, size, VIEWS, tmp_path / f"store{next(attempt)}",
+        workers=workers, batch_size=8, progress=False))
+    assert (report.encoded_videos, report.encoded_frames) == (1, 2 * frames)
+    views_bytes = 2 * frames * size * size * 3  # the video's two views, which the main process held whole
+    assert peak < views_bytes / 4
+    store = TokenStore.open(tmp_path / "store1")
+    for view, tokens in expected_tokens(tmp_path / "videos" / "long.mp4", fps, size).items():
+        np.testing.assert_array_equal(store.tokens(store.index_of("long", view)), tokens)
+
+
+@pytest.fixture
+def long_and_short(tmp_path):
+    """Videos of 1, 2 and 9 chunks (8 FPS, 48 x 64) with a corrupt file among them."""
+    from vimpac.data.annotations import AnnotationSet, VideoRecord
+
+    lengths = {"a": 20, "b": 264, "c": 8, "d": 0, "e": 50}  # frames; "d" is not a video
+    for seed, (name, frames) in enumerate(lengths.items()):
+        path = tmp_path / "videos" / f"{name}.mp4"
+        if frames:
+            write_sliding_blocks(path, frames, 48, 64, fps=8, seed=seed)
+        else:
+            path.write_bytes(b"not a video" * 20)
+    records = [VideoRecord(path=f"{name}.mp4", label=i % 2, key=name) for i, name in enumerate(lengths)]
+    return tmp_path, AnnotationSet(records=records, class_names=("x", "y"), source="test")
+
+
+def store_files(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / SHARD_DIR).glob("*.tok"))}
+
+
+@pytest.mark.slow
+def test_videos_of_many_chunks_give_the_same_store_with_any_number_of_workers(long_and_short):
+    """Chunks of views from the workers, encoded as they come: the tokens of encoding each whole
+    video at once, and the same shard bytes with 0, 1 or 2 workers and any batch size."""
+    root, annotations = long_and_short
+    views = "s1.00_center,s1.25_top_left_flip,s1.25_bottom_right"
+    shards = {}
+    for workers, batch_size in [(0, 64), (1, 7), (2, 64)]:
+        out = root / f"store-{workers}"
+        report = tokenize_videos(annotations, root / "videos", PaletteTokenizer(), 8, 32, views, out,
+                                 workers=workers, batch_size=batch_size, progress=False)
+        assert report.encoded_videos == 4 and [f["key"] for f in report.failures] == ["d"]
+        shards[workers] = store_files(out)
+        assert cli_main(["store", "verify", str(out)]) == 0
+    assert shards[1] == shards[0] and shards[2] == shards[0]
+    store = TokenStore.open(root / "store-0")
+    assert store.keys() == ["a", "b", "c", "e"]
+    for key in store.keys():
+        frames = read_video_at_fps(root / "videos" / f"{key}.mp4", 8)
+        for name, view in make_views(frames, 32, views).items():
+            np.testing.assert_array_equal(store.tokens(store.index_of(key, name)), PaletteTokenizer().encode(view).numpy())
+
+
+def fail_midway(monkeypatch, key: str, after_chunks: int):
+    """Make video `key` fail after sending `after_chunks` chunks, as a file damaged in its middle."""
+    from vimpac.store.tokenize import DecodedVideo
+    from vimpac.store.writer import FailedVideo
+
+    real = tokenize_module.decode_video_chunks
+
+    def decode(job, chunk_frames=None):
+        for index, message in enumerate(real(job, chunk_frames)):
+            if job.key == key and index == after_chunks:
+                yield DecodedVideo(job, None, FailedVideo(job.record, job.key, job.rel_path, "bad data midway", "decode"))
+                return
+            yield message
+
+    monkeypatch.setattr(tokenize_module, "decode_video_chunks", decode)
+
+
+def test_a_video_that_fails_midway_leaves_nothing_of_it_in_the_store(long_and_short, monkeypatch):
+    # Its first chunks are encoded in batches shared with the videos before and after it.
+    root, annotations = long_and_short
+    monkeypatch.setattr(tokenize_module, "DECODE_CHUNK_FRAMES", 3)
+    fail_midway(monkeypatch, "b", after_chunks=4)
+    tokenizer = RecordingTokenizer()
+    report = tokenize_videos(annotations, root / "videos", tokenizer, 8, 32, VIEWS, root / "store", workers=0,
+                             batch_size=5, progress=False)
+    assert [f["key"] for f in report.failures] == ["b", "d"] and report.failures[0]["reason"] == "bad data midway"
+    assert report.encoded_frames == 2 * (20 + 8 + 50)
+    assert report.encoded_frames < sum(tokenizer.calls) <= report.encoded_frames + 2 * 4 * 3  # some of b's 4 chunks
+    store = TokenStore.open(root / "store")
+    assert store.keys() == ["a", "c", "e"] and len(store) == 6
+    for key in store.keys():
+        for view, tokens in expected_tokens(root / "videos" / f"{key}.mp4", 8, 32).items():
+            np.testing.assert_array_equal(store.tokens(store.index_of(key, view)), tokens)
+    assert cli_main(["store", "verify", str(root / "store")]) == 0
+
+
+def test_a_signal_while_a_video_is_arriving_commits_the_videos_before_it(long_and_short, monkeypatch):
+    import os
+    import signal
+
+    root, annotations = long_and_short
+    monkeypatch.setattr(tokenize_module, "DECODE_CHUNK_FRAMES", 16)  # "b": 264 frames, 17 chunks
+    real = tokenize_module._decode_in_order
+
+    def decode_then_signal(jobs, workers):
+        for message in real(jobs, workers):
+            if message.job.key == "b" and message.start == 5 * 16:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield message
+
+    monkeypatch.setattr(tokenize_module, "_decode_in_order", decode_then_signal)
+    report = run(root, annotations, root / "store", fps=8, batch_size=8, stop_on_signals=True)
+    assert report.interrupted == "SIGTERM" and report.encoded_videos == 1
+    assert TokenStore.open(root / "store").keys() == ["a"]
+    monkeypatch.setattr(tokenize_module, "_decode_in_order", real)
+    rest = run(root, annotations, root / "store", fps=8)
+    assert (rest.already_done, rest.encoded_videos, len(rest.failures)) == (1, 3, 1)
+    whole = run(root, annotations, root / "uninterrupted", fps=8)
+    assert whole.encoded_videos == 4
+    assert store_files(root / "store") == store_files(root / "uninterrupted")

@@ -4,21 +4,25 @@ Pipeline (one rank):
 
     worker processes (spawn)            main process
     ------------------------            ------------
-    VideoReader.iter_frames        ->   FullBatchEncoder: queue every view's frames, encode each
-      (frames at the FPS, 32 at a       full `batch_size` of them (one shape for the encoder)
-      time) -> make_views of each       RankWriter.commit(videos now complete)  (fsync shard, then
-      chunk                             manifest part)
+    VideoReader.iter_frames        ->   FullBatchEncoder: queue each chunk's views, encode each
+      (frames at the FPS, 32 at a       full `batch_size` of frames (one shape for the encoder),
+      time) -> make_views of each       keep a video's tokens until its last chunk is encoded
+      chunk, sent on chunk by chunk     RankWriter.commit(videos now complete)  (fsync shard, then
+                                        manifest part)
 
-Decoding runs ahead in a bounded window of `2 * workers` videos, so it overlaps encoding
-without holding the whole dataset in memory. Videos that fail to decode (any `VideoError`,
-fewer than `min_frames` frames at the FPS, or a decoder crash that kills its worker process) are
-committed as failures with their reason and the run goes on; a rerun skips them unless
-`retry_failed` (a file that was missing is retried by itself once it exists).
+Each worker holds at most 2 videos and runs a few chunks ahead of the encoder, so decoding
+overlaps encoding, and memory does not grow with the length of a video (only its tokens wait,
+2 bytes each) nor of the dataset. Videos that fail to decode (any `VideoError`, fewer than
+`min_frames` frames at the FPS, or a decoder crash that kills its worker process) are
+committed as failures with their reason (the chunks they sent before are dropped) and the run
+goes on; a rerun skips them unless `retry_failed` (a file that was missing is retried by itself
+once it exists).
 
 Interruption: the first SIGINT or SIGTERM (as sent by `timeout` or SLURM) stops taking new
-videos; what is decoded is encoded and committed, and the run returns with `interrupted` set
-(a second signal stops at once; committed videos are kept either way). Decoding workers exit
-by themselves when the main process is gone, even after a SIGKILL.
+videos; the videos whose chunks have all come are encoded and committed (one still coming is
+left for the rerun), and the run returns with `interrupted` set (a second SIGINT stops at
+once; committed videos are kept either way). Decoding workers exit by themselves when the main
+process is gone, even after a SIGKILL.
 
 A store records a fingerprint of the annotation list it was made from; resuming it with
 another list (other videos, order, labels or classes, or another list file) is
@@ -39,12 +43,13 @@ import dataclasses
 import datetime
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import posixpath
+import queue
 import signal
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -55,12 +60,12 @@ from vimpac.io import atomic_write_json
 from vimpac.signals import stop_on_signals as stop_signals
 from vimpac.store.errors import StoreError
 from vimpac.store.format import (
-    MAX_CODEBOOK, META_FILE, Manifest, StoreMeta, annotations_fingerprint, load_manifest, read_meta,
+    MAX_CODEBOOK, META_FILE, TOKEN_DTYPE, Manifest, StoreMeta, annotations_fingerprint, load_manifest, read_meta,
 )
 from vimpac.store.writer import (
     DEFAULT_SHARD_BYTES, EncodedVideo, FailedVideo, RankWriter, compact_store, write_failures_report,
 )
-from vimpac.workers import WORKERS_DIE_ON_START, exit_with_parent, worker_can_start
+from vimpac.workers import WORKERS_DIE_ON_START, exit_with_parent
 
 
 # ------------------------------------------------------------------------------ report
@@ -139,9 +144,30 @@ class DecodeJob:
 
 @dataclass
 class DecodedVideo:
+    """A video decoded whole (`decode_video`), or, with `views` None, the failure that ends a
+    video's messages from a decoding worker."""
+
     job: DecodeJob
     views: dict[str, np.ndarray] | None  # view name -> (T, S, S, 3) uint8
     failure: FailedVideo | None
+
+
+@dataclass
+class DecodedChunk:
+    """The views of the sampled frames [start, start + n) of a video of `total` of them."""
+
+    job: DecodeJob
+    views: dict[str, np.ndarray]  # view name -> (n, S, S, 3) uint8
+    start: int
+    total: int
+
+    @property
+    def first(self) -> bool:
+        return self.start == 0
+
+    @property
+    def last(self) -> bool:
+        return self.start + len(next(iter(self.views.values()))) == self.total
 
 
 # How long a rank waits at a barrier for the others. A rank that is done waits at the final one
@@ -151,28 +177,57 @@ class DecodedVideo:
 # at once; only a machine that hangs is left to the job scheduler (`srun --kill-on-bad-exit=1`).
 RANK_WAIT_LIMIT = datetime.timedelta(days=7)
 
-# Full-resolution frames a decoding worker holds at a time: the views of each chunk are made
-# before the next is decoded, so a 1-hour video costs its small views, not 7,200 HD frames.
+# Sampled frames a decoding worker decodes and turns into views at a time: it holds one chunk of
+# full-resolution frames, and sends each chunk's views on before decoding far ahead.
 DECODE_CHUNK_FRAMES = 32
 
+# Messages (a chunk's views, or a failure) a decoding worker may have made that the main process
+# has not taken yet; with the one it is making, that is how far it runs ahead of the encoder
+# (all12 at S = 128: 19 MB a chunk). A whole video's views sent at once were ~4 GB for an hour.
+WORKER_AHEAD_MESSAGES = 2
+# Seconds a worker that is told to stop (the run is over) gets to exit before it is killed.
+WORKER_EXIT_S = 5.0
 
-def decode_video(job: DecodeJob) -> DecodedVideo:
-    """Decode one video at the FPS and make its views (runs in a worker process)."""
-    from vimpac.video.errors import VideoError, VideoTooShortError
+
+def decode_video_chunks(job: DecodeJob, chunk_frames: int | None = None) -> Iterator[DecodedChunk | DecodedVideo]:
+    """Decode one video at the FPS, `chunk_frames` sampled frames (default DECODE_CHUNK_FRAMES) at a
+    time, and yield the views of each chunk; the last has `last` set. A video that cannot be
+    decoded ends with a `DecodedVideo` holding its failure instead, possibly after some chunks
+    (whoever takes them drops those). Runs in a decoding worker process."""
+    from vimpac.video.errors import VideoDecodeError, VideoError, VideoTooShortError
     from vimpac.video.reader import VideoReader
-    from vimpac.video.views import make_views_of_chunks
+    from vimpac.video.views import make_views
 
     try:
         with VideoReader(job.path) as video:
             indices = video.frame_indices_at_fps(job.fps)
             if len(indices) < job.min_frames:
                 raise VideoTooShortError(job.path, job.min_frames, len(indices))
-            chunks = video.iter_frames(indices, DECODE_CHUNK_FRAMES)
-            views = make_views_of_chunks(chunks, len(indices), job.size, job.views)
+            start = 0
+            for frames in video.iter_frames(indices, DECODE_CHUNK_FRAMES if chunk_frames is None else chunk_frames):
+                chunk = DecodedChunk(job, make_views(frames, job.size, job.views), start, len(indices))
+                start += len(frames)
+                del frames  # else these full-resolution frames stay alive while the next chunk is decoded
+                yield chunk
+                del chunk
+            if start != len(indices):  # the reader raises first; a video must end with `last` or a failure
+                raise VideoDecodeError(job.path, f"decoded {start} of the {len(indices)} sampled frames")
     except VideoError as exc:
         kind = getattr(exc, "kind", type(exc).__name__)
         failure = FailedVideo(job.record, job.key, job.rel_path, getattr(exc, "reason", str(exc)), kind)
-        return DecodedVideo(job, None, failure)
+        yield DecodedVideo(job, None, failure)
+
+
+def decode_video(job: DecodeJob) -> DecodedVideo:
+    """One video's views at once (tests, benchmarks): `decode_video_chunks` gathered into arrays."""
+    views: dict[str, np.ndarray] = {}
+    for message in decode_video_chunks(job):
+        if isinstance(message, DecodedVideo):
+            return message
+        for name, frames in message.views.items():
+            if message.first:
+                views[name] = np.empty((message.total,) + frames.shape[1:], dtype=frames.dtype)
+            views[name][message.start : message.start + len(frames)] = frames
     return DecodedVideo(job, views, None)
 
 
@@ -181,78 +236,252 @@ CRASH_REASON = ("the decoding process died while reading this file (a crash insi
 
 
 def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
-                     decode: Callable[[DecodeJob], DecodedVideo] = decode_video) -> Iterator[DecodedVideo]:
-    """Decoded videos in job order; with workers, at most 2 * workers are in flight or waiting.
+                     decode: Callable[[DecodeJob], Iterator[DecodedChunk | DecodedVideo]] | None = None,
+                     ) -> Iterator[DecodedChunk | DecodedVideo]:
+    """Each job's messages (`decode_video_chunks`), job after job in order: its chunks, the last
+    with `last` set, or a `DecodedVideo` with its failure. With workers, each one holds at most 2
+    jobs and runs ahead of the caller by WORKER_AHEAD_MESSAGES messages, so a long video costs a
+    few chunks of views in flight, not all of them.
 
     A worker process that dies while decoding (a crash inside FFmpeg on a damaged file, the
-    out-of-memory killer) breaks the pool. The videos that were in flight and not yet decoded
-    are then decoded again one at a time, each in a fresh process; the one whose process dies
-    is reported as failed (error "crash") and the run goes on with a new pool. With
-    `multiprocessing.Pool` such a death left the run waiting forever.
+    out-of-memory killer) is replaced by a fresh one, which decodes the video being received
+    again, alone: its chunks come again from the first (`first` set, the caller drops those it
+    had). If that process dies too, the video is reported as failed (error "crash"); either way
+    the fresh process then takes the dead one's other videos and the run goes on. (With
+    `multiprocessing.Pool` such a death left the run waiting forever.)
     """
+    decode = decode_video_chunks if decode is None else decode
     if workers <= 0:
         for job in jobs:
-            yield decode(job)
+            yield from decode(job)
         return
+    # A thread receives the messages (reads them from the pipes and unpickles them, ~15 ms for a
+    # chunk of all12 at S = 128), so that the caller encodes meanwhile: 5-8% of the throughput on
+    # short videos, which the process pool's own result thread used to give.
+    received: queue.Queue = queue.Queue(1)
+    stop = threading.Event()
+
+    def hand_over(item: tuple) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                received.put(item, timeout=0.1)
+                return
+
+    def receive_all() -> None:
+        try:
+            for message in _receive_in_order(jobs, workers, decode, stop):
+                hand_over((message, None))
+            hand_over((None, None))
+        except BaseException as exc:  # raised to the caller
+            hand_over((None, exc))
+
+    receiver = threading.Thread(target=receive_all, name="receive-decoded", daemon=True)
+    receiver.start()
+    try:
+        while True:
+            message, error = received.get()
+            if error is not None:
+                raise error
+            if message is None:
+                return
+            yield message
+    finally:
+        stop.set()
+        receiver.join()
+
+
+def _receive_in_order(jobs: Sequence[DecodeJob], workers: int, decode: Callable,
+                      stop: threading.Event) -> Iterator[DecodedChunk | DecodedVideo]:
+    """`_decode_in_order` with `workers` > 0, in the receiving thread; ends early once `stop` is set."""
     # spawn: fork would copy the parent's torch threads and locks into the workers.
     context = multiprocessing.get_context("spawn")
     job_iter = iter(jobs)
-    pending: collections.deque = collections.deque()  # (job, future), in job order
-    pool = _decode_pool(workers, context)
+    order: collections.deque = collections.deque()  # (job, worker index), handed out and not yet received
+    procs: list[_DecodeProcess] = []
+    next_worker = 0
+    finished = False
+
+    def fill() -> None:
+        # Round robin: a worker decodes its jobs in order, and they are received in job order.
+        nonlocal next_worker
+        while len(order) < 2 * workers and (job := next(job_iter, None)) is not None:
+            procs[next_worker].assign(job)
+            order.append((job, next_worker))
+            next_worker = (next_worker + 1) % workers
+
     try:
-        def fill() -> None:
-            while len(pending) < 2 * workers:
-                job = next(job_iter, None)
-                if job is None:
-                    return
-                pending.append((job, pool.submit(decode, job)))
-
+        for _ in range(workers):
+            procs.append(_DecodeProcess(context, decode))
         fill()
-        while pending:
-            job, future = pending.popleft()
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                pool.shutdown(wait=True, cancel_futures=True)
-                in_flight = [(job, future)] + list(pending)
-                pending.clear()
-                for stuck_job, stuck in in_flight:
-                    finished = stuck.done() and not stuck.cancelled() and stuck.exception() is None
-                    yield stuck.result() if finished else _decode_alone(stuck_job, decode, context)
-                pool = _decode_pool(workers, context)
-                fill()
+        while order:
+            job, w = order[0]
+            message = procs[w].receive(stop)
+            if stop.is_set():
+                return
+            if message is None:  # the process died
+                dead = procs[w]
+                if not dead.started:
+                    # Not this video's fault: a script without a `__main__` guard kills every
+                    # worker so, and committing each video as a permanent "crash" failure would
+                    # make the corrected script's rerun skip them all.
+                    raise StoreError(f"decoding: {WORKERS_DIE_ON_START}; no video was marked as failed for it")
+                crashed = dead.alone is job  # it died decoding this video alone
+                procs[w] = dead.replacement(context, decode, crashed)
+                if crashed:
+                    order.popleft()
+                    fill()
+                    yield DecodedVideo(job, None, FailedVideo(job.record, job.key, job.rel_path, CRASH_REASON, "crash"))
                 continue
-            fill()
-            yield result
+            if isinstance(message, _WorkerError):
+                raise message.exception from _RemoteTraceback(message.traceback)
+            if isinstance(message, DecodedVideo) or message.last:
+                order.popleft()
+                procs[w].job_received()
+                fill()
+            yield message
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for proc in procs:
+            proc.close(kill=not finished)
 
 
-def _decode_pool(workers: int, context: Any) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                               initargs=(os.getpid(),))
+class _DecodeProcess:
+    """A decoding worker process: decodes the jobs given to it in order and sends their messages
+    back through a pipe, at most WORKER_AHEAD_MESSAGES ahead of the receiver."""
+
+    def __init__(self, context: Any, decode: Callable) -> None:
+        task_reader, self.tasks = context.Pipe(duplex=False)
+        self.results, result_writer = context.Pipe(duplex=False)
+        self.process = context.Process(target=_decode_worker, args=(os.getpid(), decode, task_reader, result_writer),
+                                       name="vimpac-decode", daemon=True)
+        self.process.start()
+        # Only the worker holds these ends now: its death is an EOF on `results` (even in the
+        # middle of a message), and sending it a job after it died is a BrokenPipeError.
+        task_reader.close()
+        result_writer.close()
+        self.started = False  # it sent _WORKER_READY: it got as far as taking jobs
+        self.jobs: collections.deque = collections.deque()  # given to it, not yet all received, in order
+        self.alone: DecodeJob | None = None  # a job it decodes before it is sent the others
+        self._held: list[DecodeJob] = []
+
+    def assign(self, job: DecodeJob) -> None:
+        self.jobs.append(job)
+        if self.alone is not None and job is not self.alone:
+            self._held.append(job)
+        else:
+            with contextlib.suppress(BrokenPipeError):  # it died: found when its messages are awaited
+                self.tasks.send(job)
+
+    def job_received(self) -> None:
+        """The first of its jobs is received whole (or failed)."""
+        if self.jobs.popleft() is self.alone:
+            self.alone = None
+            held, self._held = self._held, []
+            for job in held:
+                self.assign(job)
+
+    def receive(self, stop: threading.Event) -> Any:
+        """The next message; None when the process died first (what it had not sent is lost) or
+        `stop` was set."""
+        while True:
+            try:
+                while not self.results.poll():
+                    if stop.is_set():
+                        return None
+                    if self.process.sentinel in multiprocessing.connection.wait([self.results, self.process.sentinel], 0.2):
+                        if not self.results.poll():  # it ended, and left nothing
+                            return None
+                message = self.results.recv()
+            except (EOFError, OSError):  # it died, maybe in the middle of a message
+                return None
+            if isinstance(message, str) and message == _WORKER_READY:
+                self.started = True
+                continue
+            return message
+
+    def replacement(self, context: Any, decode: Callable, crashed: bool) -> "_DecodeProcess":
+        """A fresh process for this (dead) one's jobs: the first of them decoded alone before
+        the others, or, when it `crashed` decoding that one alone, without it."""
+        self.close(kill=True)
+        jobs = list(self.jobs)[1:] if crashed else list(self.jobs)
+        fresh = _DecodeProcess(context, decode)
+        if jobs and not crashed:
+            fresh.alone = jobs[0]
+        for job in jobs:
+            fresh.assign(job)
+        return fresh
+
+    def close(self, kill: bool) -> None:
+        if not kill and self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self.tasks.send(None)
+            self.process.join(WORKER_EXIT_S)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.tasks.close()
+        self.results.close()
 
 
-def _decode_alone(job: DecodeJob, decode: Callable[[DecodeJob], DecodedVideo],
-                  context: Any) -> DecodedVideo:
-    """Decode `job` in a process of its own; its death becomes a failure of this video.
+_WORKER_READY = "vimpac-decode-worker-ready"
 
-    A process that dies before it takes any task is not this video's fault (a script without a
-    `__main__` guard kills every worker so): that stops the run instead of committing every
-    video as a permanent "crash" failure, which a rerun would skip.
-    """
-    with _decode_pool(1, context) as solo:
-        if not worker_can_start(solo):
-            raise StoreError(f"decoding: {WORKERS_DIE_ON_START}; no video was marked as failed for it")
+
+@dataclass
+class _WorkerError:
+    """An exception other than a `VideoError` in a decoding worker (a bug, not a bad file): the
+    main process raises it."""
+
+    exception: BaseException
+    traceback: str
+
+
+class _RemoteTraceback(Exception):
+    def __str__(self) -> str:
+        return f"in the decoding worker:\n{self.args[0]}"
+
+
+def _decode_worker(parent_pid: int, decode: Callable, tasks: Any, results: Any) -> None:
+    """A decoding process's main function: jobs from `tasks` until None, messages to `results`."""
+    import traceback
+
+    _worker_init(parent_pid)
+    results.send(_WORKER_READY)
+    # A thread sends, so that the next chunk is decoded while the receiver is busy; the bounded
+    # outbox keeps the worker from running further ahead than that.
+    outbox: queue.Queue = queue.Queue(max(1, WORKER_AHEAD_MESSAGES - 1))
+
+    def send_all() -> None:
+        while (message := outbox.get()) is not None:
+            try:
+                results.send(message)
+            except OSError:  # the main process is gone
+                os._exit(1)
+            except Exception as exc:  # it cannot be pickled (an exception of a third-party library, say)
+                what = repr(message.exception) if isinstance(message, _WorkerError) else type(message).__name__
+                text = message.traceback if isinstance(message, _WorkerError) else traceback.format_exc()
+                results.send(_WorkerError(RuntimeError(f"{what} (could not be sent to the main process: {exc})"), text))
+
+    sender = threading.Thread(target=send_all, name="send-decoded", daemon=True)
+    sender.start()
+    while True:
         try:
-            return solo.submit(decode, job).result()
-        except BrokenProcessPool:
-            return DecodedVideo(job, None, FailedVideo(job.record, job.key, job.rel_path, CRASH_REASON, "crash"))
+            job = tasks.recv()
+        except EOFError:  # the main process is gone
+            break
+        if job is None:
+            break
+        try:
+            for message in decode(job):
+                outbox.put(message)
+        except Exception as exc:
+            outbox.put(_WorkerError(exc, traceback.format_exc()))
+    outbox.put(None)
+    sender.join()
 
 
 def _worker_init(parent_pid: int) -> None:
-    # A worker waits for jobs on a pipe whose write end it holds itself, so it never sees EOF:
-    # without these it outlived a SIGKILLed main process forever (holding its memory).
+    # A worker waits for jobs on a pipe; without these it could outlive a SIGKILLed main process
+    # (holding its memory).
     exit_with_parent(parent_pid)
     # The main process decides what an interrupt means (it finishes and commits the decoded
     # videos); Ctrl-C reaches the whole process group, and a worker dying of it would be
@@ -270,39 +499,85 @@ def _worker_init(parent_pid: int) -> None:
 # ------------------------------------------------------------------------------ encoding
 
 
+@dataclass
+class _VideoInProgress:
+    job: DecodeJob
+    total: int  # frames per view
+    tokens: dict[str, np.ndarray] = field(default_factory=dict)  # view name -> (total, h, w), once encoding began
+    filled: dict[str, int] = field(default_factory=dict)  # view name -> rows of `tokens` encoded so far
+    queued: int = 0  # frames waiting to be encoded
+    ended: bool = False  # its last chunk came
+
+
 class FullBatchEncoder:
-    """Encodes the views of a stream of decoded videos in tokenizer calls of exactly `batch_size`
-    frames (only the last call of a run is shorter) and hands each video back, in order, once
-    all of its frames are encoded. A video's frames may span several calls.
+    """Encodes the views of a stream of videos in tokenizer calls of exactly `batch_size` frames
+    (only the last call of a run is shorter) and hands each video back, in order, once all of its
+    frames are encoded. Videos come whole (`add`) or in chunks (`add_chunk`, as decoding workers
+    send them); a video's frames may span several calls. Frames are kept only until they are
+    encoded, and a video's tokens (2 bytes each) until it is complete: an hour at 2 FPS, all12,
+    S = 128 is 44 MB of tokens, not the 4.2 GB of its views.
 
     Why full calls: CPU inference (oneDNN) builds and caches kernels for every input shape it
     sees, and the heap fragments on varied sizes. Encoding each group of videos with its own
     remainder call fed the encoder a new batch size per group: the DALL-E encoder at 128 px grew
     by ~45 MiB per new size, up to one per possible size (bench/bench_encoder_calls.py).
+    Why one token array per view, written in place: the tokens of each call kept as a separate
+    array until the video was complete left small long-lived blocks all over the heap, between the
+    chunks' big short-lived ones, and the freed memory could not be reused (glibc): the main
+    process grew by 2.6 GB, all free, while tokenizing a 10-minute video in chunks of 8 frames.
     """
 
     def __init__(self, tokenizer: Any, view_names: Sequence[str], batch_size: int) -> None:
         self.tokenizer = tokenizer
         self.view_names = tuple(view_names)
         self.batch_size = batch_size
-        self._waiting: collections.deque[DecodedVideo] = collections.deque()  # added, not yet complete
-        self._frames: collections.deque[np.ndarray] = collections.deque()     # not yet encoded, in order
-        self._ids: collections.deque[np.ndarray] = collections.deque()        # encoded, not yet handed out
+        self._videos: collections.deque[_VideoInProgress] = collections.deque()  # not yet handed back, in order
+        self._frames: collections.deque = collections.deque()  # (video, view name, frames) not yet encoded, in order
         self._queued = 0
-        self._encoded = 0
 
     def add(self, video: DecodedVideo) -> list[EncodedVideo]:
-        """Queue `video`'s frames; encode every full batch; return the videos now complete."""
+        """Queue all of `video`'s frames (as many in each view); encode every full batch; return
+        the videos now complete."""
+        return self.add_chunk(video.job, video.views, 0, len(video.views[self.view_names[0]]))
+
+    def add_chunk(self, job: DecodeJob, views: dict[str, np.ndarray], start: int, total: int) -> list[EncodedVideo]:
+        """Queue the frames [start, start + n) of `job`'s `total` frames in each view (a
+        `DecodedChunk`); encode every full batch; return the videos now complete. A first chunk
+        (start 0) of a video that is already being added (decoded again after its worker died)
+        starts it over."""
+        if start == 0:
+            self.drop_unfinished()
+            self._videos.append(_VideoInProgress(job, total))
+        video = self._videos[-1] if self._videos else None
+        if video is None or video.ended or video.job.record != job.record or video.total != total:
+            raise ValueError(f"a chunk of video {job.key!r} came without the chunks before it")
+        count = len(views[self.view_names[0]])
         for name in self.view_names:
-            self._frames.append(video.views[name])
-            self._queued += video.views[name].shape[0]
-        self._waiting.append(video)
+            frames = views[name]
+            if len(frames) != count:
+                raise ValueError(f"video {job.key!r}: view {name!r} has {len(frames)} frames, not {count} as "
+                                 f"view {self.view_names[0]!r}")
+            if count:
+                self._frames.append((video, name, frames))
+                video.queued += count
+                self._queued += count
+        video.ended = start + count == total
         while self._queued >= self.batch_size:
             self._encode(self.batch_size)
         return self._complete()
 
+    def drop_unfinished(self) -> None:
+        """Forget the last video if its last chunk has not come (its decoding failed, or the run
+        stops): its frames not yet encoded and its tokens."""
+        if self._videos and not self._videos[-1].ended:
+            video = self._videos.pop()
+            while self._frames and self._frames[-1][0] is video:
+                self._queued -= len(self._frames.pop()[2])
+
     def finish(self) -> list[EncodedVideo]:
-        """Encode what is left (one shorter call) and return the remaining videos."""
+        """Encode what is left (one shorter call) and return the remaining videos; a video whose
+        last chunk has not come is dropped."""
+        self.drop_unfinished()
         if self._queued:
             self._encode(self._queued)
         return self._complete()
@@ -310,45 +585,45 @@ class FullBatchEncoder:
     def _encode(self, n: int) -> None:
         import torch
 
-        frames = _take_rows(self._frames, n)
+        pieces = []  # (video, view name, rows): the first n queued frames
+        taken = 0
+        while taken < n:
+            video, name, frames = self._frames[0]
+            rows = min(len(frames), n - taken)
+            if rows == len(frames):
+                self._frames.popleft()
+            else:
+                self._frames[0] = (video, name, frames[rows:])
+            pieces.append((video, name, frames[:rows]))
+            taken += rows
         self._queued -= n
+        batch = pieces[0][2] if len(pieces) == 1 else np.concatenate([frames for _, _, frames in pieces])
         with torch.inference_mode():
-            out = self.tokenizer.encode(frames)
-        self._ids.append(out.cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out))
-        self._encoded += n
+            out = self.tokenizer.encode(batch)
+        ids = out.cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+        if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0
+                         or ids.max() > np.iinfo(TOKEN_DTYPE).max):
+            raise StoreError(f"tokenizer {getattr(self.tokenizer, 'tokenizer_id', '?')}: encode returned token ids "
+                             f"that are not integers in [0, {np.iinfo(TOKEN_DTYPE).max}] ({ids.dtype}, "
+                             f"{ids.min()} to {ids.max()}); the store keeps them as uint16")
+        start = 0
+        for video, name, frames in pieces:
+            rows = ids[start : start + len(frames)]
+            if name not in video.tokens:
+                video.tokens[name] = np.empty((video.total,) + rows.shape[1:], dtype=TOKEN_DTYPE)
+                video.filled[name] = 0
+            video.tokens[name][video.filled[name] : video.filled[name] + len(rows)] = rows
+            video.filled[name] += len(rows)
+            video.queued -= len(frames)
+            start += len(frames)
 
     def _complete(self) -> list[EncodedVideo]:
         done = []
-        while self._waiting:
-            video = self._waiting[0]
-            lengths = [video.views[name].shape[0] for name in self.view_names]
-            frames = sum(lengths)
-            if frames > self._encoded:
-                break
-            self._waiting.popleft()
-            self._encoded -= frames
-            views = {name: _take_rows(self._ids, n) for name, n in zip(self.view_names, lengths)}
-            job = video.job
-            done.append(EncodedVideo(job.record, job.key, job.label, views))
+        while self._videos and self._videos[0].ended and self._videos[0].queued == 0:
+            video = self._videos.popleft()
+            views = {name: video.tokens.get(name, np.zeros((0, 0, 0), TOKEN_DTYPE)) for name in self.view_names}
+            done.append(EncodedVideo(video.job.record, video.job.key, video.job.label, views))
         return done
-
-
-def _take_rows(parts: collections.deque, n: int) -> np.ndarray:
-    """The first `n` rows of the concatenation of `parts` (n <= their total), removed from them;
-    only the rows taken are copied."""
-    if n == 0:
-        return parts[0][:0] if parts else np.zeros((0, 0, 0), np.int64)
-    taken = []
-    while n > 0:
-        head = parts[0]
-        if head.shape[0] <= n:
-            taken.append(parts.popleft())
-            n -= head.shape[0]
-        else:
-            taken.append(head[:n])
-            parts[0] = head[n:]
-            n = 0
-    return taken[0] if len(taken) == 1 else np.concatenate(taken, axis=0)
 
 
 # ------------------------------------------------------------------------------ the entry point
@@ -551,17 +826,20 @@ def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_na
         failures = []
 
     signals = stop_signals() if stop_on_signals else contextlib.nullcontext([])
-    with bar, signals as stop, contextlib.closing(_decode_in_order(jobs, workers)) as decoded_videos:
-        for decoded in decoded_videos:
+    with bar, signals as stop, contextlib.closing(_decode_in_order(jobs, workers)) as messages:
+        for message in messages:
             encoded = []
-            if decoded.failure is not None:
-                failures.append(decoded.failure)
+            if isinstance(message, DecodedChunk):
+                encoded = encoder.add_chunk(message.job, message.views, message.start, message.total)
             else:
-                encoded = encoder.add(decoded)
+                encoder.drop_unfinished()  # the chunks it sent before it failed
+                failures.append(message.failure)
             if encoded or len(failures) >= batch_size:
                 commit(encoded)
             if stop:
                 break
+        # finish() drops a video whose chunks were still coming when a signal stopped the run:
+        # the rerun takes it.
         encoded = encoder.finish()
         if encoded or failures:
             commit(encoded)
