@@ -36,6 +36,38 @@ def new_store(root: Path, meta: StoreMeta | None = None) -> Path:
     return root
 
 
+def write_manifest_as(root: Path, data: dict, layout: str) -> Path:
+    """Make `data` (a manifest in the JSON layout of the parts, maybe damaged on purpose) the store's
+    merged manifest, by hand as docs/store.md describes it, in `layout`: "json" (manifest.json of
+    vimpac before the columns file) or "columns" (manifest.json naming a columns file). Returns
+    the file that holds the numbers."""
+    for old in root.glob("manifest-*.safetensors"):
+        old.unlink()
+    if layout == "json":
+        (root / MANIFEST_FILE).write_text(json.dumps(data))
+        return root / MANIFEST_FILE
+    assert layout == "columns", layout
+    from safetensors.numpy import save_file
+
+    name = "manifest-0123456789abcdef.safetensors"
+    numbers = {"video_label": data["videos"]["label"], "video_record": data["videos"]["record"],
+               **{f"entry_{column}": values for column, values in data["entries"].items()}}
+    save_file({column: np.asarray(values, dtype=np.int64) for column, values in numbers.items()}, str(root / name))
+    (root / MANIFEST_FILE).write_text(json.dumps({
+        "columns": {"file": name, "videos": len(data["videos"]["label"]), "entries": len(data["entries"]["video"])},
+        "shards": data["shards"], "videos": {"key": data["videos"]["key"]}, "failures": data["failures"],
+    }))
+    return root / name
+
+
+def edit_manifest(root: Path, change, layout: str = "columns") -> Path:
+    """Apply `change` to the store's merged manifest (as a dict of the JSON layout) and write it
+    back in `layout` (`write_manifest_as`)."""
+    data = load_manifest(root)[0].to_json()
+    change(data)
+    return write_manifest_as(root, data, layout)
+
+
 def write_videos(root: Path, videos, rank: int = 0, per_commit: int = 2, **kwargs) -> None:
     committed, _ = load_manifest(root)
     with RankWriter(root, make_meta(), rank, committed, **kwargs) as writer:
@@ -318,9 +350,7 @@ def test_verify_finds_repeated_and_out_of_order_record_numbers(tmp_path):
     write_videos(root, [random_video(rng, i, frames=2) for i in range(5)])
     compact_store(root)
     assert verify_store(root).ok
-    data = json.loads((root / MANIFEST_FILE).read_text())
-    data["videos"]["record"] = [0, 2, 2, 5, 1]  # as the stale resume wrote them
-    (root / MANIFEST_FILE).write_text(json.dumps(data))
+    edit_manifest(root, lambda data: data["videos"].__setitem__("record", [0, 2, 2, 5, 1]))  # as the stale resume wrote them
     problems = verify_store(root).problems
     assert len(problems) == 2, problems
     assert "'video001' and 'video002': both have record number 2" in problems[0]
