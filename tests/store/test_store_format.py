@@ -371,3 +371,37 @@ def test_expect_views_takes_one_view_name_as_a_str(store_with_videos):
         TokenStore.open(root, expect_views="center")  # the store has two views: not 6 characters
     with pytest.raises(TypeError, match="expect_views"):
         TokenStore.open(root, expect_views={"center", "center_flip"})
+
+
+def test_a_new_shard_files_folder_is_fsynced_before_the_part_that_names_it(tmp_path, monkeypatch):
+    """A part is made durable (its folder fsynced after the rename), but the shard file it names
+    was created by open() with no fsync of shards/: a power loss could keep the part and lose the
+    shard's name, a committed video without its tokens."""
+    import os
+
+    from vimpac import io as io_module
+
+    events = []
+    real_fsync_dir, real_replace = io_module.fsync_dir, os.replace
+
+    def fsync_dir(folder):
+        events.append(("fsync_dir", Path(folder).name))
+        real_fsync_dir(folder)
+
+    def replace(src, dst):
+        events.append(("replace", Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io_module, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(writer_module, "fsync_dir", fsync_dir, raising=False)
+    monkeypatch.setattr(os, "replace", replace)
+    root = new_store(tmp_path / "store")
+    rng = np.random.default_rng(4)
+    write_videos(root, [random_video(rng, i, frames=2) for i in range(3)], per_commit=1, shard_bytes=1)
+    assert sorted(p.name for p in (root / SHARD_DIR).glob("*.tok")) == ["r000-0000.tok", "r000-0001.tok", "r000-0002.tok"]
+    parts = [i for i, event in enumerate(events) if event[0] == "replace" and event[1].endswith(".json")]
+    assert len(parts) == 3
+    for start, part in zip([0] + parts, parts):  # each commit made a new shard (shard_bytes=1)
+        assert ("fsync_dir", SHARD_DIR) in events[start:part], events
+    # The shards/ and manifest/ folders themselves, made by the first writer.
+    assert events[0] == ("fsync_dir", "store")

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from vimpac.io import atomic_write_json, atomic_write_text
+from vimpac.io import atomic_write_json, atomic_write_text, fsync_dir
 from vimpac.store.errors import StoreError
 from vimpac.store.format import (
     FAILURES_FILE, MANIFEST_FILE, PART_DIR, SHARD_DIR, TOKEN_DTYPE, Manifest, StoreMeta, list_parts,
@@ -71,6 +71,8 @@ class RankWriter:
         self.shard_bytes = shard_bytes
         (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         (root / PART_DIR).mkdir(parents=True, exist_ok=True)
+        fsync_dir(root)  # the folders' entries: a part is durable only once its folder is
+        self._new_shard_file = False  # created since the last commit: its folder is fsynced then
         self._lock = self._acquire_lock()
         try:
             self._check_not_stale(committed)
@@ -149,6 +151,7 @@ class RankWriter:
         used = [i for i, p in own.items() if ends.get(p.name, 0) > 0]
         index = max(used, default=0)
         path = self.root / SHARD_DIR / shard_name(self.rank, index)
+        self._new_shard_file = not path.exists()
         handle = open(path, "ab")
         return index, handle
 
@@ -186,6 +189,11 @@ class RankWriter:
         with _resumable_write_error(Path(self._file.name)):
             self._file.flush()
             os.fsync(self._file.fileno())
+        if self._new_shard_file:
+            # fsync of the file does not make its name durable: a power loss could keep the part
+            # below and lose the shard it names.
+            fsync_dir(self.root / SHARD_DIR)
+            self._new_shard_file = False
         path = self.root / PART_DIR / part_name(self.rank, self._next_seq)
         with _resumable_write_error(path):
             atomic_write_json(path, part.to_json())
@@ -196,6 +204,7 @@ class RankWriter:
         self._file.close()
         self._shard_index += 1
         self._file = open(self.root / SHARD_DIR / shard_name(self.rank, self._shard_index), "ab")
+        self._new_shard_file = True
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
