@@ -1,4 +1,5 @@
-"""Opening a token store, and reading clips from it: the working tree against a baseline commit.
+"""Opening a token store, and reading clips from it: the manifest's two layouts, and the working tree
+against a baseline commit.
 
     .venv/bin/python bench/bench_store_open.py [--baseline REV] [--videos 100000] [--views 12]
         [--reads 100000] [--rounds 5]
@@ -7,11 +8,15 @@ Two stores are made by writing store.json, manifest.json and sparse shard files 
 tokenizing; a 1 x 1 token grid, so that the page cache stays small when clips are read): a small
 one of 2,000 videos x 1 view of 5 to 60 frames (as bench_store.py's) and a big one of
 `--videos` x `--views` entries (default 1.2M: a 100k-video dataset with the twelve views of
-`all12`) of 5 to 600 frames (up to 5 minutes at 2 fps, as in HowTo100M). Each side is a worker process importing `vimpac` from its own tree: the working tree
-and, with `--baseline REV`, `git archive REV` unpacked in a temporary folder. On each store:
+`all12`) of 5 to 600 frames (up to 5 minutes at 2 fps, as in HowTo100M). Each store exists in
+both manifest layouts: manifest.json naming a columns file (what `vimpac store compact` writes
+now) and manifest.json with every number in the JSON (stores of older versions); the shards are
+shared (hard links). Each side is a worker process importing `vimpac` from its own tree: the
+working tree on either layout and, with `--baseline REV`, `git archive REV` unpacked in a
+temporary folder, on the JSON layout. On each store:
 
-* `TokenStore.open`, each side in turn alone: seconds, resident memory (RSS) after it minus
-  before it, and the peak during it;
+* `TokenStore.open`, each side in turn alone, in a fresh process: seconds, resident memory (RSS)
+  after it minus before it, and the peak during it (the RSS high-water mark, reset before);
 * `--reads` random five-frame `store.clip` reads (the training hot path) and, on the big store,
   `entries_of(key)` for every video (what `PretrainTask` did at set-up, in every rank) and
   `PretrainTask`'s set-up itself (view00's entry of every video, the train / validation split by
@@ -30,6 +35,7 @@ import functools
 import gc
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,6 +119,8 @@ def worker(tree: str, store_path: str, reads: int) -> None:
 
     assert Path(vimpac.__file__).resolve().is_relative_to(Path(tree).resolve()), vimpac.__file__
     gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS (Linux >= 4.0)
+        f.write("5")
     rss_before = status_mib("VmRSS")
     t0 = time.perf_counter()
     store = TokenStore.open(store_path)
@@ -198,11 +206,21 @@ class Side:
         self.process.wait()
 
 
-def compare(sides_trees: list[tuple[str, Path]], store: Path, reads: int, rounds: int, big: bool) -> list[dict]:
-    """Open the store in each side in turn (alone on the machine), then take turns at clip reads
+def columns_layout_copy(store: Path, copy: Path) -> None:
+    """`store` with its manifest.json rewritten with a columns file (as `vimpac store compact` does),
+    in `copy`; the shards are hard links."""
+    from vimpac.store.format import load_manifest_columns, write_manifest
+
+    shutil.copytree(store, copy, copy_function=os.link)
+    (copy / "manifest.json").unlink()
+    write_manifest(copy, load_manifest_columns(store)[0])
+
+
+def compare(sides_trees: list[tuple[str, Path, Path]], reads: int, rounds: int, big: bool) -> list[dict]:
+    """Open its store in each side in turn (alone on the machine), then take turns at clip reads
     (and look-ups), so that load changes hit every side alike; medians of `rounds` turns."""
     sides = []
-    for name, tree in sides_trees:
+    for name, tree, store in sides_trees:
         sides.append(Side(name, tree, store, reads))
     results = []
     copied = {}
@@ -248,28 +266,36 @@ def main() -> int:
     print(f"machine: {machine_line()}")
     with tempfile.TemporaryDirectory(prefix="bench-store-open-") as tmp_name:
         tmp = Path(tmp_name)
-        sides = [("working tree", REPO)]
+        trees = [("columns file", REPO, "columns"), ("JSON (older stores)", REPO, "json")]
         if args.baseline:
             sys.path.insert(1, str(HERE))
             from bench_pretrain_ab import unpack  # the tree of a commit, via git archive
 
-            sides.append((f"baseline {args.baseline}", unpack(args.baseline, tmp)))
+            trees.append((f"baseline {args.baseline}, JSON", unpack(args.baseline, tmp), "json"))
+
+        def sides(store: str) -> list[tuple[str, Path, Path]]:
+            return [(name, tree, tmp / f"{store}-{layout}") for name, tree, layout in trees]
+
         t0 = time.perf_counter()
-        make_store(tmp / "small", SMALL_VIDEOS, 1, max_frames=60)
+        make_store(tmp / "small-json", SMALL_VIDEOS, 1, max_frames=60)
+        columns_layout_copy(tmp / "small-json", tmp / "small-columns")
         print(f"\nsmall store: {SMALL_VIDEOS:,} videos x 1 view (as bench_store.py's), {args.reads:,} random "
               f"{CLIP}-frame clips per turn, median of {args.rounds} turns taken in alternation")
-        print(f"{'':22s} {'open ms':>8s} {'clips/s':>10s}")
-        for r in compare(sides, tmp / "small", args.reads, args.rounds, big=False):
-            print(f"{r['name']:22s} {r['open_s'] * 1000:8.1f} {r['clips_per_s']:10,.0f}")
+        print(f"{'':28s} {'open ms':>8s} {'clips/s':>10s}")
+        for r in compare(sides("small"), args.reads, args.rounds, big=False):
+            print(f"{r['name']:28s} {r['open_s'] * 1000:8.1f} {r['clips_per_s']:10,.0f}")
 
-        entries = make_store(tmp / "big", args.videos, args.views, max_frames=600)
-        size = (tmp / "big" / "manifest.json").stat().st_size
-        print(f"\nbig store: {args.videos:,} videos x {args.views} views = {entries:,} entries, manifest.json "
-              f"{size / 2**20:.0f} MiB (both stores written in {time.perf_counter() - t0:.1f} s)")
-        print(f"{'':22s} {'open s':>7s} {'RSS MiB':>8s} {'peak MiB':>9s} {'clips/s':>10s} "
+        entries = make_store(tmp / "big-json", args.videos, args.views, max_frames=600)
+        columns_layout_copy(tmp / "big-json", tmp / "big-columns")
+        sizes = {layout: sum(p.stat().st_size for p in (tmp / f"big-{layout}").glob("manifest*")) / 2**20
+                 for layout in ("json", "columns")}
+        print(f"\nbig store: {args.videos:,} videos x {args.views} views = {entries:,} entries, manifest "
+              f"{sizes['json']:.0f} MiB as JSON, {sizes['columns']:.0f} MiB with its columns file (the stores "
+              f"written in {time.perf_counter() - t0:.1f} s)")
+        print(f"{'':28s} {'open s':>7s} {'RSS MiB':>8s} {'peak MiB':>9s} {'clips/s':>10s} "
               f"{'entries_of, all videos s':>25s} {'pre-training set-up s':>22s} {'forked worker copied MiB':>25s}")
-        for r in compare(sides, tmp / "big", args.reads, args.rounds, big=True):
-            print(f"{r['name']:22s} {r['open_s']:7.2f} {r['rss_mib']:8.0f} {r['peak_mib']:9.0f} "
+        for r in compare(sides("big"), args.reads, args.rounds, big=True):
+            print(f"{r['name']:28s} {r['open_s']:7.2f} {r['rss_mib']:8.0f} {r['peak_mib']:9.0f} "
                   f"{r['clips_per_s']:10,.0f} {r['lookup_s']:25.2f} {r['setup_s']:22.2f} "
                   f"{r['worker_copied_mib']:25.0f}")
     print(f"\nmachine after: load average {load_average_1m()}")

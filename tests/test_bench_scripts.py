@@ -103,4 +103,6 @@ def test_store_open_benchmark_runs_and_reports_both_stores(monkeypatch, capsys):
     assert bench.main() == 0
     out = capsys.readouterr().out
     assert "big store: 30 videos x 2 views = 60 entries" in out
-    assert out.count("working tree") == 2  # one row per store
+    # One row per store and manifest layout.
+    rows = [line.split("  ")[0] for line in out.splitlines()]
+    assert rows.count("columns file") == 2 and rows.count("JSON (older stores)") == 2

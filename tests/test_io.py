@@ -107,3 +107,22 @@ def test_a_write_that_fails_at_fsync_is_an_os_error_naming_the_file(tmp_path, mo
     assert raised.value.filename == str(target)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_replaced_folder_is_made_durable_before_the_old_one_is_deleted(tmp_path, monkeypatch):
+    """write_folder renamed the old folder aside and the new one into place, then deleted the old
+    one, with no fsync of their parent: after a power loss the deletion could persist and the
+    renames not, leaving neither folder."""
+    import shutil
+
+    from vimpac import io as io_module
+
+    out = tmp_path / "tok"
+    io_module.write_folder(out, replace=False, write=lambda folder: (folder.mkdir(), (folder / "a").write_text("old")))
+    events = []
+    real_fsync_dir, real_rmtree = io_module.fsync_dir, shutil.rmtree
+    monkeypatch.setattr(io_module, "fsync_dir", lambda folder: (events.append(("fsync", folder)), real_fsync_dir(folder)))
+    monkeypatch.setattr(shutil, "rmtree", lambda path, **kw: (events.append(("rmtree", path)), real_rmtree(path, **kw)))
+    io_module.write_folder(out, replace=True, write=lambda folder: (folder / "a").write_text("new"))
+    assert (out / "a").read_text() == "new"
+    assert [kind for kind, _ in events] == ["fsync", "rmtree"] and events[0][1] == tmp_path

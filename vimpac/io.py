@@ -182,6 +182,8 @@ def write_folder(out_dir: str | os.PathLike, replace: bool, write: Callable[[Pat
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    # The renames durable before the old contents go: a power loss must not leave neither.
+    fsync_dir(out_dir.parent)
     shutil.rmtree(retired, ignore_errors=True)
 
 

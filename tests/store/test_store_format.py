@@ -36,6 +36,38 @@ def new_store(root: Path, meta: StoreMeta | None = None) -> Path:
     return root
 
 
+def write_manifest_as(root: Path, data: dict, layout: str) -> Path:
+    """Make `data` (a manifest in the JSON layout of the parts, maybe damaged on purpose) the store's
+    merged manifest, by hand as docs/store.md describes it, in `layout`: "json" (manifest.json of
+    vimpac before the columns file) or "columns" (manifest.json naming a columns file). Returns
+    the file that holds the numbers."""
+    for old in root.glob("manifest-*.safetensors"):
+        old.unlink()
+    if layout == "json":
+        (root / MANIFEST_FILE).write_text(json.dumps(data))
+        return root / MANIFEST_FILE
+    assert layout == "columns", layout
+    from safetensors.numpy import save_file
+
+    name = "manifest-0123456789abcdef.safetensors"
+    numbers = {"video_label": data["videos"]["label"], "video_record": data["videos"]["record"],
+               **{f"entry_{column}": values for column, values in data["entries"].items()}}
+    save_file({column: np.asarray(values, dtype=np.int64) for column, values in numbers.items()}, str(root / name))
+    (root / MANIFEST_FILE).write_text(json.dumps({
+        "columns": {"file": name, "videos": len(data["videos"]["label"]), "entries": len(data["entries"]["video"])},
+        "shards": data["shards"], "videos": {"key": data["videos"]["key"]}, "failures": data["failures"],
+    }))
+    return root / name
+
+
+def edit_manifest(root: Path, change, layout: str = "columns") -> Path:
+    """Apply `change` to the store's merged manifest (as a dict of the JSON layout) and write it
+    back in `layout` (`write_manifest_as`)."""
+    data = load_manifest(root)[0].to_json()
+    change(data)
+    return write_manifest_as(root, data, layout)
+
+
 def write_videos(root: Path, videos, rank: int = 0, per_commit: int = 2, **kwargs) -> None:
     committed, _ = load_manifest(root)
     with RankWriter(root, make_meta(), rank, committed, **kwargs) as writer:
@@ -318,9 +350,7 @@ def test_verify_finds_repeated_and_out_of_order_record_numbers(tmp_path):
     write_videos(root, [random_video(rng, i, frames=2) for i in range(5)])
     compact_store(root)
     assert verify_store(root).ok
-    data = json.loads((root / MANIFEST_FILE).read_text())
-    data["videos"]["record"] = [0, 2, 2, 5, 1]  # as the stale resume wrote them
-    (root / MANIFEST_FILE).write_text(json.dumps(data))
+    edit_manifest(root, lambda data: data["videos"].__setitem__("record", [0, 2, 2, 5, 1]))  # as the stale resume wrote them
     problems = verify_store(root).problems
     assert len(problems) == 2, problems
     assert "'video001' and 'video002': both have record number 2" in problems[0]
@@ -341,3 +371,37 @@ def test_expect_views_takes_one_view_name_as_a_str(store_with_videos):
         TokenStore.open(root, expect_views="center")  # the store has two views: not 6 characters
     with pytest.raises(TypeError, match="expect_views"):
         TokenStore.open(root, expect_views={"center", "center_flip"})
+
+
+def test_a_new_shard_files_folder_is_fsynced_before_the_part_that_names_it(tmp_path, monkeypatch):
+    """A part is made durable (its folder fsynced after the rename), but the shard file it names
+    was created by open() with no fsync of shards/: a power loss could keep the part and lose the
+    shard's name, a committed video without its tokens."""
+    import os
+
+    from vimpac import io as io_module
+
+    events = []
+    real_fsync_dir, real_replace = io_module.fsync_dir, os.replace
+
+    def fsync_dir(folder):
+        events.append(("fsync_dir", Path(folder).name))
+        real_fsync_dir(folder)
+
+    def replace(src, dst):
+        events.append(("replace", Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io_module, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(writer_module, "fsync_dir", fsync_dir, raising=False)
+    monkeypatch.setattr(os, "replace", replace)
+    root = new_store(tmp_path / "store")
+    rng = np.random.default_rng(4)
+    write_videos(root, [random_video(rng, i, frames=2) for i in range(3)], per_commit=1, shard_bytes=1)
+    assert sorted(p.name for p in (root / SHARD_DIR).glob("*.tok")) == ["r000-0000.tok", "r000-0001.tok", "r000-0002.tok"]
+    parts = [i for i, event in enumerate(events) if event[0] == "replace" and event[1].endswith(".json")]
+    assert len(parts) == 3
+    for start, part in zip([0] + parts, parts):  # each commit made a new shard (shard_bytes=1)
+        assert ("fsync_dir", SHARD_DIR) in events[start:part], events
+    # The shards/ and manifest/ folders themselves, made by the first writer.
+    assert events[0] == ("fsync_dir", "store")

@@ -15,7 +15,7 @@ from vimpac.store import StoreError, TokenStore
 from vimpac.store.format import MANIFEST_FILE, PART_DIR, SHARD_DIR, load_manifest
 from vimpac.store.writer import EncodedVideo, RankWriter, compact_store
 
-from test_store_format import GRID, VIEWS, make_meta, new_store, random_video, write_videos
+from test_store_format import GRID, VIEWS, edit_manifest, make_meta, new_store, random_video, write_videos
 
 
 def write_synthetic_manifest(root: Path, videos: int, views: int) -> int:
@@ -69,10 +69,9 @@ def test_entries_listed_out_of_video_order_are_grouped_by_video(tmp_path):
     root = new_store(tmp_path / "store")
     write_videos(root, videos)
     compact_store(root)
-    data = json.loads((root / MANIFEST_FILE).read_text())
     order = np.random.default_rng(0).permutation(len(videos) * len(VIEWS)).tolist()
-    data["entries"] = {name: [column[i] for i in order] for name, column in data["entries"].items()}
-    (root / MANIFEST_FILE).write_text(json.dumps(data))
+    edit_manifest(root, lambda data: data.__setitem__(
+        "entries", {name: [column[i] for i in order] for name, column in data["entries"].items()}))
 
     store = TokenStore.open(root)
     assert [sorted(store.entries_of(v.key)) for v in videos] == [sorted(VIEWS)] * len(videos)

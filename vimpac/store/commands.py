@@ -82,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.set_defaults(run=run_info)
     compact = store_sub.add_parser(
         "compact", help="merge the manifest parts into manifest.json (after ranks ran as separate jobs, "
-        "or an interrupted run); refused while a run writes the store")
+        "or an interrupted run), rewriting a manifest.json of older versions with a columns file; refused "
+        "while a run writes the store")
     compact.add_argument("store", metavar="STORE", help="token store folder")
     compact.set_defaults(run=run_compact)
     store.set_defaults(run=lambda args: _print_help(store))
@@ -223,11 +224,12 @@ def run_compact(args: argparse.Namespace) -> int:
     from vimpac.store.writer import compact_idle_store
 
     try:
-        manifest, parts = compact_idle_store(Path(args.store))
+        manifest, parts, rewritten = compact_idle_store(Path(args.store))
     except StoreError as exc:
         return command_error(args, exc)
     done = (f"merged {parts} manifest part(s) into {MANIFEST_FILE}" if parts
-            else f"nothing to merge: {MANIFEST_FILE} is up to date")
+            else f"rewrote the {MANIFEST_FILE} of an older version with a columns file (less memory to open)"
+            if rewritten else f"nothing to merge: {MANIFEST_FILE} is up to date")
     print(f"{args.store}: {done}; {len(manifest.video_key)} videos, {manifest.num_entries} entries, "
           f"{len(manifest.failures)} failed")
     return 0

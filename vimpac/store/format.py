@@ -7,33 +7,42 @@ A store is a folder:
     shards/r000-0000.tok       raw little-endian uint16 tokens, appended by rank 0
     shards/r001-0000.tok       ... by rank 1 (every rank writes only its own shard files)
     manifest/r000-000012.json  manifest parts, one per committed batch of videos
-    manifest.json              the merged manifest (parts are folded into it at the end)
+    manifest.json              the merged manifest (parts are folded into it at the end): shard
+                               names, video keys, failures, and the name of ...
+    manifest-<16 hex>.safetensors  ... its numeric columns (int64 arrays)
     failures.jsonl             one JSON line per video that could not be tokenized
 
 A shard is a plain concatenation of (T, h, w) arrays, so it is memory-mapped as one flat
-uint16 array and an entry is a slice of it. The manifest is columnar (one list per field,
-videos separate from their view entries) so that millions of entries load in one
-`json.load` and become numpy arrays.
+uint16 array and an entry is a slice of it. The manifest is columnar (one array per field,
+videos separate from their view entries). The merged manifest keeps its numbers in a
+safetensors file, read straight into numpy arrays: `json.load` of millions of entries (the
+format of manifest.json before, still read, and of the parts) builds a Python object per value
+first, several times the memory of the arrays, in every rank and DataLoader worker.
 
 Atomicity: token bytes are appended and fsynced first; only then is the manifest part naming
 them written (atomically, via `vimpac.io`). A part is the commit record: bytes that no part
-names are garbage from an interrupted run and are truncated by the next writer.
+names are garbage from an interrupted run and are truncated by the next writer. manifest.json
+is the merged manifest's commit record: its columns file gets a new name each time and is
+written first, so a reader sees the old manifest.json with its old columns or the new with
+the new ones, never a mix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import re
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from vimpac.io import parse_json
+from vimpac.io import atomic_path, atomic_write_json, parse_json
 from vimpac.store.errors import StoreError
 
 FORMAT_NAME = "vimpac-token-store"
@@ -51,6 +60,7 @@ PART_DIR = "manifest"
 
 _SHARD_RE = re.compile(r"^r(\d{3,})-(\d{4,})\.tok$")
 _PART_RE = re.compile(r"^r(\d{3,})-(\d{6,})\.json$")
+_COLUMNS_RE = re.compile(r"^manifest-[0-9a-f]{16}\.safetensors$")
 
 
 def shard_name(rank: int, index: int) -> str:
@@ -353,21 +363,56 @@ class ManifestColumns:
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise StoreError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
-        lengths = {len(columns.video_key), len(columns.video_label), len(columns.video_record)}
-        entry_lengths = {len(getattr(columns, f"entry_{n}")) for n in Manifest.ENTRY_COLUMNS}
+        columns._check(where, num_views)
+        return columns
+
+    @classmethod
+    def from_columns_json(cls, data: dict[str, Any], path: Path, num_views: int | None = None) -> "ManifestColumns":
+        """A manifest.json of the columnar format (its numbers in the columns file it names) with
+        the checks of `from_json`; a bad value is a StoreError naming the file that holds it.
+        FileNotFoundError when the columns file is missing (replaced by a compaction meanwhile?)."""
+        where = str(path)
+        try:
+            spec = data["columns"]
+            name, counts = spec["file"], {"video": spec["videos"], "entry": spec["entries"]}
+            shards = [str(s) for s in _json_list(data["shards"], "shards")]
+            keys = [str(k) for k in _json_list(data["videos"]["key"], "videos.key", copy=False)]
+            failures = _json_list(data.get("failures", []), "failures")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
+        # Opened as a file beside manifest.json: only the names writers give, as for shards.
+        if not isinstance(name, str) or not _COLUMNS_RE.match(name):
+            raise StoreError(f"{where}: field 'columns.file' is {name!r}, expected a file name like "
+                             "'manifest-0123456789abcdef.safetensors' (in the store's folder)")
+        if not all(type(n) is int and n >= 0 for n in counts.values()):
+            raise StoreError(f"{where}: fields 'columns.videos' and 'columns.entries' must be counts (integers "
+                             f">= 0), got {counts['video']!r} and {counts['entry']!r}")
+        if len(keys) != counts["video"]:
+            raise StoreError(f"{where}: field 'videos.key' lists {len(keys)} videos, but 'columns.videos' says "
+                             f"{counts['video']}")
+        file = path.parent / name
+        arrays = _read_columns_file(file, {column: counts[column.split("_")[0]] for column in COLUMN_NAMES})
+        columns = cls(shards=shards, video_key=keys, failures=failures, **arrays)
+        columns._check(where, num_views, values_where=str(file))
+        return columns
+
+    def _check(self, where: str, num_views: int | None, values_where: str | None = None) -> None:
+        """The checks of `from_json` on parsed columns; `values_where` names the file of the
+        numeric columns when it is not `where`."""
+        lengths = {len(self.video_key), len(self.video_label), len(self.video_record)}
+        entry_lengths = {len(getattr(self, f"entry_{n}")) for n in Manifest.ENTRY_COLUMNS}
         if len(lengths) != 1 or len(entry_lengths) != 1:
             raise StoreError(f"{where}: manifest columns have different lengths")
         # Shards are opened as `shards/<name>`: only the names writers give (r000-0000.tok), so a
         # manifest cannot point readers at '../..' or an absolute path (any file, or a FIFO that
         # blocks the open forever) nor writers at files outside the store.
-        bad_shards = [name for name in columns.shards if parse_shard_name(name) is None]
+        bad_shards = [name for name in self.shards if parse_shard_name(name) is None]
         if bad_shards:
             raise StoreError(f"{where}: shard name {bad_shards[0]!r} is not a shard file name "
                              "like 'r000-0000.tok' (shards live in the store's shards/ folder)")
-        if not all(isinstance(failure, dict) for failure in columns.failures):
+        if not all(isinstance(failure, dict) for failure in self.failures):
             raise StoreError(f"{where}: field 'failures' must be a list of objects")
-        columns.check_entries(where, num_views)
-        return columns
+        self.check_entries(values_where or where, num_views)
 
     def check_entries(self, where: str, num_views: int | None) -> None:
         """StoreError naming `where` and the first entry with an out-of-range value (see `from_json`)."""
@@ -397,6 +442,32 @@ class ManifestColumns:
             more = f"; {len(found) - 1} more entries have a bad '{name}'" if len(found) > 1 else ""
             raise StoreError(f"{where}: {what} {text.format(value)}{more}; the manifest is damaged "
                              "(run `vimpac store verify`)")
+
+
+# The tensors of a columns file: int64 arrays, named as the `ManifestColumns` fields.
+COLUMN_NAMES = ("video_label", "video_record") + tuple(f"entry_{name}" for name in Manifest.ENTRY_COLUMNS)
+
+
+def _read_columns_file(path: Path, lengths: dict[str, int]) -> dict[str, np.ndarray]:
+    """The int64 arrays of a columns file, each checked (from the header, before reading it)
+    to have the length in `lengths`; StoreError naming the file, FileNotFoundError if missing."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            names = sorted(f.keys())
+            if names != sorted(lengths):
+                raise StoreError(f"{path}: holds the tensors {names}, expected {sorted(lengths)}")
+            for name, length in lengths.items():
+                tensor = f.get_slice(name)
+                if tensor.get_dtype() != "I64" or tensor.get_shape() != [length]:
+                    raise StoreError(f"{path}: tensor {name!r} is {tensor.get_dtype()} {tensor.get_shape()}, "
+                                     f"expected I64 [{length}] (the count manifest.json gives)")
+            return {name: f.get_tensor(name) for name in lengths}
+    except FileNotFoundError:
+        raise
+    except (OSError, SafetensorError) as exc:
+        raise StoreError(f"{path}: cannot read manifest columns: {exc}") from None
 
 
 def _json_list(value: Any, name: str, copy: bool = True) -> list:
@@ -441,11 +512,62 @@ def read_manifest_file(path: Path, num_views: int | None = None) -> Manifest:
 
 
 def read_manifest_columns(path: Path, num_views: int | None = None) -> ManifestColumns:
+    """A manifest file (a part, or manifest.json of either format) as checked int64 columns."""
+    missing = None
+    for _attempt in range(10):
+        try:
+            data = parse_json(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}: cannot read manifest: {exc}") from None
+        if not (isinstance(data, dict) and "columns" in data):  # a part, or manifest.json of an older version
+            return ManifestColumns.from_json(data, str(path), num_views)
+        try:
+            return ManifestColumns.from_columns_json(data, path, num_views)
+        except FileNotFoundError:
+            # A compaction replaced manifest.json and deleted the columns file it named after we
+            # read it: read the new one. The same name twice is a file that is really missing.
+            if data["columns"]["file"] == missing:
+                raise StoreError(f"{path.parent / missing}: columns file named by {path} is missing; the "
+                                 "store is damaged: restore the file") from None
+            missing = data["columns"]["file"]
+    raise StoreError(f"{path}: replaced again and again while being read (compactions?); try again")
+
+
+def manifest_layout(root: Path) -> str | None:
+    """"columns" for a manifest.json naming a columns file, "json" for one in the JSON layout of
+    older versions (or unreadable: reading it reports why), None when there is none."""
     try:
-        data = parse_json(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{path}: cannot read manifest: {exc}") from None
-    return ManifestColumns.from_json(data, str(path), num_views)
+        data = parse_json((root / MANIFEST_FILE).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return "json"
+    return "columns" if isinstance(data, dict) and "columns" in data else "json"
+
+
+def write_manifest(root: Path, manifest: Manifest | ManifestColumns) -> None:
+    """Write the merged manifest: a new columns file, then manifest.json naming it (atomically:
+    the commit), then delete the columns files it no longer names.
+
+    Call with the compaction lock held (`vimpac.store.writer.compact_store`).
+    """
+    from safetensors.numpy import save_file
+
+    columns = manifest if isinstance(manifest, ManifestColumns) else ManifestColumns.from_manifest(manifest)
+    name = f"manifest-{secrets.token_hex(8)}.safetensors"
+    with atomic_path(root / name, suffix=".safetensors") as tmp:
+        save_file({column: np.ascontiguousarray(getattr(columns, column), dtype=np.int64)
+                   for column in COLUMN_NAMES}, str(tmp))
+    atomic_write_json(root / MANIFEST_FILE, {
+        "columns": {"file": name, "videos": len(columns.video_key), "entries": columns.num_entries},
+        "shards": list(columns.shards),
+        "videos": {"key": list(columns.video_key)},
+        "failures": list(columns.failures),
+    })
+    for path in root.iterdir():
+        if _COLUMNS_RE.match(path.name) and path.name != name:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def list_parts(root: Path) -> list[Path]:

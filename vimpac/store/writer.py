@@ -26,11 +26,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from vimpac.io import atomic_write_json, atomic_write_text
+from vimpac.io import atomic_write_json, atomic_write_text, fsync_dir
 from vimpac.store.errors import StoreError
 from vimpac.store.format import (
     FAILURES_FILE, MANIFEST_FILE, PART_DIR, SHARD_DIR, TOKEN_DTYPE, Manifest, StoreMeta, list_parts,
-    load_manifest, parse_part_name, parse_shard_name, part_name, read_meta, shard_name,
+    load_manifest, manifest_layout, parse_part_name, parse_shard_name, part_name, read_meta, shard_name,
+    write_manifest,
 )
 
 DEFAULT_SHARD_BYTES = 1 << 30  # start a new shard file after 1 GiB
@@ -70,6 +71,8 @@ class RankWriter:
         self.shard_bytes = shard_bytes
         (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         (root / PART_DIR).mkdir(parents=True, exist_ok=True)
+        fsync_dir(root)  # the folders' entries: a part is durable only once its folder is
+        self._new_shard_file = False  # created since the last commit: its folder is fsynced then
         self._lock = self._acquire_lock()
         try:
             self._check_not_stale(committed)
@@ -148,6 +151,7 @@ class RankWriter:
         used = [i for i, p in own.items() if ends.get(p.name, 0) > 0]
         index = max(used, default=0)
         path = self.root / SHARD_DIR / shard_name(self.rank, index)
+        self._new_shard_file = not path.exists()
         handle = open(path, "ab")
         return index, handle
 
@@ -185,6 +189,11 @@ class RankWriter:
         with _resumable_write_error(Path(self._file.name)):
             self._file.flush()
             os.fsync(self._file.fileno())
+        if self._new_shard_file:
+            # fsync of the file does not make its name durable: a power loss could keep the part
+            # below and lose the shard it names.
+            fsync_dir(self.root / SHARD_DIR)
+            self._new_shard_file = False
         path = self.root / PART_DIR / part_name(self.rank, self._next_seq)
         with _resumable_write_error(path):
             atomic_write_json(path, part.to_json())
@@ -195,6 +204,7 @@ class RankWriter:
         self._file.close()
         self._shard_index += 1
         self._file = open(self.root / SHARD_DIR / shard_name(self.rank, self._shard_index), "ab")
+        self._new_shard_file = True
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -224,24 +234,27 @@ COMPACT_LOCK = "compact.lock"  # in shards/, beside the ranks' lock files
 _RANK_LOCK_RE = re.compile(r"^r(\d{3,})\.lock$")
 
 
-def compact_store(root: Path) -> Manifest:
+def compact_store(root: Path, rewrite_json_manifest: bool = False) -> Manifest:
     """Fold all manifest parts into manifest.json and rewrite failures.jsonl.
 
     Safe to interrupt: manifest.json is replaced atomically before the parts it absorbed are
     deleted, and a part that is read twice merges to the same video. Only call it when no
     writer is running on the store (single process, or rank 0 after a barrier). A finished
-    store (no parts) is left untouched, so a rerun over one on read-only storage works.
+    store (no parts) is left untouched, so a rerun over one on read-only storage works, unless
+    `rewrite_json_manifest` and its manifest.json has the JSON layout of older versions: then it
+    is rewritten with a columns file (`vimpac store compact`).
     Compactions take turns (a lock file): two at once could both read manifest.json, and the
     one writing it last would drop the parts the other merged and deleted.
     """
-    if not list_parts(root) and (root / MANIFEST_FILE).exists():
+    rewrite = rewrite_json_manifest and manifest_layout(root) == "json"
+    if not rewrite and not list_parts(root) and (root / MANIFEST_FILE).exists():
         manifest, _ = load_manifest(root)
     else:
         (root / SHARD_DIR).mkdir(exist_ok=True)  # absent while no video was committed
         with _file_lock(root / SHARD_DIR / COMPACT_LOCK, wait=True):
             manifest, parts = load_manifest(root)
-            if parts or not (root / MANIFEST_FILE).exists():
-                atomic_write_json(root / MANIFEST_FILE, manifest.to_json())
+            if parts or rewrite or not (root / MANIFEST_FILE).exists():
+                write_manifest(root, manifest)
             for part in parts:
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()
@@ -249,11 +262,12 @@ def compact_store(root: Path) -> Manifest:
     return manifest
 
 
-def compact_idle_store(root: Path) -> tuple[Manifest, int]:
+def compact_idle_store(root: Path) -> tuple[Manifest, int, bool]:
     """`vimpac store compact`: `compact_store` for a store that no run is writing (ranks that ran
-    as separate jobs, an interrupted run). A run writing any rank (its lock is held) is refused
-    with a StoreError; the ranks' locks are held while merging, so none of them starts meanwhile.
-    Returns the merged manifest and the number of parts merged."""
+    as separate jobs, an interrupted run), also rewriting a manifest.json of the older JSON layout.
+    A run writing any rank (its lock is held) is refused with a StoreError; the ranks' locks are
+    held while merging, so none of them starts meanwhile. Returns the merged manifest, the number
+    of parts merged and whether a manifest.json of the JSON layout was rewritten."""
     read_meta(root)  # a StoreError when `root` is not a store
     locks = sorted(p for p in (root / SHARD_DIR).glob("r*.lock") if _RANK_LOCK_RE.match(p.name))
     with contextlib.ExitStack() as held:
@@ -265,7 +279,8 @@ def compact_idle_store(root: Path) -> tuple[Manifest, int]:
                 raise StoreError(f"{path}: a run is writing rank {rank} of this store; compact it once every "
                                  "rank has finished (a torchrun run merges its parts itself at the end)") from None
         parts = len(list_parts(root))
-        return compact_store(root), parts
+        rewritten = manifest_layout(root) == "json"
+        return compact_store(root, rewrite_json_manifest=True), parts, rewritten
 
 
 @contextlib.contextmanager
