@@ -300,3 +300,21 @@ def test_a_checkpoint_that_cannot_be_written_is_an_os_error_naming_it(tmp_path, 
     assert raised.value.filename == str(tmp_path / "checkpoints" / "step-00000002")
     assert latest_checkpoint(tmp_path).name == "step-00000001"
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-00000001"]
+
+
+def test_a_checkpoint_folder_and_its_rename_are_durable_before_latest_names_it(tmp_path, monkeypatch):
+    # Each file was fsynced, but neither the folder holding their names nor the rename into
+    # place: after a power loss `latest` could name a folder that is gone, or one without files.
+    import vimpac.engine.checkpoint as checkpoint_module
+
+    events = []
+    monkeypatch.setattr(checkpoint_module, "fsync_dir", lambda folder: events.append(("fsync", Path(folder))))
+    real_write = checkpoint_module.atomic_write_text
+    monkeypatch.setattr(checkpoint_module, "atomic_write_text",
+                        lambda path, text: (events.append(("write", Path(path))), real_write(path, text))[1])
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path, 1, model, torch.optim.AdamW(model.parameters()), None, {})
+    root = tmp_path / "checkpoints"
+    staged = [folder for kind, folder in events if kind == "fsync" and folder.name.startswith(".step-00000001.")]
+    assert len(staged) == 1 and staged[0].parent == root
+    assert events.index(("fsync", staged[0])) < events.index(("fsync", root)) < events.index(("write", root / "latest"))

@@ -47,7 +47,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from vimpac.io import atomic_write_text, current_umask, parse_json, writer_os_error
+from vimpac.io import atomic_write_text, current_umask, fsync_dir, parse_json, writer_os_error
 from vimpac.weight_shapes import read_meta_tensors
 
 CHECKPOINT_PREFIX = "step-"
@@ -104,11 +104,13 @@ def save_checkpoint(
             os.chmod(path, 0o666 & ~current_umask())  # safetensors writes owner-only files
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+        fsync_dir(tmp)  # the files' names: fsyncing a file does not make its folder entry durable
         if final.is_symlink():
             final.unlink()  # the link only: rmtree refuses one, and what it points to is not this run's
         elif final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_dir(ckpt_root)  # the rename, before `latest` names it: a power loss must not keep a pointer to nothing
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         failed_write = writer_os_error(exc, final)
