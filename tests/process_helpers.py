@@ -67,6 +67,29 @@ def wait_until(condition: Callable[[], bool], waiting_for: str, process: subproc
         time.sleep(poll)
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a process group's MASTER_PORT."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_ranks(target: Callable[..., None], *args: Any, world_size: int = 2) -> tuple[list[Any], Any]:
+    """Start `world_size` spawned processes running `target(rank, port, *args, queue)`, ranks of
+    one process group on a free port; returns them and the queue for their results (`results_of`)."""
+    import multiprocessing
+
+    port = free_port()
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    processes = [context.Process(target=target, args=(rank, port, *args, queue)) for rank in range(world_size)]
+    for process in processes:
+        process.start()
+    return processes, queue
+
+
 def results_of(queue: Any, processes: list[Any], count: int, seconds: float = PATIENCE) -> list[Any]:
     """The `count` results that spawned `processes` put on `queue`, after which each must exit
     with code 0. A process that fails (e.g. one rank of a gloo group that then leaves the other

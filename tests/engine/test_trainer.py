@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from vimpac.engine.checkpoint import CheckpointError, latest_checkpoint
 from vimpac.engine.distributed import shutdown
@@ -22,7 +21,7 @@ from vimpac.engine.optim import build_optimizer, warmup_linear_decay
 from vimpac.engine.trainer import Trainer, TrainConfig, TrainingDiverged
 
 sys.path.insert(0, str(Path(__file__).parent))
-from process_helpers import PATIENCE, descendants, results_of, wait_gone, wait_until  # noqa: E402
+from process_helpers import PATIENCE, descendants, results_of, spawn_ranks, wait_gone, wait_until  # noqa: E402
 from toy_training import ToyModel, ToyTask, make_trainer  # noqa: E402
 
 TOY_SCRIPT = Path(__file__).parent / "toy_training.py"
@@ -344,8 +343,8 @@ def test_bf16_autocast_trains(tmp_path):
     assert result.status == "finished" and result.skipped_steps == 0
 
 
-def _ddp_worker(rank, world_size, port, run_dir, queue):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+def _ddp_worker(rank, port, run_dir, queue):
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.manual_seed(0)
     cfg = TrainConfig(total_steps=3, batch_size=8, lr=1e-2, log_every=1, checkpoint_every=100, progress=False)
@@ -359,16 +358,8 @@ def _ddp_worker(rank, world_size, port, run_dir, queue):
 
 
 def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, str(tmp_path / "ddp"), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
+    procs, queue = spawn_ranks(_ddp_worker, str(tmp_path / "ddp"))
     [ddp_state] = results_of(queue, procs, count=1)
 
     torch.manual_seed(0)
@@ -397,18 +388,10 @@ def _resume_worker(rank, port, run_dirs, queue):
 def test_ddp_ranks_that_find_different_checkpoints_refuse_to_resume(tmp_path):
     """As with a run folder on each machine's own disk: rank 0 finds the checkpoints it wrote,
     rank 1 none. Both must stop with the reason, not train different steps side by side."""
-    import socket
 
     make_trainer(tmp_path / "node0", steps=6, batch_size=4, max_minutes=0.0).fit()  # a checkpoint at step 1
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
     run_dirs = [str(tmp_path / "node0"), str(tmp_path / "node1")]
-    procs = [ctx.Process(target=_resume_worker, args=(r, port, run_dirs, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
+    procs, queue = spawn_ranks(_resume_worker, run_dirs)
     outcomes = dict(results_of(queue, procs, count=len(procs)))
     for rank in (0, 1):
         assert "found different checkpoints to resume from (rank 0: step-00000001, rank 1: none)" in outcomes[rank]

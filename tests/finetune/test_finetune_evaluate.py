@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from process_helpers import results_of
+from process_helpers import results_of, spawn_ranks
 from vimpac.cli import main
 from vimpac.data.clips import uniform_clip_starts
 from vimpac.finetune.errors import FinetuneError
@@ -112,10 +112,6 @@ def _evaluate_worker(rank, port, argv, queue):
 
 def test_evaluate_under_torchrun_scores_each_video_once(tmp_path):
     """2 ranks, 5 videos: rank 0 scores 3, rank 1 2; rank 0 writes the report of one process."""
-    import socket
-
-    import torch.multiprocessing as mp
-
     store_dir = make_store(tmp_path / "s", num_videos=5, views=ALL12)
     random_classifier().save_pretrained(tmp_path / "model")
 
@@ -123,14 +119,7 @@ def test_evaluate_under_torchrun_scores_each_video_once(tmp_path):
         return ["evaluate", "--checkpoint", str(tmp_path / "model"), "--store", str(store_dir), "--out", str(out),
                 "--temporal-clips", "2", "--no-progress"]
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_evaluate_worker, args=(r, port, argv(tmp_path / "ddp"), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
+    procs, queue = spawn_ranks(_evaluate_worker, argv(tmp_path / "ddp"))
     outcomes = {rank: rest for rank, *rest in results_of(queue, procs, count=len(procs))}
     keys = TokenStore.open(store_dir).keys()
     assert outcomes[0][:2] == [0, keys[0::2]] and outcomes[1][:2] == [0, keys[1::2]]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from process_helpers import PATIENCE, descendants, wait_until
+from process_helpers import PATIENCE, descendants, free_port, wait_until
 from vimpac.engine.checkpoint import latest_checkpoint
 from vimpac.engine.distributed import DistInfo
 from vimpac.engine.metrics import read_metrics
@@ -52,15 +51,9 @@ def store_path(tmp_path_factory):
     return write_store(root, static_texture_videos(24, frames=10, grid=4, codebook_size=CODES), CODES)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_two_nodes(store_path, run, logs: Path, *extra: str) -> list[subprocess.Popen]:
     """One torchrun agent per "node", as the sbatch script's `srun` starts them."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     agents = []

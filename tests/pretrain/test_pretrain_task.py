@@ -5,16 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from process_helpers import results_of, wait_until
+from process_helpers import results_of, spawn_ranks, wait_until
 from vimpac.engine.distributed import DistInfo, shutdown
 from vimpac.engine.checkpoint import CheckpointError
 from vimpac.engine.metrics import read_metrics
@@ -366,14 +364,7 @@ def _ddp_grads(rank, port, store_path, queue):
 
 
 def test_ddp_two_processes_give_the_gradients_of_one_process(store_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_grads, args=(r, port, str(store_path), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
+    procs, queue = spawn_ranks(_ddp_grads, str(store_path))
     [ddp_grads] = results_of(queue, procs, count=1)
 
     store, cfg = _contrastive_only(store_path)
@@ -416,14 +407,7 @@ def _ddp_validate(rank, port, store_path, queue):
 
 def test_ddp_validation_shares_the_batches_and_gives_the_numbers_of_one_process(store_path):
     # Every rank used to compute all the validation batches while only rank 0 logged them.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_validate, args=(r, port, str(store_path), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
+    procs, queue = spawn_ranks(_ddp_validate, str(store_path))
     outcomes = {rank: (values, made) for rank, values, made in results_of(queue, procs, count=2)}
 
     store = TokenStore.open(store_path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from process_helpers import PATIENCE, descendants, wait_gone, wait_until
+from process_helpers import PATIENCE, descendants, results_of, spawn_ranks, wait_gone, wait_until
 from store_helpers import make_dataset
 from vimpac.cli import main as cli_main
 from vimpac.store import TokenStore
@@ -185,23 +185,9 @@ def test_ranks_that_finish_first_wait_for_the_slowest_at_the_final_barrier(refer
     """On a big dataset the ranks finish hours apart; those done first waited at the final
     barrier only as long as torch's default collective timeout (30 minutes for gloo), then
     crashed with the manifest left unmerged."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    from process_helpers import results_of
-
     root, ref = reference
     out = root / "uneven-ranks"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_tokenize_as_rank, args=(rank, port, tokenize_args(root, out, workers=0), 4.0, queue))
-             for rank in range(2)]
-    for p in procs:
-        p.start()
+    procs, queue = spawn_ranks(_tokenize_as_rank, tokenize_args(root, out, workers=0), 4.0)
     assert dict(results_of(queue, procs, count=2)) == {0: 0, 1: 0}
     assert (out / "manifest.json").exists() and not list((out / PART_DIR).glob("*.json"))
     assert_same_store(TokenStore.open(out), ref)
