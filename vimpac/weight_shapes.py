@@ -17,12 +17,13 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, TypeVar
 
 if TYPE_CHECKING:
     import torch
 
 Shape = tuple[int, ...]
+T = TypeVar("T")
 
 
 def read_shapes(path: str | Path) -> dict[str, Shape]:
@@ -68,6 +69,21 @@ def require_regular_file(path: str | Path) -> None:
     with a blocking open(), which waits for a writer for ever."""
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise OSError("not a regular file")
+
+
+def read_safetensors(path: Path, read: Callable[[str], T], error: type[Exception], missing: str = "not found") -> T:
+    """`read(str(path))` (e.g. `read_shapes`, `read_meta_tensors` or safetensors' `load_file`) of a
+    regular file; a missing or unreadable file is an `error` naming `path` (`missing` says what
+    to do about a missing one)."""
+    from safetensors import SafetensorError
+
+    try:
+        require_regular_file(path)
+        return read(str(path))
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise error(f"{path}: not a readable safetensors file: {exc}") from None
 
 
 def shape_problems(expected: Mapping[str, Shape], shapes: Mapping[str, Shape]) -> list[str]:

@@ -21,7 +21,7 @@ from vimpac.io import atomic_path, atomic_write_json, parse_json
 from vimpac.model.config import ModelConfig
 from vimpac.model.errors import CheckpointError, ModelError
 from vimpac.model.interpolate import resize_positional_tables
-from vimpac.weight_shapes import numbered_blocks, read_shapes, require_regular_file, shape_problems, summarize
+from vimpac.weight_shapes import numbered_blocks, read_safetensors, read_shapes, shape_problems, summarize
 
 FORMAT = "vimpac-model"
 FORMAT_VERSION = 1
@@ -91,29 +91,13 @@ def read_model_config(folder: str | Path) -> tuple[str, ModelConfig, dict[str, A
 def read_weight_shapes(folder: str | Path) -> dict[str, tuple[int, ...]]:
     """name -> shape of every tensor in the folder's model.safetensors, from its header alone:
     check them (check_sizes_against_weights) before read_weights loads the tensors."""
-    from safetensors import SafetensorError
-
-    path = Path(folder) / WEIGHTS_FILE
-    try:
-        return read_shapes(path)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
+    return read_safetensors(Path(folder) / WEIGHTS_FILE, read_shapes, CheckpointError)
 
 
 def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(folder) / WEIGHTS_FILE
-    try:
-        require_regular_file(path)
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
+    return read_safetensors(Path(folder) / WEIGHTS_FILE, load_file, CheckpointError)
 
 
 def check_sizes_against_weights(folder: str | Path, cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]],

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from vimpac.config import ConfigError, from_dict, to_dict
 from vimpac.io import atomic_path, atomic_write_json, parse_json, write_folder
 from vimpac.tokenizer.base import FrameTokenizer, TokenizerError, check_output_folder
-from vimpac.weight_shapes import read_meta_tensors, require_regular_file
+from vimpac.weight_shapes import read_meta_tensors, read_safetensors
 
 LOGIT_LAPLACE_EPS = 0.1
 GROUP_COUNT = 4  # a fixed class constant in the `dall_e` package, not a constructor argument
@@ -370,15 +370,8 @@ def _check_fit(config: DalleConfig, parts: tuple[tuple[Mapping[str, torch.Tensor
 
 def _read_weights(path: Path, read: Callable[[str], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """`read(path)` (the header's meta tensors, or the tensors), its errors a TokenizerError."""
-    from safetensors import SafetensorError
-
-    try:
-        require_regular_file(path)
-        return read(str(path))
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: not found; the folder needs {WEIGHTS_FILE} beside {TOKENIZER_JSON}") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise TokenizerError(f"{path}: not a readable safetensors file: {exc}") from None
+    return read_safetensors(path, read, TokenizerError,
+                            missing=f"not found; the folder needs {WEIGHTS_FILE} beside {TOKENIZER_JSON}")
 
 
 def _folder_parts(tensors: Mapping[str, torch.Tensor], path: Path) -> tuple[tuple[dict, str, str], ...]:
