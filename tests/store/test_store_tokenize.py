@@ -330,6 +330,35 @@ def test_a_script_without_main_guard_fails_no_video(dataset):
     assert [f["error"] for f in report.failures] == ["decode"]  # only the corrupt file
 
 
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_while_a_decoding_worker_starts_does_not_kill_it(dataset, signal_name):
+    """Ctrl-C (which reaches the whole process group) or SLURM's SIGTERM to every process of the
+    job, while a decoding worker was still starting (importing, before it ignores them), killed
+    it, and the run stopped with "worker processes die as they start ... `__main__` guard"
+    (exit 2) instead of committing what was decoded and exiting 130 / 143."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+
+    from vimpac.store.tokenize import DecodedChunk, _DecodeProcess, decode_video_chunks
+
+    root, _ = dataset
+    views = tuple(resolve_views("s1.00_center"))
+    job = DecodeJob(0, "v00", 0, "v00.mp4", str(root / "videos" / "v00.mp4"), 4.0, 32, views, 1)
+    worker = _DecodeProcess(multiprocessing.get_context("spawn"), decode_video_chunks)
+    try:
+        os.kill(worker.process.pid, getattr(signal, signal_name))  # it has not even imported vimpac yet
+        worker.assign(job)
+        message = worker.receive(threading.Event())
+        assert isinstance(message, DecodedChunk), "the worker died as it started"
+        assert message.last
+        np.testing.assert_array_equal(message.views["s1.00_center"], decode_video(job).views["s1.00_center"])
+    finally:
+        worker.close(kill=True)
+
+
 # ------------------------------------------------------------------ the annotation list on resume
 
 

@@ -44,6 +44,7 @@ import datetime
 import math
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.resource_tracker
 import os
 import posixpath
 import queue
@@ -354,7 +355,15 @@ class _DecodeProcess:
         self.results, result_writer = context.Pipe(duplex=False)
         self.process = context.Process(target=_decode_worker, args=(os.getpid(), decode, task_reader, result_writer),
                                        name="vimpac-decode", daemon=True)
-        self.process.start()
+        # Started with SIGINT and SIGTERM blocked (the mask survives spawn's fork and exec) until
+        # `_worker_init` ignores them: Ctrl-C, or SLURM's SIGTERM to the whole job, while a worker
+        # was still importing killed it before it took a job, which stopped the run with
+        # WORKERS_DIE_ON_START instead of committing and exiting 130 / 143.
+        # (Spawn's first start in a process launches multiprocessing's resource tracker in the same
+        # way, and unblocks the two afterwards: launched first, so that it does not unblock ours.)
+        multiprocessing.resource_tracker.ensure_running()
+        with _signals_blocked(_STOP_SIGNALS):
+            self.process.start()
         # Only the worker holds these ends now: its death is an EOF on `results` (even in the
         # middle of a message), and sending it a job after it died is a BrokenPipeError.
         task_reader.close()
@@ -424,6 +433,21 @@ class _DecodeProcess:
 
 
 _WORKER_READY = "vimpac-decode-worker-ready"
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_blocked(signals: Sequence[int]) -> Iterator[None]:
+    """Block `signals` in this thread while inside (they are delivered, to another thread or
+    on leaving, afterwards); where the platform has no signal masks, nothing."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass
@@ -487,8 +511,10 @@ def _worker_init(parent_pid: int) -> None:
     # videos); Ctrl-C reaches the whole process group, and a worker dying of it would be
     # taken for a decoder crash.
     # SIGTERM too: `timeout` and SLURM send it to every process of the job, not only the main one.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)  # also discards one that came while they were blocked
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent for the start
     # Each worker decodes one video at a time; several torch threads (resizing) per worker
     # would oversubscribe the cores that the encoder in the main process needs.
     import torch
