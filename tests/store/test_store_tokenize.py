@@ -303,6 +303,28 @@ def test_a_decoder_process_that_dies_fails_only_its_video(dataset):
             np.testing.assert_array_equal(got["s1.00_center"], whole.views["s1.00_center"])
 
 
+def test_videos_after_two_decoder_deaths_of_one_worker_come_once_each_and_in_order(dataset):
+    """A fresh process decodes the dead one's video alone, then is sent the videos held back
+    meanwhile. Those were listed again among its jobs, so when that process died too (two
+    out-of-memory kills, say), its replacement decoded an already received video again in place
+    of the one being awaited: that one was never decoded, the other was committed twice, and no
+    failure said so (the store silently lacked a video)."""
+    from store_helpers import decode_or_crash
+    from vimpac.store.tokenize import DecodeJob, _decode_in_order
+
+    root, _ = dataset
+    views = tuple(resolve_views("s1.00_center"))
+    keys = ["v00_crash_once", "v01", "v03_crash_once", "v04", "v00", "v01_crash_once", "v03"]
+    jobs = [DecodeJob(i, key, 0, f"{key[:3]}.mp4", str(root / "videos" / f"{key[:3]}.mp4"), 4.0, 32, views, 1)
+            for i, key in enumerate(keys)]
+    arrived, results = gather(_decode_in_order(jobs, workers=1, decode=decode_or_crash))
+    assert arrived == keys  # one chunk each; nothing came from the processes that died
+    assert all((root / "videos" / f"{key}.crashed").exists() for key in keys if key.endswith("_crash_once"))
+    for key, got in results.items():
+        whole = decode_video(DecodeJob(0, key, 0, "", str(root / "videos" / f"{key[:3]}.mp4"), 4.0, 32, views, 1))
+        np.testing.assert_array_equal(got["s1.00_center"], whole.views["s1.00_center"])
+
+
 def test_a_script_without_main_guard_fails_no_video(dataset):
     """A script calling tokenize_videos(workers=1) at top level, without a `__main__` guard: the
     spawned decoder re-runs that call and dies on start-up. That used to commit every video as a

@@ -378,16 +378,19 @@ class _DecodeProcess:
         if self.alone is not None and job is not self.alone:
             self._held.append(job)
         else:
-            with contextlib.suppress(BrokenPipeError):  # it died: found when its messages are awaited
-                self.tasks.send(job)
+            self._send(job)
 
     def job_received(self) -> None:
         """The first of its jobs is received whole (or failed)."""
         if self.jobs.popleft() is self.alone:
             self.alone = None
             held, self._held = self._held, []
-            for job in held:
-                self.assign(job)
+            for job in held:  # already in `jobs`: listed twice, a later replacement took the wrong one
+                self._send(job)
+
+    def _send(self, job: DecodeJob) -> None:
+        with contextlib.suppress(BrokenPipeError):  # it died: found when its messages are awaited
+            self.tasks.send(job)
 
     def receive(self, stop: threading.Event) -> Any:
         """The next message; None when the process died first (what it had not sent is lost) or
