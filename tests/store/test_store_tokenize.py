@@ -556,8 +556,8 @@ def signal_after(monkeypatch, number: int, sig: int):
 
     real = tokenize_module._decode_in_order
 
-    def decode_then_signal(jobs, workers):
-        for index, decoded in enumerate(real(jobs, workers)):
+    def decode_then_signal(jobs, workers, **options):
+        for index, decoded in enumerate(real(jobs, workers, **options)):
             if index == number:
                 os.kill(os.getpid(), sig)
             yield decoded
@@ -577,8 +577,8 @@ def test_without_stop_on_signals_ctrl_c_raises_and_keeps_what_was_committed(data
     real = tokenize_module._decode_in_order
     handlers = []
 
-    def decode_then_ctrl_c(jobs, workers):
-        for index, decoded in enumerate(real(jobs, workers)):
+    def decode_then_ctrl_c(jobs, workers, **options):
+        for index, decoded in enumerate(real(jobs, workers, **options)):
             if index == 2:
                 # What Python's own SIGINT handler does, raised here rather than by os.kill, which
                 # raises nothing where SIGINT is ignored (see below).
@@ -616,6 +616,49 @@ def test_sigterm_commits_what_is_decoded_and_the_rerun_finishes(dataset, monkeyp
     rest = run(root, annotations, root / "store")
     assert (rest.already_done, rest.encoded_videos, len(rest.failures)) == (2, 2, 1)
 
+
+
+def test_a_signal_while_a_decoder_is_stuck_stops_the_run_without_waiting_for_it(tmp_path, monkeypatch):
+    """SIGTERM (SLURM's pre-emption, `timeout`) was noticed only once the next chunk came: a
+    decoding worker stuck on a file (a stalled network mount) kept the run going until the
+    scheduler's SIGKILL, a repeated SIGTERM being ignored by design. Now the run stops waiting,
+    commits what came before and leaves the stuck video for the rerun."""
+    import functools
+    import os
+    import signal
+    import threading
+    import time
+
+    from store_helpers import STALL_S, decode_or_crash
+    from vimpac.data.annotations import VideoRecord
+
+    keys = ["v0", "v1", "v2_stall", "v3"]
+    for seed in range(len(keys)):
+        make_video(tmp_path / "videos" / f"v{seed}.mp4", seed=seed)
+    records = [VideoRecord(path=f"v{i}.mp4", label=0, key=key) for i, key in enumerate(keys)]
+    real = tokenize_module._decode_in_order
+    monkeypatch.setattr(tokenize_module, "_decode_in_order", functools.partial(real, decode=decode_or_crash))
+    run_over = threading.Event()
+
+    def sigterm_while_v2_is_awaited():
+        while len(list((tmp_path / "store" / PART_DIR).glob("*.json"))) < 2:  # v0 and v1 committed
+            if run_over.wait(0.01):
+                return
+        if not run_over.wait(1.0):  # the run waits for v2's chunk now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=sigterm_while_v2_is_awaited, daemon=True)
+    sender.start()
+    started = time.monotonic()
+    try:
+        report = tokenize_videos(records, tmp_path / "videos", PaletteTokenizer(), 4, 32, VIEWS, tmp_path / "store",
+                                 workers=1, batch_size=1, progress=False, stop_on_signals=True)
+    finally:
+        run_over.set()
+        sender.join()
+    assert report.interrupted == "SIGTERM" and not report.failures
+    assert TokenStore.open(tmp_path / "store").keys() == ["v0", "v1"]
+    assert time.monotonic() - started < STALL_S
 
 # ------------------------------------------------------------------ the tokenize command
 
@@ -882,8 +925,8 @@ def test_a_signal_while_a_video_is_arriving_commits_the_videos_before_it(long_an
     monkeypatch.setattr(tokenize_module, "DECODE_CHUNK_FRAMES", 16)  # "b": 264 frames, 17 chunks
     real = tokenize_module._decode_in_order
 
-    def decode_then_signal(jobs, workers):
-        for message in real(jobs, workers):
+    def decode_then_signal(jobs, workers, **options):
+        for message in real(jobs, workers, **options):
             if message.job.key == "b" and message.start == 5 * 16:
                 os.kill(os.getpid(), signal.SIGTERM)
             yield message

@@ -188,6 +188,8 @@ DECODE_CHUNK_FRAMES = 32
 WORKER_AHEAD_MESSAGES = 2
 # Seconds a worker that is told to stop (the run is over) gets to exit before it is killed.
 WORKER_EXIT_S = 5.0
+# Seconds between checks for a stop signal while the next decoded chunk is awaited.
+STOP_POLL_S = 0.1
 
 
 def decode_video_chunks(job: DecodeJob, chunk_frames: int | None = None) -> Iterator[DecodedChunk | DecodedVideo]:
@@ -238,7 +240,7 @@ CRASH_REASON = ("the decoding process died while reading this file (a crash insi
 
 def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
                      decode: Callable[[DecodeJob], Iterator[DecodedChunk | DecodedVideo]] | None = None,
-                     ) -> Iterator[DecodedChunk | DecodedVideo]:
+                     stopped: Callable[[], bool] = lambda: False) -> Iterator[DecodedChunk | DecodedVideo]:
     """Each job's messages (`decode_video_chunks`), job after job in order: its chunks, the last
     with `last` set, or a `DecodedVideo` with its failure. With workers, each one holds at most 2
     jobs and runs ahead of the caller by WORKER_AHEAD_MESSAGES messages, so a long video costs a
@@ -250,6 +252,9 @@ def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
     had). If that process dies too, the video is reported as failed (error "crash"); either way
     the fresh process then takes the dead one's other videos and the run goes on. (With
     `multiprocessing.Pool` such a death left the run waiting forever.)
+
+    With workers, it also ends early once `stopped()` holds while no message has come (checked
+    every STOP_POLL_S): a stop signal is not kept waiting by a decoder that is slow or stuck.
     """
     decode = decode_video_chunks if decode is None else decode
     if workers <= 0:
@@ -280,7 +285,12 @@ def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
     receiver.start()
     try:
         while True:
-            message, error = received.get()
+            try:
+                message, error = received.get(timeout=STOP_POLL_S)
+            except queue.Empty:
+                if stopped():
+                    return
+                continue
             if error is not None:
                 raise error
             if message is None:
@@ -855,7 +865,10 @@ def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_na
         failures = []
 
     signals = stop_signals() if stop_on_signals else contextlib.nullcontext([])
-    with bar, signals as stop, contextlib.closing(_decode_in_order(jobs, workers)) as messages:
+    with bar, signals as stop, contextlib.closing(_decode_in_order(
+            # A SIGTERM waited for the next chunk, which a decoder stuck on a file (a stalled
+            # network mount) never sent, while SLURM's grace period or `timeout` ran out.
+            jobs, workers, stopped=lambda: bool(stop))) as messages:
         for message in messages:
             encoded = []
             if isinstance(message, DecodedChunk):
