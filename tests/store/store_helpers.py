@@ -71,16 +71,29 @@ def make_dataset(root: Path, num_videos: int, corrupt: tuple[int, ...] = (), fra
     return root / "list.txt"
 
 
+STALL_S = 120.0
+
+
 def decode_or_crash(job):
     """`decode_video_chunks`, except that a video whose key ends in "_crash" kills its process at
     once, as a segfault inside the decoder would, and one whose key ends in "_crash_late" does so
-    after sending its first chunk (module level: decode workers import it by name)."""
+    after sending its first chunk; one whose key ends in "_crash_once" kills the first process
+    that decodes it only, as the out-of-memory killer might (it leaves a file beside the video
+    saying so); one whose key ends in "_stall" waits STALL_S before decoding, as a read from a
+    stalled network mount would. Module level: decode workers import it by name."""
     import time
 
     from vimpac.store.tokenize import decode_video_chunks
 
     if job.key.endswith("_crash"):
         os._exit(70)
+    if job.key.endswith("_crash_once"):
+        crashed = Path(job.path).with_name(f"{job.key}.crashed")
+        if not crashed.exists():
+            crashed.touch()
+            os._exit(70)
+    if job.key.endswith("_stall"):
+        time.sleep(STALL_S)
     if job.key.endswith("_crash_late"):
         yield next(decode_video_chunks(job, chunk_frames=1))
         time.sleep(0.5)  # the chunk reaches the main process (unsent messages die with the process)

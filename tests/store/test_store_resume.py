@@ -146,6 +146,36 @@ def test_sigterm_stops_the_run_resumably(reference):
     assert_same_store(TokenStore.open(out), ref)
 
 
+def is_decoding_worker(pid: int) -> bool:
+    try:  # spawn's command line; multiprocessing's resource tracker is another child
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_ctrl_c_while_the_decoding_workers_start_stops_the_run_resumably(reference):
+    """Ctrl-C reaches the whole process group: while the decoding workers were still starting
+    (importing, before they ignore it) it killed them, and the run failed with "worker processes
+    die as they start ... `__main__` guard" (exit 2). Now it stops like a Ctrl-C at any other time."""
+    root, ref = reference
+    out = root / "ctrl-c-at-start"
+    process = subprocess.Popen([sys.executable, "-m", "vimpac.cli", *tokenize_args(root, out, workers=2)],
+                               env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        wait_until(lambda: any(map(is_decoding_worker, descendants(process.pid))), "a decoding worker", process,
+                   output=lambda: process.communicate()[1][-2000:], poll=0.002)
+        os.killpg(process.pid, signal.SIGINT)
+        _stdout, stderr = process.communicate(timeout=PATIENCE)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "stopped by SIGINT" in stderr and "Traceback" not in stderr
+    run_cli(tokenize_args(root, out, workers=0))
+    assert_same_store(TokenStore.open(out), ref)
+
+
 def test_two_rank_torchrun_gloo_run_makes_one_store(reference):
     root, ref = reference
     out = root / "two-ranks"

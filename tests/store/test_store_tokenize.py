@@ -303,6 +303,28 @@ def test_a_decoder_process_that_dies_fails_only_its_video(dataset):
             np.testing.assert_array_equal(got["s1.00_center"], whole.views["s1.00_center"])
 
 
+def test_videos_after_two_decoder_deaths_of_one_worker_come_once_each_and_in_order(dataset):
+    """A fresh process decodes the dead one's video alone, then is sent the videos held back
+    meanwhile. Those were listed again among its jobs, so when that process died too (two
+    out-of-memory kills, say), its replacement decoded an already received video again in place
+    of the one being awaited: that one was never decoded, the other was committed twice, and no
+    failure said so (the store silently lacked a video)."""
+    from store_helpers import decode_or_crash
+    from vimpac.store.tokenize import DecodeJob, _decode_in_order
+
+    root, _ = dataset
+    views = tuple(resolve_views("s1.00_center"))
+    keys = ["v00_crash_once", "v01", "v03_crash_once", "v04", "v00", "v01_crash_once", "v03"]
+    jobs = [DecodeJob(i, key, 0, f"{key[:3]}.mp4", str(root / "videos" / f"{key[:3]}.mp4"), 4.0, 32, views, 1)
+            for i, key in enumerate(keys)]
+    arrived, results = gather(_decode_in_order(jobs, workers=1, decode=decode_or_crash))
+    assert arrived == keys  # one chunk each; nothing came from the processes that died
+    assert all((root / "videos" / f"{key}.crashed").exists() for key in keys if key.endswith("_crash_once"))
+    for key, got in results.items():
+        whole = decode_video(DecodeJob(0, key, 0, "", str(root / "videos" / f"{key[:3]}.mp4"), 4.0, 32, views, 1))
+        np.testing.assert_array_equal(got["s1.00_center"], whole.views["s1.00_center"])
+
+
 def test_a_script_without_main_guard_fails_no_video(dataset):
     """A script calling tokenize_videos(workers=1) at top level, without a `__main__` guard: the
     spawned decoder re-runs that call and dies on start-up. That used to commit every video as a
@@ -328,6 +350,35 @@ def test_a_script_without_main_guard_fails_no_video(dataset):
     report = run(root, annotations, root / "store", views="s1.00_center")  # the guarded rerun
     assert report.skipped_failed == 0 and report.encoded_videos == 4
     assert [f["error"] for f in report.failures] == ["decode"]  # only the corrupt file
+
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_while_a_decoding_worker_starts_does_not_kill_it(dataset, signal_name):
+    """Ctrl-C (which reaches the whole process group) or SLURM's SIGTERM to every process of the
+    job, while a decoding worker was still starting (importing, before it ignores them), killed
+    it, and the run stopped with "worker processes die as they start ... `__main__` guard"
+    (exit 2) instead of committing what was decoded and exiting 130 / 143."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+
+    from vimpac.store.tokenize import DecodedChunk, _DecodeProcess, decode_video_chunks
+
+    root, _ = dataset
+    views = tuple(resolve_views("s1.00_center"))
+    job = DecodeJob(0, "v00", 0, "v00.mp4", str(root / "videos" / "v00.mp4"), 4.0, 32, views, 1)
+    worker = _DecodeProcess(multiprocessing.get_context("spawn"), decode_video_chunks)
+    try:
+        os.kill(worker.process.pid, getattr(signal, signal_name))  # it has not even imported vimpac yet
+        worker.assign(job)
+        message = worker.receive(threading.Event())
+        assert isinstance(message, DecodedChunk), "the worker died as it started"
+        assert message.last
+        np.testing.assert_array_equal(message.views["s1.00_center"], decode_video(job).views["s1.00_center"])
+    finally:
+        worker.close(kill=True)
 
 
 # ------------------------------------------------------------------ the annotation list on resume
@@ -505,8 +556,8 @@ def signal_after(monkeypatch, number: int, sig: int):
 
     real = tokenize_module._decode_in_order
 
-    def decode_then_signal(jobs, workers):
-        for index, decoded in enumerate(real(jobs, workers)):
+    def decode_then_signal(jobs, workers, **options):
+        for index, decoded in enumerate(real(jobs, workers, **options)):
             if index == number:
                 os.kill(os.getpid(), sig)
             yield decoded
@@ -526,8 +577,8 @@ def test_without_stop_on_signals_ctrl_c_raises_and_keeps_what_was_committed(data
     real = tokenize_module._decode_in_order
     handlers = []
 
-    def decode_then_ctrl_c(jobs, workers):
-        for index, decoded in enumerate(real(jobs, workers)):
+    def decode_then_ctrl_c(jobs, workers, **options):
+        for index, decoded in enumerate(real(jobs, workers, **options)):
             if index == 2:
                 # What Python's own SIGINT handler does, raised here rather than by os.kill, which
                 # raises nothing where SIGINT is ignored (see below).
@@ -565,6 +616,49 @@ def test_sigterm_commits_what_is_decoded_and_the_rerun_finishes(dataset, monkeyp
     rest = run(root, annotations, root / "store")
     assert (rest.already_done, rest.encoded_videos, len(rest.failures)) == (2, 2, 1)
 
+
+
+def test_a_signal_while_a_decoder_is_stuck_stops_the_run_without_waiting_for_it(tmp_path, monkeypatch):
+    """SIGTERM (SLURM's pre-emption, `timeout`) was noticed only once the next chunk came: a
+    decoding worker stuck on a file (a stalled network mount) kept the run going until the
+    scheduler's SIGKILL, a repeated SIGTERM being ignored by design. Now the run stops waiting,
+    commits what came before and leaves the stuck video for the rerun."""
+    import functools
+    import os
+    import signal
+    import threading
+    import time
+
+    from store_helpers import STALL_S, decode_or_crash
+    from vimpac.data.annotations import VideoRecord
+
+    keys = ["v0", "v1", "v2_stall", "v3"]
+    for seed in range(len(keys)):
+        make_video(tmp_path / "videos" / f"v{seed}.mp4", seed=seed)
+    records = [VideoRecord(path=f"v{i}.mp4", label=0, key=key) for i, key in enumerate(keys)]
+    real = tokenize_module._decode_in_order
+    monkeypatch.setattr(tokenize_module, "_decode_in_order", functools.partial(real, decode=decode_or_crash))
+    run_over = threading.Event()
+
+    def sigterm_while_v2_is_awaited():
+        while len(list((tmp_path / "store" / PART_DIR).glob("*.json"))) < 2:  # v0 and v1 committed
+            if run_over.wait(0.01):
+                return
+        if not run_over.wait(1.0):  # the run waits for v2's chunk now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=sigterm_while_v2_is_awaited, daemon=True)
+    sender.start()
+    started = time.monotonic()
+    try:
+        report = tokenize_videos(records, tmp_path / "videos", PaletteTokenizer(), 4, 32, VIEWS, tmp_path / "store",
+                                 workers=1, batch_size=1, progress=False, stop_on_signals=True)
+    finally:
+        run_over.set()
+        sender.join()
+    assert report.interrupted == "SIGTERM" and not report.failures
+    assert TokenStore.open(tmp_path / "store").keys() == ["v0", "v1"]
+    assert time.monotonic() - started < STALL_S
 
 # ------------------------------------------------------------------ the tokenize command
 
@@ -831,8 +925,8 @@ def test_a_signal_while_a_video_is_arriving_commits_the_videos_before_it(long_an
     monkeypatch.setattr(tokenize_module, "DECODE_CHUNK_FRAMES", 16)  # "b": 264 frames, 17 chunks
     real = tokenize_module._decode_in_order
 
-    def decode_then_signal(jobs, workers):
-        for message in real(jobs, workers):
+    def decode_then_signal(jobs, workers, **options):
+        for message in real(jobs, workers, **options):
             if message.job.key == "b" and message.start == 5 * 16:
                 os.kill(os.getpid(), signal.SIGTERM)
             yield message

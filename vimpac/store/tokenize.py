@@ -44,6 +44,7 @@ import datetime
 import math
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.resource_tracker
 import os
 import posixpath
 import queue
@@ -187,6 +188,8 @@ DECODE_CHUNK_FRAMES = 32
 WORKER_AHEAD_MESSAGES = 2
 # Seconds a worker that is told to stop (the run is over) gets to exit before it is killed.
 WORKER_EXIT_S = 5.0
+# Seconds between checks for a stop signal while the next decoded chunk is awaited.
+STOP_POLL_S = 0.1
 
 
 def decode_video_chunks(job: DecodeJob, chunk_frames: int | None = None) -> Iterator[DecodedChunk | DecodedVideo]:
@@ -237,7 +240,7 @@ CRASH_REASON = ("the decoding process died while reading this file (a crash insi
 
 def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
                      decode: Callable[[DecodeJob], Iterator[DecodedChunk | DecodedVideo]] | None = None,
-                     ) -> Iterator[DecodedChunk | DecodedVideo]:
+                     stopped: Callable[[], bool] = lambda: False) -> Iterator[DecodedChunk | DecodedVideo]:
     """Each job's messages (`decode_video_chunks`), job after job in order: its chunks, the last
     with `last` set, or a `DecodedVideo` with its failure. With workers, each one holds at most 2
     jobs and runs ahead of the caller by WORKER_AHEAD_MESSAGES messages, so a long video costs a
@@ -249,6 +252,9 @@ def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
     had). If that process dies too, the video is reported as failed (error "crash"); either way
     the fresh process then takes the dead one's other videos and the run goes on. (With
     `multiprocessing.Pool` such a death left the run waiting forever.)
+
+    With workers, it also ends early once `stopped()` holds while no message has come (checked
+    every STOP_POLL_S): a stop signal is not kept waiting by a decoder that is slow or stuck.
     """
     decode = decode_video_chunks if decode is None else decode
     if workers <= 0:
@@ -279,7 +285,12 @@ def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
     receiver.start()
     try:
         while True:
-            message, error = received.get()
+            try:
+                message, error = received.get(timeout=STOP_POLL_S)
+            except queue.Empty:
+                if stopped():
+                    return
+                continue
             if error is not None:
                 raise error
             if message is None:
@@ -354,7 +365,15 @@ class _DecodeProcess:
         self.results, result_writer = context.Pipe(duplex=False)
         self.process = context.Process(target=_decode_worker, args=(os.getpid(), decode, task_reader, result_writer),
                                        name="vimpac-decode", daemon=True)
-        self.process.start()
+        # Started with SIGINT and SIGTERM blocked (the mask survives spawn's fork and exec) until
+        # `_worker_init` ignores them: Ctrl-C, or SLURM's SIGTERM to the whole job, while a worker
+        # was still importing killed it before it took a job, which stopped the run with
+        # WORKERS_DIE_ON_START instead of committing and exiting 130 / 143.
+        # (Spawn's first start in a process launches multiprocessing's resource tracker in the same
+        # way, and unblocks the two afterwards: launched first, so that it does not unblock ours.)
+        multiprocessing.resource_tracker.ensure_running()
+        with _signals_blocked(_STOP_SIGNALS):
+            self.process.start()
         # Only the worker holds these ends now: its death is an EOF on `results` (even in the
         # middle of a message), and sending it a job after it died is a BrokenPipeError.
         task_reader.close()
@@ -369,16 +388,19 @@ class _DecodeProcess:
         if self.alone is not None and job is not self.alone:
             self._held.append(job)
         else:
-            with contextlib.suppress(BrokenPipeError):  # it died: found when its messages are awaited
-                self.tasks.send(job)
+            self._send(job)
 
     def job_received(self) -> None:
         """The first of its jobs is received whole (or failed)."""
         if self.jobs.popleft() is self.alone:
             self.alone = None
             held, self._held = self._held, []
-            for job in held:
-                self.assign(job)
+            for job in held:  # already in `jobs`: listed twice, a later replacement took the wrong one
+                self._send(job)
+
+    def _send(self, job: DecodeJob) -> None:
+        with contextlib.suppress(BrokenPipeError):  # it died: found when its messages are awaited
+            self.tasks.send(job)
 
     def receive(self, stop: threading.Event) -> Any:
         """The next message; None when the process died first (what it had not sent is lost) or
@@ -424,6 +446,21 @@ class _DecodeProcess:
 
 
 _WORKER_READY = "vimpac-decode-worker-ready"
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_blocked(signals: Sequence[int]) -> Iterator[None]:
+    """Block `signals` in this thread while inside (they are delivered, to another thread or
+    on leaving, afterwards); where the platform has no signal masks, nothing."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass
@@ -487,8 +524,10 @@ def _worker_init(parent_pid: int) -> None:
     # videos); Ctrl-C reaches the whole process group, and a worker dying of it would be
     # taken for a decoder crash.
     # SIGTERM too: `timeout` and SLURM send it to every process of the job, not only the main one.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)  # also discards one that came while they were blocked
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent for the start
     # Each worker decodes one video at a time; several torch threads (resizing) per worker
     # would oversubscribe the cores that the encoder in the main process needs.
     import torch
@@ -826,7 +865,10 @@ def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_na
         failures = []
 
     signals = stop_signals() if stop_on_signals else contextlib.nullcontext([])
-    with bar, signals as stop, contextlib.closing(_decode_in_order(jobs, workers)) as messages:
+    with bar, signals as stop, contextlib.closing(_decode_in_order(
+            # A SIGTERM waited for the next chunk, which a decoder stuck on a file (a stalled
+            # network mount) never sent, while SLURM's grace period or `timeout` ran out.
+            jobs, workers, stopped=lambda: bool(stop))) as messages:
         for message in messages:
             encoded = []
             if isinstance(message, DecodedChunk):
