@@ -80,7 +80,8 @@ def decode_or_crash(job):
     after sending its first chunk; one whose key ends in "_crash_once" kills the first process
     that decodes it only, as the out-of-memory killer might (it leaves a file beside the video
     saying so); one whose key ends in "_stall" waits STALL_S before decoding, as a read from a
-    stalled network mount would. Module level: decode workers import it by name."""
+    stalled network mount would; one whose key ends in "_misdelivered" sends its chunks as another
+    video's (a bug the receiver must catch). Module level: decode workers import it by name."""
     import time
 
     from vimpac.store.tokenize import decode_video_chunks
@@ -98,4 +99,10 @@ def decode_or_crash(job):
         yield next(decode_video_chunks(job, chunk_frames=1))
         time.sleep(0.5)  # the chunk reaches the main process (unsent messages die with the process)
         os._exit(70)
+    if job.key.endswith("_misdelivered"):
+        import dataclasses
+
+        for message in decode_video_chunks(job):
+            yield dataclasses.replace(message, job=dataclasses.replace(job, record=job.record + 1000))
+        return
     yield from decode_video_chunks(job, chunk_frames=1 if job.key.endswith("_chunked") else None)

@@ -325,6 +325,21 @@ def test_videos_after_two_decoder_deaths_of_one_worker_come_once_each_and_in_ord
         np.testing.assert_array_equal(got["s1.00_center"], whole.views["s1.00_center"])
 
 
+def test_a_message_of_another_video_than_the_one_awaited_stops_the_run(dataset):
+    """Messages are received in job order, one worker at a time; one of another video would lose
+    a video or store one twice without a word, so it is an error (a bug in the hand-out)."""
+    from store_helpers import decode_or_crash
+    from vimpac.store.tokenize import DecodeJob, _decode_in_order
+
+    root, _ = dataset
+    views = tuple(resolve_views("s1.00_center"))
+    keys = ["v00", "v01_misdelivered", "v03"]
+    jobs = [DecodeJob(i, key, 0, f"{key[:3]}.mp4", str(root / "videos" / f"{key[:3]}.mp4"), 4.0, 32, views, 1)
+            for i, key in enumerate(keys)]
+    with pytest.raises(RuntimeError, match=r"entry 1001 \('v01_misdelivered'\) came while entry 1 \('v01_misdelivered'\) was awaited"):
+        gather(_decode_in_order(jobs, workers=2, decode=decode_or_crash))
+
+
 def test_a_script_without_main_guard_fails_no_video(dataset):
     """A script calling tokenize_videos(workers=1) at top level, without a `__main__` guard: the
     spawned decoder re-runs that call and dies on start-up. That used to commit every video as a
