@@ -1,8 +1,10 @@
 """Multi-view evaluation throughput: all views of a video in one batch vs. one forward per
-view, fp32 vs bf16 autocast. Tiny-preset model on a random 16 x 16-token store, T = 8,
-3 crops x 4 clips = 12 views per video.
+view vs. `predict_videos` with fewer clips per forward (`--forward-clips`, its max_batch), fp32
+vs bf16 autocast; and the share of reading the views' tokens from the store. Tiny-preset model
+(or `--preset`) on a random 16 x 16-token store, T = 8, 3 crops x 4 clips = 12 views per video.
 
-    .venv/bin/python bench/bench_finetune_eval.py [--videos 12] [--threads 2]
+    .venv/bin/python bench/bench_finetune_eval.py [--videos 12] [--threads 2] [--preset tiny]
+        [--forward-clips 4]
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +49,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--videos", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--forward-clips", type=int, default=4,
+                        help="clips per forward of the split variant (predict_videos' max_batch)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine_line()}")
     with tempfile.TemporaryDirectory() as tmp:
         store = make_store(Path(tmp) / "store", args.videos)
-        cfg = build_model_config("tiny", overrides={"max_frames": FRAMES})
+        cfg = build_model_config(args.preset, overrides={"max_frames": FRAMES})
         torch.manual_seed(0)
         model = VimpacForClassification(cfg, 10).eval()
         keys = store.keys()
@@ -63,17 +69,25 @@ def main() -> None:
                     probs = [average_view_probabilities(model, tokens[i:i + 1], 1, bf16) for i in range(len(tokens))]
                     torch.stack(probs).mean(0)
 
-        def batched(bf16: bool):
-            predict_videos(model, store, keys, THREE_CROP_VIEWS, FRAMES, CLIPS, bf16=bf16, max_batch=12)
+        def batched(bf16: bool, clips: int = 12):
+            predict_videos(model, store, keys, THREE_CROP_VIEWS, FRAMES, CLIPS, bf16=bf16, max_batch=clips)
 
+        start = time.perf_counter()
+        for key in keys:
+            video_view_tokens(store, key, THREE_CROP_VIEWS, FRAMES, CLIPS)
+        reading = time.perf_counter() - start
+        split = args.forward_clips
         rows = []
         for name, fn in (("per-view loop fp32", lambda: per_view(False)), ("batched fp32", lambda: batched(False)),
-                         ("per-view loop bf16", lambda: per_view(True)), ("batched bf16", lambda: batched(True))):
+                         (f"{split} clips per forward fp32", lambda: batched(False, split)),
+                         ("per-view loop bf16", lambda: per_view(True)), ("batched bf16", lambda: batched(True)),
+                         (f"{split} clips per forward bf16", lambda: batched(True, split))):
             seconds = best_of(fn, 2, warmup=1)
             rows.append((name, seconds))
         base = rows[0][1]
+        print(f"reading every view's tokens from the store: {1e3 * reading:.1f} ms for {args.videos} videos")
         print(f"{args.videos} videos x {len(THREE_CROP_VIEWS) * CLIPS} views (T={FRAMES}, {GRID[0]}x{GRID[1]} tokens, "
-              f"tiny preset), best of 2:")
+              f"{args.preset} preset), best of 2:")
         print("| variant | seconds | videos/s | speed-up vs per-view fp32 |\n|---|---|---|---|")
         for name, seconds in rows:
             print(f"| {name} | {seconds:.2f} | {args.videos / seconds:.2f} | {base / seconds:.2f}x |")

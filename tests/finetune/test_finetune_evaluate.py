@@ -15,7 +15,7 @@ from process_helpers import results_of, spawn_ranks
 from vimpac.cli import main
 from vimpac.data.clips import uniform_clip_starts
 from vimpac.finetune.errors import FinetuneError
-from vimpac.finetune.evaluate import THREE_CROP_VIEWS, evaluate_classifier, evaluation_views
+from vimpac.finetune.evaluate import THREE_CROP_VIEWS, evaluate_classifier, evaluation_views, predict_videos
 from vimpac.model import VimpacForClassification
 from vimpac.store import TokenStore
 
@@ -50,6 +50,39 @@ def test_view_averaging_matches_a_direct_loop(tmp_path):
         np.testing.assert_allclose(result.probabilities[v], np.mean(probs, axis=0), rtol=1e-5, atol=1e-6)
     expected_top1 = np.mean(result.probabilities.argmax(1) == result.labels)
     assert result.metrics.top1 == pytest.approx(expected_top1)
+
+
+class ForwardSizes(torch.nn.Module):
+    """The classifier, recording how many clips each forward gets."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.sizes = model, []
+        self.num_classes, self.config = model.num_classes, model.config
+
+    def forward(self, tokens):
+        self.sizes.append(tokens.shape[0])
+        return self.model(tokens)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_max_batch_caps_the_clips_of_a_forward_also_within_a_video(tmp_path, bf16):
+    """3 crops x 3 clips = 9 views per video: with max_batch 4 a video is scored in forwards of
+    at most 4 clips (it went through in one forward of 9 whatever max_batch said), with the
+    probabilities of one forward per video."""
+    store = TokenStore.open(make_store(tmp_path / "s", num_videos=3, views=ALL12))
+    model = ForwardSizes(random_classifier())
+    keys = store.keys()
+    whole = predict_videos(model, store, keys, THREE_CROP_VIEWS, 4, 3, bf16=bf16, max_batch=9)
+    assert model.sizes == [9, 9, 9]
+    model.sizes.clear()
+    split = predict_videos(model, store, keys, THREE_CROP_VIEWS, 4, 3, bf16=bf16, max_batch=4)
+    assert model.sizes == [4, 4, 1] * 3
+    # Batch composition only changes the kernels' summation order (bf16: its rounding).
+    np.testing.assert_allclose(split, whole, rtol=1e-2 if bf16 else 1e-5, atol=1e-3 if bf16 else 1e-6)
+    np.testing.assert_allclose(split.sum(axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(FinetuneError, match="max_batch"):
+        predict_videos(model, store, keys, THREE_CROP_VIEWS, 4, 3, max_batch=0)
 
 
 def test_evaluating_from_a_training_loop_leaves_the_model_training(tmp_path):

@@ -103,8 +103,8 @@ def _register_evaluate(subparsers) -> None:
                         "run's when --checkpoint is a fine-tuning run (1 for the ssv2 recipe), else 3")
     p.add_argument("--frames", type=positive_int, metavar="T", help="clip length (default: the model's)")
     p.add_argument("--batch-size", type=positive_int, default=32,
-                   help="clips per forward pass; all views of one video always go together (3 crops x 10 clips "
-                        "= 30), so a smaller value cannot split a video")
+                   help="clips per forward pass (default 32): several videos' views share one when they are few, "
+                        "a video with more views (3 crops x 10 clips = 30) takes several; lower it to fit memory")
     p.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast (default fp32)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -3,8 +3,9 @@
 The paper's protocol (Sec. 4, Table 4): 3 spatial crops (top-left / center / bottom-right of
 the frame resized to S, i.e. the store's "s1.00_*" views; the center crop only for datasets
 where left / right matters, like SSV2) x 10 uniform temporal clips; the video's prediction is
-the mean of the 30 softmax distributions. All views of a video go through the model in one
-batch (several videos share a batch when their views are few), under `inference_mode`.
+the mean of the 30 softmax distributions. Up to `max_batch` clips go through the model at once
+(several videos share a batch when their views are few; a video with more views takes several
+forwards), under `inference_mode`.
 
     result = evaluate_classifier(model, store, frames=10, temporal_clips=10, spatial_crops=3)
     write_evaluation(result, "runs/ucf101/eval")     # results.json + confusion_matrix.png
@@ -144,7 +145,11 @@ def predict_videos(model: nn.Module, store, keys: Sequence[str], views: Sequence
                    max_batch: int = 32, progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Averaged class probabilities (len(keys), C) for the given videos of `store`, with the
     model in eval mode (its own mode back afterwards); inputs go to `device` (default: the
-    model's)."""
+    model's). At most `max_batch` clips go through the model at once: the views of several
+    videos share a forward when they are few, and a video with more views than that (3 crops x
+    10 clips = 30) is scored in several forwards, its probabilities averaged as in one."""
+    if max_batch < 1:
+        raise FinetuneError(f"max_batch: expected a positive number of clips, got {max_batch}")
     device = model_device(model) if device is None else torch.device(device)
     per_video = len(views) * temporal_clips
     videos_per_batch = max(1, max_batch // per_video)
@@ -152,9 +157,14 @@ def predict_videos(model: nn.Module, store, keys: Sequence[str], views: Sequence
     with evaluation_mode(model):
         for start in range(0, len(keys), videos_per_batch):
             chunk = keys[start:start + videos_per_batch]
-            tokens = np.concatenate([video_view_tokens(store, k, views, frames, temporal_clips) for k in chunk])
-            inputs = torch.from_numpy(tokens).to(device)
-            out.append(average_view_probabilities(model, inputs, per_video, bf16).cpu().numpy())
+            tokens = torch.from_numpy(np.concatenate([video_view_tokens(store, k, views, frames, temporal_clips)
+                                                      for k in chunk]))
+            # Per-clip probabilities, then the mean over each video's views: the same numbers as
+            # one forward of all its views, with the memory of `max_batch` clips (a video's 30
+            # views at 32 x 32 tokens are gigabytes of activations in fp32 on a CPU).
+            probs = torch.cat([average_view_probabilities(model, part.to(device), 1, bf16)
+                               for part in tokens.split(max_batch)])
+            out.append(probs.view(len(chunk), per_video, -1).mean(dim=1).cpu().numpy())
             if progress is not None:
                 progress(len(chunk))
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
