@@ -167,3 +167,19 @@ def test_probe_counts_the_videos_of_its_feature_extraction(tmp_path, capsys):
     assert finals == ["features train: 9/9 video (100%)", "features val: 6/6 video (100%)"]
     assert main([*argv, "--no-progress"]) == 0
     assert "features" not in capsys.readouterr().err
+
+
+def test_feature_extraction_caps_the_clips_of_a_forward_also_within_a_video(tmp_path):
+    """6 clips per video with max_batch 4: forwards of 4 and 2 clips (one of 6 before, whatever
+    max_batch said), and the features of one forward per video."""
+    store = TokenStore.open(make_store(tmp_path / "s", num_videos=3))
+    torch.manual_seed(0)
+    model = VimpacForPretraining(tiny_model_config()).eval()
+    sizes = []
+    model.backbone.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    whole = extract_features(model, store, frames=4, temporal_clips=6, max_batch=18)
+    assert sizes == [18]
+    sizes.clear()
+    split = extract_features(model, store, frames=4, temporal_clips=6, max_batch=4)
+    assert sizes == [4, 2] * 3
+    np.testing.assert_allclose(split.features, whole.features, rtol=1e-5, atol=1e-6)

@@ -77,11 +77,11 @@ def extract_features(model: nn.Module, store, frames: int | None = None, tempora
     def flush() -> None:
         if not inputs:
             return
-        tokens = torch.from_numpy(np.concatenate(inputs).astype(np.int64)).to(device)
+        tokens = torch.from_numpy(np.concatenate(inputs).astype(np.int64))
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with autocast:
-            cls, _ = backbone(tokens)
-        features.append(cls.float().view(-1, temporal_clips, cls.shape[-1]).mean(dim=1).cpu().numpy())
+        with autocast:  # at most max_batch clips a forward, also when one video has more clips
+            cls = torch.cat([backbone(part.to(device))[0].float() for part in tokens.split(max_batch)])
+        features.append(cls.view(-1, temporal_clips, cls.shape[-1]).mean(dim=1).cpu().numpy())
         bar.update(len(inputs))
         inputs.clear()
 
