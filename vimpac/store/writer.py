@@ -234,26 +234,25 @@ COMPACT_LOCK = "compact.lock"  # in shards/, beside the ranks' lock files
 _RANK_LOCK_RE = re.compile(r"^r(\d{3,})\.lock$")
 
 
-def compact_store(root: Path, rewrite_json_manifest: bool = False) -> Manifest:
+def compact_store(root: Path, rewrite_manifest: bool = False) -> Manifest:
     """Fold all manifest parts into manifest.json and rewrite failures.jsonl.
 
     Safe to interrupt: manifest.json is replaced atomically before the parts it absorbed are
     deleted, and a part that is read twice merges to the same video. Only call it when no
     writer is running on the store (single process, or rank 0 after a barrier). A finished
     store (no parts) is left untouched, so a rerun over one on read-only storage works, unless
-    `rewrite_json_manifest` and its manifest.json has the JSON layout of older versions: then it
-    is rewritten with a columns file (`vimpac store compact`).
+    `rewrite_manifest` (the caller found manifest.json in the JSON layout of older versions): then
+    it is rewritten with a columns file (`vimpac store compact`).
     Compactions take turns (a lock file): two at once could both read manifest.json, and the
     one writing it last would drop the parts the other merged and deleted.
     """
-    rewrite = rewrite_json_manifest and manifest_layout(root) == "json"
-    if not rewrite and not list_parts(root) and (root / MANIFEST_FILE).exists():
+    if not rewrite_manifest and not list_parts(root) and (root / MANIFEST_FILE).exists():
         manifest, _ = load_manifest(root)
     else:
         (root / SHARD_DIR).mkdir(exist_ok=True)  # absent while no video was committed
         with _file_lock(root / SHARD_DIR / COMPACT_LOCK, wait=True):
             manifest, parts = load_manifest(root)
-            if parts or rewrite or not (root / MANIFEST_FILE).exists():
+            if parts or rewrite_manifest or not (root / MANIFEST_FILE).exists():
                 write_manifest(root, manifest)
             for part in parts:
                 with contextlib.suppress(FileNotFoundError):
@@ -279,8 +278,9 @@ def compact_idle_store(root: Path) -> tuple[Manifest, int, bool]:
                 raise StoreError(f"{path}: a run is writing rank {rank} of this store; compact it once every "
                                  "rank has finished (a torchrun run merges its parts itself at the end)") from None
         parts = len(list_parts(root))
-        rewritten = manifest_layout(root) == "json"
-        return compact_store(root, rewrite_json_manifest=True), parts, rewritten
+        # Looked at once (parsing an old JSON manifest is the expensive part of this command).
+        rewrite = manifest_layout(root) == "json"
+        return compact_store(root, rewrite_manifest=rewrite), parts, rewrite
 
 
 @contextlib.contextmanager
