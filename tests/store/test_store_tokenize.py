@@ -368,6 +368,39 @@ def test_a_script_without_main_guard_fails_no_video(dataset):
 
 
 
+def test_a_replacement_worker_killed_before_it_is_ready_is_a_crash_not_a_missing_main_guard(dataset, monkeypatch):
+    """The fresh process that decodes a dead worker's video again, killed before it was ready
+    (the out-of-memory killer, say), stopped the run with the "`__main__` guard" error, meant for
+    a script whose workers all die on start-up; a worker of the run had been ready, so it is a
+    crash like any other: that video fails, the others are decoded."""
+    from store_helpers import decode_or_crash
+    from vimpac.store.tokenize import DecodeJob, _decode_in_order, _DecodeProcess
+
+    root, _ = dataset
+    real = _DecodeProcess.replacement
+    killed = []
+
+    def killed_as_it_starts(self, context, decode, failed):
+        fresh = real(self, context, decode, failed)
+        if not killed:
+            fresh.process.kill()
+            killed.append(fresh)
+        return fresh
+
+    monkeypatch.setattr(_DecodeProcess, "replacement", killed_as_it_starts)
+    views = tuple(resolve_views("s1.00_center"))
+    keys = ["v00", "v01_crash", "v03", "v04"]
+    jobs = [DecodeJob(i, key, 0, f"{key[:3]}.mp4", str(root / "videos" / f"{key[:3]}.mp4"), 4.0, 32, views, 1)
+            for i, key in enumerate(keys)]
+    arrived, results = gather(_decode_in_order(jobs, workers=1, decode=decode_or_crash))
+    assert killed and not killed[0].started
+    assert arrived == keys
+    assert results["v01_crash"].error == "crash"
+    for key in ("v00", "v03", "v04"):
+        whole = decode_video(DecodeJob(0, key, 0, "", str(root / "videos" / f"{key}.mp4"), 4.0, 32, views, 1))
+        np.testing.assert_array_equal(results[key]["s1.00_center"], whole.views["s1.00_center"])
+
+
 def test_a_decoder_that_sends_nothing_for_the_timeout_fails_only_its_video(dataset):
     """A decoder that never returned (a read stalled on a network mount, FFmpeg spinning on a
     file) hung the run for ever. Now its worker is killed once it has sent nothing for

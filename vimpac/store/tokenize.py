@@ -287,7 +287,9 @@ def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
     again, alone: its chunks come again from the first (`first` set, the caller drops those it
     had). If that process dies too, the video is reported as failed (error "crash"); either way
     the fresh process then takes the dead one's other videos and the run goes on. (With
-    `multiprocessing.Pool` such a death left the run waiting forever.)
+    `multiprocessing.Pool` such a death left the run waiting forever.) A replacement that dies
+    before it is ready counts as such a death too; only when no worker of the run ever got that
+    far (a script without a `__main__` guard) is it a `StoreError`.
 
     A worker that sends nothing for `decode_timeout` seconds (None: no limit) while its next
     message is awaited is killed and replaced in the same way, and the video it was on is
@@ -355,6 +357,7 @@ def _receive_in_order(jobs: Sequence[DecodeJob], workers: int, decode: Callable,
     procs: list[_DecodeProcess] = []
     next_worker = 0
     finished = False
+    a_worker_started = False  # one of this run's worker processes got as far as taking jobs
 
     def fill() -> None:
         # Round robin: a worker decodes its jobs in order, and they are received in job order.
@@ -373,12 +376,15 @@ def _receive_in_order(jobs: Sequence[DecodeJob], workers: int, decode: Callable,
             message = procs[w].receive(stop, decode_timeout)
             if stop.is_set():
                 return
+            a_worker_started = a_worker_started or procs[w].started
             if message is None:  # the process died, or was killed as stuck
                 dead = procs[w]
-                if not dead.started:
+                if not a_worker_started:
                     # Not this video's fault: a script without a `__main__` guard kills every
                     # worker so, and committing each video as a permanent "crash" failure would
-                    # make the corrected script's rerun skip them all.
+                    # make the corrected script's rerun skip them all. (Once a worker of the run
+                    # was ready, one that dies on start-up, say a replacement killed by the
+                    # out-of-memory killer, is a crash like any other.)
                     raise StoreError(f"decoding: {WORKERS_DIE_ON_START}; no video was marked as failed for it")
                 if dead.stuck:
                     failure = FailedVideo(job.record, job.key, job.rel_path, stuck_reason(decode_timeout), "timeout")
