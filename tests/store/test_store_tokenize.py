@@ -1066,3 +1066,59 @@ def test_a_signal_while_a_video_is_arriving_commits_the_videos_before_it(long_an
     assert whole.encoded_videos == 4
     assert store_files(root / "store") == store_files(root / "uninterrupted")
 
+
+class RecordingBar:
+    """A progress bar that records what tokenize tells it: ("update", n) and ("postfix", {...})."""
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def update(self, n=1):
+        self.calls.append(("update", n))
+
+    def set_postfix(self, ordered_dict=None, **kwargs):
+        self.calls.append(("postfix", {**(ordered_dict or {}), **kwargs}))
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_the_progress_bar_shows_the_frames_decoded_of_a_long_video(long_and_short, monkeypatch):
+    """The bar counted committed videos only, so it stood still for the whole of an hour-long
+    video; now its postfix shows the frames decoded of a video of several chunks as they come.
+    The counts, and the report, are what they were; the postfix is set before the count moves, so
+    that a log file's line (printed by the update) has the numbers of that commit."""
+    import vimpac.progress
+
+    root, annotations = long_and_short
+    quiet = run(root, annotations, root / "quiet", fps=8, progress=False)
+    calls: list = []
+    monkeypatch.setattr(vimpac.progress, "progress_bar", lambda total, *args, **kwargs: RecordingBar(calls))
+    report = run(root, annotations, root / "store", fps=8, progress=True)
+    timeless = ("store", "seconds", "videos_per_s", "frames_per_s")
+    assert {k: v for k, v in report.to_json().items() if k not in timeless} == \
+        {k: v for k, v in quiet.to_json().items() if k not in timeless}
+
+    chunk = tokenize_module.DECODE_CHUNK_FRAMES
+    store = TokenStore.open(root / "store")
+    totals = [store.entry(store.index_of(key, VIEWS.split(",")[0])).num_frames for key in store.keys()]
+    assert max(totals) > 2 * chunk  # "b": several chunks
+    shown, counted, counts_when_shown = [], 0, []
+    for what, value in calls:
+        if what == "update":
+            counted += value
+        elif "video_frames" in value:
+            shown.append(value["video_frames"])
+            counts_when_shown.append(counted)
+    assert shown == [f"{end}/{total}" for total in totals for end in range(chunk, total, chunk)]
+    assert counted == report.encoded_videos + len(report.failures)
+    assert len(set(counts_when_shown)) < len(counts_when_shown)  # the postfix moved while the count stood
+    last_update = max(i for i, (what, value) in enumerate(calls) if what == "update" and value)
+    last_postfix = next(value for what, value in reversed(calls[:last_update]) if what == "postfix")
+    assert last_postfix["failed"] == len(report.failures) and "video_frames" not in last_postfix

@@ -168,8 +168,13 @@ class DecodedChunk:
         return self.start == 0
 
     @property
+    def end(self) -> int:
+        """The video's sampled frames decoded once this chunk is: start + its frames."""
+        return self.start + len(next(iter(self.views.values())))
+
+    @property
     def last(self) -> bool:
-        return self.start + len(next(iter(self.views.values()))) == self.total
+        return self.end == self.total
 
 
 # How long a rank waits at a barrier for the others. A rank that is done waits at the final one
@@ -955,6 +960,7 @@ def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_na
     from vimpac.progress import progress_bar
 
     bar = progress_bar(len(jobs), f"tokenize r{writer.rank}", "video", enabled=progress)
+    postfix: dict[str, Any] = {}  # what the bar shows after its counts
     encoder = FullBatchEncoder(tokenizer, view_names, batch_size)
     failures: list[FailedVideo] = []
     t0 = time.perf_counter()
@@ -966,10 +972,21 @@ def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_na
         report.encoded_entries += len(encoded) * len(view_names)
         report.encoded_frames += sum(ids.shape[0] for video in encoded for ids in video.views.values())
         report.failures.extend(f.to_json() for f in failures)
-        bar.update(len(encoded) + len(failures))
         elapsed = max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(frames_s=f"{report.encoded_frames / elapsed:.1f}", failed=len(report.failures))
+        postfix.update(frames_s=f"{report.encoded_frames / elapsed:.1f}", failed=len(report.failures))
+        bar.set_postfix(postfix)  # before the count: a log file's line, printed by update, shows these
+        bar.update(len(encoded) + len(failures))
         failures = []
+
+    def show_video_frames(message: DecodedChunk | DecodedVideo) -> None:
+        # The bar counts committed videos, so it stood still for the whole of an hour-long video:
+        # show how far the decoding of a video of several chunks is.
+        if isinstance(message, DecodedChunk) and not message.last:
+            postfix["video_frames"] = f"{message.end}/{message.total}"
+        elif postfix.pop("video_frames", None) is None:
+            return  # a video of one chunk, or a failure before any chunk: nothing to show
+        bar.set_postfix(postfix)
+        bar.update(0)  # in a log file: a line every few minutes while no video is committed
 
     signals = stop_signals() if stop_on_signals else contextlib.nullcontext([])
     with bar, signals as stop, contextlib.closing(_decode_in_order(
@@ -977,6 +994,7 @@ def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_na
             # network mount) never sent, while SLURM's grace period or `timeout` ran out.
             jobs, workers, stopped=lambda: bool(stop), decode_timeout=decode_timeout)) as messages:
         for message in messages:
+            show_video_frames(message)
             encoded = []
             if isinstance(message, DecodedChunk):
                 encoded = encoder.add_chunk(message.job, message.views, message.start, message.total)
