@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from vimpac.progress import LOG_FILE_REPORTS, LineProgress, NoProgress, progress_bar, track
+from vimpac.progress import LOG_FILE_REPORTS, MAX_QUIET_SECONDS, LineProgress, NoProgress, progress_bar, track
 
 
 class Terminal(io.StringIO):
@@ -104,3 +104,20 @@ def test_an_empty_run_prints_nothing():
     with progress_bar(0, "synthetic videos", "video", stream=stream):
         pass
     assert stream.getvalue() == ""
+
+
+def test_a_postfix_that_moves_while_the_count_stands_is_reported_every_few_minutes():
+    # tokenize inside an hour-long video: no video is committed, but its frames decoded advance
+    # (set_postfix, then update(0)); a log file showed nothing for the whole hour.
+    clock, stream = Clock(), io.StringIO()
+    bar = LineProgress(10, "tokenize r0", "video", stream=stream, clock=clock)
+    chunks = 30
+    for chunk in range(1, chunks + 1):
+        clock.now += MAX_QUIET_SECONDS / 5
+        bar.set_postfix(video_frames=f"{32 * chunk}/7200")
+        bar.update(0)
+    bar.update(0)  # nothing new: no line
+    lines = report_lines(stream.getvalue(), "tokenize r0")
+    every_quiet_stretch = range(5, chunks + 1, 5)
+    assert [line.split("; ")[1] for line in lines] == [f"video_frames {32 * chunk}/7200" for chunk in every_quiet_stretch]
+    assert all(line.startswith("tokenize r0: 0/10 video (0%)") for line in lines)

@@ -4,8 +4,9 @@ A tqdm bar redraws itself with carriage returns; written to a file (a cluster jo
 `> log 2>&1`) that is one endless line. Where the stream is not a terminal, `progress_bar` returns
 a `LineProgress` instead: the same `update` / `set_postfix` / `close` interface, printing a
 one-line report now and then (every 1% of the work, at most every 10 s, and at least every 5 min
-while work gets done). The trainer has its own reports (with the run's name), on the same
-terminal test.
+while work gets done; a `set_postfix` then `update(0)` counts as work, for a postfix that shows
+progress inside one unit, as tokenize's frames of a long video). The trainer has its own
+reports (with the run's name), on the same terminal test.
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ class LineProgress(NoProgress):
     """tqdm's `update` / `set_postfix` / `close`, reported as whole lines, e.g.
     `tokenize r0: 37/120 video (30%), 2.41 video/s, ~34 s left; frames_s 96.4, failed 0`.
 
-    At most `reports` lines for the percentages, plus one per `max_quiet` seconds of a slow run,
-    plus the last count at `close` (where an interrupted run stopped)."""
+    At most `reports` lines for the percentages, plus one per `max_quiet` seconds of a slow run
+    (also while only the postfix changes, given `update(0)`), plus the last count at `close`
+    (where an interrupted run stopped)."""
 
     def __init__(self, total: int | None, desc: str, unit: str = "it", *, initial: int = 0,
                  stream: TextIO | None = None, reports: int = LOG_FILE_REPORTS,
@@ -90,6 +92,7 @@ class LineProgress(NoProgress):
         self._every = max(1, math.ceil(self.total / reports)) if self.total else 0
         self._next = (initial // self._every + 1) * self._every if self._every else 0
         self._postfix: dict[str, Any] = {}
+        self._reported_postfix: dict[str, Any] = {}
         self._closed = False
 
     def update(self, n: int = 1) -> None:
@@ -113,7 +116,7 @@ class LineProgress(NoProgress):
         self._closed = True
 
     def _report(self, now: float) -> None:
-        if self.n == self._reported:
+        if self.n == self._reported and self._postfix == self._reported_postfix:
             return
         seconds = now - self._started
         rate = (self.n - self._first) / seconds if seconds > 0 else 0.0
@@ -127,4 +130,4 @@ class LineProgress(NoProgress):
             line += "; " + ", ".join(f"{key} {value}" for key, value in self._postfix.items())
         stream = sys.stderr if self._stream is None else self._stream
         print(line, file=stream, flush=True)
-        self._reported, self._last_line = self.n, now
+        self._reported, self._reported_postfix, self._last_line = self.n, self._postfix, now

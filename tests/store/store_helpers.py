@@ -72,6 +72,14 @@ def make_dataset(root: Path, num_videos: int, corrupt: tuple[int, ...] = (), fra
 
 
 STALL_S = 120.0
+SLOW_CHUNK_S = 0.5  # a "_slow" video's wait before each of its chunks
+
+
+def hang() -> None:
+    """Wait for ever, as a decoder stuck on a stalled read or spinning inside FFmpeg."""
+    import threading
+
+    threading.Event().wait()
 
 
 def decode_or_crash(job):
@@ -80,8 +88,11 @@ def decode_or_crash(job):
     after sending its first chunk; one whose key ends in "_crash_once" kills the first process
     that decodes it only, as the out-of-memory killer might (it leaves a file beside the video
     saying so); one whose key ends in "_stall" waits STALL_S before decoding, as a read from a
-    stalled network mount would; one whose key ends in "_misdelivered" sends its chunks as another
-    video's (a bug the receiver must catch). Module level: decode workers import it by name."""
+    stalled network mount would; one whose key ends in "_hang_once" never returns in the first
+    process that decodes it (it leaves a file beside the video saying so), one whose key ends in
+    "_hang_late" never returns after sending its first chunk; one whose key ends in "_slow" sends a
+    chunk per frame, SLOW_CHUNK_S apart; one whose key ends in "_misdelivered" sends its chunks as
+    another video's (a bug the receiver must catch). Module level: decode workers import it by name."""
     import time
 
     from vimpac.store.tokenize import decode_video_chunks
@@ -95,6 +106,19 @@ def decode_or_crash(job):
             os._exit(70)
     if job.key.endswith("_stall"):
         time.sleep(STALL_S)
+    if job.key.endswith("_hang_once"):
+        hung = Path(job.path).with_name(f"{job.key}.hung")
+        if not hung.exists():
+            hung.touch()
+            hang()
+    if job.key.endswith("_hang_late"):
+        yield next(decode_video_chunks(job, chunk_frames=1))
+        hang()
+    if job.key.endswith("_slow"):
+        for message in decode_video_chunks(job, chunk_frames=1):
+            time.sleep(SLOW_CHUNK_S)
+            yield message
+        return
     if job.key.endswith("_crash_late"):
         yield next(decode_video_chunks(job, chunk_frames=1))
         time.sleep(0.5)  # the chunk reaches the main process (unsent messages die with the process)

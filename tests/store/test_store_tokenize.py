@@ -368,6 +368,68 @@ def test_a_script_without_main_guard_fails_no_video(dataset):
 
 
 
+def test_a_replacement_worker_killed_before_it_is_ready_is_a_crash_not_a_missing_main_guard(dataset, monkeypatch):
+    """The fresh process that decodes a dead worker's video again, killed before it was ready
+    (the out-of-memory killer, say), stopped the run with the "`__main__` guard" error, meant for
+    a script whose workers all die on start-up; a worker of the run had been ready, so it is a
+    crash like any other: that video fails, the others are decoded."""
+    from store_helpers import decode_or_crash
+    from vimpac.store.tokenize import DecodeJob, _decode_in_order, _DecodeProcess
+
+    root, _ = dataset
+    real = _DecodeProcess.replacement
+    killed = []
+
+    def killed_as_it_starts(self, context, decode, failed):
+        fresh = real(self, context, decode, failed)
+        if not killed:
+            fresh.process.kill()
+            killed.append(fresh)
+        return fresh
+
+    monkeypatch.setattr(_DecodeProcess, "replacement", killed_as_it_starts)
+    views = tuple(resolve_views("s1.00_center"))
+    keys = ["v00", "v01_crash", "v03", "v04"]
+    jobs = [DecodeJob(i, key, 0, f"{key[:3]}.mp4", str(root / "videos" / f"{key[:3]}.mp4"), 4.0, 32, views, 1)
+            for i, key in enumerate(keys)]
+    arrived, results = gather(_decode_in_order(jobs, workers=1, decode=decode_or_crash))
+    assert killed and not killed[0].started
+    assert arrived == keys
+    assert results["v01_crash"].error == "crash"
+    for key in ("v00", "v03", "v04"):
+        whole = decode_video(DecodeJob(0, key, 0, "", str(root / "videos" / f"{key}.mp4"), 4.0, 32, views, 1))
+        np.testing.assert_array_equal(results[key]["s1.00_center"], whole.views["s1.00_center"])
+
+
+def test_a_decoder_that_sends_nothing_for_the_timeout_fails_only_its_video(dataset):
+    """A decoder that never returned (a read stalled on a network mount, FFmpeg spinning on a
+    file) hung the run for ever. Now its worker is killed once it has sent nothing for
+    decode_timeout seconds: that video fails with error "timeout" (its chunks sent before are
+    superseded by the failure), and the others, also the one the same worker held, come in order.
+    A slow video that keeps sending chunks is never cut, though it takes longer than that in all."""
+    from store_helpers import SLOW_CHUNK_S, decode_or_crash
+    from vimpac.store.tokenize import DecodeJob, _decode_in_order
+
+    root, _ = dataset
+    views = tuple(resolve_views("s1.00_center"))
+    fps, timeout = 8.0, 5 * SLOW_CHUNK_S
+    keys = ["v00", "v01_hang_late", "v03_slow", "v04", "v00_again"]
+    jobs = [DecodeJob(i, key, 0, f"{key[:3]}.mp4", str(root / "videos" / f"{key[:3]}.mp4"), fps, 32, views, 1)
+            for i, key in enumerate(keys)]  # two workers: v04 is held by the one stuck on v01
+    arrived, results = gather(_decode_in_order(jobs, workers=2, decode=decode_or_crash, decode_timeout=timeout))
+    assert list(dict.fromkeys(arrived)) == keys
+    assert arrived.count("v01_hang_late") == 2  # its first chunk, then its failure
+    failure = results.pop("v01_hang_late")
+    assert failure.error == "timeout"
+    assert failure.reason.startswith(f"no frames decoded for {timeout:g} s;") and "--decode-timeout" in failure.reason
+    slow_chunks = arrived.count("v03_slow")
+    assert slow_chunks * SLOW_CHUNK_S > timeout  # longer than the timeout in all
+    for key, got in results.items():
+        whole = decode_video(DecodeJob(0, key, 0, "", str(root / "videos" / f"{key[:3]}.mp4"), fps, 32, views, 1))
+        assert len(whole.views["s1.00_center"]) == slow_chunks
+        np.testing.assert_array_equal(got["s1.00_center"], whole.views["s1.00_center"])
+
+
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
 def test_a_stop_signal_while_a_decoding_worker_starts_does_not_kill_it(dataset, signal_name):
     """Ctrl-C (which reaches the whole process group) or SLURM's SIGTERM to every process of the
@@ -699,6 +761,8 @@ def palette_cli(monkeypatch):
     (["--format", "howto100m", "--class-names", "c.txt"], "howto100m takes --extension"),
     (["--format", "ucf101", "--subset", "val"], "--subset val: ucf101 has the subsets train and test"),
     (["--device", "tpu"], "--device: expected cpu, cuda or cuda:N, got 'tpu'"),
+    (["--decode-timeout", "30"], "decode_timeout 30 (--decode-timeout) needs decoding workers: with workers=0 "
+                                 "(--workers 0) the main process decodes"),
 ])
 def test_tokenize_refuses_options_with_a_message(dataset, palette_cli, capsys, extra, message):
     root, _ = dataset
@@ -728,6 +792,51 @@ def test_tokenize_class_names_and_a_run_where_every_video_fails(dataset, palette
     assert cli_main(cli_args(root, root / "empty", "--class-names", str(root / "classes.txt"))) == 1
     err = capsys.readouterr().err
     assert "every video of this run failed (5); check --videos" in err
+
+
+def test_tokenize_fails_a_video_whose_decoder_hangs_and_retry_failed_tries_it_again(tmp_path, palette_cli, monkeypatch,
+                                                                                    capsys):
+    """`vimpac tokenize --decode-timeout`: the run over a video whose decoder never returns
+    finishes, with the others stored and that one listed as failed (error "timeout"); a plain
+    rerun skips it, one with --retry-failed decodes it again (this time it does not hang)."""
+    import functools
+
+    from store_helpers import decode_or_crash
+
+    keys = ["v0", "v1_hang_once", "v2", "v3"]
+    for seed, key in enumerate(keys):
+        make_video(tmp_path / "videos" / f"{key}.mp4", seed=seed)
+    (tmp_path / "list.txt").write_text("".join(f"{key}.mp4 {i % 2}\n" for i, key in enumerate(keys)))
+    monkeypatch.setattr(tokenize_module, "_decode_in_order",
+                        functools.partial(tokenize_module._decode_in_order, decode=decode_or_crash))
+    args = cli_args(tmp_path, tmp_path / "store", "--workers", "2", "--decode-timeout", "3")
+    assert cli_main(args) == 0
+    out, err = capsys.readouterr()
+    assert "tokenized 3 videos" in out and "1 failed" in out and "1 video(s) failed" in err
+    assert TokenStore.open(tmp_path / "store").keys() == ["v0", "v2", "v3"]
+    failures = [json.loads(line) for line in (tmp_path / "store" / "failures.jsonl").read_text().splitlines()]
+    assert [(f["key"], f["error"]) for f in failures] == [("v1_hang_once", "timeout")]
+    reason = failures[0]["reason"]
+    assert reason.startswith("no frames decoded for 3 s;") and "--decode-timeout" in reason
+
+    assert cli_main(args) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert cli_main([*args, "--retry-failed"]) == 0
+    assert "tokenized 1 videos" in capsys.readouterr().out
+    store = TokenStore.open(tmp_path / "store")
+    assert store.keys() == keys and store.failures == []
+
+
+def test_a_decode_timeout_needs_workers_and_a_number_of_seconds(dataset):
+    # With workers=0 the main process decodes: nothing could stop a decoder that hangs there.
+    root, annotations = dataset
+    with pytest.raises(StoreError, match=r"decode_timeout 30 \(--decode-timeout\) needs decoding workers"):
+        run(root, annotations, root / "store", decode_timeout=30)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(StoreError, match="decode_timeout .* must be a finite number of seconds >= 0"):
+            run(root, annotations, root / "store", workers=1, decode_timeout=bad)
+    assert not (root / "store").exists()
+    assert run(root, annotations, root / "store", decode_timeout=0).encoded_videos == 4  # 0: no limit
 
 
 def test_tokenize_takes_each_video_of_a_howto100m_csv_with_a_row_per_clip_once(tmp_path, palette_cli, capsys):
@@ -956,3 +1065,60 @@ def test_a_signal_while_a_video_is_arriving_commits_the_videos_before_it(long_an
     whole = run(root, annotations, root / "uninterrupted", fps=8)
     assert whole.encoded_videos == 4
     assert store_files(root / "store") == store_files(root / "uninterrupted")
+
+
+class RecordingBar:
+    """A progress bar that records what tokenize tells it: ("update", n) and ("postfix", {...})."""
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def update(self, n=1):
+        self.calls.append(("update", n))
+
+    def set_postfix(self, ordered_dict=None, **kwargs):
+        self.calls.append(("postfix", {**(ordered_dict or {}), **kwargs}))
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_the_progress_bar_shows_the_frames_decoded_of_a_long_video(long_and_short, monkeypatch):
+    """The bar counted committed videos only, so it stood still for the whole of an hour-long
+    video; now its postfix shows the frames decoded of a video of several chunks as they come.
+    The counts, and the report, are what they were; the postfix is set before the count moves, so
+    that a log file's line (printed by the update) has the numbers of that commit."""
+    import vimpac.progress
+
+    root, annotations = long_and_short
+    quiet = run(root, annotations, root / "quiet", fps=8, progress=False)
+    calls: list = []
+    monkeypatch.setattr(vimpac.progress, "progress_bar", lambda total, *args, **kwargs: RecordingBar(calls))
+    report = run(root, annotations, root / "store", fps=8, progress=True)
+    timeless = ("store", "seconds", "videos_per_s", "frames_per_s")
+    assert {k: v for k, v in report.to_json().items() if k not in timeless} == \
+        {k: v for k, v in quiet.to_json().items() if k not in timeless}
+
+    chunk = tokenize_module.DECODE_CHUNK_FRAMES
+    store = TokenStore.open(root / "store")
+    totals = [store.entry(store.index_of(key, VIEWS.split(",")[0])).num_frames for key in store.keys()]
+    assert max(totals) > 2 * chunk  # "b": several chunks
+    shown, counted, counts_when_shown = [], 0, []
+    for what, value in calls:
+        if what == "update":
+            counted += value
+        elif "video_frames" in value:
+            shown.append(value["video_frames"])
+            counts_when_shown.append(counted)
+    assert shown == [f"{end}/{total}" for total in totals for end in range(chunk, total, chunk)]
+    assert counted == report.encoded_videos + len(report.failures)
+    assert len(set(counts_when_shown)) < len(counts_when_shown)  # the postfix moved while the count stood
+    last_update = max(i for i, (what, value) in enumerate(calls) if what == "update" and value)
+    last_postfix = next(value for what, value in reversed(calls[:last_update]) if what == "postfix")
+    assert last_postfix["failed"] == len(report.failures) and "video_frames" not in last_postfix

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from vimpac.argtypes import at_least, positive_float, positive_int
+from vimpac.argtypes import at_least, nonnegative_float, positive_float, positive_int
 from vimpac.cli import command_error
 from vimpac.data.annotations import FORMATS, KINETICS_LAYOUTS  # standard library only: cheap at start-up
 
@@ -61,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tok.add_argument("--views", default="center", help="view set: center, all12, noflip6 (or view names, comma-separated)")
     tok.add_argument("--out", required=True, metavar="STORE", help="store folder (created, or resumed)")
     tok.add_argument("--workers", type=at_least(0), default=2, help="decoding processes (0: decode in the main process)")
+    tok.add_argument("--decode-timeout", type=nonnegative_float, default=None, metavar="SECONDS",
+                     help="a decoding worker that sends no frames for this long (a stalled read, a decoder that "
+                          "hangs) is stopped and its video listed as failed, error timeout (default 600; 0: no "
+                          "limit); needs --workers 1 or more: with 0 the main process decodes and cannot stop itself")
     tok.add_argument("--batch-size", type=positive_int, default=64, help="frames per encoder call (all full but the last; one input shape for the encoder)")
     tok.add_argument("--device", default="cpu",
                      help="encoder device: cpu (default), cuda, cuda:N or auto (cuda is cuda:LOCAL_RANK under torchrun)")
@@ -101,11 +105,12 @@ def run_tokenize(args: argparse.Namespace) -> int:
     from vimpac.engine.distributed import init_distributed
     from vimpac.signals import exit_code
     from vimpac.store.errors import StoreError
-    from vimpac.store.tokenize import RANK_WAIT_LIMIT, tokenize_videos
+    from vimpac.store.tokenize import RANK_WAIT_LIMIT, check_decode_timeout, tokenize_videos
     from vimpac.tokenizer.base import TokenizerError, load_tokenizer
 
     device = args.device
     try:
+        check_decode_timeout(args.decode_timeout, args.workers)  # before the list and the tokenizer are loaded
         device = usable_device(device, "--device")
         fmt, options = _reader_options(args)
         dist = init_distributed("cpu", timeout=RANK_WAIT_LIMIT)  # gloo: ranks only exchange barriers
@@ -120,6 +125,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
             out_dir=args.out, workers=args.workers, batch_size=args.batch_size, rank=dist.rank,
             world_size=dist.world_size, progress=not args.no_progress, retry_failed=args.retry_failed,
             min_frames=args.min_frames, annotation_files=[args.list], stop_on_signals=True,
+            decode_timeout=args.decode_timeout,
         )
     except (StoreError, AnnotationError, TokenizerError, ConfigError, ValueError) as exc:
         return command_error(args, exc)

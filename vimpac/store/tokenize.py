@@ -15,8 +15,9 @@ overlaps encoding, and memory does not grow with the length of a video (only its
 2 bytes each) nor of the dataset. Videos that fail to decode (any `VideoError`, fewer than
 `min_frames` frames at the FPS, or a decoder crash that kills its worker process) are
 committed as failures with their reason (the chunks they sent before are dropped) and the run
-goes on; a rerun skips them unless `retry_failed` (a file that was missing is retried by itself
-once it exists).
+goes on; so are videos whose worker sent nothing for `decode_timeout` seconds (a read stalled on
+a network mount, a decoder that spins): the worker is killed and replaced. A rerun skips failed
+videos unless `retry_failed` (a file that was missing is retried by itself once it exists).
 
 Interruption: the first SIGINT or SIGTERM (as sent by `timeout` or SLURM) stops taking new
 videos; the videos whose chunks have all come are encoded and committed (one still coming is
@@ -167,8 +168,13 @@ class DecodedChunk:
         return self.start == 0
 
     @property
+    def end(self) -> int:
+        """The video's sampled frames decoded once this chunk is: start + its frames."""
+        return self.start + len(next(iter(self.views.values())))
+
+    @property
     def last(self) -> bool:
-        return self.start + len(next(iter(self.views.values()))) == self.total
+        return self.end == self.total
 
 
 # How long a rank waits at a barrier for the others. A rank that is done waits at the final one
@@ -190,6 +196,14 @@ WORKER_AHEAD_MESSAGES = 2
 WORKER_EXIT_S = 5.0
 # Seconds between checks for a stop signal while the next decoded chunk is awaited.
 STOP_POLL_S = 0.1
+# Seconds a decoding worker may send nothing (no chunk, no failure) before it is taken for stuck
+# (a read stalled on a network mount, a decoder spinning on a pathological file), killed, and its
+# video failed. Generous, because a false alarm fails a good video: one chunk of 32 sampled frames
+# of a 4K video takes tens of seconds on a slow core, more at a low --fps (all the source frames
+# between two samples are decoded), and the first chunk comes only after the whole file has been
+# read once (demuxed for its timestamps). Meanwhile the run waits (videos are received in order),
+# so each stuck file costs it this long.
+DECODE_TIMEOUT_S = 600.0
 
 
 def decode_video_chunks(job: DecodeJob, chunk_frames: int | None = None) -> Iterator[DecodedChunk | DecodedVideo]:
@@ -238,9 +252,36 @@ CRASH_REASON = ("the decoding process died while reading this file (a crash insi
                 "out-of-memory killer)")
 
 
+def stuck_reason(seconds: float) -> str:
+    """The failure reason of a video whose decoding worker sent nothing for `seconds`."""
+    return (f"no frames decoded for {seconds:g} s; the decoding process was stopped (a read that stalls, e.g. on "
+            "a network mount, or a decoder that never returns); --retry-failed retries the video, with a larger "
+            "--decode-timeout if the file is only slow")
+
+
+def check_decode_timeout(decode_timeout: float | None, workers: int) -> float | None:
+    """The seconds a decoding worker may send nothing before its video fails (None: no limit)
+    for `tokenize_videos(decode_timeout=..., workers=...)`: None gives DECODE_TIMEOUT_S with
+    workers, no limit without; 0 no limit. A limit with workers=0 is refused: the main process,
+    decoding itself, cannot stop its own decoder."""
+    if decode_timeout is None:
+        return DECODE_TIMEOUT_S if workers > 0 else None
+    if not math.isfinite(decode_timeout) or decode_timeout < 0:
+        raise StoreError(f"decode_timeout (--decode-timeout) must be a finite number of seconds >= 0 (0: no limit), "
+                         f"got {decode_timeout}")
+    if decode_timeout == 0:
+        return None
+    if workers <= 0:
+        raise StoreError(f"decode_timeout {decode_timeout:g} (--decode-timeout) needs decoding workers: with "
+                         "workers=0 (--workers 0) the main process decodes, and cannot stop its own decoder when "
+                         "it hangs; use 1 or more workers, or leave the timeout out")
+    return float(decode_timeout)
+
+
 def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
                      decode: Callable[[DecodeJob], Iterator[DecodedChunk | DecodedVideo]] | None = None,
-                     stopped: Callable[[], bool] = lambda: False) -> Iterator[DecodedChunk | DecodedVideo]:
+                     stopped: Callable[[], bool] = lambda: False,
+                     decode_timeout: float | None = None) -> Iterator[DecodedChunk | DecodedVideo]:
     """Each job's messages (`decode_video_chunks`), job after job in order: its chunks, the last
     with `last` set, or a `DecodedVideo` with its failure. With workers, each one holds at most 2
     jobs and runs ahead of the caller by WORKER_AHEAD_MESSAGES messages, so a long video costs a
@@ -251,7 +292,15 @@ def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
     again, alone: its chunks come again from the first (`first` set, the caller drops those it
     had). If that process dies too, the video is reported as failed (error "crash"); either way
     the fresh process then takes the dead one's other videos and the run goes on. (With
-    `multiprocessing.Pool` such a death left the run waiting forever.)
+    `multiprocessing.Pool` such a death left the run waiting forever.) A replacement that dies
+    before it is ready counts as such a death too; only when no worker of the run ever got that
+    far (a script without a `__main__` guard) is it a `StoreError`.
+
+    A worker that sends nothing for `decode_timeout` seconds (None: no limit) while its next
+    message is awaited is killed and replaced in the same way, and the video it was on is
+    reported as failed at once (error "timeout"; decoding it again would stall the run as long
+    again). The time counts from its last message or from when it was ready, whichever is later,
+    so a long video that keeps sending chunks is never cut.
 
     With workers, it also ends early once `stopped()` holds while no message has come (checked
     every STOP_POLL_S): a stop signal is not kept waiting by a decoder that is slow or stuck.
@@ -275,7 +324,7 @@ def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
 
     def receive_all() -> None:
         try:
-            for message in _receive_in_order(jobs, workers, decode, stop):
+            for message in _receive_in_order(jobs, workers, decode, stop, decode_timeout):
                 hand_over((message, None))
             hand_over((None, None))
         except BaseException as exc:  # raised to the caller
@@ -301,8 +350,8 @@ def _decode_in_order(jobs: Sequence[DecodeJob], workers: int,
         receiver.join()
 
 
-def _receive_in_order(jobs: Sequence[DecodeJob], workers: int, decode: Callable,
-                      stop: threading.Event) -> Iterator[DecodedChunk | DecodedVideo]:
+def _receive_in_order(jobs: Sequence[DecodeJob], workers: int, decode: Callable, stop: threading.Event,
+                      decode_timeout: float | None = None) -> Iterator[DecodedChunk | DecodedVideo]:
     """`_decode_in_order` with `workers` > 0, in the receiving thread; ends early once `stop` is set."""
     # spawn: fork would copy the parent's torch threads and locks into the workers.
     context = multiprocessing.get_context("spawn")
@@ -313,6 +362,7 @@ def _receive_in_order(jobs: Sequence[DecodeJob], workers: int, decode: Callable,
     procs: list[_DecodeProcess] = []
     next_worker = 0
     finished = False
+    a_worker_started = False  # one of this run's worker processes got as far as taking jobs
 
     def fill() -> None:
         # Round robin: a worker decodes its jobs in order, and they are received in job order.
@@ -328,22 +378,30 @@ def _receive_in_order(jobs: Sequence[DecodeJob], workers: int, decode: Callable,
         fill()
         while order:
             job, w = order[0]
-            message = procs[w].receive(stop)
+            message = procs[w].receive(stop, decode_timeout)
             if stop.is_set():
                 return
-            if message is None:  # the process died
+            a_worker_started = a_worker_started or procs[w].started
+            if message is None:  # the process died, or was killed as stuck
                 dead = procs[w]
-                if not dead.started:
+                if not a_worker_started:
                     # Not this video's fault: a script without a `__main__` guard kills every
                     # worker so, and committing each video as a permanent "crash" failure would
-                    # make the corrected script's rerun skip them all.
+                    # make the corrected script's rerun skip them all. (Once a worker of the run
+                    # was ready, one that dies on start-up, say a replacement killed by the
+                    # out-of-memory killer, is a crash like any other.)
                     raise StoreError(f"decoding: {WORKERS_DIE_ON_START}; no video was marked as failed for it")
-                crashed = dead.alone is job  # it died decoding this video alone
-                procs[w] = dead.replacement(context, decode, crashed)
-                if crashed:
+                if dead.stuck:
+                    failure = FailedVideo(job.record, job.key, job.rel_path, stuck_reason(decode_timeout), "timeout")
+                elif dead.alone is job:  # it died decoding this video alone
+                    failure = FailedVideo(job.record, job.key, job.rel_path, CRASH_REASON, "crash")
+                else:  # the replacement decodes it again, alone
+                    failure = None
+                procs[w] = dead.replacement(context, decode, failure is not None)
+                if failure is not None:
                     order.popleft()
                     fill()
-                    yield DecodedVideo(job, None, FailedVideo(job.record, job.key, job.rel_path, CRASH_REASON, "crash"))
+                    yield DecodedVideo(job, None, failure)
                 continue
             if isinstance(message, _WorkerError):
                 raise message.exception from _RemoteTraceback(message.traceback)
@@ -389,6 +447,7 @@ class _DecodeProcess:
         task_reader.close()
         result_writer.close()
         self.started = False  # it sent _WORKER_READY: it got as far as taking jobs
+        self.stuck = False  # killed by `receive` for sending nothing for its `timeout`
         self.jobs: collections.deque = collections.deque()  # given to it, not yet all received, in order
         self.alone: DecodeJob | None = None  # a job it decodes before it is sent the others
         self._held: list[DecodeJob] = []
@@ -413,32 +472,63 @@ class _DecodeProcess:
         with contextlib.suppress(BrokenPipeError):  # it died: found when its messages are awaited
             self.tasks.send(job)
 
-    def receive(self, stop: threading.Event) -> Any:
-        """The next message; None when the process died first (what it had not sent is lost) or
-        `stop` was set."""
+    def receive(self, stop: threading.Event, timeout: float | None = None) -> Any:
+        """The next message; None when the process died first (what it had not sent is lost),
+        `stop` was set, or, once it is ready, nothing came for `timeout` seconds (None: no
+        limit): then it is killed and `stuck` set."""
         while True:
-            try:
-                while not self.results.poll():
-                    if stop.is_set():
-                        return None
-                    if self.process.sentinel in multiprocessing.connection.wait([self.results, self.process.sentinel], 0.2):
-                        if not self.results.poll():  # it ended, and left nothing
-                            return None
-                message = self.results.recv()
-            except (EOFError, OSError):  # it died, maybe in the middle of a message
+            # Start-up (importing torch: seconds on a loaded machine) is not decoding time.
+            with self._killed_if_silent(timeout if self.started else None):
+                message = self._next_message(stop)
+            if self.stuck:  # also when a message came just as the time ran out: the process is gone
                 return None
             if isinstance(message, str) and message == _WORKER_READY:
                 self.started = True
                 continue
             return message
 
-    def replacement(self, context: Any, decode: Callable, crashed: bool) -> "_DecodeProcess":
-        """A fresh process for this (dead) one's jobs: the first of them decoded alone before
-        the others, or, when it `crashed` decoding that one alone, without it."""
+    def _next_message(self, stop: threading.Event) -> Any:
+        try:
+            while not self.results.poll():
+                if stop.is_set():
+                    return None
+                if self.process.sentinel in multiprocessing.connection.wait([self.results, self.process.sentinel], 0.2):
+                    if not self.results.poll():  # it ended, and left nothing
+                        return None
+            return self.results.recv()
+        except (EOFError, OSError):  # it died (or was killed as stuck), maybe in the middle of a message
+            return None
+
+    @contextlib.contextmanager
+    def _killed_if_silent(self, seconds: float | None) -> Iterator[None]:
+        """Kill the process (setting `stuck`) if the block takes more than `seconds` (None: never).
+        A timer thread kills it, so that the wait ends wherever it is: also inside `recv`, where a
+        worker whose decoder hangs while its sending thread is halfway through a chunk (the pipe
+        holds 64 KiB of its megabytes) would otherwise keep it for ever."""
+        if seconds is None:
+            yield
+            return
+        timer = threading.Timer(seconds, self._kill_as_stuck)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            timer.join()  # its kill, if it fired, is done: `stuck` is final
+
+    def _kill_as_stuck(self) -> None:
+        self.stuck = True
+        self.process.kill()
+
+    def replacement(self, context: Any, decode: Callable, failed: bool) -> "_DecodeProcess":
+        """A fresh process for this (dead or stuck) one's jobs: the first of them decoded alone
+        before the others, or, when that one `failed` (it died decoding it alone, or got stuck on
+        it), without it."""
         self.close(kill=True)
-        jobs = list(self.jobs)[1:] if crashed else list(self.jobs)
+        jobs = list(self.jobs)[1:] if failed else list(self.jobs)
         fresh = _DecodeProcess(context, decode)
-        if jobs and not crashed:
+        if jobs and not failed:
             fresh.alone = jobs[0]
         for job in jobs:
             fresh.assign(job)
@@ -706,6 +796,7 @@ def tokenize_videos(
     min_frames: int = 1,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     stop_on_signals: bool = False,
+    decode_timeout: float | None = None,
 ) -> TokenizeReport:
     """Tokenize this rank's share of `records` into the store at `out_dir`; resumable.
 
@@ -721,7 +812,10 @@ def tokenize_videos(
     command line), a SIGINT / SIGTERM in the main thread ends the run early with
     `report.interrupted` set, after committing what was decoded; callers that do not check
     `interrupted` leave it off, and then Ctrl-C raises KeyboardInterrupt as usual (committed
-    videos are kept either way).
+    videos are kept either way). A decoding worker that sends nothing for `decode_timeout`
+    seconds is killed and replaced, and its video committed as failed (error "timeout"); None
+    (the default) is DECODE_TIMEOUT_S with workers, 0 no limit; with workers=0 there is none
+    (a number > 0 is refused: the main process cannot stop its own decoder).
     """
     from vimpac.video.reader import resolve_video_path
     from vimpac.video.views import resolve_views
@@ -740,6 +834,7 @@ def tokenize_videos(
         raise StoreError(f"rank {rank} is outside world_size {world_size}")
     if batch_size < 1 or min_frames < 1:
         raise StoreError(f"batch_size and min_frames must be >= 1, got {batch_size} and {min_frames}")
+    decode_timeout = check_decode_timeout(decode_timeout, workers)
     root = Path(out_dir)
     video_root = Path(video_root)
     # Before anything is written: a wrong root would otherwise fail every video, and the
@@ -789,7 +884,7 @@ def tokenize_videos(
     if jobs:
         with RankWriter(root, meta, rank, committed, shard_bytes=shard_bytes) as writer:
             _run_jobs(jobs, tokenizer, writer, view_names, workers, batch_size, progress, report,
-                      stop_on_signals)
+                      stop_on_signals, decode_timeout)
     if report.interrupted is not None:
         # Committed parts are the durable record; merging them can wait for the rerun, which
         # a job scheduler's grace period after SIGTERM may not leave time for.
@@ -861,10 +956,11 @@ def _now_found(failure: dict[str, Any], path: Path) -> bool:
 
 def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_names: Sequence[str],
               workers: int, batch_size: int, progress: bool, report: TokenizeReport,
-              stop_on_signals: bool) -> None:
+              stop_on_signals: bool, decode_timeout: float | None = None) -> None:
     from vimpac.progress import progress_bar
 
     bar = progress_bar(len(jobs), f"tokenize r{writer.rank}", "video", enabled=progress)
+    postfix: dict[str, Any] = {}  # what the bar shows after its counts
     encoder = FullBatchEncoder(tokenizer, view_names, batch_size)
     failures: list[FailedVideo] = []
     t0 = time.perf_counter()
@@ -876,17 +972,29 @@ def _run_jobs(jobs: list[DecodeJob], tokenizer: Any, writer: RankWriter, view_na
         report.encoded_entries += len(encoded) * len(view_names)
         report.encoded_frames += sum(ids.shape[0] for video in encoded for ids in video.views.values())
         report.failures.extend(f.to_json() for f in failures)
-        bar.update(len(encoded) + len(failures))
         elapsed = max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(frames_s=f"{report.encoded_frames / elapsed:.1f}", failed=len(report.failures))
+        postfix.update(frames_s=f"{report.encoded_frames / elapsed:.1f}", failed=len(report.failures))
+        bar.set_postfix(postfix)  # before the count: a log file's line, printed by update, shows these
+        bar.update(len(encoded) + len(failures))
         failures = []
+
+    def show_video_frames(message: DecodedChunk | DecodedVideo) -> None:
+        # The bar counts committed videos, so it stood still for the whole of an hour-long video:
+        # show how far the decoding of a video of several chunks is.
+        if isinstance(message, DecodedChunk) and not message.last:
+            postfix["video_frames"] = f"{message.end}/{message.total}"
+        elif postfix.pop("video_frames", None) is None:
+            return  # a video of one chunk, or a failure before any chunk: nothing to show
+        bar.set_postfix(postfix)
+        bar.update(0)  # in a log file: a line every few minutes while no video is committed
 
     signals = stop_signals() if stop_on_signals else contextlib.nullcontext([])
     with bar, signals as stop, contextlib.closing(_decode_in_order(
             # A SIGTERM waited for the next chunk, which a decoder stuck on a file (a stalled
             # network mount) never sent, while SLURM's grace period or `timeout` ran out.
-            jobs, workers, stopped=lambda: bool(stop))) as messages:
+            jobs, workers, stopped=lambda: bool(stop), decode_timeout=decode_timeout)) as messages:
         for message in messages:
+            show_video_frames(message)
             encoded = []
             if isinstance(message, DecodedChunk):
                 encoded = encoder.add_chunk(message.job, message.views, message.start, message.total)
