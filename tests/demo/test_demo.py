@@ -76,8 +76,13 @@ def test_seeds_given_twice_is_refused(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-def test_a_model_override_whose_value_has_commas_reaches_its_key(tmp_path, monkeypatch):
-    # `model_overrides=layout=T,H,W` was split into 'layout=T', 'H', 'W' and refused.
+@pytest.mark.parametrize("setting", ["model_overrides=layout=T,H,W,heads=2",
+                                     # an unquoted YAML list, which YAML splits at every comma
+                                     "model_overrides=[layout=T,H,W,heads=2]",
+                                     'model_overrides=["layout=T,H,W", "heads=2"]'])
+def test_a_model_override_whose_value_has_commas_reaches_its_key(tmp_path, monkeypatch, setting):
+    # `model_overrides=layout=T,H,W` was split into 'layout=T', 'H', 'W' and refused; so was
+    # `model_overrides=[layout=T,H,W]`.
     from vimpac.demo import pipeline
 
     seen = {}
@@ -88,8 +93,23 @@ def test_a_model_override_whose_value_has_commas_reaches_its_key(tmp_path, monke
         raise KeyboardInterrupt  # stop before any stage runs
 
     monkeypatch.setattr(pipeline, "run_demo", record)
-    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "model_overrides=layout=T,H,W,heads=2"]) == 130
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), setting]) == 130
     assert seen["model_overrides"] == ("layout=T,H,W", "heads=2")
+
+
+def test_a_model_override_without_a_key_shows_the_forms_that_work(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "model_overrides=T,H,W"]) == 2
+    err = capsys.readouterr().err
+    assert "model_overrides: expected KEY=VALUE items, got 'T,H,W'" in err
+    assert "\'model_overrides=[\"layout=T,H,W\", \"dim=64\"]\'" in err  # the quoted form to use
+
+
+def test_a_list_setting_that_is_not_valid_yaml_is_one_line_not_a_traceback(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "seeds=[0,1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vimpac demo: error: seeds: '[0,1' is not a valid YAML list: line 1") and len(
+        err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
 
 
 def test_an_interrupted_training_stage_stops_the_demo_without_marking_it_done(tmp_path, monkeypatch):
