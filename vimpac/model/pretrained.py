@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from vimpac.config import ConfigError, from_dict, to_dict
 from vimpac.io import atomic_path, atomic_write_json, parse_json
@@ -89,9 +90,29 @@ def read_weight_header(folder: str | Path) -> dict[str, torch.Tensor]:
     return read_safetensors(Path(folder) / WEIGHTS_FILE, read_meta_tensors, CheckpointError)
 
 
+class _SkipNormalInit(TorchFunctionMode):
+    """Skips `normal_` initialisations, for modules built on the meta device: a meta tensor holds
+    no values, and torch runs normal_ on one through a Python reference that imports
+    torch._dynamo, seconds once per process (which `vimpac evaluate` would pay for nothing)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) == "normal_":  # torch.nn.init.normal_ and Tensor.normal_
+            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            if tensors and tensors[0].is_meta:
+                return tensors[0]
+        return func(*args, **kwargs)
+
+
+def meta_model(build: Callable[[], nn.Module]) -> nn.Module:
+    """`build()` on the meta device: the module's names, shapes and dtypes, without memory."""
+    with torch.device("meta"), _SkipNormalInit():
+        return build()
+
+
 def check_weight_header(folder: str | Path, described: nn.Module, header: Mapping[str, torch.Tensor]) -> None:
     """Refuse a model.safetensors whose tensors (`header`, read_weight_header) do not fit
-    `described`, the model its config.json describes (built on the meta device): a name the model
+    `described`, the model its config.json describes (built by meta_model): a name the model
     does not have, one it has that the file lacks (tied aliases may be left out: save_pretrained
     stores them once), another shape or a float tensor for an integer one. The CheckpointError
     names the file and the tensors, before any tensor data is read."""

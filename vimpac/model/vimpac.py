@@ -26,8 +26,8 @@ from vimpac.model.config import ModelConfig
 from vimpac.model.errors import CheckpointError, ModelError
 from vimpac.model.heads import ClassificationHead, ContrastiveHead, MaskedTokenHead
 from vimpac.model.pretrained import (CONFIG_FILE, check_sizes_against_weights, check_weight_header, load_weights,
-                                     read_model_config, read_weight_header, read_weights, save_model_folder,
-                                     stored_num_classes)
+                                     meta_model, read_model_config, read_weight_header, read_weights,
+                                     save_model_folder, stored_num_classes)
 
 
 # The masked-token head runs on a multiple of this many rows (zero rows appended, their logits
@@ -167,8 +167,7 @@ def read_checked_weights(folder: str | Path, kind: str, cfg: ModelConfig, meta: 
     else:
         raise CheckpointError(f"{Path(folder) / CONFIG_FILE}: unknown model kind {kind!r}; expected "
                               f"{VimpacForPretraining.kind!r} or {VimpacForClassification.kind!r}")
-    with torch.device("meta"):  # names, shapes and dtypes only, no memory
-        check_weight_header(folder, described(), header)
+    check_weight_header(folder, meta_model(described), header)
     return read_weights(folder)
 
 
