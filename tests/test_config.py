@@ -46,6 +46,10 @@ class Stage:
     ("layout=T,H,W", ("layout=T,H,W",)),
     ("dim=64,layout=T,H|W,heads=2", ("dim=64", "layout=T,H|W", "heads=2")),
     ('["layout=T,H,W", "dim=64"]', ("layout=T,H,W", "dim=64")),
+    # Unquoted, YAML splits a list at every comma ('layout=T', 'H', 'W'): refused before, now
+    # rejoined by the rule of the comma-separated form.
+    ("[layout=T,H,W]", ("layout=T,H,W",)),
+    ("[dim=64, layout=T,H|W, heads=2]", ("dim=64", "layout=T,H|W", "heads=2")),
 ])
 def test_a_key_value_list_keeps_the_commas_of_a_value_with_its_key(value, expected, tmp_path):
     assert apply_overrides(Stage(), [f"model_overrides={value}"]).model_overrides == expected
@@ -54,6 +58,21 @@ def test_a_key_value_list_keeps_the_commas_of_a_value_with_its_key(value, expect
     assert build_config(Stage, yaml_path=path).model_overrides == expected
     # A list of plain names is still split at every comma.
     assert apply_overrides(Stage(), ["names=a,b,c"]).names == ("a", "b", "c")
+
+
+def test_an_unquoted_yaml_list_of_key_value_items_in_a_file_is_rejoined_too(tmp_path):
+    path = tmp_path / "stage.yaml"
+    path.write_text("model_overrides: [dim=64, layout=T,H,W]\nnames: [a, b]\n")
+    cfg = build_config(Stage, yaml_path=path)
+    assert cfg.model_overrides == ("dim=64", "layout=T,H,W") and cfg.names == ("a", "b")
+
+
+@pytest.mark.parametrize("override", ["model_overrides=[layout=T,H,W", "names=[a, b"])
+def test_a_list_setting_that_is_not_valid_yaml_is_a_config_error_naming_it(override):
+    # It was PyYAML's ScannerError: a traceback from `vimpac demo 'seeds=[0,1'`.
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key}: .* is not a valid YAML list: line 1, column \d+"):
+        apply_overrides(Stage(), [override])
 
 
 def test_preset_then_yaml_then_overrides(tmp_path):

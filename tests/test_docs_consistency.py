@@ -2,7 +2,8 @@
 
 - every relative link (and `#anchor`) between the documents resolves;
 - every command `vimpac --help` lists is in the README's pipeline table and in its own document,
-  and every option of a command is mentioned in that document;
+  and every option of a command is mentioned where that document describes the command (not
+  merely somewhere in a document that also describes other commands);
 - the pre-training settings tables of docs/pretraining.md list the config dataclasses' fields
   (and, where no preset changes them, their defaults);
 - the demo numbers the README quotes are the ones docs/demo.md reports.
@@ -106,6 +107,9 @@ def leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ())
 
 
 COMMANDS = list(leaf_commands(build_parser()))
+# The commands each document of COMMAND_DOCS describes (`store info`, `store verify`, ... apart).
+DOCUMENT_COMMANDS = {name: [words for words, _ in COMMANDS if name in COMMAND_DOCS.get(words[0], ())]
+                     for names in COMMAND_DOCS.values() for name in names}
 
 
 def test_commands_are_found():
@@ -127,14 +131,98 @@ def test_every_command_is_in_the_readme_and_in_its_document(words, parser):
     assert f"vimpac {command}" in documents, f"`vimpac {command}` is not in docs/{COMMAND_DOCS[words[0]][0]}.md"
 
 
+HEADING_LINE = re.compile(r"^(#{1,6})\s+(.*?)\s*#*$")
+BLOCK_START = re.compile(r"^\s*(?:[-*+]|\d+\.)\s|^\s*\|")  # a list item or a table row
+
+
+def markdown_blocks(text: str) -> list[tuple[tuple[str, ...], str]]:
+    """(the headings in force, the block's text) for each block of a markdown text: a paragraph,
+    a list item, a table row, or a command of a fenced block (a line with its backslash
+    continuations)."""
+    blocks: list[tuple[tuple[str, ...], str]] = []
+    headings: list[tuple[int, str]] = []
+    lines: list[str] = []
+    fenced = False
+
+    def end_block():
+        if lines:
+            blocks.append((tuple(title for _, title in headings), "\n".join(lines)))
+            lines.clear()
+
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            end_block()
+            fenced = not fenced
+        elif fenced:
+            lines.append(line)
+            if not line.rstrip().endswith("\\"):
+                end_block()
+        elif heading := HEADING_LINE.match(line):
+            end_block()
+            level = len(heading.group(1))
+            headings = [(lvl, title) for lvl, title in headings if lvl < level] + [(level, heading.group(2))]
+        elif not line.strip():
+            end_block()
+        else:
+            if BLOCK_START.match(line):
+                end_block()
+            lines.append(line)
+    end_block()
+    return blocks
+
+
+def names_command(words: tuple[str, ...]) -> re.Pattern:
+    """`vimpac WORDS` (or `-m vimpac.cli WORDS`), not a longer command that starts with them."""
+    return re.compile(r"vimpac(?:\.cli)? " + re.escape(" ".join(words)) + r"(?![\w-])")
+
+
+def text_about(words: tuple[str, ...], document: str, others: list[tuple[str, ...]]) -> str:
+    """The parts of `document` about `vimpac WORDS`, when it also describes the commands `others`
+    (all of it when it describes no other): the sections whose heading names the command (below
+    the document's title), and outside the sections of other commands the blocks (paragraph, list
+    item, table row, command line) that name it. So an option documented for another command of
+    the same document does not count for this one, nor does a passing mention of this command in
+    another command's section."""
+    if not others:
+        return document
+    own, other = names_command(words), [names_command(o) for o in others]
+    parts = []
+    for headings, block in markdown_blocks(document):
+        section = next((title for title in reversed(headings[1:])
+                        if own.search(title) or any(p.search(title) for p in other)), None)
+        if (own.search(section) if section is not None else own.search(block)):
+            parts.append(block)
+    return "\n".join(parts)
+
+
+def test_text_about_a_command_is_its_sections_and_the_blocks_naming_it():
+    document = ("# Two commands, `vimpac probe` and `vimpac embed`\n\n"
+                "```bash\nvimpac embed --fps 2 \\\n    --size 64\nvimpac other --seed 1\n```\n\n"
+                "| `--tokens` | for `vimpac embed` |\n| `--batch-size` | `vimpac probe` too |\n\n"
+                "## `vimpac probe`\n\nIt takes `--k`.\n\n### More\n\n- `--temperature`, unlike `vimpac embed`\n\n"
+                "## `vimpac embed`\n\nAlso, with\n`vimpac probe`: `--method`.\n\n## Notes\n\n"
+                "With `vimpac probe`: `--out`.\n\nNot `vimpac probes`: `--x`.\n")
+    probe = text_about(("probe",), document, [("embed",)])
+    assert all(option in probe for option in ("--k", "--temperature", "--batch-size", "--out"))
+    assert not any(option in probe for option in ("--fps", "--size", "--tokens", "--seed", "--method", "--x"))
+    embed = text_about(("embed",), document, [("probe",)])
+    assert all(option in embed for option in ("--fps", "--size", "--tokens", "--method"))
+    assert not any(option in embed for option in ("--k", "--temperature", "--seed", "--batch-size", "--out"))
+    assert text_about(("probe",), document, []) == document  # the document of one command is all about it
+
+
 @pytest.mark.parametrize("words, parser", COMMANDS, ids=[" ".join(words) for words, _ in COMMANDS])
-def test_every_option_is_in_its_commands_document(words, parser):
-    documents = " ".join(read(REPO / "docs" / f"{name}.md") for name in COMMAND_DOCS.get(words[0], ()))
+def test_every_option_is_in_its_commands_part_of_its_documents(words, parser):
+    names = COMMAND_DOCS.get(words[0], ())
+    text = "\n".join(text_about(words, read(REPO / "docs" / f"{name}.md"),
+                                 [other for other in DOCUMENT_COMMANDS[name] if other != words]) for name in names)
     missing = [option for action in parser._actions for option in action.option_strings
                if option.startswith("--") and option not in COMMON_OPTIONS
-               and not re.search(re.escape(option) + r"(?![\w-])", documents)]
-    assert not missing, (f"`vimpac {' '.join(words)}` options not mentioned in "
-                         f"{', '.join(f'docs/{n}.md' for n in COMMAND_DOCS.get(words[0], ()))}: {missing}")
+               and not re.search(re.escape(option) + r"(?![\w-])", text)]
+    assert not missing, (f"`vimpac {' '.join(words)}` options not mentioned where "
+                         f"{', '.join(f'docs/{n}.md' for n in names)} describe that command (a section whose heading "
+                         f"names `vimpac {' '.join(words)}`, or a paragraph, list item, table row or command line "
+                         f"naming it): {missing}")
 
 
 def test_readme_documents_the_common_options():

@@ -8,7 +8,8 @@ Nested dataclass fields are addressed with dots (`optim.lr=3e-4`). Values are co
 the field's declared type, so a wrong value is an error that names the field. A list field takes
 comma-separated items (`seeds=0,1,2`) or a YAML list (`seeds=[0,1,2]`); a list of KEY=VALUE
 items (a field declared with `metadata=KEY_VALUE_ITEMS`) keeps the commas of a value with its
-key: `model_overrides=layout=T,H,W,dim=64` is ("layout=T,H,W", "dim=64").
+key: `model_overrides=layout=T,H,W,dim=64` is ("layout=T,H,W", "dim=64"), and so is the unquoted
+YAML list `model_overrides=[layout=T,H,W,dim=64]`.
 """
 
 from __future__ import annotations
@@ -141,8 +142,8 @@ def _set_path(cfg: Any, path: list[str], value: Any, dotted: str, root: Any) -> 
     elif value is None and dataclasses.is_dataclass(getattr(cfg, head)):
         return cfg  # a YAML section whose keys are all commented out (`train:`) changes nothing
     else:
-        if _holds_key_value_items(cfg, head) and isinstance(value, str) and not value.strip().startswith("["):
-            value = _key_value_items(value)
+        if _holds_key_value_items(cfg, head):
+            value = _key_value_items(value, dotted)
         new_value = _convert(value, typing.get_type_hints(type(cfg))[head], dotted)
     return dataclasses.replace(cfg, **{head: new_value})
 
@@ -151,16 +152,34 @@ def _holds_key_value_items(cfg: Any, name: str) -> bool:
     return any(f.name == name and f.metadata.get("items") == KEY_VALUE_ITEMS["items"] for f in dataclasses.fields(cfg))
 
 
-def _key_value_items(text: str) -> list[str]:
-    """'layout=T,H,W,dim=64' -> ['layout=T,H,W', 'dim=64']: split at the commas, then a piece
-    without '=' cannot be an item of its own and is the rest of the value before it."""
-    items: list[str] = []
-    for piece in (p.strip() for p in text.split(",")):
-        if items and "=" not in piece:
+def _key_value_items(value: Any, where: str) -> Any:
+    """The items of a KEY=VALUE list field: 'layout=T,H,W,dim=64' -> ['layout=T,H,W', 'dim=64'].
+    Split at the commas, then a piece without '=' cannot be an item of its own and is the rest of
+    the value before it. The same holds for a YAML list (text starting with '[', or a list from a
+    YAML file): unquoted, `[layout=T,H,W]` is the YAML items 'layout=T', 'H', 'W', rejoined to
+    'layout=T,H,W'; quoted items (`["layout=T,H,W"]`) all hold '=' and stay as they are."""
+    if isinstance(value, str):
+        value = _yaml_list(value, where) if value.strip().startswith("[") else value.split(",")
+    if not isinstance(value, (list, tuple)):
+        return value  # _convert says what was expected
+    items: list[Any] = []
+    for piece in value:
+        piece = piece.strip() if isinstance(piece, str) else piece
+        if items and isinstance(piece, str) and "=" not in piece and isinstance(items[-1], str):
             items[-1] += "," + piece
-        elif piece:
+        elif piece != "":
             items.append(piece)
     return items
+
+
+def _yaml_list(text: str, where: str) -> Any:
+    """A list setting given as YAML text (`[0, 1, 2]`); bad YAML is a ConfigError naming the setting."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: {text!r} is not a valid YAML list: {_yaml_problem(exc)}") from None
+    except RecursionError:  # PyYAML builds nested collections recursively
+        raise ConfigError(f"{where}: {text!r} is not a valid YAML list: nested too deeply") from None
 
 
 def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:
@@ -206,7 +225,7 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
     if origin in (tuple, list):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = _yaml_list(value, where) if value.strip().startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item_type = args[0] if args else Any

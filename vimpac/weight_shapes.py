@@ -6,7 +6,8 @@ width of 10**8 or 10**6 blocks would allocate terabytes, or create modules for h
 weights were found not to fit. Once the sizes that decide a network's memory equal the shapes of
 tensors really in the file (whose size bounds theirs), building it is safe. The shapes come from
 the file's header, before any tensor is loaded: a file whose tensors do not fit is refused without
-reading gigabytes of them. Used by model folders (`vimpac.model.pretrained`), tokenizer folders
+reading gigabytes of them (`fit_problems` compares a header's names, shapes and dtypes with a
+model's state dict). Used by model folders (`vimpac.model.pretrained`), tokenizer folders
 (`vimpac.tokenizer.vqvae`, `vimpac.tokenizer.dalle`) and training checkpoints
 (`vimpac.engine.checkpoint`).
 """
@@ -17,7 +18,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -91,6 +92,41 @@ def shape_problems(expected: Mapping[str, Shape], shapes: Mapping[str, Shape]) -
     `shapes` lack or hold with another shape."""
     return [f"{key}: config implies {tuple(shape)}, file has {tuple(shapes[key]) if key in shapes else 'none'}"
             for key, shape in expected.items() if key not in shapes or tuple(shapes[key]) != tuple(shape)]
+
+
+def tied_names(state: Mapping[str, "torch.Tensor"]) -> list[list[str]]:
+    """The names of each tensor that a state dict (`state_dict(keep_vars=True)`) holds under several
+    names (tied weights, e.g. an output layer sharing the embedding table), in state-dict order.
+    A safetensors file stores such a tensor once, under one of them."""
+    names_of: dict[int, list[str]] = {}
+    for name, value in state.items():
+        names_of.setdefault(id(value), []).append(name)
+    return [names for names in names_of.values() if len(names) > 1]
+
+
+def fit_problems(own: Mapping[str, "torch.Tensor"], stored: Mapping[str, "torch.Tensor"],
+                 optional: Collection[str] = ()) -> list[str]:
+    """What keeps the tensors `stored` (meta tensors from a file's header: read_meta_tensors) from
+    loading strictly into a module whose state dict is `own`, one entry per kind of problem:
+    names the module does not have, names it has that the file lacks (except `optional`: tied
+    weights stored under another name), other shapes, and a floating-point tensor where the
+    module holds an integer one or the reverse (load_state_dict would convert it silently).
+    Empty when they fit."""
+    common = [key for key in own if key in stored]
+    kinds = (
+        ("unexpected", sorted(set(stored) - set(own))),
+        ("missing", sorted(set(own) - set(stored) - set(optional))),
+        ("shape mismatch", [f"{k}: file {tuple(stored[k].shape)} vs model {tuple(own[k].shape)}"
+                            for k in common if tuple(stored[k].shape) != tuple(own[k].shape)]),
+        ("dtype mismatch", [f"{k}: file {stored[k].dtype} vs model {own[k].dtype}"
+                            for k in common if stored[k].is_floating_point() != own[k].is_floating_point()]),
+    )
+    return [f"{kind} [{listed(items)}]" for kind, items in kinds if items]
+
+
+def listed(items: list[str], limit: int = 8) -> str:
+    """The first `limit` items, comma-separated, and how many more there are."""
+    return ", ".join(items[:limit]) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
 def numbered_blocks(keys: Iterable[str], prefix: str) -> set[str]:

@@ -16,8 +16,11 @@ from vimpac.cli import main
 def test_quick_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
-    assert "Pre-training tasks (paper Table 7 shape)" in printed and "| ✓ | ✓ |" in printed
+    printed = capsys.readouterr()
+    assert "Pre-training tasks (paper Table 7 shape)" in printed.out and "| ✓ | ✓ |" in printed.out
+    # What the stages report while they run (the data's table, the stores' summaries) is not the result.
+    assert "[3/6 tokenize] running" in printed.err and "  train: " in printed.err
+    assert "[3/6 tokenize]" not in printed.out and "  train: " not in printed.out
 
     results = json.loads((out / "results.json").read_text())
     stages = results["stages"]
@@ -36,9 +39,9 @@ def test_quick_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     # A second run reuses every finished stage (data, tokenizer, stores, 2 pre-training runs, the
     # from-scratch initial model, 4 fine-tuning runs).
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
-    assert printed.count("already done") == 2 + 1 + 2 + 1 + 4
-    assert "this run" in printed and "10 reused" in printed
+    printed = capsys.readouterr()
+    assert printed.err.count("already done") == 2 + 1 + 2 + 1 + 4  # stage lines: stderr
+    assert "already done" not in printed.out and "this run" in printed.out and "10 reused" in printed.out
     report = (out / "report.md").read_text()
     assert "| all stages |" in report and "| 1/6 synthetic benchmark |" in report and "| yes |" in report
 
@@ -73,8 +76,13 @@ def test_seeds_given_twice_is_refused(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-def test_a_model_override_whose_value_has_commas_reaches_its_key(tmp_path, monkeypatch):
-    # `model_overrides=layout=T,H,W` was split into 'layout=T', 'H', 'W' and refused.
+@pytest.mark.parametrize("setting", ["model_overrides=layout=T,H,W,heads=2",
+                                     # an unquoted YAML list, which YAML splits at every comma
+                                     "model_overrides=[layout=T,H,W,heads=2]",
+                                     'model_overrides=["layout=T,H,W", "heads=2"]'])
+def test_a_model_override_whose_value_has_commas_reaches_its_key(tmp_path, monkeypatch, setting):
+    # `model_overrides=layout=T,H,W` was split into 'layout=T', 'H', 'W' and refused; so was
+    # `model_overrides=[layout=T,H,W]`.
     from vimpac.demo import pipeline
 
     seen = {}
@@ -85,8 +93,23 @@ def test_a_model_override_whose_value_has_commas_reaches_its_key(tmp_path, monke
         raise KeyboardInterrupt  # stop before any stage runs
 
     monkeypatch.setattr(pipeline, "run_demo", record)
-    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "model_overrides=layout=T,H,W,heads=2"]) == 130
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), setting]) == 130
     assert seen["model_overrides"] == ("layout=T,H,W", "heads=2")
+
+
+def test_a_model_override_without_a_key_shows_the_forms_that_work(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "model_overrides=T,H,W"]) == 2
+    err = capsys.readouterr().err
+    assert "model_overrides: expected KEY=VALUE items, got 'T,H,W'" in err
+    assert "\'model_overrides=[\"layout=T,H,W\", \"dim=64\"]\'" in err  # the quoted form to use
+
+
+def test_a_list_setting_that_is_not_valid_yaml_is_one_line_not_a_traceback(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "seeds=[0,1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vimpac demo: error: seeds: '[0,1' is not a valid YAML list: line 1") and len(
+        err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
 
 
 def test_an_interrupted_training_stage_stops_the_demo_without_marking_it_done(tmp_path, monkeypatch):

@@ -198,9 +198,11 @@ def test_quick_demo_defaults_to_its_own_folder(tmp_path, monkeypatch):
 
 
 def one_line_error(capsys) -> str:
+    """The one line of the error on stderr (the stages' "[stage] ..." lines before it aside)."""
     err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("[")]
+    assert "Traceback" not in err and len(lines) == 1, err
+    return lines[0]
 
 
 def test_a_folder_that_is_not_a_demos_is_refused_with_a_clear_error(tmp_path, capsys):
@@ -324,6 +326,24 @@ def test_every_stage_counted_as_reused_has_a_row_in_the_time_table(tmp_path, stu
     rows = pipeline.stage_seconds(results["stages"])
     assert "5/6 initial model, seed 1" in results["reused"]
     assert sorted(results["reused"]) == sorted(rows)
+
+
+def test_stage_lines_go_to_stderr_and_only_the_result_to_stdout(tmp_path, stubs, monkeypatch, capsys):
+    # The demo's own stage lines went to stdout, between the tables, while the trainers' progress
+    # lines went to stderr: `vimpac demo > result.txt` kept a log without its progress.
+    tables = {"table7": "TABLE 7 ROWS", "table8": "TABLE 8 ROWS", "all_runs": "ALL RUNS ROWS"}
+    monkeypatch.setattr("vimpac.demo.report.write_report", lambda out, cfg, results: tables)
+    out = tmp_path / "demo"
+    for attempt in ("first", "reusing"):
+        assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+        printed = capsys.readouterr()
+        stage_lines = [line for line in printed.err.splitlines() if line.startswith("[")]
+        assert any(line.startswith(f"[{pipeline.DATA_STAGE}]") for line in stage_lines), attempt
+        assert any(line.startswith("[6/6 report]") for line in stage_lines), attempt
+        assert not any(line.startswith("[") for line in printed.out.splitlines()), (attempt, printed.out)
+        assert all(rows in printed.out and rows not in printed.err for rows in tables.values())
+        assert f"report: {out}/report.md" in printed.out and "report: " not in printed.err
+    assert "already done" in printed.err
 
 
 def test_ctrl_c_outside_a_training_stage_says_how_to_go_on(tmp_path, monkeypatch, capsys):

@@ -104,11 +104,56 @@ def no_loading(monkeypatch):
 def test_model_tensors_of_other_shapes_or_names_are_refused_from_the_header(checkpoint, no_loading):
     weights = load_file(str(checkpoint / "model.safetensors"))
     save_file({**weights, "weight": torch.zeros(2, 4)}, str(checkpoint / "model.safetensors"))
-    _refused_before_anything_is_restored(checkpoint, r"model.safetensors: does not fit the model \(unexpected \[\], "
-                                                     r"shape mismatch \['weight: file \(2, 4\) vs model \(2, 3\)'\]")
+    _refused_before_anything_is_restored(checkpoint, r"model.safetensors: does not fit the model: "
+                                                     r"shape mismatch \[weight: file \(2, 4\) vs model \(2, 3\)\]$")
     save_file({**weights, "extra": torch.zeros(1000)}, str(checkpoint / "model.safetensors"))
-    _refused_before_anything_is_restored(checkpoint, r"model.safetensors: does not fit the model \(unexpected "
-                                                     r"\['extra'\]")
+    _refused_before_anything_is_restored(checkpoint, r"model.safetensors: does not fit the model: unexpected \[extra\]$")
+
+
+def test_missing_model_tensors_and_integer_weights_are_refused_from_the_header(checkpoint, no_loading):
+    # Both were found only after the whole file was loaded (a missing tensor), or not at all
+    # (load_state_dict turned int64 weights into floats silently).
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    save_file({"weight": weights["weight"]}, str(checkpoint / "model.safetensors"))
+    _refused_before_anything_is_restored(checkpoint, r"model.safetensors: does not fit the model: missing \[bias\]$")
+    save_file({**weights, "bias": torch.zeros(2, dtype=torch.int64)}, str(checkpoint / "model.safetensors"))
+    _refused_before_anything_is_restored(checkpoint, r"model.safetensors: does not fit the model: "
+                                                     r"dtype mismatch \[bias: file torch.int64 vs model torch.float32\]")
+
+
+class TiedModel(torch.nn.Module):
+    """An output layer sharing its weight with the embedding (as VIMPAC's masked-token head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(5, 3)
+        self.output = torch.nn.Linear(3, 5, bias=False)
+        self.output.weight = self.embedding.weight
+
+
+@pytest.mark.parametrize("stored, expected", [
+    ({"embedding.weight"}, None),
+    ({"output.weight"}, None),  # either name loads the tied tensor
+    ({"embedding.weight", "output.weight"}, r"stored twice \[output.weight\]"),
+    (set(), r"missing \[embedding.weight, output.weight\]"),
+])
+def test_a_tied_tensor_is_stored_under_one_of_its_names(tmp_path, stored, expected, monkeypatch):
+    # safetensors' save_model stores a tied tensor once; its strict load_model refuses it stored
+    # twice, which the header check now does before anything is loaded.
+    model = TiedModel()
+    optimizer = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path, 1, model, optimizer, None, {})
+    path = latest_checkpoint(tmp_path)
+    weight = model.embedding.weight.detach().clone()
+    save_file({name: weight.clone() for name in stored}, str(path / "model.safetensors"))
+    fresh = TiedModel()
+    if expected is None:
+        load_checkpoint(path, fresh, torch.optim.AdamW(fresh.parameters()))
+        assert torch.equal(fresh.output.weight, weight) and fresh.output.weight is fresh.embedding.weight
+        return
+    monkeypatch.setattr(checkpoint_module, "load_model", lambda *args, **kwargs: pytest.fail("loaded"))
+    with pytest.raises(CheckpointError, match=f"{path / 'model.safetensors'}: does not fit the model: {expected}"):
+        load_checkpoint(path, fresh, torch.optim.AdamW(fresh.parameters()))
 
 
 def test_optimizer_tensors_the_state_does_not_name_are_refused_from_the_header(checkpoint, no_loading):

@@ -136,10 +136,11 @@ def test_stop_and_resume_repeats_the_losses(stores):
         run_finetune(ft_config(tmp_path, out=str(tmp_path / "part")))
     with pytest.raises(FinetuneError, match="different settings"):
         run_finetune(ft_config(tmp_path, out=str(tmp_path / "part"), lr=5e-4, resume=True))
-    # The run folder moved (a cluster's scratch space) and the store spelled relative to another folder.
+    # The run folder moved (a cluster's scratch space) and the store spelled relative to another
+    # folder; fewer evaluation clips per forward (memory only) is no different setting either.
     (tmp_path / "part").rename(tmp_path / "moved")
     moved = ft_config(tmp_path, out=str(tmp_path / "moved"), resume=True,
-                      train_store=str(tmp_path / "val" / ".." / "train"))
+                      train_store=str(tmp_path / "val" / ".." / "train"), eval_batch_size=3)
     resumed = run_finetune(moved)
     assert resumed.status == "finished"
     assert train_losses(tmp_path / "moved") == train_losses(tmp_path / "full")
@@ -160,6 +161,35 @@ def test_resume_from_another_working_folder(stores, monkeypatch):
     monkeypatch.chdir(tmp_path / "elsewhere")
     resumed = run_finetune(ft_config(tmp_path, out=str(tmp_path / "part"), steps=2, resume=True))
     assert resumed.status == "finished"
+
+
+def test_finetune_cli_eval_batch_size_caps_the_clips_of_every_evaluation_forward(stores, monkeypatch, capsys):
+    # `vimpac finetune` had no option for it: the periodic validation and the final evaluation put
+    # up to 32 clips through the model at once whatever the memory (`vimpac evaluate` has --batch-size).
+    import vimpac.finetune.evaluate as evaluate_module
+
+    forwards = []
+    real = evaluate_module.average_view_probabilities
+
+    def recording(model, inputs, *args, **kwargs):
+        forwards.append(inputs.shape[0])
+        return real(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "average_view_probabilities", recording)
+    clips, cap = 3, 2  # 3 clips of the center crop per video: forwards of 2 and 1 clips
+    code = main(["finetune", "--train-store", str(stores / "train"), "--val-store", str(stores / "val"),
+                 "--pretrained", str(stores / "pt"), "--recipe", "synthetic", "--out", str(stores / "capped"),
+                 "--frames", "4", "--steps", "2", "--batch-size", "2", "--temporal-clips", str(clips),
+                 "--val-every", "1", "--eval-batch-size", str(cap), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    val_videos = TokenStore.open(stores / "val").num_videos
+    periodic = [r for r in read_metrics(stores / "capped") if r["split"] == "val"]
+    assert periodic  # the periodic validations ran, and the final evaluation
+    assert (stores / "capped" / "eval" / "results.json").is_file()
+    assert max(forwards) == cap
+    assert sum(forwards) == (len(periodic) + 1) * val_videos * clips  # every clip scored, in forwards of <= 2
+    record = json.loads((stores / "capped" / "finetune.json").read_text())
+    assert record["config"]["eval_batch_size"] == cap
 
 
 def test_finetune_cli_stopped_by_its_time_limit_exits_3_and_says_how_to_continue(stores, capsys):
@@ -212,6 +242,7 @@ def test_a_fine_tuned_model_as_starting_point_gets_a_new_zero_head(tmp_path):
     (dict(log_every=0), "log_every: expected an integer >= 1"),
     (dict(precision="fp16"), "fp16 needs a CUDA device"),
     (dict(val_store=None, val_every=2), "--val-every 2: periodic validation needs --val-store"),
+    (dict(eval_batch_size=0), "--eval-batch-size: expected a positive integer, got 0"),
 ])
 def test_impossible_options_are_refused_before_anything_is_written(stores, changes, message):
     from vimpac.config import ConfigError

@@ -176,3 +176,76 @@ def test_weights_that_do_not_fit_the_config_are_refused_from_the_header_before_l
     with pytest.raises(CheckpointError, match=f"{config_path}: does not describe .*model.safetensors: "
                                               "backbone.embedding.weight: config implies"):
         load(tmp_path / "m")
+
+
+def _rewrite_weights(folder, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    save_file(change(load_file(str(path))), str(path))
+
+
+LOADERS = [
+    lambda folder: VimpacForPretraining.from_pretrained(folder),
+    lambda folder: VimpacForClassification.from_pretrained(folder, num_classes=4),
+    lambda folder: load_backbone(folder),
+]
+LOADER_IDS = ["pretraining", "new classifier", "finetune.load_backbone"]
+FILE_CHANGES = {
+    # A name the model does not have was refused only after every tensor had been loaded, or not
+    # at all by load_backbone (which kept the backbone's tensors).
+    "unknown name": (lambda w: {**w, "backbone.extra": torch.zeros(10)}, r"unexpected \[backbone.extra\]"),
+    "unknown head name": (lambda w: {**w, "cls_head.extra": torch.zeros(10)}, r"unexpected \[cls_head.extra\]"),
+    "missing": (lambda w: {k: v for k, v in w.items() if k != "cls_head.mlp.linear_0.bias"},
+                r"missing \[cls_head.mlp.linear_0.bias\]"),
+    "integer weights": (lambda w: {**w, "mlm_head.bias": w["mlm_head.bias"].long()},
+                        r"dtype mismatch \[mlm_head.bias: file torch.int64 vs model torch.float32\]"),
+}
+
+
+@pytest.mark.parametrize("load", LOADERS, ids=LOADER_IDS)
+@pytest.mark.parametrize("change, expected", FILE_CHANGES.values(), ids=FILE_CHANGES.keys())
+def test_tensors_unlike_the_models_are_refused_from_the_header_naming_file_and_tensor(tmp_path, monkeypatch, load,
+                                                                                      change, expected):
+    VimpacForPretraining(tiny_config()).save_pretrained(tmp_path / "m")
+    _rewrite_weights(tmp_path / "m", change)
+    _refuse_loading(monkeypatch)
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'm' / 'model.safetensors'}: weights do not fit the "
+                                              f"model config.json describes: {expected}$"):
+        load(tmp_path / "m")
+
+
+def test_a_classifier_file_with_an_unknown_tensor_is_refused_from_the_header(tmp_path, monkeypatch):
+    VimpacForClassification(tiny_config(), num_classes=3).save_pretrained(tmp_path / "clf")
+    _rewrite_weights(tmp_path / "clf", lambda w: {**w, "head.extra": torch.zeros(3)})
+    _refuse_loading(monkeypatch)
+    for load in (lambda: VimpacForClassification.from_pretrained(tmp_path / "clf"), lambda: load_backbone(tmp_path / "clf")):
+        with pytest.raises(CheckpointError, match=r"clf/model.safetensors: weights do not fit .*unexpected \[head.extra\]"):
+            load()
+
+
+def test_an_unknown_model_kind_is_refused_before_the_weights_are_read(tmp_path, monkeypatch):
+    VimpacForPretraining(tiny_config()).save_pretrained(tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    meta = json.loads(config_path.read_text())
+    meta["kind"] = "segmentation"
+    config_path.write_text(json.dumps(meta))
+    _refuse_loading(monkeypatch)
+    for load in LOADERS[1:]:
+        with pytest.raises(CheckpointError, match=f"{config_path}: unknown model kind 'segmentation'"):
+            load(tmp_path / "m")
+
+
+def test_checking_a_header_against_the_described_model_imports_no_compiler(tmp_path):
+    # The described model is built on the meta device, where torch's normal_ is a Python reference
+    # that imports torch._dynamo: seconds added to every `vimpac evaluate`, which never compiles.
+    import subprocess
+    import sys
+
+    VimpacForClassification(tiny_config(), num_classes=3).save_pretrained(tmp_path / "clf")
+    code = ("import sys; from vimpac.model import VimpacForClassification; "
+            f"VimpacForClassification.from_pretrained({str(tmp_path / 'clf')!r}); "
+            "print('torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -34,7 +34,8 @@ class DemoConfig:
     pretrain_batch: int = 8  # videos per step (2 clips each)
     finetune_steps: int = 300
     finetune_batch: int = 16
-    # KEY=VALUE for the tiny model preset; `model_overrides=layout=T,H,W,dim=64` keeps a value's commas.
+    # KEY=VALUE for the tiny model preset; `model_overrides=layout=T,H,W,dim=64` (or `=[layout=T,H,W,dim=64]`)
+    # keeps a value's commas.
     model_overrides: tuple[str, ...] = field(default=(), metadata=KEY_VALUE_ITEMS)
     # Pre-training variants (Table 7 / 8 rows) and fine-tuning runs; see PRETRAIN_VARIANTS.
     pretrain_variants: tuple[str, ...] = ("mp_cl", "mp_only", "cl_only", "iid_mp")
@@ -73,7 +74,9 @@ class DemoConfig:
             raise ConfigError(f"size: expected a multiple of 8 pixels (the VQ-VAE downsamples 8x), got {self.size}")
         for item in self.model_overrides:
             if "=" not in item:
-                raise ConfigError(f"model_overrides: expected KEY=VALUE items, got {item!r}")
+                raise ConfigError(f"model_overrides: expected KEY=VALUE items, got {item!r}; e.g. "
+                                  "model_overrides=layout=T,H,W,dim=64 or, quoted for the shell, "
+                                  "'model_overrides=[\"layout=T,H,W\", \"dim=64\"]'")
 
 
 DEMO_PRESETS: dict[str, DemoConfig] = {

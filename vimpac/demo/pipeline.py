@@ -13,6 +13,10 @@ spent so far) and DONE.json (the same plus its result, written when it finishes)
 stage with the same record is reused when done and resumed in place when interrupted; any other
 content is moved aside to `<folder>.superseded` and the stage starts afresh. Because a stage's
 record holds a fingerprint of every upstream result, redoing a stage redoes everything after it.
+
+Output: stage lines, and what a stage reports while it runs, go to stderr with the progress bars
+and the training runs' one-line reports; stdout is left to `vimpac demo`'s result (the tables and
+the report's path).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -293,12 +298,13 @@ class TrainingRun:
     inputs: dict[str, str] | None = None  # fingerprints of the upstream results (see Stage)
 
 
-def _print_line(line: str) -> None:
-    print(line, flush=True)
+def stage_line(line: str) -> None:
+    """A line of the demo's own progress: on stderr, beside the bars (see the module docstring)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _execute(run: TrainingRun, threads: int, progress: bool,
-             log: Callable[[str], None] = _print_line) -> dict[str, Any]:
+             log: Callable[[str], None] = stage_line) -> dict[str, Any]:
     torch.set_num_threads(threads)
     return run_stage(run.title, run.folder, run.settings, lambda: run.work(*run.args, progress=progress),
                      log, run.inputs)
@@ -347,7 +353,7 @@ def run_training(runs: list[TrainingRun], cfg: DemoConfig, log: Callable[[str], 
     return {run.title: results[run.title] for run in runs}
 
 
-def run_demo(out: str | Path, cfg: DemoConfig, log: Callable[[str], None] = print,
+def run_demo(out: str | Path, cfg: DemoConfig, log: Callable[[str], None] = stage_line,
              progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     check_settings(cfg)
@@ -522,7 +528,7 @@ def _make_data(folder: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
                                 val_per_class=cfg.val_per_class, uncurated_videos=cfg.uncurated_videos)
     summary = generate_benchmark(folder, synth, progress=progress, workers=cfg.workers)
     summary = summary.merge(generate_uncurated(folder, synth, progress=progress, workers=cfg.workers))
-    print(summary.format_table())
+    stage_line(summary.format_table())
     # Pre-training list: the uncurated videos and the training videos (labels unused).
     train = [line.rsplit(maxsplit=1)[0] for line in (folder / "train.txt").read_text().splitlines() if line.strip()]
     uncurated = [line.strip() for line in (folder / "uncurated.txt").read_text().splitlines() if line.strip()]
@@ -559,7 +565,7 @@ def _tokenize(out: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
         records = read_mmaction_list(data / list_file, class_names)
         report = tokenize_videos(records, data, tokenizer, cfg.fps, cfg.size, views, out / "stores" / name,
                                  workers=cfg.workers, progress=progress)
-        print(f"  {name}: {report.summary()}")
+        stage_line(f"  {name}: {report.summary()}")
         summary[name] = {"videos": report.encoded_videos + report.already_done, "failed": len(report.failures),
                          "frames_per_s": round(report.frames_per_s, 1)}
     return summary

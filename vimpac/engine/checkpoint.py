@@ -23,8 +23,8 @@ complete folder. A well-formed name whose folder is gone or incomplete (deleted 
 falls back to the newest complete folder. A checkpoint folder that is a symbolic link is a
 CheckpointError too: resuming would read files from wherever it points. `state.json` is checked field by field (types, the RNG
 states, the optimizer structure against the optimizer, the scheduler against the scheduler), and
-the tensor files from their safetensors headers (names and shapes against the model and the
-optimizer, the CPU and CUDA generator states), before any tensor is loaded, so a bad file is a
+the tensor files from their safetensors headers (names, shapes and dtypes against the model and
+the optimizer, the CPU and CUDA generator states), before any tensor is loaded, so a bad file is a
 CheckpointError naming it and the field, and nothing is restored by half.
 """
 
@@ -48,7 +48,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from vimpac.io import atomic_write_text, current_umask, fsync_dir, parse_json, writer_os_error
-from vimpac.weight_shapes import read_meta_tensors
+from vimpac.weight_shapes import fit_problems, listed, read_meta_tensors, tied_names
 
 CHECKPOINT_PREFIX = "step-"
 # The names save_checkpoint gives checkpoint folders (more digits from step 10**8 on).
@@ -362,14 +362,8 @@ def load_checkpoint(
                                   "learning-rate schedule")
     if restore_rng and (problem := rng_state_problem(_header_tensors(rng_file))):
         raise CheckpointError(f"{rng_file}: {problem}")
-    own = unwrap(model).state_dict()
-    stored = _header_tensors(model_file, "cannot load into the model")
-    unexpected = sorted(set(stored) - set(own))
-    wrong_shape = sorted(f"{k}: file {tuple(stored[k].shape)} vs model {tuple(own[k].shape)}"
-                         for k in set(stored) & set(own) if stored[k].shape != own[k].shape)
-    if unexpected or wrong_shape:
-        raise CheckpointError(f"{model_file}: does not fit the model (unexpected {unexpected[:5]}, "
-                              f"shape mismatch {wrong_shape[:5]})")
+    if problems := _model_file_problems(unwrap(model), _header_tensors(model_file, "cannot load into the model")):
+        raise CheckpointError(f"{model_file}: does not fit the model: " + "; ".join(problems))
     optimizer_state = rng = None
     if optimizer is not None:
         try:
@@ -386,13 +380,10 @@ def load_checkpoint(
         except (RuntimeError, TypeError) as exc:
             raise CheckpointError(f"{rng_file}: expected the CPU generator state 'cpu' "
                                   f"({torch.get_rng_state().numel()} bytes): {exc}") from None
-    try:
-        missing, unexpected = load_model(unwrap(model), str(model_file), strict=False)
+    try:  # strict: the header check above already refused what strict loading would
+        load_model(unwrap(model), str(model_file))
     except Exception as exc:  # safetensors raises several types for bad files
         raise CheckpointError(f"{model_file}: cannot load into the model: {exc}") from exc
-    if missing or unexpected:
-        raise CheckpointError(f"{model_file}: does not fit the model "
-                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     if optimizer_state is not None:
         try:
             optimizer.load_state_dict(optimizer_state)
@@ -405,6 +396,25 @@ def load_checkpoint(
         random.setstate(_python_rng_tuple(state["python_rng"]))
         np.random.set_state(_numpy_rng_tuple(state["numpy_rng"]))
     return state
+
+
+def _model_file_problems(model: nn.Module, stored: Mapping[str, torch.Tensor]) -> list[str]:
+    """What keeps the tensors of model.safetensors (`stored`: meta tensors from its header) from
+    loading into `model` as safetensors' strict `load_model` loads them: every tensor of the
+    model under its name, a tied one (one tensor under several names, stored once by
+    `save_model`) under any one of its names but not under two."""
+    own = model.state_dict(keep_vars=True)
+    stored_as_well, optional = [], set()
+    for names in tied_names(own):
+        present = [name for name in names if name in stored]
+        if present:  # the first name found loads the tensor; the others must not be there too
+            optional.update(name for name in names if name != present[0])
+            stored_as_well += present[1:]
+    problems = fit_problems(own, {k: v for k, v in stored.items() if k not in stored_as_well}, optional)
+    if stored_as_well:
+        problems.append(f"stored twice [{listed(sorted(stored_as_well))}] (one tensor of the model, tied "
+                        "weights, under another name too)")
+    return problems
 
 
 def _optimizer_mismatch(structure: dict, tensors: Mapping[str, torch.Tensor],

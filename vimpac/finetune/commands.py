@@ -62,6 +62,9 @@ def _register_finetune(subparsers) -> None:
                         "for ssv2 and synthetic")
     p.add_argument("--val-every", type=int, default=0, help="steps between validations (0: only at the end)")
     p.add_argument("--val-temporal-clips", type=int, help="clips for periodic validation (default: --temporal-clips)")
+    p.add_argument("--eval-batch-size", type=positive_int, default=32, metavar="N",
+                   help="clips per forward pass of the periodic validation and the final evaluation (default 32; "
+                        "as --batch-size of `vimpac evaluate`): lower it to fit memory")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="training precision (default fp32; fp16 only on CUDA)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")

@@ -16,8 +16,8 @@ from vimpac.finetune.errors import FinetuneError
 from vimpac.io import parse_json
 from vimpac.model import ModelConfig, ModelError, VimpacBackbone, VimpacForClassification, build_model_config
 from vimpac.model.config import MODEL_PRESETS
-from vimpac.model.pretrained import (CONFIG_FILE, check_sizes_against_weights, load_weights, read_model_config,
-                                     read_weight_shapes, read_weights)
+from vimpac.model.pretrained import CONFIG_FILE, load_weights, read_model_config
+from vimpac.model.vimpac import read_checked_weights
 
 # Where `vimpac finetune` writes the final classifier and its resolved settings in a run folder.
 RUN_MODEL_DIR = "model"
@@ -143,11 +143,10 @@ def load_backbone(path: str | Path, frames: int | None = None, grid: tuple[int, 
                   expect_codebook_size: int | None = None) -> VimpacBackbone:
     """The backbone of any model folder (pre-training or classification), without its heads."""
     folder = resolve_model_folder(path)
-    _, cfg, _ = read_model_config(folder)
+    kind, cfg, meta = read_model_config(folder)
     if expect_codebook_size is not None:
         _check_codebook(cfg, expect_codebook_size, folder)
-    check_sizes_against_weights(folder, cfg, read_weight_shapes(folder))
-    all_weights = read_weights(folder)
+    all_weights = read_checked_weights(folder, kind, cfg, meta)
     cfg = dataclasses.replace(cfg, **_size_changes(cfg, frames, grid))
     backbone = VimpacBackbone(cfg)
     weights = {k[len("backbone."):]: v for k, v in all_weights.items() if k.startswith("backbone.")}

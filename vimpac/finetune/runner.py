@@ -31,7 +31,9 @@ _RESUMABLE_CHANGES = ("resume", "max_minutes", "progress", "progress_lines", "de
                       # change (e.g. a 2-GPU run resumed on one with --grad-accum 2): the trainer refuses
                       # another number of samples per update, and a sample's video, view and crop follow
                       # from its position in the update, so the updates stay the same.
-                      "batch_size", "grad_accum_steps")
+                      "batch_size", "grad_accum_steps",
+                      # Memory only: how many evaluation clips share a forward, not what is scored.
+                      "eval_batch_size")
 # Paths that match when they name the same file or folder (relative then, absolute now, ...).
 # finetune.json records them absolute, so that a resume from another working folder matches.
 _PATH_FIELDS = ("train_store", "pretrained")
@@ -81,6 +83,7 @@ class FinetuneConfig:
     spatial_crops: Optional[int] = None
     val_every: int = 0  # steps between periodic validations (0: only the final evaluation)
     val_temporal_clips: Optional[int] = None  # clips for periodic validation (default: temporal_clips)
+    eval_batch_size: int = 32  # clips per forward of the periodic validation and the final evaluation
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "cpu"
     seed: int = 0
@@ -189,7 +192,7 @@ def _check_options(cfg: FinetuneConfig) -> None:
         raise FinetuneError(f"--layer-decay: expected a factor in (0, 1] (1: off), got {cfg.layer_decay}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise FinetuneError(f"--label-smoothing: expected a value in [0, 1), got {cfg.label_smoothing}")
-    for name in ("frames", "batch_size", "steps", "temporal_clips", "val_temporal_clips"):
+    for name in ("frames", "batch_size", "steps", "temporal_clips", "val_temporal_clips", "eval_batch_size"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise FinetuneError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
@@ -275,7 +278,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
         train_store, settings["frames"], settings["batch_size"], cfg.grad_accum_steps,
         train_views=training_views(train_store.views, settings["flip"]), label_smoothing=cfg.label_smoothing,
         seed=cfg.seed, device=rank_device, val_store=val_store if cfg.val_every > 0 else None,
-        validation=ValidationSettings(settings["val_temporal_clips"], settings["spatial_crops"]),
+        validation=ValidationSettings(settings["val_temporal_clips"], settings["spatial_crops"], cfg.eval_batch_size),
         val_bf16=cfg.precision == "bf16")
     record = {"config": _recorded_config(cfg), "resolved": settings, "model": to_dict(model.config),
               "num_classes": num_classes, "class_names": class_names, "train_views": list(task.views),
@@ -298,7 +301,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     if val_store is not None:  # every rank scores its share of the videos
         ev = evaluate_classifier(model, val_store, settings["frames"], settings["temporal_clips"],
                                  settings["spatial_crops"], trainer.device, cfg.precision == "bf16",
-                                 progress=cfg.progress)
+                                 max_batch=cfg.eval_batch_size, progress=cfg.progress)
         evaluation = ev.metrics.summary()
         if dist.is_main:
             write_evaluation(ev, run_dir / "eval")

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from vimpac.config import ConfigError, from_dict, to_dict
 from vimpac.io import atomic_path, atomic_write_json, parse_json
 from vimpac.model.config import ModelConfig
 from vimpac.model.errors import CheckpointError, ModelError
 from vimpac.model.interpolate import resize_positional_tables
-from vimpac.weight_shapes import numbered_blocks, read_safetensors, read_shapes, shape_problems, summarize
+from vimpac.weight_shapes import (fit_problems, listed, numbered_blocks, read_meta_tensors, read_safetensors,
+                                  shape_problems, summarize, tied_names)
 
 FORMAT = "vimpac-model"
 FORMAT_VERSION = 1
@@ -31,14 +33,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 def tied_aliases(model: nn.Module) -> dict[str, str]:
     """State-dict keys that are the same tensor as an earlier key: alias -> first key."""
-    seen: dict[int, str] = {}
-    aliases = {}
-    for key, value in model.state_dict(keep_vars=True).items():
-        if id(value) in seen:
-            aliases[key] = seen[id(value)]
-        else:
-            seen[id(value)] = key
-    return aliases
+    return {alias: names[0] for names in tied_names(model.state_dict(keep_vars=True)) for alias in names[1:]}
 
 
 def save_model_folder(model: nn.Module, cfg: ModelConfig, folder: str | Path, kind: str,
@@ -88,10 +83,43 @@ def read_model_config(folder: str | Path) -> tuple[str, ModelConfig, dict[str, A
     return str(meta.get("kind")), cfg, meta
 
 
-def read_weight_shapes(folder: str | Path) -> dict[str, tuple[int, ...]]:
-    """name -> shape of every tensor in the folder's model.safetensors, from its header alone:
-    check them (check_sizes_against_weights) before read_weights loads the tensors."""
-    return read_safetensors(Path(folder) / WEIGHTS_FILE, read_shapes, CheckpointError)
+def read_weight_header(folder: str | Path) -> dict[str, torch.Tensor]:
+    """name -> a meta tensor (dtype and shape, no data) of every tensor in the folder's
+    model.safetensors, from its header alone: checked (check_sizes_against_weights,
+    check_weight_header) before read_weights loads the tensors."""
+    return read_safetensors(Path(folder) / WEIGHTS_FILE, read_meta_tensors, CheckpointError)
+
+
+class _SkipNormalInit(TorchFunctionMode):
+    """Skips `normal_` initialisations, for modules built on the meta device: a meta tensor holds
+    no values, and torch runs normal_ on one through a Python reference that imports
+    torch._dynamo, seconds once per process (which `vimpac evaluate` would pay for nothing)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) == "normal_":  # torch.nn.init.normal_ and Tensor.normal_
+            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            if tensors and tensors[0].is_meta:
+                return tensors[0]
+        return func(*args, **kwargs)
+
+
+def meta_model(build: Callable[[], nn.Module]) -> nn.Module:
+    """`build()` on the meta device: the module's names, shapes and dtypes, without memory."""
+    with torch.device("meta"), _SkipNormalInit():
+        return build()
+
+
+def check_weight_header(folder: str | Path, described: nn.Module, header: Mapping[str, torch.Tensor]) -> None:
+    """Refuse a model.safetensors whose tensors (`header`, read_weight_header) do not fit
+    `described`, the model its config.json describes (built by meta_model): a name the model
+    does not have, one it has that the file lacks (tied aliases may be left out: save_pretrained
+    stores them once), another shape or a float tensor for an integer one. The CheckpointError
+    names the file and the tensors, before any tensor data is read."""
+    problems = fit_problems(described.state_dict(), header, optional=tied_aliases(described))
+    if problems:
+        raise CheckpointError(f"{Path(folder) / WEIGHTS_FILE}: weights do not fit the model {CONFIG_FILE} "
+                              "describes: " + "; ".join(problems))
 
 
 def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
@@ -104,7 +132,7 @@ def check_sizes_against_weights(folder: str | Path, cfg: ModelConfig, shapes: Ma
                                 contrastive_head: bool = False, num_classes: int | None = None) -> None:
     """Before a model is built from a folder's config.json: the sizes that decide how much memory
     it takes (vocabulary, width, depth, positional tables, heads) must be those of the tensors in
-    its model.safetensors (`shapes`: name -> shape, read_weight_shapes). A config claiming
+    its model.safetensors (`shapes`: name -> shape, from read_weight_header). A config claiming
     dim=10**6 or layers=10**5 is then refused at once instead of allocating terabytes, or building
     for hours, before the weights are found not to fit."""
     expected = {
@@ -148,7 +176,9 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
     """Load strictly: every key present, nothing extra, shapes equal - except positional tables,
     which are interpolated to the model's T / H / W. Tied aliases missing from `state_dict` are
     filled from their source key. Returns the interpolation notes; mismatches raise
-    `CheckpointError` listing the keys."""
+    `CheckpointError` listing the keys. A model folder's file was checked from its header before
+    it was read (check_weight_header); these checks are for a state dict without one (the authors'
+    checkpoints, `vimpac convert-original`) and a backbone's share resized to other T / H / W."""
     state = dict(state_dict)
     for alias, original in tied_aliases(model).items():
         if alias not in state and original in state:
@@ -160,9 +190,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
     wrong_shape = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
                          for k in set(state) & set(target) if state[k].shape != target[k].shape)
     if missing or unexpected or wrong_shape:
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
-        parts = [f"{name} [{show(items)}]" for name, items in
+        parts = [f"{name} [{listed(items)}]" for name, items in
                  (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong_shape)) if items]
         raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)

@@ -25,8 +25,9 @@ from vimpac.model.backbone import VimpacBackbone
 from vimpac.model.config import ModelConfig
 from vimpac.model.errors import CheckpointError, ModelError
 from vimpac.model.heads import ClassificationHead, ContrastiveHead, MaskedTokenHead
-from vimpac.model.pretrained import (check_sizes_against_weights, load_weights, read_model_config, read_weight_shapes,
-                                     read_weights, save_model_folder, stored_num_classes)
+from vimpac.model.pretrained import (CONFIG_FILE, check_sizes_against_weights, check_weight_header, load_weights,
+                                     meta_model, read_model_config, read_weight_header, read_weights,
+                                     save_model_folder, stored_num_classes)
 
 
 # The masked-token head runs on a multiple of this many rows (zero rows appended, their logits
@@ -86,12 +87,11 @@ class VimpacForPretraining(nn.Module):
         dropout=0.0, gradient_checkpointing=True) adjust the config; positional tables are
         interpolated to the new sizes. The model comes back in eval mode (dropout off), as
         Hugging Face's `from_pretrained`; call `.train()` before training it."""
-        kind, cfg, _ = read_model_config(folder)
+        kind, cfg, meta = read_model_config(folder)
         if kind != cls.kind:
             raise CheckpointError(f"{folder}: holds a {kind!r} model; VimpacForPretraining needs 'pretraining' "
                                   "(use VimpacForClassification.from_pretrained for classifiers)")
-        check_sizes_against_weights(folder, cfg, read_weight_shapes(folder), contrastive_head=True)
-        weights = read_weights(folder)
+        weights = read_checked_weights(folder, kind, cfg, meta)
         model = cls(_changed(cfg, config_changes, folder))
         load_weights(model, weights, str(Path(folder) / "model.safetensors"))
         return model.to(map_location).eval()
@@ -131,26 +131,44 @@ class VimpacForClassification(nn.Module):
         The model comes back in eval mode (dropout off), so that `model(tokens)` predicts the
         same logits every call; call `.train()` before training it."""
         kind, cfg, meta = read_model_config(folder)
+        weights = read_checked_weights(folder, kind, cfg, meta)  # refuses an unknown kind
         stored_classes = stored_num_classes(folder, meta) if kind == cls.kind else None
         keep_head = kind == cls.kind and not new_head and num_classes in (None, stored_classes)
-        check_sizes_against_weights(folder, cfg, read_weight_shapes(folder),
-                                    num_classes=stored_classes if keep_head else None)
-        weights = read_weights(folder)
         cfg = _changed(cfg, config_changes, folder)
         source = str(Path(folder) / "model.safetensors")
-        if kind == cls.kind:
-            if keep_head:
-                model = cls(cfg, stored_classes)
-                load_weights(model, weights, source)
-                return model.to(map_location).eval()
-        elif kind != VimpacForPretraining.kind:
-            raise CheckpointError(f"{folder}: unknown model kind {kind!r}")
+        if keep_head:
+            model = cls(cfg, stored_classes)
+            load_weights(model, weights, source)
+            return model.to(map_location).eval()
         if num_classes is None:
             raise CheckpointError(f"{folder}: holds a {kind!r} model; pass num_classes to put a new classifier on it")
         model = cls(cfg, num_classes)
         backbone_weights = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
         load_weights(model.backbone, backbone_weights, f"{source} (backbone)")
         return model.to(map_location).eval()
+
+
+def read_checked_weights(folder: str | Path, kind: str, cfg: ModelConfig, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a model folder's model.safetensors (`kind`, `cfg`, `meta`: its config.json as
+    read_model_config returns it), read only once the file's header fits the model config.json
+    describes: first the sizes that decide that model's memory (check_sizes_against_weights), so
+    that building it on the meta device is safe, then every tensor's name, shape and kind of
+    dtype (check_weight_header). A tensor the model does not have, or a missing one, is a
+    CheckpointError naming the file and the tensor before any tensor data is read."""
+    header = read_weight_header(folder)
+    shapes = {name: tuple(tensor.shape) for name, tensor in header.items()}
+    if kind == VimpacForPretraining.kind:
+        check_sizes_against_weights(folder, cfg, shapes, contrastive_head=True)
+        described = lambda: VimpacForPretraining(cfg)  # noqa: E731
+    elif kind == VimpacForClassification.kind:
+        num_classes = stored_num_classes(folder, meta)
+        check_sizes_against_weights(folder, cfg, shapes, num_classes=num_classes)
+        described = lambda: VimpacForClassification(cfg, num_classes)  # noqa: E731
+    else:
+        raise CheckpointError(f"{Path(folder) / CONFIG_FILE}: unknown model kind {kind!r}; expected "
+                              f"{VimpacForPretraining.kind!r} or {VimpacForClassification.kind!r}")
+    check_weight_header(folder, meta_model(described), header)
+    return read_weights(folder)
 
 
 def _changed(cfg: ModelConfig, changes: dict[str, Any], folder: str | Path) -> ModelConfig:
