@@ -62,9 +62,9 @@ def _register_finetune(subparsers) -> None:
                         "for ssv2 and synthetic")
     p.add_argument("--val-every", type=int, default=0, help="steps between validations (0: only at the end)")
     p.add_argument("--val-temporal-clips", type=int, help="clips for periodic validation (default: --temporal-clips)")
-    p.add_argument("--eval-batch-size", type=positive_int, default=32, metavar="N",
-                   help="clips per forward pass of the periodic validation and the final evaluation (default 32; "
-                        "as --batch-size of `vimpac evaluate`): lower it to fit memory")
+    p.add_argument("--eval-batch-size", type=positive_int, metavar="N",
+                   help="clips per forward pass of the periodic validation and the final evaluation (default: 4 on "
+                        "a CPU, 32 on a GPU, as --batch-size of `vimpac evaluate`): lower it to fit memory")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="training precision (default fp32; fp16 only on CUDA)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
@@ -105,9 +105,10 @@ def _register_evaluate(subparsers) -> None:
                    help="3: top-left / center / bottom-right (center only if the store lacks them); default: the "
                         "run's when --checkpoint is a fine-tuning run (1 for the ssv2 recipe), else 3")
     p.add_argument("--frames", type=positive_int, metavar="T", help="clip length (default: the model's)")
-    p.add_argument("--batch-size", type=positive_int, default=32,
-                   help="clips per forward pass (default 32): several videos' views share one when they are few, "
-                        "a video with more views (3 crops x 10 clips = 30) takes several; lower it to fit memory")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="clips per forward pass (default: 4 on a CPU, where small forwards run faster, 32 on a GPU): "
+                        "several videos' views share one when they are few, a video with more views (3 crops x 10 "
+                        "clips = 30) takes several; lower it to fit memory")
     p.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast (default fp32)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -158,7 +159,8 @@ def _register_embed(subparsers) -> None:
                    help="frame size S in pixels: frames are resized and center-cropped to S x S (default 128)")
     p.add_argument("--frames", type=positive_int, metavar="T", help="clip length (default: the model's)")
     p.add_argument("--tokens", action="store_true", help="also write token features (T, h, w, D) per video")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="clips per forward pass (default 32)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="clips per forward pass (default: 4 on a CPU, 32 on a GPU)")
     p.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast (default fp32)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -33,7 +33,7 @@ from torch import nn
 
 from vimpac.data.clips import take_clip, uniform_clip_starts
 from vimpac.finetune.errors import FinetuneError
-from vimpac.finetune.evaluate import evaluation_mode, model_device
+from vimpac.finetune.evaluate import clips_per_forward, evaluation_mode, model_device
 from vimpac.io import atomic_path, atomic_write_json, output_file_problem
 from vimpac.progress import progress_bar, track
 
@@ -69,13 +69,15 @@ def video_tokens(path: str | Path, tokenizer, fps: float, size: int) -> np.ndarr
 @torch.inference_mode()
 def embed_tokens(model: nn.Module, tokens: np.ndarray, frames: int | None = None, with_tokens: bool = False,
                  device: str | torch.device | None = None, bf16: bool = False,
-                 batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+                 batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """CLS feature (D,) and optionally token features (T, h, w, D), float32 numpy, of one video's
-    tokens (T, h, w), its clips encoded `batch_size` at a time on `device` (default: the model's),
-    in eval mode (the model's own mode back afterwards)."""
+    tokens (T, h, w), its clips encoded `batch_size` at a time (None: clips_per_forward's default
+    for the device) on `device` (default: the model's), in eval mode (the model's own mode back
+    afterwards)."""
     backbone = getattr(model, "backbone", model)
     frames = frames or backbone.config.max_frames
     device = model_device(backbone) if device is None else torch.device(device)
+    batch_size = clips_per_forward(batch_size, device)
     length = tokens.shape[0]
     if length == 0:
         raise FinetuneError("video has no frames at this fps")
@@ -110,7 +112,7 @@ def embed_tokens(model: nn.Module, tokens: np.ndarray, frames: int | None = None
 def embed_videos(model: nn.Module, tokenizer, paths: Sequence[str | Path], fps: float = 2.0, size: int = 128,
                  frames: int | None = None, with_tokens: bool = False, keys: Sequence[str] | None = None,
                  device: str | torch.device | None = None, bf16: bool = False, progress: bool = False,
-                 batch_size: int = 32) -> Embeddings:
+                 batch_size: int | None = None) -> Embeddings:
     """Features of every readable video in `paths`; unreadable ones are listed in `failures`.
 
     `model` is a backbone or any model with a `.backbone`, run in eval mode (its own mode back

@@ -32,6 +32,21 @@ from vimpac.progress import progress_bar
 
 CENTER_VIEW = "s1.00_center"
 THREE_CROP_VIEWS = ("s1.00_top_left", "s1.00_center", "s1.00_bottom_right")
+# Clips per forward when none is asked for. On a CPU, forwards of 2-4 clips ran 1.4-1.8x faster
+# than forwards of 32 (docs/benchmarks.md, "Multi-view evaluation"): a big batch's activations
+# lie above glibc's mmap threshold and fault in fresh pages on every forward. A GPU wants big ones.
+CPU_CLIPS_PER_FORWARD = 4
+GPU_CLIPS_PER_FORWARD = 32
+
+
+def clips_per_forward(max_batch: int | None, device: str | torch.device) -> int:
+    """`max_batch` checked, or, when None, the default for `device`'s type: CPU_CLIPS_PER_FORWARD
+    on a CPU, GPU_CLIPS_PER_FORWARD on anything else."""
+    if max_batch is None:
+        return CPU_CLIPS_PER_FORWARD if torch.device(device).type == "cpu" else GPU_CLIPS_PER_FORWARD
+    if max_batch < 1:
+        raise FinetuneError(f"max_batch: expected a positive number of clips, got {max_batch}")
+    return max_batch
 
 
 def evaluation_views(store_views: Sequence[str], spatial_crops: int) -> tuple[str, ...]:
@@ -142,15 +157,15 @@ def class_names_of(store, num_classes: int | None = None) -> list[str]:
 @torch.inference_mode()
 def predict_videos(model: nn.Module, store, keys: Sequence[str], views: Sequence[str], frames: int,
                    temporal_clips: int, device: str | torch.device | None = None, bf16: bool = False,
-                   max_batch: int = 32, progress: Callable[[int], None] | None = None) -> np.ndarray:
+                   max_batch: int | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Averaged class probabilities (len(keys), C) for the given videos of `store`, with the
     model in eval mode (its own mode back afterwards); inputs go to `device` (default: the
-    model's). At most `max_batch` clips go through the model at once: the views of several
+    model's). At most `max_batch` clips (None: clips_per_forward's default for the device) go
+    through the model at once: the views of several
     videos share a forward when they are few, and a video with more views than that (3 crops x
     10 clips = 30) is scored in several forwards, its probabilities averaged as in one."""
-    if max_batch < 1:
-        raise FinetuneError(f"max_batch: expected a positive number of clips, got {max_batch}")
     device = model_device(model) if device is None else torch.device(device)
+    max_batch = clips_per_forward(max_batch, device)
     per_video = len(views) * temporal_clips
     videos_per_batch = max(1, max_batch // per_video)
     out = []
@@ -172,7 +187,7 @@ def predict_videos(model: nn.Module, store, keys: Sequence[str], views: Sequence
 
 def evaluate_classifier(model: nn.Module, store, frames: int | None = None, temporal_clips: int = 10,
                         spatial_crops: int = 3, device: str | torch.device | None = None, bf16: bool = False,
-                        max_batch: int = 32, progress: bool = False) -> EvaluationResult:
+                        max_batch: int | None = None, progress: bool = False) -> EvaluationResult:
     """Evaluate a classifier on every video of a labelled store with the multi-view protocol.
 
     The model runs in eval mode and is left in the mode it came in; `device` (default: where the

@@ -29,7 +29,7 @@ from torch import nn
 
 from vimpac.data.clips import uniform_clip_starts
 from vimpac.finetune.errors import FinetuneError
-from vimpac.finetune.evaluate import CENTER_VIEW, model_device
+from vimpac.finetune.evaluate import CENTER_VIEW, clips_per_forward, model_device
 from vimpac.finetune.metrics import classification_metrics
 from vimpac.progress import progress_bar
 
@@ -55,7 +55,7 @@ def _backbone_of(model: nn.Module) -> nn.Module:
 @torch.inference_mode()
 def extract_features(model: nn.Module, store, frames: int | None = None, temporal_clips: int = 4,
                      view: str = CENTER_VIEW, device: str | torch.device | None = None, bf16: bool = False,
-                     max_batch: int = 32, progress: bool = False) -> FeatureSet:
+                     max_batch: int | None = None, progress: bool = False) -> FeatureSet:
     """CLS features of every video of `store` (one view, uniform clips averaged).
 
     `model` is a backbone or any model with a `.backbone` (pre-training or classification), run
@@ -64,6 +64,7 @@ def extract_features(model: nn.Module, store, frames: int | None = None, tempora
     backbone = _backbone_of(model)
     frames = frames or backbone.config.max_frames
     device = model_device(backbone) if device is None else torch.device(device)
+    max_batch = clips_per_forward(max_batch, device)  # None: the device's default
     if view not in store.views:
         raise FinetuneError(f"{store.root}: no {view!r} view for features (views: {list(store.views)})")
     was_training = backbone.training

@@ -83,7 +83,8 @@ class FinetuneConfig:
     spatial_crops: Optional[int] = None
     val_every: int = 0  # steps between periodic validations (0: only the final evaluation)
     val_temporal_clips: Optional[int] = None  # clips for periodic validation (default: temporal_clips)
-    eval_batch_size: int = 32  # clips per forward of the periodic validation and the final evaluation
+    # clips per forward of the periodic validation and the final evaluation (None: 4 on a CPU, 32 on a GPU)
+    eval_batch_size: Optional[int] = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "cpu"
     seed: int = 0

@@ -41,7 +41,7 @@ _SAMPLE_SEED_TAG = 0xC409  # keeps a sample's seed apart from the epoch orders' 
 class ValidationSettings:
     temporal_clips: int = 10
     spatial_crops: int = 3
-    max_batch: int = 32
+    max_batch: int | None = None  # clips per forward; None: the device's default (clips_per_forward)
 
 
 class FinetuneTask:
