@@ -13,7 +13,7 @@ import numpy as np
 
 from vimpac.store.errors import StoreError
 from vimpac.store.format import (
-    FAILURES_FILE, MANIFEST_FILE, PART_DIR, SHARD_DIR, TOKEN_DTYPE, ManifestColumns,
+    FAILURES_FILE, MANIFEST_FILE, META_FILE, PART_DIR, SHARD_DIR, TOKEN_DTYPE, ManifestColumns,
     first_appearances, load_manifest_columns, parse_shard_name, read_meta, strictly_ordered,
 )
 
@@ -39,12 +39,14 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
     entries, a missing shard, a video lacking one of the store's views, a label outside the
     class list, a checksum mismatch, a video listed twice or out of record order. Notes (not problems): bytes past the last committed entry
     of a shard (left by an interrupted run; the next run truncates them), unmerged parts.
+    A StoreError when `path` is not a store at all (no folder, or no store.json in it).
 
     The manifest is held as int64 columns; the checks run on them, and entries are turned into
     Python ints VERIFY_CHUNK at a time to read their bytes, so memory does not grow by a Python
     int per value (a list-based verify of 2.4M entries peaked at ~1 GB).
     """
     root = Path(path)
+    _check_is_store(root)
     report = VerifyReport(store=str(root))
     try:
         meta = read_meta(root)
@@ -81,6 +83,16 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
 
 
 VERIFY_CHUNK = 1 << 12  # entries whose columns are Python ints at a time while their bytes are read
+
+
+def _check_is_store(root: Path) -> None:
+    """A StoreError unless `root` is a folder with a store.json: a wrong path is a usage error,
+    not a problem of a store."""
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a folder"
+        raise StoreError(f"{root}: {what}; expected a token store folder")
+    if not (root / META_FILE).exists():
+        raise StoreError(f"{root}: not a token store ({META_FILE} not found)")
 
 
 def _check_entries(root: Path, manifest: ManifestColumns, num_views: int, per_frame: int,
