@@ -463,7 +463,14 @@ def _read_columns_file(path: Path, lengths: dict[str, int]) -> dict[str, np.ndar
                 if tensor.get_dtype() != "I64" or tensor.get_shape() != [length]:
                     raise StoreError(f"{path}: tensor {name!r} is {tensor.get_dtype()} {tensor.get_shape()}, "
                                      f"expected I64 [{length}] (the count manifest.json gives)")
-            return {name: f.get_tensor(name) for name in lengths}
+        # One mapping of the file per tensor: the mapped pages a tensor is copied from stay
+        # resident until the file is closed, so reading all through one mapping peaked at twice
+        # the columns (2.4M entries: 245 MiB of RSS for 110 MiB of arrays).
+        arrays = {}
+        for name in lengths:
+            with safe_open(str(path), framework="numpy") as f:
+                arrays[name] = f.get_tensor(name)
+        return arrays
     except FileNotFoundError:
         raise
     except (OSError, SafetensorError) as exc:
