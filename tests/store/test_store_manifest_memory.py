@@ -1,6 +1,7 @@
 """`store info`, `store verify` and a resumed `tokenize` hold the manifest as int64 columns: a
 few arrays of 8 bytes a value at their peak, not a Python int per value (the list-based code
-peaked at ~300 bytes an entry, ~1 GB for 2.4M entries in docs/benchmarks.md)."""
+peaked at ~300 bytes an entry here; at 2.4M entries 517 MiB, 794 MiB and 1.2 GB of RSS,
+docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -93,8 +94,8 @@ def test_info_verify_and_a_resume_hold_arrays_not_python_ints(big_store, what):
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the RSS high-water mark (Linux)")
 def test_reading_the_columns_file_maps_one_column_at_a_time(tmp_path):
     """The mapped file's pages a tensor is copied from stay resident while the file is open: read
-    through one mapping, the columns file of 2.4M entries peaked at 245 MiB of RSS for 110 MiB of
-    arrays (in every open, store info, store verify). Measured in a fresh process: RSS, not
+    through one mapping, reading the columns peaked at the arrays plus the whole file (`store info`
+    of 2.4M entries, 110 MiB of arrays: 246 MiB of RSS). Measured in a fresh process: RSS, not
     tracemalloc, sees mapped pages."""
     import os
     import subprocess

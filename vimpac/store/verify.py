@@ -43,7 +43,7 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
 
     The manifest is held as int64 columns; the checks run on them, and entries are turned into
     Python ints VERIFY_CHUNK at a time to read their bytes, so memory does not grow by a Python
-    int per value (a list-based verify of 2.4M entries peaked at ~1 GB).
+    int per value (a list-based verify of 2.4M entries peaked at 794 MiB, now 188: docs/benchmarks.md).
     """
     root = Path(path)
     _check_is_store(root)
