@@ -114,3 +114,16 @@ def test_store_open_benchmark_runs_and_reports_both_stores(monkeypatch, capsys):
     # One row per store and manifest layout.
     rows = [line.split("  ")[0] for line in out.splitlines()]
     assert rows.count("columns file") == 2 and rows.count("JSON (older stores)") == 2
+
+
+def test_store_open_benchmark_measures_the_store_commands_with_the_same_outputs(monkeypatch, capsys):
+    """`--measure commands`: store info, store verify, an open with an unmerged part and a resumed
+    tokenize, per side; each side's output is compared with the first's on the same layout."""
+    bench = bench_module("bench_store_open")
+    monkeypatch.setattr(sys, "argv", ["bench_store_open.py", "--videos", "20", "--views", "3", "--measure", "commands"])
+    assert bench.main() == 0
+    out = capsys.readouterr().out
+    commands = ("store info --json", "store verify --json", "open, 1 unmerged part", "tokenize resume")
+    rows = [line for line in out.splitlines() if line.startswith(commands)]
+    assert [row.split("  ")[0] for row in rows] == [command for command in commands for _ in range(2)]  # 2 layouts
+    assert all("  same (" in row for row in rows) and "small store" not in out

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vimpac.cli import main as cli_main
 from vimpac.store import StoreError, TokenStore
 from vimpac.store import writer as writer_module
 from vimpac.store.format import MANIFEST_FILE, PART_DIR, SHARD_DIR, StoreMeta, load_manifest
@@ -155,6 +156,30 @@ def test_flipped_byte_is_found_by_verify(store_with_videos):
     report = verify_store(root)
     assert not report.ok
     assert len(report.problems) == 1 and "checksum mismatch" in report.problems[0]
+
+
+@pytest.mark.parametrize("what", ["missing", "a file", "a folder without store.json"])
+def test_verify_of_what_is_not_a_store_is_a_usage_error(tmp_path, capsys, what):
+    """It was a PROBLEM line and exit 1, as for a damaged store; every other command says
+    `vimpac <command>: error: ...` and exits 2 for a wrong path."""
+    path = tmp_path / "store"
+    if what == "a file":
+        path.write_text("x")
+    elif what == "a folder without store.json":
+        path.mkdir()
+    with pytest.raises(StoreError, match=str(path)):
+        verify_store(path)
+    assert cli_main(["store", "verify", str(path), "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert not out and err.startswith(f"vimpac store verify: error: {path}: ") and err.count("\n") == 1, err
+
+
+def test_verify_of_a_store_with_a_damaged_store_json_reports_a_problem(store_with_videos, capsys):
+    root, _ = store_with_videos
+    (root / "store.json").write_text("{not json")
+    assert cli_main(["store", "verify", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"PROBLEM: {root / 'store.json'}: cannot read") and out.endswith(": 1 problem(s)\n"), out
 
 
 def test_truncated_shard_is_a_problem(store_with_videos):

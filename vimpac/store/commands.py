@@ -76,7 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     store = subparsers.add_parser("store", help="inspect a token store (verify, info), merge its manifest (compact)")
     store_sub = store.add_subparsers(title="store commands", metavar="COMMAND")
-    verify = store_sub.add_parser("verify", help="check every checksum, shard bounds and the manifest; exit 1 on problems")
+    verify = store_sub.add_parser("verify", help="check every checksum, shard bounds and the manifest; exit 1 on problems "
+                                  "(2 when STORE is not a store)")
     verify.add_argument("store", metavar="STORE", help="token store folder")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(run=run_verify)
@@ -196,9 +197,13 @@ def _reader_options(args: argparse.Namespace) -> tuple[str, dict]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from vimpac.store.errors import StoreError
     from vimpac.store.verify import report_to_json, verify_store
 
-    report = verify_store(args.store)
+    try:
+        report = verify_store(args.store)
+    except StoreError as exc:  # not a store at all; a store's own problems are in the report
+        return command_error(args, exc)
     if args.json:
         print(json.dumps(report_to_json(report), indent=2))
     else:

@@ -463,7 +463,14 @@ def _read_columns_file(path: Path, lengths: dict[str, int]) -> dict[str, np.ndar
                 if tensor.get_dtype() != "I64" or tensor.get_shape() != [length]:
                     raise StoreError(f"{path}: tensor {name!r} is {tensor.get_dtype()} {tensor.get_shape()}, "
                                      f"expected I64 [{length}] (the count manifest.json gives)")
-            return {name: f.get_tensor(name) for name in lengths}
+        # One mapping of the file per tensor: the mapped pages a tensor is copied from stay
+        # resident until the file is closed, so reading all through one mapping peaked at twice
+        # the columns (`store info` of 2.4M entries, 110 MiB of arrays: 246 MiB of RSS, now 165).
+        arrays = {}
+        for name in lengths:
+            with safe_open(str(path), framework="numpy") as f:
+                arrays[name] = f.get_tensor(name)
+        return arrays
     except FileNotFoundError:
         raise
     except (OSError, SafetensorError) as exc:
@@ -478,33 +485,134 @@ def _json_list(value: Any, name: str, copy: bool = True) -> list:
 
 
 def merge_manifests(parts: Iterable[Manifest]) -> Manifest:
-    """One manifest from many: each video once, ordered by (record, key); views in store order.
+    """`merge_manifest_columns` of `Manifest`s (lists); see there."""
+    return merge_manifest_columns(ManifestColumns.from_manifest(part) for part in parts).to_manifest()
+
+
+def merge_manifest_columns(pieces: Iterable[ManifestColumns]) -> ManifestColumns:
+    """One manifest from many: each video once, ordered by (record, key); a video's entries by
+    (view, frames, shard name, offset, crc32), which is view order. The pieces' entry columns
+    are moved into the result (the pieces are left without entries).
 
     A video's entries are committed together, so the first copy of a video is complete; a later
-    copy (possible only after an interrupted compaction) is identical and dropped. A failure is
-    dropped when the video has entries (it was retried successfully); of repeated failures the
-    last one is kept.
+    copy (possible only after an interrupted compaction) is identical and dropped. A negative
+    label becomes -1 (no label). Shards are numbered in the order the merged entries first name
+    them. A failure is dropped when the video has entries (it was retried successfully); of
+    repeated failures the last one is kept.
+
+    On the columns, one at a time: Python objects per video (its key is one already) but not per
+    entry, so that merging parts into the manifest.json of millions of entries (a resumed run,
+    ranks that ran as separate jobs) holds the entry columns plus about one more, not a Python
+    int per value.
     """
-    videos: dict[str, tuple[int, int, list[tuple[int, int, str, int, int]]]] = {}
+    pieces = list(pieces)
+    keys = [key for piece in pieces for key in piece.video_key]
+    # key -> its first video (the reversed pairs leave each key's first one in the dict).
+    first_of = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1)))
+    kept = np.sort(np.fromiter(first_of.values(), dtype=np.int64, count=len(first_of)))
+    record = _concatenate([piece.video_record for piece in pieces])[kept]
+    label = _concatenate([piece.video_label for piece in pieces])[kept]
+    by_record = np.argsort(record, kind="stable")
+    if np.any(np.diff(record[by_record]) == 0):  # records shared by videos (two lists mixed): then by key
+        by_record = np.array(sorted(range(len(kept)), key=lambda v: (int(record[v]), keys[kept[v]])), dtype=np.int64)
+    video_order = kept[by_record]  # the merged manifest's videos, as numbers of the concatenated ones
+    new_video = np.full(len(keys), -1, dtype=np.int64)  # -1: a later copy, dropped
+    new_video[video_order] = np.arange(len(video_order))
+
+    shard_names = sorted({name for piece in pieces for name in piece.shards})
+    entries = _merged_entries(pieces, new_video, shard_names)
+    # Shards numbered in the order the merged entries first name them.
+    used = np.array(first_appearances(entries["shard"], len(shard_names)), dtype=np.int64)
+    renumber = np.zeros(len(shard_names), dtype=np.int64)
+    renumber[used] = np.arange(len(used))
+    entries["shard"] = renumber[entries["shard"]]
+
     failures: dict[str, dict[str, Any]] = {}
-    for part in parts:
-        by_video: dict[int, list[tuple[int, int, str, int, int]]] = {}
-        for i in range(part.num_entries):
-            by_video.setdefault(part.entry_video[i], []).append(
-                (part.entry_view[i], part.entry_frames[i], part.shards[part.entry_shard[i]],
-                 part.entry_offset[i], part.entry_crc32[i]))
-        for v, key in enumerate(part.video_key):
-            if key not in videos:
-                videos[key] = (part.video_record[v], part.video_label[v], sorted(by_video.get(v, [])))
-        for failure in part.failures:
+    for piece in pieces:
+        for failure in piece.failures:
             failures[str(failure.get("key"))] = failure
-    merged = Manifest()
-    for key in sorted(videos, key=lambda k: (videos[k][0], k)):
-        record, label, views = videos[key]
-        merged.add_video(key, None if label < 0 else label, record, views)
-    merged.failures = [f for k, f in failures.items() if k not in videos]
-    merged.failures.sort(key=lambda f: (int(f.get("record", -1)), str(f.get("key"))))
-    return merged
+    merged_failures = [f for k, f in failures.items() if k not in first_of]
+    merged_failures.sort(key=lambda f: (int(f.get("record", -1)), str(f.get("key"))))
+    return ManifestColumns(
+        shards=[shard_names[s] for s in used.tolist()], video_key=[keys[v] for v in video_order.tolist()],
+        video_label=np.where(label[by_record] < 0, -1, label[by_record]), video_record=record[by_record],
+        failures=merged_failures, **{f"entry_{name}": entries[name] for name in Manifest.ENTRY_COLUMNS},
+    )
+
+
+def _merged_entries(pieces: list[ManifestColumns], new_video: np.ndarray, shard_names: list[str]) -> dict[str, np.ndarray]:
+    """The entry columns of the kept videos of all pieces, ordered by (video, view, frames,
+    shard, offset, crc32): "video" their video in the merged manifest (`new_video` of the
+    concatenated videos, -1 for those dropped) and "shard" the number of their shard's name in
+    the sorted `shard_names`, so that shard numbers compare as the names do. Built column by
+    column, each taken out of the pieces (the arrays of millions of entries are not held twice)."""
+    number = {name: s for s, name in enumerate(shard_names)}
+    first_video = 0
+    for piece in pieces:
+        piece.entry_video = new_video[first_video:][piece.entry_video]
+        piece.entry_shard = np.array([number[name] for name in piece.shards], dtype=np.int64)[piece.entry_shard]
+        first_video += len(piece.video_key)
+
+    def take(name: str) -> np.ndarray:
+        """The pieces' column `name` joined, without the entries of dropped copies (`keep`)."""
+        arrays = [getattr(piece, f"entry_{name}") for piece in pieces]
+        for piece in pieces:
+            setattr(piece, f"entry_{name}", np.zeros(0, dtype=np.int64))
+        joined = _concatenate(arrays)
+        return joined if keep is None else joined[keep]
+
+    keep = None  # which entries to keep (None: all), known once the video column is
+    video = take("video")
+    keep = None if np.all(video >= 0) else video >= 0
+    columns = {"video": video if keep is None else video[keep], "view": take("view")}
+    # Usually in order already (one manifest.json, then parts of later videos): no copy then.
+    # Otherwise (video, view), unique in a sound store, decides; the other columns only break ties.
+    order = None
+    if not strictly_ordered(columns["video"], columns["view"]):
+        order = np.lexsort((columns["view"], columns["video"]))
+        if np.any((np.diff(columns["video"][order]) == 0) & (np.diff(columns["view"][order]) == 0)):
+            columns.update((name, take(name)) for name in ("frames", "shard", "offset", "crc32"))
+            order = np.lexsort(tuple(columns[name] for name in ("crc32", "offset", "shard", "frames", "view", "video")))
+    for name in Manifest.ENTRY_COLUMNS:
+        if name not in columns:
+            columns[name] = take(name)
+        if order is not None:
+            columns[name] = columns[name][order]
+    return columns
+
+
+def strictly_ordered(major: np.ndarray, minor: np.ndarray, chunk: int = 1 << 14) -> bool:
+    """Whether the pairs (major[i], minor[i]) strictly increase: sorted, none repeated. Looked at
+    `chunk` pairs at a time, so that the steps of millions are not held at once."""
+    for start in range(0, len(major) - 1, chunk):
+        step_major, step_minor = np.diff(major[start:start + chunk + 1]), np.diff(minor[start:start + chunk + 1])
+        if not np.all((step_major > 0) | ((step_major == 0) & (step_minor > 0))):
+            return False
+    return True
+
+
+def first_appearances(values: np.ndarray, count: int, chunk: int = 1 << 14) -> list[int]:
+    """The distinct values of `values` (each in 0..count - 1) in the order they first appear,
+    looked for `chunk` values at a time (a few, such as shard numbers, among millions: the
+    temporaries stay small, and the search ends once all `count` have appeared)."""
+    found: list[int] = []
+    seen = np.zeros(count, dtype=bool)
+    for start in range(0, len(values), chunk):
+        distinct, first = np.unique(values[start:start + chunk], return_index=True)
+        new = ~seen[distinct]
+        found += distinct[new][np.argsort(first[new])].tolist()
+        seen[distinct] = True
+        if len(found) == count:
+            break
+    return found
+
+
+def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    """The arrays one after the other (a single non-empty one: itself, not a copy)."""
+    arrays = [array for array in arrays if len(array)]
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
 
 
 def read_manifest_file(path: Path, num_views: int | None = None) -> Manifest:
@@ -579,37 +687,36 @@ def list_parts(root: Path) -> list[Path]:
 
 
 def load_manifest(root: Path, num_views: int | None = None) -> tuple[Manifest, list[Path]]:
-    """The merged view of manifest.json and all parts, and the part files that went into it.
+    """`load_manifest_columns` as `Manifest` lists: a Python int per value, so several times the
+    memory of the columns (tests and small stores)."""
+    columns, parts = load_manifest_columns(root, num_views)
+    return columns.to_manifest(), parts
+
+
+def load_manifest_columns(root: Path, num_views: int | None = None) -> tuple[ManifestColumns, list[Path]]:
+    """The merged view of manifest.json and all parts as int64 columns, and the part files that
+    went into it.
 
     `num_views`: the store's number of views, to check every entry's view number against.
-    A run that finishes merges its parts into manifest.json and then deletes them; a part that
-    vanished between listing and reading is therefore in the manifest.json written since, and
-    the store is read again.
+    A finished store's manifest.json (no parts) is read straight into arrays. A run that
+    finishes merges its parts into manifest.json and then deletes them; a part that vanished
+    between listing and reading is therefore in the manifest.json written since, and the store
+    is read again.
     """
     for _attempt in range(10):
         pieces = []
         parts = list_parts(root)
         if (root / MANIFEST_FILE).exists():
-            merged = read_manifest_file(root / MANIFEST_FILE, num_views)
+            merged = read_manifest_columns(root / MANIFEST_FILE, num_views)
             if not parts:  # a finished store: manifest.json is already merged and ordered
                 return merged, parts
             pieces.append(merged)
         try:
-            pieces.extend(read_manifest_file(p, num_views) for p in parts)
+            pieces.extend(read_manifest_columns(p, num_views) for p in parts)
         except StoreError:
             if all(p.exists() for p in parts):
                 raise
             continue
-        return merge_manifests(pieces), parts
+        return merge_manifest_columns(pieces), parts
     raise StoreError(f"{root / PART_DIR}: manifest parts kept vanishing while being read (a run merging "
                      "them?); try again")
-
-
-def load_manifest_columns(root: Path, num_views: int | None = None) -> tuple[ManifestColumns, list[Path]]:
-    """`load_manifest` as int64 columns; a finished store's manifest.json (no parts) is read
-    straight into arrays, without lists of Python ints in between."""
-    parts = list_parts(root)
-    if not parts and (root / MANIFEST_FILE).exists():
-        return read_manifest_columns(root / MANIFEST_FILE, num_views), parts
-    manifest, parts = load_manifest(root, num_views)
-    return ManifestColumns.from_manifest(manifest), parts

@@ -42,6 +42,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import itertools
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -62,10 +63,11 @@ from vimpac.io import atomic_write_json
 from vimpac.signals import stop_on_signals as stop_signals
 from vimpac.store.errors import StoreError
 from vimpac.store.format import (
-    MAX_CODEBOOK, META_FILE, TOKEN_DTYPE, Manifest, StoreMeta, annotations_fingerprint, load_manifest, read_meta,
+    MAX_CODEBOOK, META_FILE, TOKEN_DTYPE, ManifestColumns, StoreMeta, annotations_fingerprint, load_manifest_columns,
+    read_meta,
 )
 from vimpac.store.writer import (
-    DEFAULT_SHARD_BYTES, EncodedVideo, FailedVideo, RankWriter, compact_store, write_failures_report,
+    DEFAULT_SHARD_BYTES, EncodedVideo, FailedVideo, RankWriter, committed_ends, compact_store, write_failures_report,
 )
 from vimpac.workers import WORKERS_DIE_ON_START, exit_with_parent
 
@@ -862,10 +864,14 @@ def tokenize_videos(
         if rank != 0:
             _create_or_check_meta(root, meta)
 
-    committed, _ = load_manifest(root)
+    committed, _ = load_manifest_columns(root)
     _check_committed_match_list(root, committed, records)
     done = set(committed.video_key)
     failed_before = {str(f.get("key")): f for f in committed.failures}
+    # All the writer needs of the committed manifest: its columns are not held during the run
+    # (nor beside the writer's own read of the manifest, millions of entries each).
+    ends = committed_ends(committed, meta.tokens_per_frame * TOKEN_DTYPE.itemsize)
+    del committed
     report = TokenizeReport(store=str(root), rank=rank, world_size=world_size)
     jobs = []
     for index in range(rank, len(records), world_size):
@@ -882,7 +888,7 @@ def tokenize_videos(
                                   float(fps), int(size), view_specs, int(min_frames)))
 
     if jobs:
-        with RankWriter(root, meta, rank, committed, shard_bytes=shard_bytes) as writer:
+        with RankWriter(root, meta, rank, ends, shard_bytes=shard_bytes) as writer:
             _run_jobs(jobs, tokenizer, writer, view_names, workers, batch_size, progress, report,
                       stop_on_signals, decode_timeout)
     if report.interrupted is not None:
@@ -896,7 +902,7 @@ def tokenize_videos(
     if rank == 0 and (distributed or world_size == 1):
         compact_store(root)
     elif not distributed:
-        write_failures_report(root, load_manifest(root)[0])
+        write_failures_report(root, load_manifest_columns(root)[0])
     if distributed:
         _barrier()
     report.seconds = time.perf_counter() - started
@@ -923,30 +929,57 @@ def _check_distinct_files(records: Sequence[Any]) -> None:
                              "unique key per video")
 
 
-def _check_committed_match_list(root: Path, committed: Manifest, records: Sequence[Any]) -> None:
+def _check_committed_match_list(root: Path, committed: ManifestColumns, records: Sequence[Any]) -> None:
     """Every video (and failure) in the store must have the record number and label it has in
-    this list. Catches a changed list even in stores that predate the list fingerprint."""
+    this list. Catches a changed list even in stores that predate the list fingerprint.
+
+    On the columns: the videos that may differ are found with arrays, and only those are
+    looked at one by one (`_committed_problem`), in store order, the first problem raised."""
     position = {record.key: index for index, record in enumerate(records)}
-    checks = [(key, record, None if label < 0 else label) for key, record, label in
-              zip(committed.video_key, committed.video_record, committed.video_label)]
-    checks += [(str(f.get("key")), f.get("record"), ...) for f in committed.failures]  # ...: no label kept
-    for key, record, label in checks:
-        index = position.get(key)
-        if index is None and posixpath.normpath(key) in position:
-            raise StoreError(f"{root}: video {key!r} was keyed as its list spelled it by an older vimpac; "
-                             f"list paths are now normalised (to {posixpath.normpath(key)!r}), so this "
-                             "store cannot be resumed: tokenize into a new --out folder")
-        if index is None:
-            problem = "is not in this annotation list"
-        elif index != record:
-            problem = f"is record {record} in the store but record {index} in this annotation list"
-        elif label is not ... and records[index].label != label:
-            problem = f"has label {label} in the store but {records[index].label} in this annotation list"
-        else:
-            continue
-        raise StoreError(f"{root}: video {key!r} {problem}: the store was made from another annotation "
-                         "list, and resuming would mix the two; write to a new --out folder, or rerun "
-                         "with the list the store was made from")
+    keys = committed.video_key
+    index = np.fromiter((position.get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+    list_label = np.fromiter((_label_code(record.label) for record in records), dtype=np.int64, count=len(records))
+    label = list_label[np.maximum(index, 0)] if len(records) else np.zeros(len(keys), dtype=np.int64)
+    stored = committed.video_label
+    differs = (index < 0) | (index != committed.video_record) | np.where(stored < 0, label != -1, label != stored)
+    suspects = [(keys[v], int(committed.video_record[v]), None if stored[v] < 0 else int(stored[v]))
+                for v in np.flatnonzero(differs).tolist()]
+    failures = [(str(f.get("key")), f.get("record"), ...) for f in committed.failures]  # ...: no label kept
+    for key, record, stored_label in itertools.chain(suspects, failures):
+        problem = _committed_problem(root, key, record, stored_label, position, records)
+        if problem is not None:
+            raise StoreError(f"{root}: video {key!r} {problem}: the store was made from another annotation "
+                             "list, and resuming would mix the two; write to a new --out folder, or rerun "
+                             "with the list the store was made from")
+
+
+def _label_code(label: Any) -> int:
+    """A list label as an int64, to compare with the stored labels on arrays: an int >= 0 itself,
+    -1 for none (which a stored label below 0 means), -2 for anything else (then the video is
+    looked at one by one: `_committed_problem` decides)."""
+    if label is None:
+        return -1
+    if type(label) is int and 0 <= label <= np.iinfo(np.int64).max:
+        return label
+    return -2
+
+
+def _committed_problem(root: Path, key: str, record: Any, label: Any, position: dict[str, int],
+                       records: Sequence[Any]) -> str | None:
+    """How a committed video (label None: none) or failure (label ...: not kept) differs from
+    this list, or None."""
+    index = position.get(key)
+    if index is None and posixpath.normpath(key) in position:
+        raise StoreError(f"{root}: video {key!r} was keyed as its list spelled it by an older vimpac; "
+                         f"list paths are now normalised (to {posixpath.normpath(key)!r}), so this "
+                         "store cannot be resumed: tokenize into a new --out folder")
+    if index is None:
+        return "is not in this annotation list"
+    if index != record:
+        return f"is record {record} in the store but record {index} in this annotation list"
+    if label is not ... and records[index].label != label:
+        return f"has label {label} in the store but {records[index].label} in this annotation list"
+    return None
 
 
 def _now_found(failure: dict[str, Any], path: Path) -> bool:

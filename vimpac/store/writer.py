@@ -22,16 +22,16 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from vimpac.io import atomic_write_json, atomic_write_text, fsync_dir
 from vimpac.store.errors import StoreError
 from vimpac.store.format import (
-    FAILURES_FILE, MANIFEST_FILE, PART_DIR, SHARD_DIR, TOKEN_DTYPE, Manifest, StoreMeta, list_parts,
-    load_manifest, manifest_layout, parse_part_name, parse_shard_name, part_name, read_meta, shard_name,
-    write_manifest,
+    FAILURES_FILE, MANIFEST_FILE, PART_DIR, SHARD_DIR, TOKEN_DTYPE, Manifest, ManifestColumns, StoreMeta,
+    list_parts, load_manifest_columns, manifest_layout, parse_part_name, parse_shard_name, part_name, read_meta,
+    shard_name, write_manifest,
 )
 
 DEFAULT_SHARD_BYTES = 1 << 30  # start a new shard file after 1 GiB
@@ -63,8 +63,10 @@ class FailedVideo:
 class RankWriter:
     """Appends committed batches of videos to this rank's shards; use as a context manager."""
 
-    def __init__(self, root: Path, meta: StoreMeta, rank: int, committed: Manifest,
-                 shard_bytes: int = DEFAULT_SHARD_BYTES):
+    def __init__(self, root: Path, meta: StoreMeta, rank: int,
+                 committed: Manifest | ManifestColumns | Mapping[str, int], shard_bytes: int = DEFAULT_SHARD_BYTES):
+        """`committed`: the manifest the caller read (`load_manifest_columns`), or all this needs of
+        it, its `committed_ends`."""
         self.root = root
         self.meta = meta
         self.rank = rank
@@ -75,10 +77,11 @@ class RankWriter:
         self._new_shard_file = False  # created since the last commit: its folder is fsynced then
         self._lock = self._acquire_lock()
         try:
-            self._check_not_stale(committed)
             # Inside the try: a refused start must release the lock, or a retry from the same
             # Python process is told that another process is writing this rank.
-            self._shard_index, self._file = self._recover(committed)
+            ends = dict(committed) if isinstance(committed, Mapping) else self._ends(committed)
+            self._check_not_stale(ends)
+            self._shard_index, self._file = self._recover(ends)
         except BaseException:
             os.close(self._lock)
             raise
@@ -97,36 +100,30 @@ class RankWriter:
             raise StoreError(f"{path}: another process is writing rank {self.rank} of this store") from None
         return fd
 
-    def _committed_ends(self, committed: Manifest) -> dict[str, int]:
-        """Shard name -> end of its last committed entry, for every shard `committed` names."""
-        ends: dict[str, int] = {}
-        per_frame = self.meta.tokens_per_frame * TOKEN_DTYPE.itemsize
-        for i in range(committed.num_entries):
-            name = committed.shards[committed.entry_shard[i]]
-            end = committed.entry_offset[i] + committed.entry_frames[i] * per_frame
-            ends[name] = max(ends.get(name, 0), end)
-        return ends
+    def _ends(self, committed: Manifest | ManifestColumns) -> dict[str, int]:
+        if isinstance(committed, Manifest):
+            committed = ManifestColumns.from_manifest(committed)
+        return committed_ends(committed, self.meta.tokens_per_frame * TOKEN_DTYPE.itemsize)
 
-    def _check_not_stale(self, committed: Manifest) -> None:
-        """`committed` (read before the lock was ours) must still describe this rank's shards.
+    def _check_not_stale(self, ends: dict[str, int]) -> None:
+        """`ends` (of the manifest read before the lock was ours) must still be those of this rank's shards.
 
         Another run writing as this rank may have committed more and exited between the
         caller's read and our lock; truncating to `committed` would then cut its videos out
         of the shard under a manifest that still names them. Other ranks' commits do not
-        matter: they write only their own shards.
+        matter: they write only their own shards. (The manifest read now is dropped once its
+        ends are known: millions of entries are not held twice.)
         """
         def own(ends: dict[str, int]) -> dict[str, int]:
             return {name: end for name, end in ends.items()
                     if (parsed := parse_shard_name(name)) is not None and parsed[0] == self.rank}
 
-        now, _ = load_manifest(self.root)
-        if own(self._committed_ends(now)) != own(self._committed_ends(committed)):
+        if own(self._ends(load_manifest_columns(self.root)[0])) != own(ends):
             raise StoreError(f"{self.root}: another process committed to rank {self.rank} of this store after this "
                              "run read its manifest; rerun the same command to resume from what is committed now")
 
-    def _recover(self, committed: Manifest):
-        """Truncate own shards to their committed ends; open the last one for appending."""
-        ends = self._committed_ends(committed)
+    def _recover(self, ends: dict[str, int]):
+        """Truncate own shards to their committed `ends`; open the last one for appending."""
         own = {}
         for path in (self.root / SHARD_DIR).iterdir():
             parsed = parse_shard_name(path.name)
@@ -219,6 +216,24 @@ class RankWriter:
         self.close()
 
 
+def committed_ends(committed: ManifestColumns, per_frame: int) -> dict[str, int]:
+    """Shard name -> end of its last committed entry, for every shard the entries name;
+    `per_frame`: bytes per frame."""
+    shard, offset, frames = committed.entry_shard, committed.entry_offset, committed.entry_frames
+    # An end past int64 (only in a damaged manifest: frames are not bounded there) is computed
+    # as a Python int, so that it is reported as past the shard's end, not wrapped around.
+    huge = np.flatnonzero(frames > (np.iinfo(np.int64).max - offset) // per_frame)
+    if len(huge):
+        shard, offset, frames = (np.delete(column, huge) for column in (shard, offset, frames))
+    last = np.full(len(committed.shards), -1, dtype=np.int64)
+    np.maximum.at(last, shard, offset + frames * per_frame)
+    ends = {committed.shards[s]: int(last[s]) for s in np.flatnonzero(last >= 0).tolist()}
+    for i in huge.tolist():
+        name = committed.shards[committed.entry_shard[i]]
+        ends[name] = max(ends.get(name, 0), int(committed.entry_offset[i]) + int(committed.entry_frames[i]) * per_frame)
+    return ends
+
+
 @contextlib.contextmanager
 def _resumable_write_error(path: Path) -> Iterator[None]:
     """An OSError while committing (a full disk: errno 28, which names no file) becomes a
@@ -234,7 +249,7 @@ COMPACT_LOCK = "compact.lock"  # in shards/, beside the ranks' lock files
 _RANK_LOCK_RE = re.compile(r"^r(\d{3,})\.lock$")
 
 
-def compact_store(root: Path, rewrite_manifest: bool = False) -> Manifest:
+def compact_store(root: Path, rewrite_manifest: bool = False) -> ManifestColumns:
     """Fold all manifest parts into manifest.json and rewrite failures.jsonl.
 
     Safe to interrupt: manifest.json is replaced atomically before the parts it absorbed are
@@ -247,11 +262,11 @@ def compact_store(root: Path, rewrite_manifest: bool = False) -> Manifest:
     one writing it last would drop the parts the other merged and deleted.
     """
     if not rewrite_manifest and not list_parts(root) and (root / MANIFEST_FILE).exists():
-        manifest, _ = load_manifest(root)
+        manifest, _ = load_manifest_columns(root)
     else:
         (root / SHARD_DIR).mkdir(exist_ok=True)  # absent while no video was committed
         with _file_lock(root / SHARD_DIR / COMPACT_LOCK, wait=True):
-            manifest, parts = load_manifest(root)
+            manifest, parts = load_manifest_columns(root)
             if parts or rewrite_manifest or not (root / MANIFEST_FILE).exists():
                 write_manifest(root, manifest)
             for part in parts:
@@ -261,7 +276,7 @@ def compact_store(root: Path, rewrite_manifest: bool = False) -> Manifest:
     return manifest
 
 
-def compact_idle_store(root: Path) -> tuple[Manifest, int, bool]:
+def compact_idle_store(root: Path) -> tuple[ManifestColumns, int, bool]:
     """`vimpac store compact`: `compact_store` for a store that no run is writing (ranks that ran
     as separate jobs, an interrupted run), also rewriting a manifest.json of the older JSON layout.
     A run writing any rank (its lock is held) is refused with a StoreError; the ranks' locks are
@@ -295,7 +310,7 @@ def _file_lock(path: Path, wait: bool) -> Iterator[None]:
         os.close(fd)
 
 
-def write_failures_report(root: Path, manifest: Manifest) -> None:
+def write_failures_report(root: Path, manifest: Manifest | ManifestColumns) -> None:
     """failures.jsonl: one JSON object per video that is not in the store, with the reason
     (not rewritten when it already says that)."""
     text = "".join(json.dumps(f, sort_keys=True) + "\n" for f in manifest.failures)
