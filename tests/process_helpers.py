@@ -133,6 +133,18 @@ def script_error_line(script: Path, cwd: Path, pythonpath: list[Path], exception
     return lines[-1]
 
 
+def imported_in_fresh_process(code: str, module: str) -> bool:
+    """Whether a fresh interpreter has imported `module` after running `code`: a start-up cost
+    (e.g. torch._dynamo, seconds once per process) that the test process, which has long since
+    imported everything, cannot see."""
+    import sys
+
+    check = f"{code}\nimport sys\nprint({module!r} in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=PATIENCE)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[-1] == "True"
+
+
 @contextlib.contextmanager
 def fifo_writer_after(fifo: Path, seconds: float = 10.0) -> Iterator[None]:
     """While inside: a shell that, after `seconds`, opens `fifo` for writing and closes it at

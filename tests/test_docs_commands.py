@@ -272,7 +272,9 @@ def test_parsing_catches_what_the_docs_could_get_wrong():
 
 def test_the_docs_have_commands_to_check():
     commands = all_commands()
-    assert len({c.where.split(":")[0] for c in commands}) >= 8 and len(commands) >= 60
+    documents = {c.where.split(":")[0] for c in commands}
+    # The README's blocks and its pipeline table hold the commands a new user tries first.
+    assert "README.md" in documents and len(documents) >= 8 and len(commands) >= 60
 
 
 @pytest.mark.parametrize("command", all_commands(), ids=lambda c: f"{c.where} {c.text}")

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from process_helpers import imported_in_fresh_process
 from vimpac.model.config import build_model_config
 from vimpac.model.info import parameter_counts
 
@@ -48,3 +49,10 @@ def test_model_info_cli_json():
     assert report["parameters"]["backbone"] == parameter_counts(build_model_config("small", overrides=["layout=T,H,W"]))["backbone"]
     bad = subprocess.run([sys.executable, "-m", "vimpac", "model-info", "--preset", "huge"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown preset 'huge'" in bad.stderr
+
+
+def test_counting_parameters_imports_no_compiler():
+    # The model is built on the meta device, where torch's normal_ init is a Python reference that
+    # imports torch._dynamo: seconds added to `vimpac model-info`, which never compiles.
+    code = "from vimpac.model.info import parameter_report\nparameter_report('small')"
+    assert not imported_in_fresh_process(code, "torch._dynamo")

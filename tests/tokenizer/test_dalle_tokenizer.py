@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from process_helpers import imported_in_fresh_process
 from vimpac.tokenizer.base import TokenizerError, load_tokenizer
 from vimpac.tokenizer.dalle import DALLE_PRESETS, DalleConfig, DalleDecoderConfig, DalleEncoderConfig, DalleTokenizer
 
@@ -34,6 +35,15 @@ def test_encode_decode_shapes_and_types():
     assert frames.dtype == torch.uint8 and frames.shape == (5, 16, 24, 3)
     assert tok.encode(np.zeros((0, 16, 16, 3), np.uint8)).shape == (0, 2, 2)
     assert tok.decode(torch.zeros(0, 2, 2, dtype=torch.int64)).shape == (0, 16, 16, 3)
+
+
+def test_loading_a_folder_imports_no_compiler(tmp_path):
+    # The folder's tensors are checked against networks built on the meta device, where torch's
+    # normal_ init is a Python reference that imports torch._dynamo: seconds added to every
+    # `vimpac tokenize` / `embed` / `analyze` process, which never compiles.
+    _tokenizer().save_pretrained(tmp_path / "tok")
+    code = f"from vimpac.tokenizer.base import load_tokenizer\nload_tokenizer({str(tmp_path / 'tok')!r})"
+    assert not imported_in_fresh_process(code, "torch._dynamo")
 
 
 def test_batching_does_not_change_results():

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from vimpac.config import ConfigError, from_dict, to_dict
 from vimpac.io import atomic_path, atomic_write_json, parse_json
@@ -88,26 +87,6 @@ def read_weight_header(folder: str | Path) -> dict[str, torch.Tensor]:
     model.safetensors, from its header alone: checked (check_sizes_against_weights,
     check_weight_header) before read_weights loads the tensors."""
     return read_safetensors(Path(folder) / WEIGHTS_FILE, read_meta_tensors, CheckpointError)
-
-
-class _SkipNormalInit(TorchFunctionMode):
-    """Skips `normal_` initialisations, for modules built on the meta device: a meta tensor holds
-    no values, and torch runs normal_ on one through a Python reference that imports
-    torch._dynamo, seconds once per process (which `vimpac evaluate` would pay for nothing)."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if getattr(func, "__name__", None) == "normal_":  # torch.nn.init.normal_ and Tensor.normal_
-            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-            if tensors and tensors[0].is_meta:
-                return tensors[0]
-        return func(*args, **kwargs)
-
-
-def meta_model(build: Callable[[], nn.Module]) -> nn.Module:
-    """`build()` on the meta device: the module's names, shapes and dtypes, without memory."""
-    with torch.device("meta"), _SkipNormalInit():
-        return build()
 
 
 def check_weight_header(folder: str | Path, described: nn.Module, header: Mapping[str, torch.Tensor]) -> None:

@@ -22,12 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from vimpac.model.backbone import VimpacBackbone
+from vimpac.meta_device import meta_model
 from vimpac.model.config import ModelConfig
 from vimpac.model.errors import CheckpointError, ModelError
 from vimpac.model.heads import ClassificationHead, ContrastiveHead, MaskedTokenHead
 from vimpac.model.pretrained import (CONFIG_FILE, check_sizes_against_weights, check_weight_header, load_weights,
-                                     meta_model, read_model_config, read_weight_header, read_weights,
-                                     save_model_folder, stored_num_classes)
+                                     read_model_config, read_weight_header, read_weights, save_model_folder,
+                                     stored_num_classes)
 
 
 # The masked-token head runs on a multiple of this many rows (zero rows appended, their logits

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from vimpac.config import ConfigError, from_dict, to_dict
 from vimpac.io import atomic_path, atomic_write_json, parse_json, write_folder
+from vimpac.meta_device import meta_model
 from vimpac.tokenizer.base import FrameTokenizer, TokenizerError, check_output_folder
 from vimpac.weight_shapes import read_meta_tensors, read_safetensors
 
@@ -351,8 +352,7 @@ def _fit_problems(half: str, config: DalleEncoderConfig | DalleDecoderConfig,
         problems.append(f"{label}n_blk_per_group = {config.n_blk_per_group} does not match the stored "
                         f"weights, which hold {len(blocks)} blocks in group_1")
         return problems
-    with torch.device("meta"):  # shapes only, no memory
-        network = DalleEncoder(config) if half == "encoder" else DalleDecoder(config)
+    network = meta_model(lambda: DalleEncoder(config) if half == "encoder" else DalleDecoder(config))
     return problems + _state_problems(network, state)
 
 
