@@ -475,3 +475,18 @@ def test_attempts_killed_one_after_another_each_count_once(tmp_path, monkeypatch
     result = pipeline.run_stage("pre-train", folder, settings, finishing, lambda line: None)
     assert result["seconds"] == pytest.approx(20 + 15 + 7)
     assert result[pipeline.KILLED_SECONDS] == pytest.approx(20 + 15)
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 1), (8, 2)])
+def test_torch_threads_are_capped_at_the_cores_the_process_may_use(tmp_path, stubs, monkeypatch, cores, expected):
+    """threads=2 on one usable core (a SLURM allocation, `taskset`) ran the demo's tokenizer 9x
+    slower than 1 thread: two OpenMP threads on one core wait on each other at every op."""
+    import torch
+
+    asked = []
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: cores)
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)
+    _, log = run(tmp_path / "demo", quick(threads=2, parallel_runs=1), stubs)
+    assert stubs.ran("pretrain")  # the training stages ran, in this process
+    assert asked and set(asked) == {expected}
+    assert ("threads=2, but this process may run on 1 core(s): using 1 torch thread(s)" in log) == (cores == 1)

@@ -87,7 +87,7 @@ def test_max_batch_caps_the_clips_of_a_forward_also_within_a_video(tmp_path, bf1
 
 
 def test_clips_per_forward_defaults_to_few_on_a_cpu_and_many_on_a_gpu():
-    """Forwards of 32 clips ran 1.4-1.8x slower per clip than forwards of 2-4 on a CPU (fresh
+    """Forwards of 32 clips ran 1.2-1.8x slower per clip than forwards of 2-4 on a CPU (fresh
     pages for every big activation); a GPU wants big batches. An explicit number wins."""
     assert clips_per_forward(None, "cpu") == CPU_CLIPS_PER_FORWARD < GPU_CLIPS_PER_FORWARD
     assert clips_per_forward(None, torch.device("cuda", 1)) == GPU_CLIPS_PER_FORWARD  # no GPU needed to ask

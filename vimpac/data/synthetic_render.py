@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from vimpac.machine import usable_cores
 
 # (forward class, its time-reverse). The forward class is the one the motion sampler draws.
 REVERSED_PAIRS: tuple[tuple[str, str], ...] = (
@@ -569,4 +570,4 @@ def render_event(
 
 
 def default_workers() -> int:
-    return max(1, min(2, os.cpu_count() or 1))
+    return max(1, min(2, usable_cores() or 1))

@@ -42,6 +42,7 @@ import torch
 from vimpac.config import ConfigError, to_dict
 from vimpac.demo.config import PRETRAIN_VARIANTS, DemoConfig
 from vimpac.io import atomic_write_json
+from vimpac.machine import usable_cores
 
 __all__ = ["PRETRAIN_VARIANTS", "VARIANT_TITLES", "DemoError", "DemoInterrupted", "Stage", "TrainingRun",
            "run_demo", "run_stage", "run_training"]
@@ -303,6 +304,14 @@ def stage_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def torch_threads(asked: int) -> int:
+    """`asked` torch threads, but no more than the cores this process may run on (its CPU
+    affinity: a SLURM allocation, `taskset`): OpenMP threads sharing a core wait on each other at
+    every operation, and the demo's tokenizer, asked for 2 threads on one core, trained 9x slower
+    than with 1 (docs/demo.md)."""
+    return max(1, min(asked, usable_cores() or asked))
+
+
 def _execute(run: TrainingRun, threads: int, progress: bool,
              log: Callable[[str], None] = stage_line) -> dict[str, Any]:
     torch.set_num_threads(threads)
@@ -332,9 +341,9 @@ def run_training(runs: list[TrainingRun], cfg: DemoConfig, log: Callable[[str], 
     workers = min(cfg.parallel_runs, len(pending))
     if workers <= 1:
         for run in pending:
-            results[run.title] = _execute(run, cfg.threads, progress, log)
+            results[run.title] = _execute(run, torch_threads(cfg.threads), progress, log)
     else:
-        threads = max(1, cfg.threads // workers)
+        threads = max(1, torch_threads(cfg.threads) // workers)
         log(f"running {len(pending)} training stages, {workers} at a time ({threads} thread(s) each)")
         context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
@@ -359,7 +368,12 @@ def run_demo(out: str | Path, cfg: DemoConfig, log: Callable[[str], None] = stag
     check_settings(cfg)
     _claim_out(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads)
+    threads = torch_threads(cfg.threads)
+    if threads < cfg.threads:
+        log(f"threads={cfg.threads}, but this process may run on {threads} core(s): using {threads} torch "
+            "thread(s) (more threads than cores run several times slower; the last bits of results may differ "
+            "from a run with more threads)")
+    torch.set_num_threads(threads)
     started = time.perf_counter()
     reused: list[str] = []
     results: dict[str, Any] = {"config": to_dict(cfg), "stages": {}, "reused": reused}

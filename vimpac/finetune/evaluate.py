@@ -32,9 +32,10 @@ from vimpac.progress import progress_bar
 
 CENTER_VIEW = "s1.00_center"
 THREE_CROP_VIEWS = ("s1.00_top_left", "s1.00_center", "s1.00_bottom_right")
-# Clips per forward when none is asked for. On a CPU, forwards of 2-4 clips ran 1.4-1.8x faster
-# than forwards of 32 (docs/benchmarks.md, "Multi-view evaluation"): a big batch's activations
-# lie above glibc's mmap threshold and fault in fresh pages on every forward. A GPU wants big ones.
+# Clips per forward when none is asked for. On a CPU, forwards of 2-4 clips ran 1.2-1.8x faster
+# than forwards of 32 at 1 and 2 threads (docs/benchmarks.md, "Multi-view evaluation"): a big
+# batch's activations lie above glibc's mmap threshold and fault in fresh pages on every forward.
+# A GPU wants big ones.
 CPU_CLIPS_PER_FORWARD = 4
 GPU_CLIPS_PER_FORWARD = 32
 
