@@ -21,6 +21,7 @@ def test_quick_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     # What the stages report while they run (the data's table, the stores' summaries) is not the result.
     assert "[3/6 tokenize] running" in printed.err and "  train: " in printed.err
     assert "[3/6 tokenize]" not in printed.out and "  train: " not in printed.out
+    assert "frame pool: " in printed.err and "frame pool: " not in printed.out  # the tokenizer's own lines
 
     results = json.loads((out / "results.json").read_text())
     stages = results["stages"]

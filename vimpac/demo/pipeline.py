@@ -558,7 +558,8 @@ def _train_tokenizer(out: Path, cfg: DemoConfig, progress: bool) -> dict[str, An
     report = train_tokenizer_from_videos(
         [out / "data" / "pretrain.txt"], out / "tokenizer", VQVAE_PRESETS["tiny"],
         TrainConfig(steps=cfg.tokenizer_steps), DataConfig(size=cfg.size, fps=cfg.fps), progress=progress,
-        resume=True)  # an interrupted demo continues the training (the stage record ensures the same settings)
+        # An interrupted demo continues the training (the stage record ensures the same settings).
+        resume=True, log=stage_line)
     held_out = report["held_out"]
     return {"tokenizer_id": report["tokenizer_id"], "psnr_db": held_out["psnr_db"],
             "codes_used_fraction": held_out["codes_used_fraction"], "perplexity": held_out["perplexity"],
