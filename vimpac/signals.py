@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
+
+# The signals that ask a long job to stop: Ctrl-C, and `timeout` / SLURM's pre-emption notice.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -27,7 +30,7 @@ def stop_on_signals() -> Iterator[list[str]]:
         if not received:
             received.append(signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
     try:
         yield received
     finally:
@@ -38,3 +41,17 @@ def stop_on_signals() -> Iterator[list[str]]:
 def exit_code(signal_name: str) -> int:
     """The shell's exit status for a job stopped by `signal_name`: 130 for SIGINT, 143 for SIGTERM."""
     return 128 + int(getattr(signal, signal_name, signal.SIGINT))
+
+
+@contextlib.contextmanager
+def signals_blocked(signals: Sequence[int]) -> Iterator[None]:
+    """Block `signals` in this thread while inside (they are delivered, to another thread or
+    on leaving, afterwards); where the platform has no signal masks, nothing."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -46,6 +46,7 @@ from vimpac.engine.distributed import DistInfo
 from vimpac.engine.metrics import MetricsLogger
 from vimpac.engine.optim import build_optimizer, warmup_linear_decay
 from vimpac.progress import LOG_FILE_REPORTS, is_terminal, progress_bar
+from vimpac.signals import STOP_SIGNALS
 
 
 @dataclass(frozen=True)
@@ -507,7 +508,7 @@ class Trainer:
         def request_stop(signum, _frame):
             self._stop_signal = signum
 
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
         try:
             yield
         finally:

@@ -60,6 +60,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from vimpac.io import atomic_write_json
+from vimpac.signals import STOP_SIGNALS, signals_blocked
 from vimpac.signals import stop_on_signals as stop_signals
 from vimpac.store.errors import StoreError
 from vimpac.store.format import (
@@ -442,7 +443,7 @@ class _DecodeProcess:
         # (Spawn's first start in a process launches multiprocessing's resource tracker in the same
         # way, and unblocks the two afterwards: launched first, so that it does not unblock ours.)
         multiprocessing.resource_tracker.ensure_running()
-        with _signals_blocked(_STOP_SIGNALS):
+        with signals_blocked(STOP_SIGNALS):
             self.process.start()
         # Only the worker holds these ends now: its death is an EOF on `results` (even in the
         # middle of a message), and sending it a job after it died is a BrokenPipeError.
@@ -555,21 +556,6 @@ class _DecodeProcess:
 
 
 _WORKER_READY = "vimpac-decode-worker-ready"
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def _signals_blocked(signals: Sequence[int]) -> Iterator[None]:
-    """Block `signals` in this thread while inside (they are delivered, to another thread or
-    on leaving, afterwards); where the platform has no signal masks, nothing."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass
@@ -633,10 +619,10 @@ def _worker_init(parent_pid: int) -> None:
     # videos); Ctrl-C reaches the whole process group, and a worker dying of it would be
     # taken for a decoder crash.
     # SIGTERM too: `timeout` and SLURM send it to every process of the job, not only the main one.
-    for sig in _STOP_SIGNALS:
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)  # also discards one that came while they were blocked
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent for the start
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent for the start
     # Each worker decodes one video at a time; several torch threads (resizing) per worker
     # would oversubscribe the cores that the encoder in the main process needs.
     import torch
